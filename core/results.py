@@ -1,0 +1,97 @@
+"""The typed shapes that cross the wire: a task's result object and its progress meta.
+
+DESIGN §2 fixes the JSON shapes; these dataclasses are the one place that builds and parses them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["ProgressMeta", "TaskResult", "TaskStage"]
+
+
+class TaskStage(StrEnum):
+    """Custom Celery states a remote task passes through before SUCCESS/FAILURE."""
+
+    DOWNLOADING = "DOWNLOADING"
+    PROCESSING = "PROCESSING"
+
+
+@dataclass(frozen=True)
+class ProgressMeta:
+    """Meta of a DOWNLOADING/PROCESSING state: bytes while downloading, processor units after."""
+
+    stage: str
+    done: float
+    total: float | None
+    percent: float | None
+    message: str = ""
+
+    @classmethod
+    def of(cls, stage: str, done: float, total: float | None, message: str = "") -> ProgressMeta:
+        percent = None
+        if total:
+            percent = round(min(100.0, max(0.0, 100.0 * done / total)), 1)
+        return cls(stage=stage, done=done, total=total, percent=percent, message=message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ProgressMeta | None:
+        if not isinstance(data, dict) or "stage" not in data:
+            return None
+        return cls(
+            stage=str(data["stage"]),
+            done=float(data.get("done") or 0),
+            total=None if data.get("total") is None else float(data["total"]),
+            percent=None if data.get("percent") is None else float(data["percent"]),
+            message=str(data.get("message") or ""),
+        )
+
+
+@dataclass
+class TaskResult:
+    """The result object of every task (DESIGN §2)."""
+
+    success: bool
+    content: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    processing_time: float = 0.0
+    error_message: str | None = None
+    user_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TaskResult:
+        if not isinstance(data, dict):
+            raise ValueError(f"not a result object: {type(data).__name__}")
+        return cls(
+            success=bool(data.get("success")),
+            content=data.get("content"),
+            metadata=dict(data.get("metadata") or {}),
+            processing_time=float(data.get("processing_time") or 0.0),
+            error_message=data.get("error_message"),
+            user_id=data.get("user_id"),
+        )
+
+    @classmethod
+    def failure(
+        cls,
+        message: str,
+        *,
+        user_id: str | None = None,
+        processing_time: float = 0.0,
+        metadata: dict[str, Any] | None = None,
+    ) -> TaskResult:
+        return cls(
+            success=False,
+            error_message=message,
+            user_id=user_id,
+            processing_time=processing_time,
+            metadata=metadata or {},
+        )
