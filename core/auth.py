@@ -1,0 +1,214 @@
+"""API keys: creation, validation, revocation and expiry, stored hashed in Redis (DESIGN §3).
+
+The seed's interface is kept (``async create_api_key / validate_api_key``, ``get_user_queue_name``).
+Only ``sha256(key)`` is stored: ``morag:api_keys:{hash}`` holds the JSON record and
+``morag:users:{user_id}`` indexes a user's hashes. A key without expiry never expires (the seed gave
+every key a 365-day TTL). Expired keys stop validating at once; ``sweep_expired`` removes them and,
+through the optional ``KeyAccessHook``, their broker credentials.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import structlog
+
+from .naming import WorkerType, queue_name, validate_user_id
+
+__all__ = [
+    "APIKeyService",
+    "ApiKeyRecord",
+    "KeyAccessHook",
+    "UnknownKey",
+    "hash_api_key",
+]
+
+log = structlog.get_logger(__name__)
+
+KEY_PREFIX = "morag:api_keys:"
+USER_INDEX_PREFIX = "morag:users:"
+_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_KEY_LENGTH = 256
+
+
+class UnknownKey(LookupError):
+    """Revoking a key or hash that the store does not hold."""
+
+
+class KeyAccessHook(Protocol):
+    """Keeps something else (the Redis ACL) in step with the set of live keys of a user."""
+
+    async def key_added(self, user_id: str, key_hash: str) -> None: ...
+
+    async def key_removed(self, user_id: str, key_hash: str) -> None: ...
+
+
+def hash_api_key(api_key: str) -> str:
+    """The SHA-256 hex digest under which a key is stored (and its Redis ACL password hash)."""
+    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    """What the store knows about one key (never the key itself)."""
+
+    key_hash: str
+    user_id: str
+    description: str
+    created_at: datetime
+    expires_at: datetime | None
+    active: bool
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+    def to_dict(self) -> dict[str, Any]:
+        """The seed's record shape (ISO times), as ``validate_api_key`` returns it."""
+        data = asdict(self)
+        data.pop("key_hash")
+        data["created_at"] = self.created_at.isoformat()
+        data["expires_at"] = self.expires_at.isoformat() if self.expires_at else None
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, key_hash: str, raw: str | bytes) -> ApiKeyRecord:
+        data = json.loads(raw)
+        expires = data.get("expires_at")
+        return cls(
+            key_hash=key_hash,
+            user_id=validate_user_id(data["user_id"]),
+            description=str(data.get("description") or ""),
+            created_at=_aware(datetime.fromisoformat(data["created_at"])),
+            expires_at=_aware(datetime.fromisoformat(expires)) if expires else None,
+            active=bool(data.get("active", True)),
+        )
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class APIKeyService:
+    """Creates and checks API keys. ``redis_client`` is a ``redis.asyncio.Redis`` (admin rights)."""
+
+    def __init__(
+        self,
+        redis_client: Any,
+        *,
+        access_hook: KeyAccessHook | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._redis = redis_client
+        self._hook = access_hook
+        self._now = clock
+
+    async def create_api_key(
+        self, user_id: str, description: str = "", expires_days: int | None = None
+    ) -> str:
+        """Create a key for ``user_id`` and return it; only its hash is stored."""
+        validate_user_id(user_id)
+        if expires_days is not None and expires_days <= 0:
+            raise ValueError("expires_days must be a positive number of days")
+        api_key = secrets.token_urlsafe(32)
+        now = self._now()
+        record = ApiKeyRecord(
+            key_hash=hash_api_key(api_key),
+            user_id=user_id,
+            description=description,
+            created_at=now,
+            expires_at=now + timedelta(days=expires_days) if expires_days else None,
+            active=True,
+        )
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(KEY_PREFIX + record.key_hash, record.to_json())
+            pipe.sadd(USER_INDEX_PREFIX + user_id, record.key_hash)
+            await pipe.execute()
+        if self._hook is not None:
+            await self._hook.key_added(user_id, record.key_hash)
+        log.info(
+            "api_key.created",
+            user_id=user_id,
+            key_hash=record.key_hash[:12],
+            expires_at=record.expires_at.isoformat() if record.expires_at else None,
+        )
+        return api_key
+
+    async def lookup(self, api_key: str) -> ApiKeyRecord | None:
+        """The live record of ``api_key``, or None when unknown, revoked or expired."""
+        if not isinstance(api_key, str) or not api_key or len(api_key) > MAX_KEY_LENGTH:
+            return None
+        record = await self._get(hash_api_key(api_key))
+        if record is None or not record.active or record.expired(self._now()):
+            return None
+        return record
+
+    async def validate_api_key(self, api_key: str) -> dict[str, Any] | None:
+        """The seed's check: the record as a dict for a live key, None otherwise."""
+        record = await self.lookup(api_key)
+        return record.to_dict() if record else None
+
+    def get_user_queue_name(self, user_id: str, worker_type: str = "gpu") -> str:
+        return queue_name(user_id, WorkerType(worker_type))
+
+    async def revoke(self, key_or_hash: str) -> ApiKeyRecord:
+        """Revoke a key given as the key itself or its SHA-256 hash; raise UnknownKey if absent."""
+        key_hash = key_or_hash if _HASH_RE.fullmatch(key_or_hash) else hash_api_key(key_or_hash)
+        record = await self._get(key_hash)
+        if record is None:
+            raise UnknownKey("no such API key (give the key itself or its 64-character hash)")
+        await self._remove(record)
+        log.info("api_key.revoked", user_id=record.user_id, key_hash=key_hash[:12])
+        return record
+
+    async def list_keys(self, user_id: str) -> list[ApiKeyRecord]:
+        """All stored keys of ``user_id`` (expired ones included until swept), oldest first."""
+        validate_user_id(user_id)
+        hashes = sorted(_text(h) for h in await self._redis.smembers(USER_INDEX_PREFIX + user_id))
+        records = [r for r in [await self._get(h) for h in hashes] if r is not None]
+        return sorted(records, key=lambda r: r.created_at)
+
+    async def sweep_expired(self) -> list[ApiKeyRecord]:
+        """Remove every expired key (record, index entry, broker access); return what was removed."""
+        now = self._now()
+        removed: list[ApiKeyRecord] = []
+        async for raw_key in self._redis.scan_iter(match=KEY_PREFIX + "*", count=500):
+            key_hash = _text(raw_key)[len(KEY_PREFIX) :]
+            record = await self._get(key_hash)
+            if record is not None and (record.expired(now) or not record.active):
+                await self._remove(record)
+                removed.append(record)
+        if removed:
+            log.info("api_key.swept", count=len(removed))
+        return removed
+
+    async def _get(self, key_hash: str) -> ApiKeyRecord | None:
+        raw = await self._redis.get(KEY_PREFIX + key_hash)
+        if raw is None:
+            return None
+        try:
+            return ApiKeyRecord.from_json(key_hash, raw)
+        except (ValueError, KeyError, TypeError):
+            log.warning("api_key.corrupt_record", key_hash=key_hash[:12])
+            return None
+
+    async def _remove(self, record: ApiKeyRecord) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(KEY_PREFIX + record.key_hash)
+            pipe.srem(USER_INDEX_PREFIX + record.user_id, record.key_hash)
+            await pipe.execute()
+        if self._hook is not None:
+            await self._hook.key_removed(record.user_id, record.key_hash)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value

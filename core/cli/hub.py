@@ -1,0 +1,35 @@
+"""``morag-worker hub``: serve the HTTP hub with uvicorn over the admin Redis connection."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from morag_worker.core.celery_config import DEFAULT_REDIS_URL
+
+from .errors import ExitCode
+
+__all__ = ["run"]
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from morag_worker.core.hub import HubConfig, create_app
+
+    config = HubConfig(
+        redis_url=os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
+        storage_dir=args.storage,
+        max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+        public_url=args.public_url or os.environ.get("MORAG_HUB_PUBLIC_URL"),
+        worker_broker_url=args.worker_broker_url or os.environ.get("MORAG_WORKER_BROKER_URL"),
+    )
+    uvicorn.run(
+        create_app(config),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    return int(ExitCode.OK)

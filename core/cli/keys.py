@@ -1,0 +1,81 @@
+"""``morag-worker keys create|list|revoke|sweep``: server-side key administration over REDIS_URL.
+
+``create`` prints the new key alone on stdout (and nothing else there), so it can be captured by a
+script; everything else goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from morag_worker.core.auth import APIKeyService, UnknownKey
+from morag_worker.core.celery_config import DEFAULT_REDIS_URL, strip_credentials
+from morag_worker.core.naming import InvalidUserId
+
+from .errors import CliError, ExitCode
+
+__all__ = ["run"]
+
+
+def run(args: argparse.Namespace) -> int:
+    url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    try:
+        return asyncio.run(_run(args, url))
+    except InvalidUserId as exc:
+        raise CliError(str(exc), ExitCode.USAGE) from None
+    except RedisConnectionError:
+        raise CliError(
+            f"cannot reach Redis at {strip_credentials(url)} (set REDIS_URL to the admin connection)",
+            ExitCode.BROKER_UNREACHABLE,
+        ) from None
+    except RedisError as exc:
+        raise CliError(f"Redis refused the operation: {exc}", ExitCode.CONFIG) from None
+
+
+async def _run(args: argparse.Namespace, url: str) -> int:
+    client = aioredis.Redis.from_url(url)
+    try:
+        service = APIKeyService(client, access_hook=await _access_hook(client))
+        action = args.keys_command
+        if action == "create":
+            if args.expires_days is not None and args.expires_days <= 0:
+                raise CliError("--expires-days must be a positive number", ExitCode.USAGE)
+            key = await service.create_api_key(args.user, args.description, args.expires_days)
+            print(key)
+            print(f"created a key for user {args.user!r}; it is shown only this once", file=sys.stderr)
+        elif action == "list":
+            for record in await service.list_keys(args.user):
+                expires = record.expires_at.isoformat() if record.expires_at else "never"
+                status = "active" if record.active else "revoked"
+                print(
+                    f"{record.key_hash}  created {record.created_at.isoformat()}  "
+                    f"expires {expires}  {status}  {record.description}"
+                )
+        elif action == "revoke":
+            key_or_hash = sys.stdin.readline().strip() if args.key_or_hash == "-" else args.key_or_hash
+            try:
+                record = await service.revoke(key_or_hash)
+            except UnknownKey as exc:
+                raise CliError(str(exc), ExitCode.USAGE) from None
+            print(f"revoked key {record.key_hash[:12]}… of user {record.user_id!r}", file=sys.stderr)
+        elif action == "sweep":
+            removed = await service.sweep_expired()
+            print(f"removed {len(removed)} expired key(s)", file=sys.stderr)
+        return int(ExitCode.OK)
+    finally:
+        await client.aclose()
+
+
+async def _access_hook(client: Any) -> Any:
+    """The Redis ACL hook (broker credentials follow the keys)."""
+    from morag_worker.core.acl import RedisAclHook
+
+    return RedisAclHook(client)

@@ -1,0 +1,81 @@
+"""Builds the argument parser and runs the chosen headless verb.
+
+Verbs import their modules lazily so ``--help`` and ``--version`` stay fast and need nothing but
+the standard library and this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+from morag_worker import DISPLAY_NAME, __version__
+
+from .errors import CliError, ExitCode
+
+__all__ = ["build_parser", "dispatch"]
+
+# verb -> module under morag_worker.core.cli that has run(args) -> int
+_VERBS = {
+    "keys": "keys",
+    "hub": "hub",
+    "submit": "submit",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="morag-worker",
+        description=f"{DISPLAY_NAME}: contribute your GPU to a MoRAG server. "
+        "Without a command the tray app starts; --no-gui runs the same worker headless.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--no-gui", action="store_true", help="run the worker headless")
+    parser.add_argument("--config-dir", type=Path, help="settings folder (default: per-user)")
+    parser.add_argument("--hub", help="hub URL (default: MAIN_SERVER_URL or the settings)")
+    parser.add_argument("--api-key-file", type=Path, help="read the API key from this 0600 file")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("--log-format", choices=("console", "json"), help="log renderer")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    keys = sub.add_parser("keys", help="server side: manage API keys (needs REDIS_URL)")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    create = keys_sub.add_parser("create", help="create a key; prints it once on stdout")
+    create.add_argument("--user", required=True, help="user id")
+    create.add_argument("--description", default="")
+    create.add_argument("--expires-days", type=int)
+    listing = keys_sub.add_parser("list", help="list a user's keys (hashes, never keys)")
+    listing.add_argument("--user", required=True)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key, given as the key or its hash")
+    revoke.add_argument("key_or_hash", help="the key, '-' to read it from stdin, or its hash")
+    keys_sub.add_parser("sweep", help="remove expired keys and their broker access")
+
+    hub = sub.add_parser("hub", help="server side: run the HTTP hub")
+    hub.add_argument("--host", default="127.0.0.1")
+    hub.add_argument("--port", type=int, default=8700)
+    hub.add_argument("--storage", type=Path, default=Path("hub-storage"))
+    hub.add_argument("--public-url", help="URL workers use to reach this hub")
+    hub.add_argument("--worker-broker-url", help="broker URL told to workers (no credentials)")
+    hub.add_argument("--max-upload-mb", type=int, default=2048)
+
+    submit = sub.add_parser("submit", help="send a file or URL to your queue")
+    submit.add_argument("source", help="a file path or an http(s) URL")
+    submit.add_argument("--wait", action="store_true", help="follow progress, print the result")
+    submit.add_argument("--json", action="store_true", help="print the whole result object")
+    submit.add_argument("--content-type")
+    submit.add_argument("--local", action="store_true", help="use the server's own workers")
+    submit.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait at most")
+    return parser
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the verb in ``args``; CliError and KeyboardInterrupt are turned into exit codes."""
+    module_name = _VERBS.get(args.command or "")
+    if args.no_gui and args.command is None:
+        module_name = "headless"
+    if module_name is None:
+        raise CliError("no command given", ExitCode.USAGE)
+    module = importlib.import_module(f"{__package__}.{module_name}")
+    code: int = module.run(args)
+    return code

@@ -1,0 +1,198 @@
+"""A typed client of the hub's HTTP API, used by ``submit``, ``login`` and the worker supervisor.
+
+Errors come out as three kinds a person can act on: the hub cannot be reached, the key was
+refused, or the hub answered with an error. The API key is sent only to the hub's own origin.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import requests
+
+__all__ = ["HubClient", "HubError", "HubUnreachable", "KeyRejected", "QueueInfo", "TaskView"]
+
+
+class HubError(Exception):
+    """The hub answered, but with an error."""
+
+
+class HubUnreachable(HubError):
+    """No answer from the hub (down, wrong address, network)."""
+
+
+class KeyRejected(HubError):
+    """The hub does not accept the API key (unknown, revoked or expired)."""
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """What a worker needs besides its key (DESIGN §4 queue-info)."""
+
+    user_id: str
+    gpu_queue: str
+    cpu_queue: str
+    default_queue: str
+    broker_url: str
+    broker_username: str
+    key_prefix: str
+    expires_at: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> QueueInfo:
+        broker = data.get("broker") or {}
+        return cls(
+            user_id=str(data["user_id"]),
+            gpu_queue=str(data["gpu_queue"]),
+            cpu_queue=str(data["cpu_queue"]),
+            default_queue=str(data.get("default_queue", "celery")),
+            broker_url=str(broker.get("url", "")),
+            broker_username=str(broker.get("username", "")),
+            key_prefix=str(broker.get("key_prefix", "")),
+            expires_at=data.get("expires_at"),
+        )
+
+
+@dataclass(frozen=True)
+class TaskView:
+    task_id: str
+    state: str
+    progress: dict[str, Any] | None
+    result: dict[str, Any] | None
+    error: str | None
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("SUCCESS", "FAILURE", "REVOKED", "REJECTED")
+
+
+class _ProgressReader:
+    """A file wrapper that reports how much of it has been read (upload progress)."""
+
+    def __init__(self, handle: BinaryIO, total: int, progress: Callable[[int, int], None]) -> None:
+        self._handle = handle
+        self._total = total
+        self._done = 0
+        self._progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._handle.read(size)
+        self._done += len(chunk)
+        self._progress(self._done, self._total)
+        return chunk
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read(1024 * 1024):
+            yield chunk
+
+    def __len__(self) -> int:
+        return self._total
+
+
+class HubClient:
+    """Calls the hub at ``base_url`` with ``api_key``; ``session`` is injectable for tests."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        session: requests.Session | None = None,
+        timeout: tuple[float, float] = (10.0, 60.0),
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._key = api_key
+        self._session = session or requests.Session()
+        self._session.trust_env = False
+        self._timeout = timeout
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = {"Authorization": f"Bearer {self._key}", **kwargs.pop("headers", {})}
+        try:
+            response = self._session.request(
+                method,
+                self.base_url + path,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+                **kwargs,
+            )
+        except requests.RequestException as exc:
+            raise HubUnreachable(f"cannot reach the hub at {self.base_url} ({type(exc).__name__})") from None
+        if response.status_code == 401:
+            raise KeyRejected("the hub rejected the API key (unknown, revoked or expired)")
+        if response.status_code >= 400:
+            raise HubError(f"the hub answered {response.status_code}: {_error_text(response)}")
+        return response
+
+    def queue_info(self) -> QueueInfo:
+        return QueueInfo.from_json(self._request("GET", "/api/v1/auth/queue-info").json())
+
+    def upload(self, path: Path, *, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            body: Any = _ProgressReader(handle, size, progress) if progress else handle
+            response = self._request(
+                "POST",
+                "/api/v1/files",
+                params={"filename": path.name},
+                data=body,
+                headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+            )
+        data: dict[str, Any] = response.json()
+        return data
+
+    def create_task(
+        self,
+        *,
+        file_id: str | None = None,
+        url: str | None = None,
+        content_type: str | None = None,
+        task_options: dict[str, Any] | None = None,
+        remote: bool = True,
+    ) -> dict[str, Any]:
+        body = {
+            "file_id": file_id,
+            "url": url,
+            "content_type": content_type,
+            "task_options": task_options,
+            "remote": remote,
+        }
+        data: dict[str, Any] = self._request("POST", "/api/v1/tasks", json=body).json()
+        return data
+
+    def task(self, task_id: str) -> TaskView:
+        data = self._request("GET", f"/api/v1/tasks/{task_id}").json()
+        return TaskView(
+            task_id=data["task_id"],
+            state=data["state"],
+            progress=data.get("progress"),
+            result=data.get("result"),
+            error=data.get("error"),
+        )
+
+    def workers(self) -> list[dict[str, Any]]:
+        workers: list[dict[str, Any]] = self._request("GET", "/api/v1/workers").json()["workers"]
+        return workers
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def _error_text(response: requests.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text[:200] or response.reason
+    if isinstance(data, dict):
+        return str(data.get("error") or data.get("detail") or data)[:300]
+    return str(data)[:300]
+
+
+def hub_url_from_env(env: dict[str, str] | None = None) -> str | None:
+    env = env if env is not None else dict(os.environ)
+    return env.get("MAIN_SERVER_URL") or None

@@ -1,0 +1,104 @@
+"""Per-process state of a worker: its role, its pipeline and the sinks of task progress.
+
+Built lazily on first use inside the worker (after ``celeryd_init`` chose the role), so importing
+the Celery app stays free of side effects. Prefork children inherit it when they fork.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from .logging import register_secret
+from .pipeline import Pipeline
+from .processing import ProcessorRegistry
+from .progress import ProgressReporter, ProgressSink
+from .results import ProgressMeta, TaskResult
+from .transfer import Downloader
+
+__all__ = ["WorkerRuntime", "get_runtime"]
+
+log = structlog.get_logger(__name__)
+
+
+class WorkerRuntime:
+    """The worker's role and collaborators, configured once from the environment."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self._env = env if env is not None else os.environ
+        self.own_user_id: str | None = None
+        self.hub_url = self._env.get("MAIN_SERVER_URL") or None
+        self.api_key = self._env.get("MORAG_API_KEY") or None
+        register_secret(self.api_key)
+        self.cancel_event = threading.Event()
+        self.extra_sinks: list[ProgressSink] = []
+        self._pipeline: Pipeline | None = None
+        self._lock = threading.Lock()
+
+    def configure(self, *, own_user_id: str | None) -> None:
+        self.own_user_id = own_user_id
+        self._pipeline = None
+
+    @property
+    def temp_root(self) -> Path:
+        configured = self._env.get("TEMP_DIR")
+        return Path(configured) if configured else Path(tempfile.gettempdir()) / "morag-worker"
+
+    def pipeline(self) -> Pipeline:
+        with self._lock:
+            if self._pipeline is None:
+                self._pipeline = Pipeline(
+                    downloader_factory=self._downloader,
+                    registry=ProcessorRegistry.default(),
+                    temp_root=self.temp_root,
+                    own_user_id=self.own_user_id,
+                )
+            return self._pipeline
+
+    def _downloader(self) -> Downloader:
+        return Downloader(hub_origin=self.hub_url, api_key=self.api_key, cancel=self.cancel_event)
+
+    def reporter(self, task: Any) -> ProgressReporter:
+        """A progress reporter that updates the task's state in the result backend."""
+        task_id = str(task.request.id)
+
+        def backend_sink(tid: str, meta: ProgressMeta) -> None:
+            task.update_state(task_id=tid, state=meta.stage, meta=meta.to_dict())
+
+        return ProgressReporter(task_id, [backend_sink, *self.extra_sinks], checkpoint=self.checkpoint)
+
+    def checkpoint(self) -> None:
+        """Raise the cancellation error when the contributor asked to stop now."""
+        if self.cancel_event.is_set():
+            from .processing import TaskCancelled
+
+            raise TaskCancelled("stopped by the contributor")
+
+    def task_finished(self, task_id: str | None) -> None:
+        """Hook for the local progress channel (and presence) when a task ends."""
+
+    def refuse_local(self, task_id: str | None, task_name: str) -> dict[str, Any]:
+        log.warning("task.refused_local", task_id=task_id, task=task_name)
+        return TaskResult.failure(
+            f"{task_name} reads files on the worker's own machine and is not accepted by a "
+            "contributor's worker; send the _remote task instead",
+            user_id=self.own_user_id,
+        ).to_dict()
+
+
+_runtime: WorkerRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> WorkerRuntime:
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = WorkerRuntime()
+        return _runtime

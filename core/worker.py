@@ -1,0 +1,161 @@
+"""The Celery app and its four tasks: ``celery -A morag_worker.core.worker worker -Q gpu-tasks-U``.
+
+Importing this module only builds the app from the environment (no connection is made). When a
+worker starts on a per-user queue (``-Q gpu-tasks-{user_id}``, or ``MORAG_USER_ID`` is set) it
+switches to the remote role before connecting: the user's namespace, the ACL login
+``worker-{user_id}`` with ``MORAG_API_KEY`` as password, and nothing on shared channels.
+The tasks are thin: they hand their arguments to ``Pipeline`` and return its result object.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import structlog
+from celery import Celery, Task, signals
+from celery.exceptions import Reject
+
+from .celery_config import base_config, remote_worker_config
+from .naming import user_id_from_queue, validate_user_id
+from .pipeline import InfrastructureError, TaskCancelledError
+from .results import TaskResult
+from .runtime import WorkerRuntime, get_runtime
+from .task_args import MalformedTask, bind_arguments
+
+__all__ = [
+    "celery_app",
+    "process_file_task",
+    "process_file_task_remote",
+    "process_url_task",
+    "process_url_task_remote",
+]
+
+log = structlog.get_logger(__name__)
+
+celery_app = Celery("morag_worker")
+celery_app.conf.update(base_config(os.environ))
+
+
+def _queues_from_options(options: dict[str, Any]) -> list[str]:
+    queues = options.get("queues") or []
+    if isinstance(queues, str):
+        queues = queues.split(",")
+    return [q.strip() for q in queues if q and q.strip()]
+
+
+@signals.celeryd_init.connect
+def _select_role(sender: Any = None, conf: Any = None, options: Any = None, **_: Any) -> None:
+    """Switch to the remote role when this worker serves one user's queue."""
+    env = os.environ
+    user_ids = {u for u in map(user_id_from_queue, _queues_from_options(options or {})) if u}
+    explicit = env.get("MORAG_USER_ID")
+    if explicit:
+        user_ids.add(validate_user_id(explicit))
+    if not user_ids:
+        get_runtime().configure(own_user_id=None)
+        return
+    if len(user_ids) > 1:
+        raise SystemExit(
+            "a MoRAG worker serves exactly one user; queues of several users were given: "
+            + ", ".join(sorted(user_ids))
+        )
+    (user_id,) = user_ids
+    (conf or celery_app.conf).update(remote_worker_config(env, user_id))
+    # The result backend may have been created with the unprefixed settings; build it again.
+    celery_app._local.__dict__.pop("backend", None)
+    get_runtime().configure(own_user_id=user_id)
+    log.info("worker.remote_role", user_id=user_id)
+
+
+class _MoragTask(Task):  # type: ignore[misc]
+    """Base of the four tasks: maps pipeline outcomes onto Celery's."""
+
+    typing = False  # arguments are validated by the pipeline, with clear messages
+
+    def _run(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        params: tuple[str, ...],
+        *,
+        remote: bool,
+        url_task: bool,
+    ) -> dict[str, Any]:
+        runtime: WorkerRuntime = get_runtime()
+        if not remote and runtime.own_user_id is not None:
+            # A contributor's worker never reads its own machine's files for a task.
+            return runtime.refuse_local(self.request.id, self.name)
+        try:
+            bound = bind_arguments(params, args, kwargs)
+        except MalformedTask as exc:
+            log.warning("task.malformed", task_id=self.request.id, error=str(exc))
+            return TaskResult.failure(f"malformed task: {exc}", user_id=runtime.own_user_id).to_dict()
+        reporter = runtime.reporter(self)
+        try:
+            result = runtime.pipeline().run_file(reporter, bound, remote=remote, url_task=url_task)
+        except TaskCancelledError:
+            log.info("task.requeued", task_id=self.request.id)
+            raise Reject("stopped by the contributor; back to the queue", requeue=True) from None
+        except InfrastructureError as exc:
+            log.error("task.failed", task_id=self.request.id, error=str(exc))
+            raise
+        finally:
+            runtime.task_finished(self.request.id)
+        log.info("task.done", task_id=self.request.id, success=result.success, seconds=result.processing_time)
+        return result.to_dict()
+
+
+@celery_app.task(bind=True, base=_MoragTask, name="morag.worker.process_file_task")
+def process_file_task(self: _MoragTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """(file_path, content_type=None, task_options=None): convert a file on this machine."""
+    return self._run(
+        args, kwargs, ("file_path", "content_type", "task_options"), remote=False, url_task=False
+    )
+
+
+@celery_app.task(bind=True, base=_MoragTask, name="morag.worker.process_url_task")
+def process_url_task(self: _MoragTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """(url, content_type=None, task_options=None): fetch a URL and convert it."""
+    params = ("url", "content_type", "task_options")
+    return self._run(args, kwargs, params, remote=False, url_task=True)
+
+
+@celery_app.task(bind=True, base=_MoragTask, name="morag.worker.process_file_task_remote")
+def process_file_task_remote(self: _MoragTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """(file_url, user_id, content_type=None, task_options=None): download from the hub, convert."""
+    return self._run(
+        args, kwargs, ("file_url", "user_id", "content_type", "task_options"), remote=True, url_task=False
+    )
+
+
+@celery_app.task(bind=True, base=_MoragTask, name="morag.worker.process_url_task_remote")
+def process_url_task_remote(self: _MoragTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """(url, user_id, content_type=None, task_options=None): fetch a public URL, convert."""
+    return self._run(
+        args, kwargs, ("url", "user_id", "content_type", "task_options"), remote=True, url_task=True
+    )
+
+
+def _install_steps() -> None:
+    from .presence import PresenceStep
+
+    celery_app.steps["worker"].add(PresenceStep)
+
+
+_install_steps()
+
+
+@signals.setup_logging.connect
+def _setup_logging(loglevel: Any = None, **_: Any) -> None:
+    """The worker child logs through our redacting structlog pipeline (JSON when not a TTY)."""
+    from .logging import configure_logging
+
+    configure_logging(level=loglevel or "INFO")
+
+
+@signals.worker_ready.connect
+def _announce_ready(sender: Any = None, **_: Any) -> None:
+    """Readiness is observed by the supervisor and tests from this event, never assumed."""
+    log.info("worker.ready", hostname=getattr(sender, "hostname", None),
+             user_id=get_runtime().own_user_id)

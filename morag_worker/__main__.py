@@ -1,0 +1,50 @@
+"""The ``morag-worker`` entry point: parse arguments, configure logging, then pick a front end.
+
+No toolkit is imported before the arguments are parsed, so ``--help``, ``--version`` and every
+headless verb work without a display.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from morag_worker.core.cli import CliError, ExitCode, build_parser, dispatch
+from morag_worker.core.logging import configure_logging, redact
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    quiet_verbs = args.command in ("keys", "submit")
+    level = logging.DEBUG if args.verbose > 1 else logging.INFO
+    if quiet_verbs and not args.verbose:
+        level = logging.WARNING
+    configure_logging(renderer=args.log_format, level=level)
+    try:
+        if args.command is None and not args.no_gui:
+            return _run_gui(args)
+        return dispatch(args)
+    except CliError as exc:
+        print(f"morag-worker: {redact(str(exc))}", file=sys.stderr)
+        return int(exc.code)
+    except KeyboardInterrupt:
+        print("morag-worker: interrupted", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+
+
+def _run_gui(args: object) -> int:
+    try:
+        from morag_worker.gui.app import run
+    except ImportError as exc:
+        raise CliError(
+            f"the tray app is not available ({exc.name or exc}); install the 'gui' extra "
+            "(pip install 'morag-worker[gui]') or run headless with --no-gui",
+            ExitCode.CONFIG,
+        ) from None
+    code: int = run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

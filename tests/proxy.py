@@ -1,0 +1,115 @@
+"""A small HTTP-aware TCP proxy for fault tests: cuts or slows responses, records requests.
+
+One request per connection (it forces ``Connection: close``), so every request head is seen and
+every response can be cut after a chosen number of body bytes, as a dropped connection would be.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SeenRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+@dataclass
+class ProxyRules:
+    cut_downloads: int = 0  # cut this many file downloads (GET /api/v1/files/...)
+    cut_after_bytes: int = 0  # ... after this many response bytes (headers included)
+    rate_bps: float | None = None  # throttle responses to this many bytes per second
+    seen: list[SeenRequest] = field(default_factory=list)
+
+
+class CuttingProxy:
+    def __init__(self, upstream_port: int, rules: ProxyRules | None = None) -> None:
+        self.rules = rules or ProxyRules()
+        self.upstream_port = upstream_port
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(32)
+        self.port = int(self._listener.getsockname()[1])
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with client:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = client.recv(65536)
+                if not chunk:
+                    return
+                head += chunk
+            raw_head, _, rest = head.partition(b"\r\n\r\n")
+            lines = raw_head.decode("latin-1").split("\r\n")
+            method, path, _ = lines[0].split(" ", 2)
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            cut = False
+            with self._lock:
+                self.rules.seen.append(SeenRequest(method, path, headers))
+                if method == "GET" and path.startswith("/api/v1/files/") and self.rules.cut_downloads > 0:
+                    self.rules.cut_downloads -= 1
+                    cut = True
+            kept = [line for line in lines[1:] if not line.lower().startswith("connection:")]
+            new_head = "\r\n".join([lines[0], *kept, "Connection: close"]).encode("latin-1")
+            body_len = int(headers.get("content-length", "0") or 0)
+            with socket.create_connection(("127.0.0.1", self.upstream_port)) as upstream:
+                upstream.sendall(new_head + b"\r\n\r\n" + rest)
+                remaining = body_len - len(rest)
+                while remaining > 0:
+                    chunk = client.recv(min(65536, remaining))
+                    if not chunk:
+                        return
+                    upstream.sendall(chunk)
+                    remaining -= len(chunk)
+                self._relay(upstream, client, cut)
+
+    def _relay(self, upstream: socket.socket, client: socket.socket, cut: bool) -> None:
+        sent = 0
+        started = time.monotonic()
+        while True:
+            chunk = upstream.recv(16384)
+            if not chunk:
+                return
+            if cut and sent + len(chunk) >= self.rules.cut_after_bytes:
+                client.sendall(chunk[: max(0, self.rules.cut_after_bytes - sent)])
+                client.shutdown(socket.SHUT_RDWR)
+                return
+            try:
+                client.sendall(chunk)
+            except OSError:
+                return
+            sent += len(chunk)
+            rate = self.rules.rate_bps
+            if rate:
+                ahead = sent / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)  # throttling the stream, not synchronising the test
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()

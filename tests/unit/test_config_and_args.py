@@ -1,0 +1,127 @@
+"""Pure configuration: names, Celery settings per role, task arguments, the worker command."""
+
+from __future__ import annotations
+
+import pytest
+
+from morag_worker.core.celery_config import (
+    base_config,
+    broker_url_with_credentials,
+    namespaced_config,
+    remote_worker_config,
+    strip_credentials,
+    time_limits_from_env,
+)
+from morag_worker.core.naming import namespace_prefix, queue_name, user_id_from_queue
+from morag_worker.core.task_args import MalformedTask, bind_arguments, parse_task_request
+from morag_worker.core.worker_command import WorkerPlan, build_worker_command
+
+pytestmark = pytest.mark.unit
+
+KEY = "k" * 20 + "3" * 23
+
+
+def test_names() -> None:
+    assert queue_name("u1") == "gpu-tasks-u1"
+    assert queue_name("u1", "cpu") == "cpu-tasks-u1"
+    assert namespace_prefix("u1") == "morag:ns:u1:"
+    assert user_id_from_queue("gpu-tasks-u.1_x") == "u.1_x"
+    assert user_id_from_queue("celery") is None
+    assert user_id_from_queue("gpu-tasks-a*") is None
+
+
+def test_base_config_is_json_only_and_reliable() -> None:
+    conf = base_config({})
+    assert conf["accept_content"] == ["json"] and conf["task_serializer"] == "json"
+    assert conf["result_accept_content"] == ["json"]
+    assert conf["task_default_queue"] == "celery" and conf["task_create_missing_queues"]
+    assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
+    assert conf["worker_prefetch_multiplier"] == 1
+    assert conf["worker_cancel_long_running_tasks_on_connection_loss"]
+    vis = conf["broker_transport_options"]["visibility_timeout"]
+    assert vis > conf["task_time_limit"] > conf["task_soft_time_limit"]
+    assert conf["result_backend_transport_options"]["visibility_timeout"] == vis == conf["visibility_timeout"]
+
+
+def test_time_limits_from_env() -> None:
+    limits = time_limits_from_env({"CELERY_SOFT_TIME_LIMIT": "10", "CELERY_TIME_LIMIT": "20",
+                                   "CELERY_VISIBILITY_TIMEOUT": "5"})
+    assert (limits.soft, limits.hard, limits.visibility) == (10, 20, 5)
+    with pytest.raises(ValueError, match="CELERY_TIME_LIMIT"):
+        time_limits_from_env({"CELERY_SOFT_TIME_LIMIT": "10", "CELERY_TIME_LIMIT": "5"})
+    with pytest.raises(ValueError, match="whole number"):
+        time_limits_from_env({"CELERY_VISIBILITY_TIMEOUT": "soon"})
+
+
+def test_namespaced_and_remote_config() -> None:
+    env = {"REDIS_URL": "redis://h:6379/0", "MORAG_API_KEY": KEY}
+    ns = namespaced_config(env, "u1")
+    assert ns["broker_transport_options"]["global_keyprefix"] == "morag:ns:u1:"
+    assert ns["result_backend_transport_options"]["global_keyprefix"] == "morag:ns:u1:"
+    remote = remote_worker_config(env, "u1")
+    assert remote["broker_url"] == f"redis://worker-u1:{KEY}@h:6379/0"
+    assert remote["result_backend"] == remote["broker_url"]
+    assert remote["worker_enable_remote_control"] is False
+    assert remote["worker_send_task_events"] is False
+    assert remote["worker_consumer"].endswith("RemoteConsumer")
+
+
+def test_credentials_in_urls() -> None:
+    assert strip_credentials("redis://u:p@h:1/0") == "redis://h:1/0"
+    assert strip_credentials("rediss://h/0") == "rediss://h/0"
+    assert broker_url_with_credentials("redis://x:y@h:1/2", "worker-a", "p/q") == "redis://worker-a:p%2Fq@h:1/2"
+
+
+def test_remote_consumer_leaves_out_shared_channel_steps() -> None:
+    from morag_worker.core.remote_consumer import RemoteConsumer
+
+    steps = " ".join(map(str, RemoteConsumer.Blueprint.default_steps))
+    for left_out in ("Mingle", "Gossip", "Heart", "Control"):
+        assert left_out not in steps
+    assert "tasks:Tasks" in steps and "connection:Connection" in steps
+
+
+def test_parse_task_request() -> None:
+    req = parse_task_request("http://h/f", "u1", "application/pdf",
+                             {"sha256": "A" * 64, "size": 5, "filename": "a.pdf", "weird": 1})
+    assert req.user_id == "u1" and req.sha256 == "a" * 64 and req.size == 5
+    assert req.ignored_options == ("weird",)
+    for bad in [(5, "u1"), ("", "u1"), ("x" * 9000, "u1"), ("u", "a*"), ("u", "u1", 7),
+                ("u", "u1", None, "not a dict"), ("u", "u1", None, {"size": "big"}),
+                ("u", "u1", None, {"sha256": "zz"}), ("u", "u1", None, {"size": -1})]:
+        with pytest.raises(MalformedTask):
+            parse_task_request(*bad, require_user=True)
+
+
+def test_bind_arguments() -> None:
+    params = ("file_url", "user_id", "content_type", "task_options")
+    assert bind_arguments(params, ("u",), {"user_id": "a"}) == ("u", "a")
+    assert bind_arguments(params, (), {"task_options": {}, "file_url": "u"}) == ("u", None, None, {})
+    with pytest.raises(MalformedTask, match="too many"):
+        bind_arguments(params, (1, 2, 3, 4, 5), {})
+    with pytest.raises(MalformedTask, match="unexpected"):
+        bind_arguments(params, (), {"evil": 1})
+    with pytest.raises(MalformedTask, match="twice"):
+        bind_arguments(params, ("u",), {"file_url": "v"})
+
+
+def test_worker_command_keeps_the_key_out_of_argv() -> None:
+    plan = WorkerPlan(user_id="u1", hub_url="http://hub", broker_url="redis://x:y@h:1/0",
+                      api_key=KEY, platform="linux", python="/py")
+    cmd = build_worker_command(plan, {"MORAG_API_KEY": "stale", "PATH": "/bin", "REDIS_URL": "r"})
+    assert KEY not in " ".join(cmd.argv) and KEY not in repr(cmd) and KEY not in repr(plan)
+    assert cmd.env["MORAG_API_KEY"] == KEY and cmd.env["REDIS_URL"] == "redis://h:1/0"
+    assert cmd.argv[:6] == ["/py", "-m", "celery", "-A", "morag_worker.core.worker", "worker"]
+    assert cmd.argv[cmd.argv.index("-Q") + 1] == "gpu-tasks-u1"
+    assert cmd.argv[cmd.argv.index("-P") + 1] == "prefork" and not cmd.uses_control_pipe
+    for flag in ("--without-gossip", "--without-mingle", "--without-heartbeat"):
+        assert flag in cmd.argv
+
+
+def test_worker_command_on_windows_uses_threads_wrapper() -> None:
+    plan = WorkerPlan(user_id="u1", hub_url="http://hub", broker_url="redis://h:1/0",
+                      api_key=KEY, platform="win32", python="C:/py.exe", cuda_visible_devices="1")
+    cmd = build_worker_command(plan, {})
+    assert cmd.argv[:3] == ["C:/py.exe", "-m", "morag_worker.core.winworker"]
+    assert cmd.pool == "threads" and cmd.uses_control_pipe
+    assert cmd.env["CUDA_VISIBLE_DEVICES"] == "1"
