@@ -1,17 +1,97 @@
-"""Fakes for tests: the one module that holds stand-ins for collaborators passed into core."""
+"""Fakes for tests: the one module that holds stand-ins for collaborators passed into core.
+
+Keyring fakes set ``viable = False`` so that ``keyring``'s own backend detection (which registers
+every subclass of ``KeyringBackend``) never picks them; tests pass them in explicitly.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+from keyring.backend import KeyringBackend
+from keyring.backends.chainer import ChainerBackend
+from keyring.errors import PasswordDeleteError
+
 from morag_worker.core.gpu import GpuInfo
 
 __all__ = [
+    "FakeChainer",
     "FakeGpuProbe",
     "FakeNvml",
+    "FakePlaintextKeyring",
+    "InMemoryKeyring",
+    "KeyringsAltLookalike",
     "make_gpu",
 ]
+
+
+class InMemoryKeyring(KeyringBackend):
+    """A recommended-looking backend (priority 1) that keeps passwords in a dict.
+
+    Set ``error`` to make every operation raise it, the way a broken keychain would.
+    """
+
+    priority: float = 1
+    viable = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.passwords: dict[tuple[str, str], str] = {}
+        self.error: Exception | None = None
+        self.calls: list[tuple[str, str, str]] = []
+
+    def _maybe_fail(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def get_password(self, service: str, username: str) -> str | None:
+        self.calls.append(("get", service, username))
+        self._maybe_fail()
+        return self.passwords.get((service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.calls.append(("set", service, username))
+        self._maybe_fail()
+        self.passwords[(service, username)] = password
+
+    def delete_password(self, service: str, username: str) -> None:
+        self.calls.append(("delete", service, username))
+        self._maybe_fail()
+        try:
+            del self.passwords[(service, username)]
+        except KeyError:
+            raise PasswordDeleteError("No such password!") from None
+
+
+class FakePlaintextKeyring(InMemoryKeyring):
+    """Looks like ``keyrings.alt.file.PlaintextKeyring``: priority 0.5 and a ``file_path``."""
+
+    priority = 0.5
+    file_path = "/home/user/.local/share/python_keyring/keyring_pass.cfg"
+
+
+class KeyringsAltLookalike(InMemoryKeyring):
+    """A backend from the ``keyrings.alt`` package, whatever priority it claims."""
+
+    priority = 2
+
+
+KeyringsAltLookalike.__module__ = "keyrings.alt.Windows"
+
+
+class FakeChainer(ChainerBackend):
+    """A ``ChainerBackend`` over the given backends (the real one discovers them globally)."""
+
+    viable = False
+
+    def __init__(self, *backends: KeyringBackend) -> None:
+        super().__init__()
+        self._chained = list(backends)
+
+    @property
+    def backends(self) -> list[KeyringBackend]:
+        return self._chained
 
 
 def make_gpu(index: int = 0, *, uuid: str | None = None, name: str = "NVIDIA Fake 24GB") -> GpuInfo:
