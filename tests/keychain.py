@@ -19,9 +19,6 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jeepney import MatchRule, message_bus
-from jeepney.io.blocking import open_dbus_connection
-
 __all__ = ["REQUIRED_TOOLS", "SecretServiceSession", "missing_tools", "skip_reason", "start_secret_service"]
 
 REQUIRED_TOOLS = ("dbus-daemon", "gnome-keyring-daemon")
@@ -113,6 +110,10 @@ def _processes_with_marker(marker: str) -> list[int]:
 
 def _wait_for_name(address: str, name: str, timeout: float) -> None:
     """Block until ``name`` has an owner on the bus (signal-driven, with a deadline)."""
+    # jeepney comes with keyring on Linux only; importing it here keeps conftest importable elsewhere.
+    from jeepney import MatchRule, message_bus
+    from jeepney.io.blocking import open_dbus_connection
+
     with open_dbus_connection(bus=address) as conn:
         rule = MatchRule(
             type="signal",

@@ -13,7 +13,6 @@ import keyring.errors
 import pytest
 import structlog
 from keyring.backends import fail, null
-from secretstorage.exceptions import SecretServiceNotAvailableException
 
 from morag_worker.core.credentials import (
     MAX_SECRET_CHARS,
@@ -220,6 +219,14 @@ class Win32Error(Exception):
     """Shaped like pywintypes.error from win32cred.CredWrite."""
 
 
+def secret_service_error() -> list[tuple[Exception, KeychainProblem]]:
+    try:  # keyring installs SecretStorage on Linux only
+        from secretstorage.exceptions import SecretServiceNotAvailableException
+    except ImportError:
+        return []
+    return [(SecretServiceNotAvailableException("DBUS_SESSION_BUS_ADDRESS is unset"), KeychainProblem.FAILED)]
+
+
 @pytest.mark.parametrize(
     ("error", "problem"),
     [
@@ -228,7 +235,7 @@ class Win32Error(Exception):
         (keyring.errors.InitError("Failed to create the collection"), KeychainProblem.FAILED),
         (keyring.errors.PasswordSetError("Can't store password on keychain"), KeychainProblem.FAILED),
         (keyring.errors.PasswordDeleteError("Can't delete password"), KeychainProblem.FAILED),
-        (SecretServiceNotAvailableException("DBUS_SESSION_BUS_ADDRESS is unset"), KeychainProblem.FAILED),
+        *secret_service_error(),
         (FileNotFoundError(2, "No such file or directory"), KeychainProblem.FAILED),
         (Win32Error(1783, "CredWrite", "The stub received bad data."), KeychainProblem.FAILED),
     ],
