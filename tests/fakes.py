@@ -1,0 +1,189 @@
+"""Fakes for tests: the one module that holds stand-ins for collaborators passed into core.
+
+Keyring fakes set ``viable = False`` so that ``keyring``'s own backend detection (which registers
+every subclass of ``KeyringBackend``) never picks them; tests pass them in explicitly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from keyring.backend import KeyringBackend
+from keyring.backends.chainer import ChainerBackend
+from keyring.errors import PasswordDeleteError
+
+from morag_worker.core.gpu import GpuInfo
+
+__all__ = [
+    "FakeChainer",
+    "FakeGpuProbe",
+    "FakeNvml",
+    "FakePlaintextKeyring",
+    "InMemoryKeyring",
+    "KeyringsAltLookalike",
+    "make_gpu",
+]
+
+
+class InMemoryKeyring(KeyringBackend):
+    """A recommended-looking backend (priority 1) that keeps passwords in a dict.
+
+    Set ``error`` to make every operation raise it, the way a broken keychain would.
+    """
+
+    priority: float = 1
+    viable = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.passwords: dict[tuple[str, str], str] = {}
+        self.error: Exception | None = None
+        self.calls: list[tuple[str, str, str]] = []
+
+    def _maybe_fail(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def get_password(self, service: str, username: str) -> str | None:
+        self.calls.append(("get", service, username))
+        self._maybe_fail()
+        return self.passwords.get((service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.calls.append(("set", service, username))
+        self._maybe_fail()
+        self.passwords[(service, username)] = password
+
+    def delete_password(self, service: str, username: str) -> None:
+        self.calls.append(("delete", service, username))
+        self._maybe_fail()
+        try:
+            del self.passwords[(service, username)]
+        except KeyError:
+            raise PasswordDeleteError("No such password!") from None
+
+
+class FakePlaintextKeyring(InMemoryKeyring):
+    """Looks like ``keyrings.alt.file.PlaintextKeyring``: priority 0.5 and a ``file_path``."""
+
+    priority = 0.5
+    file_path = "/home/user/.local/share/python_keyring/keyring_pass.cfg"
+
+
+class KeyringsAltLookalike(InMemoryKeyring):
+    """A backend from the ``keyrings.alt`` package, whatever priority it claims."""
+
+    priority = 2
+
+
+KeyringsAltLookalike.__module__ = "keyrings.alt.Windows"
+
+
+class FakeChainer(ChainerBackend):
+    """A ``ChainerBackend`` over the given backends (the real one discovers them globally)."""
+
+    viable = False
+
+    def __init__(self, *backends: KeyringBackend) -> None:
+        super().__init__()
+        self._chained = list(backends)
+
+    @property
+    def backends(self) -> list[KeyringBackend]:
+        return self._chained
+
+
+def make_gpu(index: int = 0, *, uuid: str | None = None, name: str = "NVIDIA Fake 24GB") -> GpuInfo:
+    """A GpuInfo with plausible values."""
+    return GpuInfo(
+        index=index,
+        name=name,
+        uuid=uuid if uuid is not None else f"GPU-0000000{index}-1111-2222-3333-444444444444",
+        memory_total_mb=24576,
+        memory_used_mb=512,
+        temperature_c=40,
+        utilization_percent=0,
+    )
+
+
+@dataclass
+class FakeGpuProbe:
+    """A GpuProbe that answers a fixed list."""
+
+    gpus: list[GpuInfo] = field(default_factory=list)
+    calls: int = 0
+
+    def list_gpus(self) -> list[GpuInfo]:
+        self.calls += 1
+        return list(self.gpus)
+
+
+class FakeNvmlError(Exception):
+    """Stands in for ``pynvml.NVMLError``."""
+
+
+@dataclass
+class _Memory:
+    total: int
+    used: int
+
+
+@dataclass
+class _Utilization:
+    gpu: int
+
+
+@dataclass
+class FakeNvml:
+    """A stand-in for the ``pynvml`` module with ``devices`` as its GPUs.
+
+    Each device is a dict with ``name`` (bytes or str), ``uuid``, ``total``/``used`` bytes and,
+    optionally, ``temperature`` / ``utilization`` (an Exception value makes that call raise)
+    or ``broken`` (the handle lookup raises).
+    """
+
+    devices: list[dict[str, Any]] = field(default_factory=list)
+    init_error: Exception | None = None
+    initialised: int = 0
+    shut_down: int = 0
+    NVML_TEMPERATURE_GPU: int = 0
+
+    def nvmlInit(self) -> None:
+        if self.init_error is not None:
+            raise self.init_error
+        self.initialised += 1
+
+    def nvmlShutdown(self) -> None:
+        self.shut_down += 1
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.devices)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> dict[str, Any]:
+        device = self.devices[index]
+        if device.get("broken"):
+            raise FakeNvmlError("GPU is lost")
+        return device
+
+    def nvmlDeviceGetName(self, handle: dict[str, Any]) -> Any:
+        return handle["name"]
+
+    def nvmlDeviceGetUUID(self, handle: dict[str, Any]) -> Any:
+        return handle["uuid"]
+
+    def nvmlDeviceGetMemoryInfo(self, handle: dict[str, Any]) -> _Memory:
+        return _Memory(total=handle["total"], used=handle["used"])
+
+    def nvmlDeviceGetTemperature(self, handle: dict[str, Any], sensor: int) -> int:
+        return int(self._value(handle, "temperature", 50))
+
+    def nvmlDeviceGetUtilizationRates(self, handle: dict[str, Any]) -> _Utilization:
+        return _Utilization(gpu=int(self._value(handle, "utilization", 0)))
+
+    @staticmethod
+    def _value(handle: dict[str, Any], key: str, default: int) -> Any:
+        value = handle.get(key, default)
+        if isinstance(value, Exception):
+            raise value
+        return value
