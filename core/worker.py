@@ -157,5 +157,4 @@ def _setup_logging(loglevel: Any = None, **_: Any) -> None:
 @signals.worker_ready.connect
 def _announce_ready(sender: Any = None, **_: Any) -> None:
     """Readiness is observed by the supervisor and tests from this event, never assumed."""
-    log.info("worker.ready", hostname=getattr(sender, "hostname", None),
-             user_id=get_runtime().own_user_id)
+    log.info("worker.ready", hostname=getattr(sender, "hostname", None), user_id=get_runtime().own_user_id)

@@ -1,0 +1,102 @@
+"""The typed vocabulary shared by the supervisor and its front ends (terminal and tray).
+
+States, stop modes and events are plain enums and frozen dataclasses so that the headless
+front end, the Qt controller and tests all speak the same language without importing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+__all__ = [
+    "StopMode",
+    "SupervisorListener",
+    "TaskOutcome",
+    "TaskProgress",
+    "TaskRecord",
+    "WorkerState",
+    "WorkerStatus",
+]
+
+
+class WorkerState(Enum):
+    STOPPED = "stopped"
+    STARTING = "starting"  # child launched, not yet ready (connecting to hub and broker)
+    RUNNING = "running"  # ready and waiting for work, or working
+    FINISHING = "finishing"  # finishing the current task, taking no new one
+    STOPPING = "stopping"  # stop now: the current task goes back to the queue
+    BACKOFF = "backoff"  # crashed or unreachable; will retry at ``WorkerStatus.retry_at``
+    CRASHED = "crashed"  # gave up, or an error that retrying cannot fix (key rejected...)
+    SNOOZED = "snoozed"  # stopped on purpose until ``WorkerStatus.snoozed_until``
+
+
+class StopMode(Enum):
+    FINISH = "finish"  # SIGTERM / worker.stop(): finish the current task, then exit
+    NOW = "now"  # SIGQUIT / cooperative cancel: requeue the current task at once
+    KILL = "kill"  # last resort: the task returns after the visibility timeout
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """A snapshot of the supervisor, sent with every state change."""
+
+    state: WorkerState
+    message: str = ""  # a sentence for a person: "Waiting for work", "Hub unreachable: ..."
+    user_id: str | None = None
+    queue: str | None = None
+    retry_at: float | None = None  # epoch seconds of the next restart attempt (BACKOFF)
+    snoozed_until: float | None = None  # epoch seconds, or None for "until I resume" (SNOOZED)
+    last_output: tuple[str, ...] = ()  # the child's last lines, for a CRASHED state
+
+
+@dataclass(frozen=True)
+class TaskProgress:
+    """Progress of one task, as the worker child reported it over the local channel."""
+
+    task_id: str
+    stage: str  # DOWNLOADING, PROCESSING
+    done: float
+    total: float | None
+    percent: float | None
+    message: str = ""
+    filename: str | None = None
+    speed: float | None = None  # units (bytes while downloading) per second
+    eta_s: float | None = None
+    timestamp: float = 0.0
+
+
+class TaskOutcome(Enum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # the result says success: false, or the task raised
+    REQUEUED = "requeued"  # stopped now; back in the queue
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """One finished task, for the history view."""
+
+    task_id: str
+    outcome: TaskOutcome
+    started_at: float
+    finished_at: float
+    filename: str | None = None
+    error: str | None = None
+    metadata: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float:
+        return max(0.0, self.finished_at - self.started_at)
+
+
+class SupervisorListener(Protocol):
+    """What a front end implements to hear from the supervisor (called from its threads)."""
+
+    def on_status(self, status: WorkerStatus) -> None: ...
+
+    def on_progress(self, progress: TaskProgress) -> None: ...
+
+    def on_task_finished(self, record: TaskRecord) -> None: ...
+
+    def on_log(self, line: str) -> None: ...
