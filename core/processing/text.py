@@ -72,14 +72,13 @@ def decode_text(data: bytes, *, declared: str | None = None, what: str = "the fi
     """
     for bom, codec in _BOMS:
         if data.startswith(bom):
+            name = codec.removesuffix("-sig")
             try:
                 text = data.decode(codec)
             except UnicodeDecodeError as exc:
-                raise CorruptInput(
-                    f"{what} starts with a {codec} byte-order mark but is not {codec}"
-                ) from exc
+                raise CorruptInput(f"{what} starts with a {name} byte-order mark but is not {name}") from exc
             _refuse_binary(text, what)
-            return DecodedText(text, codec.removesuffix("-sig"))
+            return DecodedText(text, name)
     if b"\x00" in data:
         raise CorruptInput(f"{what} is not text: it contains binary data (NUL bytes)")
     notes: list[str] = []

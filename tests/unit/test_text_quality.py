@@ -44,7 +44,9 @@ def registry() -> ProcessorRegistry:
     return ProcessorRegistry.default(entry_points=[])
 
 
-@pytest.mark.parametrize(("location", "min_words", "phrases"), DOCUMENTS, ids=lambda v: Path(str(v)).name)
+@pytest.mark.parametrize(
+    ("location", "min_words", "phrases"), DOCUMENTS, ids=[Path(d[0]).name for d in DOCUMENTS]
+)
 def test_real_documents_give_clean_words(
     registry: ProcessorRegistry, location: str, min_words: int, phrases: list[str]
 ) -> None:
