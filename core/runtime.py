@@ -17,7 +17,7 @@ import structlog
 
 from .logging import register_secret
 from .pipeline import Pipeline
-from .processing import ProcessorRegistry
+from .processing import ProcessorRegistry, TaskCancelled
 from .progress import ProgressReporter, ProgressSink
 from .results import ProgressMeta, TaskResult
 from .transfer import Downloader
@@ -76,8 +76,6 @@ class WorkerRuntime:
     def checkpoint(self) -> None:
         """Raise the cancellation error when the contributor asked to stop now."""
         if self.cancel_event.is_set():
-            from .processing import TaskCancelled
-
             raise TaskCancelled("stopped by the contributor")
 
     def task_finished(self, task_id: str | None) -> None:
