@@ -220,7 +220,10 @@ class Downloader:
                     progress_callback=progress,
                     cancel=cancel,
                 )
-                self._run(job, url, notice)
+                try:
+                    self._run(job, url, notice)
+                finally:
+                    job.close()
             complete = True
         except TransferError as exc:
             log.warning("download.failed", host=host, error=type(exc).__name__, message=str(exc))

@@ -18,7 +18,9 @@ import hmac
 import io
 import shutil
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ __all__ = ["DownloadLimits", "ProgressCallback", "RetryableFailure", "TransferJo
 log = structlog.get_logger(__name__)
 
 MiB = 1024 * 1024
+_WRITE_AHEAD = 2
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 ProgressCallback = Callable[[int, int | None], None]
 
@@ -124,9 +127,20 @@ class TransferJob:
     resumes: int = 0
     redownloaded: bool = False
     progress: _Throttle = field(init=False)
+    _writer: ThreadPoolExecutor = field(init=False, repr=False)
+    _pending: deque[Future[None]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.progress = _Throttle(self.progress_callback, self.clock, self.limits.progress_interval_s)
+        # One writer thread, so hashing a chunk overlaps writing the previous one (both release
+        # the GIL); it keeps the order of writes and at most _WRITE_AHEAD chunks in flight.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="download-writer")
+        self._pending = deque()
+
+    def close(self) -> None:
+        """Wait for writes in flight (their errors no longer matter) and stop the writer thread."""
+        self._pending.clear()
+        self._writer.shutdown(wait=True)
 
     @property
     def can_resume(self) -> bool:
@@ -135,6 +149,7 @@ class TransferJob:
 
     def restart(self) -> None:
         """Forget every byte: truncate the file and start a fresh hash."""
+        self.flush()
         self.fh.seek(0)
         self.fh.truncate()
         self.hasher = hashlib.sha256()
@@ -232,6 +247,12 @@ class TransferJob:
 
     def stream(self, raw: HTTPResponse) -> None:
         """Copy the body to the file, hashing, counting decoded bytes, watching deadline and rate."""
+        try:
+            self._copy(raw)
+        finally:
+            self.flush()
+
+    def _copy(self, raw: HTTPResponse) -> None:
         limits, clock = self.limits, self.clock
         window_start, window_bytes = clock(), self.have
         while True:
@@ -265,17 +286,30 @@ class TransferJob:
             self.progress(self.have, self.total if self.total is not None else self.expected_size)
 
     def _write(self, data: bytes) -> None:
+        if len(self._pending) >= _WRITE_AHEAD:
+            self._settle(self._pending.popleft())
+        self._pending.append(self._writer.submit(write_all, self.fh, data))
+        self.hasher.update(data)  # while the writer thread writes
+        self.have += len(data)
+
+    def flush(self) -> None:
+        """Wait until every byte counted in ``have`` is written; raise the first write error."""
+        while self._pending:
+            self._settle(self._pending.popleft())
+
+    def _settle(self, write: Future[None]) -> None:
         try:
-            write_all(self.fh, data)
+            write.result()
         except OSError as exc:
+            for later in self._pending:  # let them finish; after a failed write they prove nothing
+                later.exception()
+            self._pending.clear()
             if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
                 done = hh.human_size(self.have)
                 raise InsufficientDiskSpace(
                     f"The disk ran out of space after {done} of the file from {self.host}."
                 ) from None
             raise self.failed(f"the file could not be written ({exc.strerror})") from None
-        self.hasher.update(data)
-        self.have += len(data)
 
     def verified(self) -> bool:
         """True if the bytes are right; on the first mismatch, restart for one fresh download."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import os
 import random
 import shutil
 import socket
@@ -293,18 +294,47 @@ def test_disk_space_is_checked_before_reading(
     assert_empty(tmp_path)
 
 
-def test_disk_full_while_writing_is_a_typed_error(
-    server: HTTPTestServer, dl: Downloader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("code", "error", "text"),
+    [
+        (errno.ENOSPC, InsufficientDiskSpace, "ran out of space"),
+        (errno.EIO, DownloadFailed, "could not be written"),
+    ],
+)
+def test_write_errors_in_the_writer_thread_are_typed(
+    server: HTTPTestServer,
+    dl: Downloader,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    code: int,
+    error: type[Exception],
+    text: str,
 ) -> None:
     server.route("/f", Route(body=data(200 * KiB), send_length=False))
 
-    def full(_fh: Any, _data: bytes) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def failing(_fh: Any, _data: bytes) -> None:
+        raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(transfer_job, "write_all", full)
-    with pytest.raises(InsufficientDiskSpace, match="ran out of space"):
+    monkeypatch.setattr(transfer_job, "write_all", failing)
+    with pytest.raises(error, match=text):
         dl.download(server.url("/f"), tmp_path)
     assert_empty(tmp_path)
+    assert len(server.requests("/f")) == 1  # not retried
+
+
+def writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("download-writer")]
+
+
+def test_no_writer_thread_outlives_a_download(server: HTTPTestServer, dl: Downloader, tmp_path: Path) -> None:
+    server.route("/ok", Route(body=data(300 * KiB)))
+    server.route("/bad", Route(body=data(300 * KiB), cut_after=10 * KiB, cut_times=99))
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "bad").mkdir()
+    dl.download(server.url("/ok"), tmp_path / "ok")
+    with pytest.raises(DownloadFailed, match="connection was cut"):
+        dl.download(server.url("/bad"), tmp_path / "bad")
+    assert writer_threads() == []
 
 
 # --- slow servers -------------------------------------------------------------------------------
