@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -348,8 +349,10 @@ class Downloader:
                     verify=self._verify,
                     timeout=(limits.connect_timeout, min(limits.read_timeout, remaining)),
                 )
-            except requests.exceptions.SSLError:
-                raise job.failed("the server's TLS certificate could not be verified") from None
+            except requests.exceptions.SSLError as exc:
+                if _certificate_error(exc):
+                    raise job.failed("the server's TLS certificate could not be verified") from None
+                raise RetryableFailure("the TLS connection failed") from exc
             except requests.exceptions.ConnectTimeout as exc:
                 raise RetryableFailure("connecting timed out") from exc
             except requests.exceptions.Timeout as exc:
@@ -376,3 +379,20 @@ def _display_host(url: str) -> str:
     scheme, host, port = origin_of(url)
     shown = f"[{host}]" if ":" in host else host
     return shown if port == {"http": 80, "https": 443}[scheme] else f"{shown}:{port}"
+
+
+def _certificate_error(exc: BaseException) -> bool:
+    """True when a TLS failure is about the certificate (retrying cannot help), not the connection."""
+    seen: set[int] = set()
+    pending: list[object] = [exc]
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return True
+        seen.add(id(current))
+        pending.extend(
+            [*current.args, getattr(current, "reason", None), current.__cause__, current.__context__]
+        )
+    return False

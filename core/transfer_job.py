@@ -264,7 +264,14 @@ class TransferJob:
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 raise RetryableFailure(_read_failure(exc)) from exc
             if not piece:
+                if self.total is not None and self.have < self.total:
+                    # A legal short 206 (the server may send less than the range we asked for).
+                    raise RetryableFailure("the server ended the response before the end of the file")
                 return
+            if self.total is not None and self.have + len(piece) > self.total:
+                raise IntegrityError(
+                    f"The server at {self.host} sent more than the {self.total} bytes it announced."
+                )
             if self.have + len(piece) > limits.max_bytes:
                 raise TooLarge(
                     f"The file at {self.host} is over the {hh.human_size(limits.max_bytes)} limit."

@@ -55,6 +55,7 @@ class Route:
     etag: str | None = '"v1"'
     ranges: bool = True
     refuse_ranges: bool = False  # answer every Range request with 416
+    max_range: int | None = None  # answer a Range with at most this many bytes (a legal short 206)
     send_length: bool = True  # False: chunked transfer encoding
     gzip: bool = False  # send the body gzip-encoded, whatever Accept-Encoding says
     cut_after: int | None = None  # drop the connection after this many body bytes...
@@ -227,8 +228,9 @@ class _Handler(BaseHTTPRequestHandler):
             if if_range is None or if_range == route.etag:
                 if start >= len(body):
                     return self._reply(Reply(416, {"Content-Range": f"bytes */{len(body)}"}))
-                extra["Content-Range"] = f"bytes {start}-{len(body) - 1}/{len(body)}"
-                body, status = body[start:], 206
+                end = len(body) if route.max_range is None else min(len(body), start + route.max_range)
+                extra["Content-Range"] = f"bytes {start}-{end - 1}/{len(body)}"
+                body, status = body[start:end], 206
         with self.server.owner._lock:
             cut = route.cut_after if route.body_responses < route.cut_times else None
             route.body_responses += 1

@@ -191,6 +191,18 @@ def test_resume_survives_several_cuts(server: HTTPTestServer, dl: Downloader, tm
     assert starts == [None] + [f"bytes={n * 300 * KiB}-" for n in range(1, 6)]
 
 
+def test_short_206_ranges_are_continued_until_the_end(
+    server: HTTPTestServer, dl: Downloader, tmp_path: Path
+) -> None:
+    # No checksum to catch it: the announced total alone must keep us from stopping early.
+    body = data(300 * KiB)
+    server.route("/f", Route(body=body, cut_after=100 * KiB, cut_times=1, max_range=64 * KiB))
+    result = dl.download(server.url("/f"), tmp_path)
+    assert result.path.read_bytes() == body
+    starts = [r.headers.get("range") for r in server.requests("/f")]
+    assert starts == [None] + [f"bytes={n}-" for n in range(100 * KiB, 300 * KiB, 64 * KiB)]
+
+
 def test_server_ignoring_range_restarts_from_zero(
     server: HTTPTestServer, dl: Downloader, tmp_path: Path
 ) -> None:
@@ -658,3 +670,31 @@ def test_the_https_peer_is_checked_before_the_handshake(
     ):
         dl.session.get(tls_server.url("/f"), timeout=5)
     assert tls_server.requests() == []
+
+
+def test_a_tls_handshake_cut_short_is_retried(sleeps: list[float], tmp_path: Path) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    origin = f"https://127.0.0.1:{listener.getsockname()[1]}"
+
+    def hang_up() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.close()
+
+    thread = threading.Thread(target=hang_up, name="hang-up-listener")
+    thread.start()
+    try:
+        with (
+            downloader(sleeps, origin) as dl,
+            pytest.raises(DownloadFailed, match="after 4 attempts") as caught,
+        ):
+            dl.download(origin + "/f", tmp_path)
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert "certificate" not in str(caught.value) and len(sleeps) == 3
