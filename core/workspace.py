@@ -151,8 +151,9 @@ def sweep_stale_workspaces(root: Path, older_than_s: float, *, now: float | None
 def safe_display_name(name: str | None) -> str | None:
     """A file name fit to show a person, or None: never a path, whatever the server sent.
 
-    Keeps only the last path component (``/`` and ``\\`` both count), drops control characters and
-    characters Windows forbids, trims dots and spaces at the ends, defuses Windows device names
+    Keeps only the last path component (``/`` and ``\\`` both count), drops control and invisible
+    formatting characters (a right-to-left override can disguise ``.exe``) and characters Windows
+    forbids, trims dots and spaces at the ends, defuses Windows device names
     (``CON``, ``nul.txt``) and caps the length, keeping the extension.
     """
     if not name:
@@ -160,6 +161,7 @@ def safe_display_name(name: str | None) -> str | None:
     name = unicodedata.normalize("NFC", name)
     name = re.split(r"[/\\]", name)[-1]
     name = _FORBIDDEN_NAME_CHARS.sub("", name)
+    name = "".join(c for c in name if unicodedata.category(c) != "Cf")  # bidi overrides, zero-width...
     name = " ".join(name.split()).strip(" .")
     if not name:
         return None

@@ -111,6 +111,8 @@ def test_sweep_of_a_missing_root_is_a_no_op(tmp_path: Path) -> None:
         ("/etc/passwd", "passwd"),
         ("a\x00b.txt", "ab.txt"),
         ("new\nline\r.md", "newline.md"),
+        ("invoice\u202efdp.exe", "invoicefdp.exe"),
+        ("zero\u200bwidth.txt", "zerowidth.txt"),
         ('what?<>:"|*.doc', "what.doc"),
         ("CON", "_CON"),
         ("nul.txt", "_nul.txt"),
