@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import itertools
 import os
@@ -574,20 +575,32 @@ def test_cancel_interrupts_a_retry_wait(server: HTTPTestServer, tmp_path: Path) 
     assert len(server.requests("/f")) == 1
 
 
+class SteppingClock:
+    """A fake monotonic clock that advances 50 ms every time it is read."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 0.05
+        return self.now
+
+
 def test_progress_is_throttled_and_ends_with_the_total(
     server: HTTPTestServer, sleeps: list[float], tmp_path: Path
 ) -> None:
     body = data(2 * MiB)
     server.route("/f", Route(body=body))
-    ticks = itertools.count()
-    clock = lambda: next(ticks) * 0.1  # noqa: E731 - every reading advances a fake clock by 0.1 s
-    calls: list[tuple[int, int | None]] = []
-    with Downloader(limits=LIMITS, sleep=sleeps.append, clock=clock, trusted_origins=[server.origin]) as dl:
-        dl.download(server.url("/f"), tmp_path, progress=lambda n, t: calls.append((n, t)))
-    assert calls[-1] == (len(body), len(body))
-    assert all(total == len(body) for _n, total in calls)
-    assert [n for n, _t in calls] == sorted(n for n, _t in calls)
-    assert len(calls) <= len(body) // (16 * KiB)  # far fewer calls than reads
+    clock = SteppingClock()
+    calls: list[tuple[float, int, int | None]] = []
+    limits = dataclasses.replace(LIMITS, chunk_size=16 * KiB, deadline_s=1e6)
+    with Downloader(limits=limits, sleep=sleeps.append, clock=clock, trusted_origins=[server.origin]) as dl:
+        dl.download(server.url("/f"), tmp_path, progress=lambda n, t: calls.append((clock.now, n, t)))
+    assert calls[-1][1:] == (len(body), len(body))
+    assert all(total == len(body) for _at, _n, total in calls)
+    assert [n for _at, n, _t in calls] == sorted(n for _at, n, _t in calls)
+    gaps = [later[0] - earlier[0] for earlier, later in itertools.pairwise(calls[:-1])]
+    assert len(calls) >= 3 and min(gaps) >= LIMITS.progress_interval_s - 1e-9
 
 
 @pytest.mark.parametrize(
