@@ -20,6 +20,7 @@ from urllib3.response import HTTPResponse
 from .workspace import safe_display_name
 
 __all__ = [
+    "SHA256_HEX",
     "ContentRange",
     "checksum_header",
     "content_codings",

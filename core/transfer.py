@@ -9,8 +9,9 @@ capped and reported) and redirects (followed by hand, each hop re-checked by
 :mod:`~morag_worker.core.urlsafety`). A dropped connection resumes with ``Range``/``If-Range``.
 The API key goes only to the hub's exact origin, which is never redirected away from.
 
-Runs on the calling (task) thread. A Downloader and its ``requests.Session`` serve one thread at a
-time; ``cancel`` may be set from any thread.
+Runs on the calling (task) thread, plus one writer thread per download that lives only inside
+``download()``. A Downloader and its ``requests.Session`` serve one thread at a time; ``cancel``
+may be set from any thread.
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ class Downloader:
         if expected_size is not None and expected_size < 0:
             raise ValueError("expected_size must not be negative")
         url = normalise_url(url)
-        host, is_hub, cap = _display_host(url), self.policy.is_hub(url), self.limits.max_bytes
+        host, is_hub, cap = origin_of(url).display, self.policy.is_hub(url), self.limits.max_bytes
         if expected_size is not None and expected_size > cap:
             size = human_size(expected_size)
             raise TooLarge(f"The file at {host} is {size}, over the {human_size(cap)} limit.")
@@ -371,14 +372,8 @@ class Downloader:
                     status=status,
                 )
             url = normalise_url(urljoin(url, location))
-            log.info("download.redirect", host=job.host, to_host=_display_host(url), status=status)
+            log.info("download.redirect", host=job.host, to_host=origin_of(url).display, status=status)
         raise job.failed(f"more than {limits.max_redirects} redirects")
-
-
-def _display_host(url: str) -> str:
-    scheme, host, port = origin_of(url)
-    shown = f"[{host}]" if ":" in host else host
-    return shown if port == {"http": 80, "https": 443}[scheme] else f"{shown}:{port}"
 
 
 def _certificate_error(exc: BaseException) -> bool:

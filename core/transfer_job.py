@@ -7,7 +7,8 @@ copies the body (:meth:`TransferJob.stream`) under the size cap, the deadline an
 and finally checks the bytes (:meth:`TransferJob.verified`). Failures worth another attempt raise
 :class:`RetryableFailure`; the downloader (``transfer.py``) owns the retry loop.
 
-Runs on the downloading thread only; ``cancel`` may be set from any thread.
+Runs on the downloading thread, which hands file writes to one writer thread of its own (joined
+by :meth:`TransferJob.close`); ``cancel`` may be set from any thread.
 """
 
 from __future__ import annotations

@@ -86,6 +86,12 @@ class Origin(NamedTuple):
     host: str
     port: int
 
+    @property
+    def display(self) -> str:
+        """``host`` or ``host:port`` (brackets around IPv6), for messages and logs."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == _DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
+
 
 def normalise_url(url: str) -> str:
     """``url`` as requests will send it (IDNA host, quoted path), or UnsafeURL if it cannot be parsed."""
