@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import itertools
@@ -20,6 +21,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from morag_worker.core import transfer_job
 from morag_worker.core.transfer import (
@@ -711,3 +713,24 @@ def test_a_tls_handshake_cut_short_is_retried(sleeps: list[float], tmp_path: Pat
         thread.join(timeout=30)
     assert not thread.is_alive()
     assert "certificate" not in str(caught.value) and len(sleeps) == 3
+
+
+def test_the_api_key_never_reaches_a_log_event(
+    server: HTTPTestServer, sleeps: list[float], tmp_path: Path
+) -> None:
+    server.route("/ok", Route(body=data(100 * KiB), cut_after=10 * KiB, cut_times=1))
+    server.route("/busy", Route(replies=[Reply(503, {"Retry-After": "99999"})], body=b"x"))
+    server.route("/denied", Route(status=401))
+    with (
+        structlog.testing.capture_logs() as events,
+        downloader(sleeps, hub_origin=server.origin, api_key=API_KEY) as dl,
+    ):
+        for name in ("ok", "busy", "denied"):
+            (tmp_path / name).mkdir()
+            with contextlib.suppress(DownloadFailed):
+                dl.download(
+                    server.url(f"/{name}"), tmp_path / name, notice=lambda m: events.append({"notice": m})
+                )
+    assert {e.get("event") for e in events} >= {"download.resume", "download.retry", "download.failed"}
+    assert API_KEY not in repr(events)
+    assert all(r.headers["authorization"] == f"Bearer {API_KEY}" for r in server.requests())
