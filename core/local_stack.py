@@ -197,7 +197,7 @@ class RedisServer:
         with redis.Redis(port=self.port, socket_timeout=1) as client:
             return bool(client.ping())
 
-    def client(self) -> redis.Redis[Any]:
+    def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=10)
 
     def stop(self) -> None:
