@@ -26,7 +26,6 @@ ALLOWED_COMMANDS: tuple[str, ...] = (
     "hello",
     "auth",
     "client|setname",
-    "client|setinfo",
     "client|id",
     "select",
     "quit",
