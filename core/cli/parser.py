@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 from pathlib import Path
+from typing import Any
 
 from morag_worker import DISPLAY_NAME, __version__
 
@@ -85,14 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
-    default: dict[str, object] = {"default": argparse.SUPPRESS} if suppress else {}
-    parser.add_argument("--config-dir", type=Path, help="settings folder (default: per-user)", **default)
-    parser.add_argument("--hub", help="hub URL (default: MAIN_SERVER_URL or the settings)", **default)
-    parser.add_argument("--api-key-file", type=Path, help="read the API key from this 0600 file", **default)
+    """Options every verb takes; on sub-commands they default to "not given" (SUPPRESS)."""
+    unset: Any = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--config-dir", type=Path, default=unset, help="settings folder (default: per-user)")
+    parser.add_argument("--hub", default=unset, help="hub URL (default: MAIN_SERVER_URL or the settings)")
     parser.add_argument(
-        "-v", "--verbose", action="count", help="more log output", **(default or {"default": 0})
+        "--api-key-file", type=Path, default=unset, help="read the API key from this 0600 file"
     )
-    parser.add_argument("--log-format", choices=("console", "json"), help="log renderer", **default)
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS if suppress else 0,
+        help="more log output",
+    )
+    parser.add_argument("--log-format", choices=("console", "json"), default=unset, help="log renderer")
 
 
 def dispatch(args: argparse.Namespace) -> int:
