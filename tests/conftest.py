@@ -58,12 +58,21 @@ class Stack:
         return HubClient(self.hub_url, api_key)
 
     def start_worker(
-        self, user_id: str, api_key: str, *, name: str | None = None, wait_ready: bool = True, **env: str
+        self,
+        user_id: str,
+        api_key: str,
+        *,
+        name: str | None = None,
+        wait_ready: bool = True,
+        broker_url: str | None = None,
+        hub_url: str | None = None,
+        **env: str,
     ) -> Proc:
+        """A worker child for ``user_id``; ``broker_url`` / ``hub_url`` default to the stack's own."""
         plan = WorkerPlan(
             user_id=user_id,
-            hub_url=self.hub_url,
-            broker_url=self.redis.url,
+            hub_url=hub_url or self.hub_url,
+            broker_url=broker_url or self.redis.url,
             api_key=api_key,
             worker_type=WorkerType.GPU,
             hostname=name or f"w{len(self.workers)}-{user_id}@test",
