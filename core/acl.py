@@ -9,13 +9,16 @@ How the allowlist was derived, and how to derive it again when Celery, kombu or 
 (it was derived on Celery 5.7.0, kombu 5.7.0, redis-py 8.1.0 and Redis 7.0.15):
 ``tests/integration/test_acl.py`` puts a recording proxy between real worker children and Redis
 and runs them through a normal task, a finish (SIGTERM), a stop-now (SIGQUIT), a pool child killed
-mid-task (requeued at once), and a kill -9 whose task another worker restores after the visibility
-timeout. ``ACL LOG`` must stay empty, every recorded command must be allowed, and every allowed
-command must have been recorded or be listed in ``UNEXERCISED`` with the path that needs it. When
-a pin moves, run that module: it names what to add and what to drop.
+mid-task (requeued at once), and a kill -9 whose task the hub's watchdog restores after the
+visibility timeout for another worker to run. ``ACL LOG`` must stay empty, every recorded command
+must be allowed, and every allowed command must have been recorded or be listed in
+``UNEXERCISED`` with the path that needs it. When a pin moves, run that module: it names what to
+add and what to drop.
 
 Not listed because Redis never checks them against a user's command rules: ``AUTH`` and ``HELLO``.
-Left out on purpose: ``SELECT`` (the broker must be database 0), everything kombu needs only for
+Left out on purpose: Lua (``EVAL``, ``EVALSHA``, ``SCRIPT``, ``FCALL``: a script that writes and
+then loops forever cannot be killed and stops Redis for everyone; see ``core/remote_transport.py``
+for what that costs), ``SELECT`` (the broker must be database 0), everything kombu needs only for
 remote control, events, fanout exchanges or expiring queues (``PSUBSCRIBE``, ``TIME``,
 ``ZRANGEBYSCORE``, ``PEXPIRE``...), the synchronous ``RPOP`` path, and all result-reading and chord
 commands (``MGET``, ``EXPIRE``, ``SUBSCRIBE``...), which only the server side sends.
@@ -60,15 +63,12 @@ ALLOWED_COMMANDS: tuple[str, ...] = (
     "hdel",
     "multi",
     "exec",
-    # Restoring unacked messages (shutdown, visibility timeout, Reject(requeue)): the
-    # ``unacked_mutex`` lock (SET NX PX; released by redis-py's Lua script, EVALSHA, which runs
-    # GET and DEL, with SCRIPT LOAD when the script cache is cold), ZRANGE BYSCORE REV of
-    # ``unacked_index``, then WATCH + HGET + MULTI/EXEC that pushes the message back (RPUSH, or
-    # LPUSH to the front for a requeue).
-    "set",
-    "evalsha",
-    "script|load",
-    "zrange",
+    # Putting a delivery back (a stop-now worker puts back what it had taken as it shuts down; a
+    # pool child lost mid-task has its task requeued): WATCH ``unacked``, HGET the message, then
+    # MULTI/EXEC that forgets it and pushes it back (RPUSH, or LPUSH to the front for a requeue).
+    # Stale deliveries of a worker that died are restored by the hub's watchdog, never by a
+    # worker: kombu does that under a lock that redis-py releases with Lua, and Lua (EVALSHA,
+    # SCRIPT LOAD) is not allowed here.
     "watch",
     "unwatch",
     "hget",
@@ -79,7 +79,8 @@ ALLOWED_COMMANDS: tuple[str, ...] = (
     "get",
     "setex",
     "publish",
-    # Presence: SET with a TTL while running (above), DEL on the way out; DEL also in the lock script.
+    # Presence: SET with a TTL while running, DEL on the way out.
+    "set",
     "del",
 )
 

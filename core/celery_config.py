@@ -15,6 +15,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from .naming import DEFAULT_QUEUE, acl_username, namespace_prefix
 
+# Not imported from .remote_transport: that would load kombu's Redis transport with this module.
+REMOTE_TRANSPORT = "morag_worker.core.remote_transport:Transport"
+
 __all__ = [
     "DEFAULT_REDIS_URL",
     "TimeLimits",
@@ -157,7 +160,8 @@ def remote_worker_config(env: Mapping[str, str], user_id: str) -> dict[str, Any]
     """A contributor's worker: namespaced, logged in as ``worker-{user_id}``, exposing nothing shared.
 
     Remote control, task events, gossip, mingle and heartbeat are off, so nobody can broadcast to
-    the worker and it leaks nothing to a shared event stream.
+    the worker and it leaks nothing to a shared event stream. Its transport leaves the restore of
+    stale deliveries to the hub's watchdog, so its ACL needs no Lua (``core/remote_transport.py``).
     """
     config = namespaced_config(env, user_id)
     api_key = env.get("MORAG_API_KEY")
@@ -170,5 +174,6 @@ def remote_worker_config(env: Mapping[str, str], user_id: str) -> dict[str, Any]
         worker_send_task_events=False,
         task_send_sent_event=False,
         worker_consumer="morag_worker.core.remote_consumer:RemoteConsumer",
+        broker_transport=REMOTE_TRANSPORT,
     )
     return config

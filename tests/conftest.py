@@ -109,10 +109,16 @@ def start_hub(tmp: Path, redis_url: str, extra_args: tuple[str, ...] = (), **env
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def hub_args() -> tuple[str, ...]:
+    """Extra ``morag-worker hub`` arguments for the module's stack; a module overrides this."""
+    return ()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, hub_args: tuple[str, ...]) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("stack")
     server = RedisServer(tmp / "redis")
-    hub, url = start_hub(tmp, server.url)
+    hub, url = start_hub(tmp, server.url, hub_args)
     result = Stack(tmp=tmp, redis=server, hub=hub, hub_url=url)
     try:
         yield result

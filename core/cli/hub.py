@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from morag_worker.core.celery_config import DEFAULT_REDIS_URL
+from morag_worker.core.celery_config import DEFAULT_REDIS_URL, time_limits_from_env
 
-from .errors import ExitCode
+from .errors import CliError, ExitCode
 
 __all__ = ["run"]
 
@@ -17,12 +17,18 @@ def run(args: argparse.Namespace) -> int:
 
     from morag_worker.core.hub import HubConfig, create_app
 
+    try:
+        visibility = args.visibility_timeout or float(time_limits_from_env(os.environ).visibility)
+    except ValueError as exc:
+        raise CliError(str(exc), ExitCode.CONFIG) from None
     config = HubConfig(
         redis_url=os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
         storage_dir=args.storage,
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,
         public_url=args.public_url or os.environ.get("MORAG_HUB_PUBLIC_URL"),
         worker_broker_url=args.worker_broker_url or os.environ.get("MORAG_WORKER_BROKER_URL"),
+        maintenance_interval_s=args.maintenance_interval,
+        visibility_timeout_s=visibility,
     )
     uvicorn.run(
         create_app(config),

@@ -28,6 +28,16 @@ _VERBS = {
 }
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="morag-worker",
@@ -73,6 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("--public-url", help="URL workers use to reach this hub")
     hub.add_argument("--worker-broker-url", help="broker URL told to workers (no credentials)")
     hub.add_argument("--max-upload-mb", type=int, default=2048)
+    hub.add_argument(
+        "--maintenance-interval",
+        type=_positive_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="how often to re-provision lost ACL users, sweep expired keys and restore stranded "
+        "tasks (default: 60)",
+    )
+    hub.add_argument(
+        "--visibility-timeout",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="restore a task a worker took longer ago than this (default: the workers' own, from "
+        "CELERY_VISIBILITY_TIMEOUT or the task time limits)",
+    )
 
     submit = sub.add_parser("submit", parents=[common], help="send a file or URL to your queue")
     submit.add_argument("source", help="a file path or an http(s) URL")

@@ -6,6 +6,8 @@ Runs on uvicorn's event loop; Celery and blocking Redis calls go through the thr
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,13 +24,16 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from morag_worker.core.acl import RedisAclHook
 from morag_worker.core.auth import ApiKeyRecord, APIKeyService
-from morag_worker.core.celery_config import DEFAULT_REDIS_URL, strip_credentials
+from morag_worker.core.celery_config import DEFAULT_REDIS_URL, TimeLimits, base_config, strip_credentials
 from morag_worker.core.naming import DEFAULT_QUEUE, WorkerType, acl_username, namespace_prefix, queue_name
 from morag_worker.core.presence import live_workers
 from morag_worker.core.results import ProgressMeta, TaskResult, TaskStage
 from morag_worker.core.routing import result_for_user, submit_task_for_user
+from morag_worker.core.watchdog import Watchdog
 
+from .maintenance import HubMaintenance
 from .storage import FileStore, UploadTooLarge
 from .uploads import receive_upload
 
@@ -49,6 +54,10 @@ class HubConfig:
     max_upload_bytes: int = 2 * 1024**3
     public_url: str | None = None  # how workers reach the hub; default: the request's base URL
     worker_broker_url: str | None = None  # what workers are told to connect to (no credentials)
+    # Maintenance (core/hub/maintenance.py): ACL users, expired keys, the watchdog.
+    maintenance_interval_s: float = 60.0
+    # Deliveries older than this are put back in their queue; the workers' visibility timeout.
+    visibility_timeout_s: float = float(TimeLimits.visibility)
 
 
 class TaskCreate(BaseModel):
@@ -94,13 +103,31 @@ def create_app(config: HubConfig) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         state["aredis"] = aioredis.Redis.from_url(config.redis_url)
         state["redis"] = redis.Redis.from_url(config.redis_url)
-        state["keys"] = APIKeyService(state["aredis"])
+        acl = RedisAclHook(state["aredis"])
+        state["keys"] = APIKeyService(state["aredis"], access_hook=acl)
         _app.state.keys = state["keys"]
         config.storage_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        log.info("hub.started", storage=str(config.storage_dir))
+        watchdog = Watchdog(
+            config.redis_url,
+            config.visibility_timeout_s,
+            transport_options=base_config({"REDIS_URL": config.redis_url})["broker_transport_options"],
+        )
+        maintenance = HubMaintenance(state["keys"], acl, watchdog, config.maintenance_interval_s)
+        _app.state.maintenance = maintenance
+        loop_task = asyncio.create_task(maintenance.run(), name="hub-maintenance")
+        log.info(
+            "hub.started",
+            storage=str(config.storage_dir),
+            maintenance_interval_s=config.maintenance_interval_s,
+            visibility_timeout_s=config.visibility_timeout_s,
+        )
         try:
             yield
         finally:
+            loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop_task
+            await asyncio.to_thread(watchdog.close)
             await state["aredis"].aclose()
             state["redis"].close()
 
