@@ -15,7 +15,8 @@ must be allowed, and every allowed command must have been recorded or be listed 
 ``UNEXERCISED`` with the path that needs it. When a pin moves, run that module: it names what to
 add and what to drop.
 
-Not listed because Redis never checks them against a user's command rules: ``AUTH`` and ``HELLO``.
+Not listed because Redis never checks them against a user's command rules: ``AUTH``, ``HELLO``,
+``QUIT`` and ``RESET``.
 Left out on purpose: Lua (``EVAL``, ``EVALSHA``, ``SCRIPT``, ``FCALL``: a script that writes and
 then loops forever cannot be killed and stops Redis for everyone; see ``core/remote_transport.py``
 for what that costs), ``SELECT`` (the broker must be database 0), everything kombu needs only for

@@ -15,8 +15,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from .naming import DEFAULT_QUEUE, acl_username, namespace_prefix
 
-# Not imported from .remote_transport: that would load kombu's Redis transport with this module.
-REMOTE_TRANSPORT = "morag_worker.core.remote_transport:Transport"
+# ``core/remote_transport.py``'s alias (registered by the worker before it connects); not imported
+# from there, which would load kombu's Redis transport with this module.
+REMOTE_TRANSPORT = "morag-redis"
 
 __all__ = [
     "DEFAULT_REDIS_URL",

@@ -17,7 +17,10 @@ from typing import Any
 
 from kombu.transport import redis as kombu_redis
 
-__all__ = ["Channel", "QoS", "Transport"]
+__all__ = ["ALIAS", "Channel", "QoS", "Transport", "register"]
+
+# The name workers use for it (``broker_transport``), shown in their logs as the URL's scheme.
+ALIAS = "morag-redis"
 
 
 class QoS(kombu_redis.QoS):
@@ -33,3 +36,10 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+def register() -> None:
+    """Make ``ALIAS`` resolvable by kombu in this process (the worker's, before it connects)."""
+    from kombu.transport import TRANSPORT_ALIASES
+
+    TRANSPORT_ALIASES.setdefault(ALIAS, f"{__name__}:Transport")

@@ -63,6 +63,9 @@ def _select_role(sender: Any = None, conf: Any = None, options: Any = None, **_:
             + ", ".join(sorted(user_ids))
         )
     (user_id,) = user_ids
+    from .remote_transport import register
+
+    register()  # the remote config names this transport by its alias
     (conf or celery_app.conf).update(remote_worker_config(env, user_id))
     # The result backend may have been created with the unprefixed settings; build it again.
     celery_app._local.__dict__.pop("backend", None)
@@ -121,6 +124,8 @@ class _MoragTask(Task):  # type: ignore[misc]
             raise
         finally:
             runtime.task_finished(self.request.id)
+        # Which worker ran it: the submitter can tell a redelivered task's runs apart.
+        result.metadata.setdefault("worker_hostname", self.request.hostname)
         log.info("task.done", task_id=self.request.id, success=result.success, seconds=result.processing_time)
         return result.to_dict()
 

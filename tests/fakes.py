@@ -16,7 +16,10 @@ from keyring.errors import PasswordDeleteError
 from morag_worker.core.gpu import GpuInfo
 
 __all__ = [
+    "FakeAclHook",
     "FakeChainer",
+    "FakeKeySweeper",
+    "FakeWatchdog",
     "FakeGpuProbe",
     "FakeNvml",
     "FakePlaintextKeyring",
@@ -187,3 +190,51 @@ class FakeNvml:
         if isinstance(value, Exception):
             raise value
         return value
+
+
+class FakeAclHook:
+    """Stands in for ``RedisAclHook`` in hub maintenance tests: counts syncs, can lose its ACLs."""
+
+    def __init__(self) -> None:
+        self.present = True
+        self.syncs = 0
+        self.error: Exception | None = None
+
+    async def acls_present(self) -> bool:
+        return self.present
+
+    async def sync_all(self) -> int:
+        if self.error is not None:
+            raise self.error
+        self.syncs += 1
+        self.present = True
+        return 3
+
+
+class FakeKeySweeper:
+    """Stands in for ``APIKeyService.sweep_expired``."""
+
+    def __init__(self, removed: int = 0, error: Exception | None = None) -> None:
+        self.removed = removed
+        self.error = error
+        self.sweeps = 0
+
+    async def sweep_expired(self) -> list[object]:
+        self.sweeps += 1
+        if self.error is not None:
+            raise self.error
+        return [object()] * self.removed
+
+
+class FakeWatchdog:
+    """Stands in for ``Watchdog.run`` (called from a worker thread)."""
+
+    def __init__(self, restored: dict[str, int] | None = None) -> None:
+        from morag_worker.core.watchdog import RestoreReport
+
+        self.report = RestoreReport(restored=dict(restored or {}))
+        self.runs = 0
+
+    def run(self) -> object:
+        self.runs += 1
+        return self.report
