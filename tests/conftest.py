@@ -115,9 +115,17 @@ def hub_args() -> tuple[str, ...]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, hub_args: tuple[str, ...]) -> Iterator[Stack]:
+def redis_args() -> tuple[str, ...]:
+    """Extra ``redis-server`` arguments for the module's stack; a module overrides this."""
+    return ()
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, hub_args: tuple[str, ...], redis_args: tuple[str, ...]
+) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("stack")
-    server = RedisServer(tmp / "redis")
+    server = RedisServer(tmp / "redis", extra=redis_args)
     hub, url = start_hub(tmp, server.url, hub_args)
     result = Stack(tmp=tmp, redis=server, hub=hub, hub_url=url)
     try:

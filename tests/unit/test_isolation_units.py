@@ -14,6 +14,7 @@ from morag_worker.core.acl import ALLOWED_COMMANDS, MARKER_USER, OPTIONAL_COMMAN
 from morag_worker.core.celery_config import remote_worker_config
 from morag_worker.core.cli.parser import build_parser
 from morag_worker.core.hub.maintenance import HubMaintenance
+from morag_worker.core.logging import redact
 from morag_worker.core.naming import InvalidUserId
 from morag_worker.core.remote_transport import ALIAS, QoS, Transport, register
 from tests.fakes import FakeAclHook, FakeKeySweeper, FakeWatchdog
@@ -141,3 +142,10 @@ def test_hub_flags_for_the_maintenance_interval_and_visibility_timeout() -> None
     for bad in ("0", "-1", "soon"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["hub", "--maintenance-interval", bad])
+
+
+def test_task_ids_stay_readable_in_logs_while_keys_do_not() -> None:
+    """The isolation tests follow a task through worker logs by its id (a UUID)."""
+    task_id = "7af1d00d-2c25-4578-a17f-891d92ae5e8a"
+    key = "Zx4-" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8s9"
+    assert redact(f"task {task_id} done with key {key}") == f"task {task_id} done with key [REDACTED]"
