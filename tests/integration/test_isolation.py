@@ -332,6 +332,36 @@ def test_a_forged_delivery_for_b_is_refused_and_b_never_runs_it(
     assert worker.output().count("task.done") == 1, worker.output()[-3000:]
 
 
+def test_a_running_worker_exposes_nothing_shared(stack: Stack, tmp_path: Path) -> None:
+    """No pidbox or event subscriptions, and its presence, progress and results only in its namespace."""
+    user, hostname = "quiet", "w@quiet"
+    key = stack.key(user)
+    stack.start_worker(user, key, name=hostname)
+    client = stack.client(key)
+    wait_for(client.workers, what="the worker's presence")
+    view = run_task(client, tmp_path, "nothing shared\n")
+    assert view.result is not None and view.result["success"], view
+    admin = stack.redis.client()
+    channels = [c.decode() for c in admin.pubsub_channels()]
+    assert not [c for c in channels if "pidbox" in c or "celeryev" in c], channels
+    assert admin.pubsub_numpat() == 0
+    workers = [c for c in admin.client_list() if c.get("user", "").startswith("worker-")]
+    assert any(c["user"] == f"worker-{user}" for c in workers)
+    for conn in workers:
+        assert (conn["sub"], conn["psub"]) == ("0", "0"), conn
+    ns = f"morag:ns:{user}:"
+    keys = {k.decode() for k in admin.scan_iter(count=1000)}
+    server_side = ("morag:api_keys:", "morag:users:", "morag:hub:tasks:", "morag:ns:")
+    assert not [k for k in keys if not k.startswith(server_side)], sorted(keys)
+    mine = {k for k in keys if k.startswith(ns)}
+    assert f"{ns}workers:{hostname}" in mine
+    assert f"{ns}celery-task-meta-{view.task_id}" in mine
+    assert f"{ns}_kombu.binding.gpu-tasks-{user}" in mine
+    assert not [k for k in keys if "pidbox" in k or "celeryev" in k]
+    about_task = {k for k in keys if view.task_id in k} - mine
+    assert about_task == {f"morag:hub:tasks:{view.task_id}"}  # the hub's own index of who owns it
+
+
 # --- Revoked and expired keys ----------------------------------------------------------------------
 
 
