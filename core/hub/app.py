@@ -67,6 +67,28 @@ def _api_key_from(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
+async def current_key(request: Request) -> ApiKeyRecord:
+    """The record of the request's API key; 401 when it is missing, unknown, revoked or expired."""
+    api_key = _api_key_from(request)
+    if not api_key:
+        raise HTTPException(
+            401, "missing API key (Authorization: Bearer <key>)", headers={"WWW-Authenticate": "Bearer"}
+        )
+    keys: APIKeyService = request.app.state.keys
+    record: ApiKeyRecord | None = await keys.lookup(api_key)
+    if record is None:
+        raise HTTPException(
+            401, "invalid, revoked or expired API key", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return record
+
+
+# At module level: with ``from __future__ import annotations`` FastAPI resolves a route's
+# annotations in the module's globals, so a ``Key`` local to create_app made every route read
+# ``key`` as a required query parameter (422) instead of calling this dependency.
+Key = Annotated[ApiKeyRecord, Depends(current_key)]
+
+
 def create_app(config: HubConfig) -> FastAPI:
     """Build the hub's ASGI app; Redis connections open in its lifespan."""
     store = FileStore(config.storage_dir, config.max_upload_bytes)
@@ -77,6 +99,7 @@ def create_app(config: HubConfig) -> FastAPI:
         state["aredis"] = aioredis.Redis.from_url(config.redis_url)
         state["redis"] = redis.Redis.from_url(config.redis_url)
         state["keys"] = APIKeyService(state["aredis"])
+        _app.state.keys = state["keys"]
         config.storage_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         log.info("hub.started", storage=str(config.storage_dir))
         try:
@@ -92,21 +115,6 @@ def create_app(config: HubConfig) -> FastAPI:
         return JSONResponse(
             {"error": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
         )
-
-    async def current_key(request: Request) -> ApiKeyRecord:
-        api_key = _api_key_from(request)
-        if not api_key:
-            raise HTTPException(
-                401, "missing API key (Authorization: Bearer <key>)", headers={"WWW-Authenticate": "Bearer"}
-            )
-        record = await state["keys"].lookup(api_key)
-        if record is None:
-            raise HTTPException(
-                401, "invalid, revoked or expired API key", headers={"WWW-Authenticate": "Bearer"}
-            )
-        return record
-
-    Key = Annotated[ApiKeyRecord, Depends(current_key)]
 
     def base_url(request: Request) -> str:
         return (config.public_url or str(request.base_url)).rstrip("/")
