@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -194,7 +194,7 @@ class SettingsDialog(QDialog):
         key_row.addWidget(self.key_edit, 1)
         key_row.addWidget(self.show_key)
         self.check_button = QPushButton("Check key")
-        self.check_button.clicked.connect(self.check_key)
+        self.check_button.clicked.connect(self._on_check_clicked)
         self.status_label = QLabel()
         self.status_label.setWordWrap(True)
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -331,6 +331,10 @@ class SettingsDialog(QDialog):
         hub = normalise_hub_url(self.hub_edit.text())
         key = self.key_edit.text().strip()
         return hub, key
+
+    @Slot()
+    def _on_check_clicked(self) -> None:
+        self.check_key()
 
     def check_key(self, then: Callable[[], None] | None = None) -> None:
         """Ask the hub who the key belongs to; show the user id and queue, or what is wrong.

@@ -130,7 +130,7 @@ class TrayApp(QObject):
         self._finished = False
 
         self.actions.show_progress.triggered.connect(self.show_window)
-        self.actions.settings.triggered.connect(self.show_settings)
+        self.actions.settings.triggered.connect(self._open_settings)
         self.actions.open_logs.triggered.connect(self.open_log_folder)
         self.actions.about.triggered.connect(self.show_about)
         self.actions.quit.triggered.connect(self.request_quit)
@@ -222,6 +222,9 @@ class TrayApp(QObject):
         self.window.bring_to_front()
 
     @Slot()
+    def _open_settings(self) -> None:
+        self.show_settings()
+
     def show_settings(self, first_run: bool = False) -> SettingsDialog:
         """Open the Settings dialog (or bring the open one to the front)."""
         if self.settings_dialog is not None:

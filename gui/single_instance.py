@@ -51,6 +51,7 @@ class SingleInstance(QObject):
         super().__init__(parent)
         self.name = name
         self._server: QLocalServer | None = None
+        self._clients: set[QLocalSocket] = set()
 
     def hand_off(self, timeout_ms: int = 1000) -> bool:
         """Ask a running instance to show itself; True when one answered (then exit)."""
@@ -85,11 +86,26 @@ class SingleInstance(QObject):
     def _on_connection(self) -> None:
         assert self._server is not None
         while (socket := self._server.nextPendingConnection()) is not None:
-            socket.setParent(self)
-            socket.readyRead.connect(lambda s=socket: self._read(s))
-            socket.disconnected.connect(socket.deleteLater)
+            # The server owns its sockets; they go when it does. No deleteLater: with PySide6 6.12
+            # that crashed in ~QLocalSocket at the next event-loop pass (seen in the tests).
+            self._clients.add(socket)
+            socket.readyRead.connect(self._on_ready_read)
+            socket.disconnected.connect(self._on_disconnected)
             if socket.bytesAvailable():
                 self._read(socket)
+
+    @Slot()
+    def _on_ready_read(self) -> None:
+        socket = self.sender()
+        if isinstance(socket, QLocalSocket):
+            self._read(socket)
+
+    @Slot()
+    def _on_disconnected(self) -> None:
+        socket = self.sender()
+        if isinstance(socket, QLocalSocket):
+            self._read(socket)
+            self._clients.discard(socket)
 
     def _read(self, socket: QLocalSocket) -> None:
         data = bytes(socket.readAll().data())
@@ -102,3 +118,4 @@ class SingleInstance(QObject):
         if self._server is not None:
             self._server.close()
             self._server = None
+        self._clients.clear()
