@@ -48,15 +48,16 @@ _Index = QModelIndex | QPersistentModelIndex
 
 def record_details(record: TaskRecord) -> str:
     """The details pane text for ``record``; pure."""
-    lines = [
-        f"{record.filename or record.task_id}: {OUTCOME_TEXT[record.outcome]}",
-        f"Task id: {record.task_id}",
+    lines = [f"{record.filename or record.task_id}: {OUTCOME_TEXT[record.outcome]}"]
+    if record.error:
+        lines += [f"Error: {record.error}"]
+    lines += [
+        "",
+        f"Duration: {human_duration(record.duration_s)}",
         "Started: " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.started_at)),
         "Finished: " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.finished_at)),
-        f"Duration: {human_duration(record.duration_s)}",
+        f"Task id: {record.task_id}",
     ]
-    if record.error:
-        lines += ["", "Error:", record.error]
     if record.metadata:
         lines += ["", "Details:", json.dumps(record.metadata, indent=2, ensure_ascii=False, default=str)]
     return "\n".join(lines)
@@ -166,7 +167,8 @@ class HistoryView(QWidget):
         splitter.addWidget(self.table)
         splitter.addWidget(self.details)
         splitter.setStretchFactor(0, 3)
-        splitter.setStretchFactor(1, 1)
+        splitter.setStretchFactor(1, 2)
+        splitter.setSizes([240, 160])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(splitter)

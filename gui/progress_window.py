@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
+    QMenu,
     QPlainTextEdit,
     QProgressBar,
     QScrollArea,
@@ -193,12 +194,25 @@ class _StatusHeader(QFrame):
                 button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
             buttons.addWidget(button)
             self.buttons[name] = button
+        self.more_menu = QMenu(self)
+        self.more_menu.addActions([actions.open_logs, actions.about])
+        self.more_menu.addSeparator()
+        self.more_menu.addAction(actions.quit)
+        more = QToolButton()
+        more.setText("More")
+        more.setToolTip("Log folder, About, Quit")
+        more.setMenu(self.more_menu)
+        more.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        buttons.addWidget(more)
+        self.buttons["more"] = more
+        buttons.addStretch(1)
+        texts.addSpacing(6)
+        texts.addLayout(buttons)
         row = QHBoxLayout(self)
-        row.setContentsMargins(12, 10, 12, 10)
+        row.setContentsMargins(12, 10, 12, 6)
         row.setSpacing(12)
         row.addWidget(self.icon, 0, Qt.AlignmentFlag.AlignTop)
         row.addLayout(texts, 1)
-        row.addLayout(buttons)
 
 
 class ProgressWindow(QWidget):
@@ -236,8 +250,10 @@ class ProgressWindow(QWidget):
         self.resize(680, 480)
         self.setStyleSheet(
             "QLabel#muted { color: palette(placeholder-text); }"
-            "QFrame#taskRow { border-radius: 6px; }"
+            "QFrame#taskRow { background: palette(base); border: 1px solid palette(midlight);"
+            " border-radius: 6px; }"
             "QLabel#banner { border-radius: 6px; padding: 8px 10px; }"
+            'QToolButton[popupMode="2"] { padding-right: 14px; }'
         )
 
         self.header = _StatusHeader(actions)

@@ -169,7 +169,8 @@ class SettingsDialog(QDialog):
         self._generation = 0
         self._busy = False
         self.setWindowTitle(f"{DISPLAY_NAME}: Welcome" if first_run else f"{DISPLAY_NAME} Settings")
-        self.setMinimumWidth(520)
+        self.setMinimumWidth(540)
+        self.setStyleSheet("QLabel#muted { color: palette(placeholder-text); }")
 
         # -- connection --
         self.intro = QLabel(
@@ -189,12 +190,13 @@ class SettingsDialog(QDialog):
         self.show_key.setCheckable(True)
         self.show_key.setToolTip("Show or hide the key")
         self.show_key.toggled.connect(self._toggle_key_visible)
+        self.check_button = QPushButton("Check key")
+        self.check_button.clicked.connect(self._on_check_clicked)
         key_row = QHBoxLayout()
         key_row.setSpacing(4)
         key_row.addWidget(self.key_edit, 1)
         key_row.addWidget(self.show_key)
-        self.check_button = QPushButton("Check key")
-        self.check_button.clicked.connect(self._on_check_clicked)
+        key_row.addWidget(self.check_button)
         self.status_label = QLabel()
         self.status_label.setWordWrap(True)
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -202,14 +204,11 @@ class SettingsDialog(QDialog):
         self.keychain_label = QLabel("Keychain: looking…")
         self.keychain_label.setObjectName("muted")
         self.keychain_label.setWordWrap(True)
-        check_row = QHBoxLayout()
-        check_row.addWidget(self.check_button)
-        check_row.addWidget(self.status_label, 1)
         connection = QGroupBox("Connection")
         form = QFormLayout(connection)
         form.addRow("Hub address", self.hub_edit)
         form.addRow("API key", key_row)
-        form.addRow("", check_row)
+        form.addRow("", self.status_label)
         form.addRow("", self.keychain_label)
 
         # -- worker --
@@ -220,7 +219,8 @@ class SettingsDialog(QDialog):
         self.gpu_combo = QComboBox()
         self._fill_gpus([])
         self.start_on_launch = QCheckBox("Start working when MoRAG Worker starts")
-        self.start_on_launch.setChecked(settings.start_working_on_launch)
+        # On first run the user is setting up to contribute: offer to keep doing so by default.
+        self.start_on_launch.setChecked(settings.start_working_on_launch or first_run)
         self.start_at_login = QCheckBox("Start MoRAG Worker when I log in")
         self.start_at_login.setChecked(settings.start_at_login)
         if autostart is None:
@@ -388,9 +388,11 @@ class SettingsDialog(QDialog):
         BackgroundOp(self._runner, ask_hub, accepted, parent=self, label="check key").failure(refused).run()
 
     def _show_problem(self, problem: Problem) -> None:
-        self.status_label.setStyleSheet(_ERROR_STYLE)
+        self.status_label.setStyleSheet("")
         advice = f"<br>{_escape(problem.advice)}" if problem.advice else ""
-        self.status_label.setText(f"✗ {_escape(problem.message)}{advice}")
+        self.status_label.setText(
+            f'<span style="{_ERROR_STYLE}"><b>✗ {_escape(problem.message)}</b></span>{advice}'
+        )
 
     def _set_busy(self, busy: bool, text: str = "") -> None:
         self._busy = busy
