@@ -19,7 +19,7 @@ from pathlib import Path
 
 import shiboken6
 import structlog
-from PySide6.QtCore import QObject, QUrl, Signal, Slot
+from PySide6.QtCore import QObject, QTimer, QUrl, Signal, Slot
 from PySide6.QtGui import QDesktopServices, QGuiApplication
 from PySide6.QtWidgets import QSystemTrayIcon
 
@@ -70,6 +70,8 @@ class Services:
         supervisor_factory: Builds the supervisor given its listener.
         log_dir: The folder "Open log folder" opens.
         tray_available: Whether a system tray exists (``QSystemTrayIcon.isSystemTrayAvailable``).
+        tray_retry_ms: Without a tray at start, how often to look again.
+        tray_retries: And how many times (the panel may start after the app at login).
         open_url: Opens a folder in the file manager (``QDesktopServices.openUrl``).
         client_factory: Builds a hub client for the key check.
         env: The environment, for ``MORAG_API_KEY``.
@@ -86,6 +88,8 @@ class Services:
     supervisor_factory: SupervisorFactory
     log_dir: Path
     tray_available: Callable[[], bool] = QSystemTrayIcon.isSystemTrayAvailable
+    tray_retry_ms: int = 2000
+    tray_retries: int = 15
     open_url: Callable[[QUrl], object] = QDesktopServices.openUrl
     client_factory: Callable[[str, str], HubClientLike] = HubClient
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
@@ -128,6 +132,9 @@ class TrayApp(QObject):
         self.notices: list[Notice] = []
         self._policy = NotificationPolicy()
         self._finished = False
+        self._tray_checks_left = 0
+        self._tray_timer = QTimer(self)
+        self._tray_timer.timeout.connect(self._look_for_tray)
 
         self.actions.show_progress.triggered.connect(self.show_window)
         self.actions.settings.triggered.connect(self._open_settings)
@@ -145,20 +152,16 @@ class TrayApp(QObject):
     def start(self) -> None:
         """Show the tray icon (or the window, saying why), then load settings, history and key."""
         if self.services.tray_available():
-            self.tray = TrayIcon(
-                self.controller, self.actions, self.icons, clock=self.services.clock, parent=self
-            )
-            self.tray.clicked.connect(self.show_window)
-            self.tray.show()
-            app = QGuiApplication.instance()
-            if isinstance(app, QGuiApplication):
-                app.styleHints().colorSchemeChanged.connect(self.tray.refresh_theme)
+            self._show_tray()
         else:
             log.info("gui.no_system_tray")
             self.window.quit_on_close = True
             self.window.show_notice(NO_TRAY_NOTICE)
             self.notices.append(NO_TRAY_NOTICE)
             self.window.bring_to_front()
+            # At login the panel may come up after this app (QTBUG-61898): look again for a while.
+            self._tray_checks_left = self.services.tray_retries
+            self._tray_timer.start(self.services.tray_retry_ms)
         history = self.services.history
         BackgroundOp(
             self.runner,
@@ -213,6 +216,29 @@ class TrayApp(QObject):
         log.warning("gui.key_unavailable", error=f"{exc.__class__.__name__}: {exc}")
         self.show_settings(first_run=True)
         emit(self.ready)
+
+    def _show_tray(self) -> None:
+        self.tray = TrayIcon(
+            self.controller, self.actions, self.icons, clock=self.services.clock, parent=self
+        )
+        self.tray.clicked.connect(self.show_window)
+        self.tray.show()
+        app = QGuiApplication.instance()
+        if isinstance(app, QGuiApplication):
+            app.styleHints().colorSchemeChanged.connect(self.tray.refresh_theme)
+
+    @Slot()
+    def _look_for_tray(self) -> None:
+        if self.services.tray_available():
+            self._tray_timer.stop()
+            log.info("gui.system_tray_appeared")
+            self._show_tray()
+            self.window.quit_on_close = False
+            self.window.clear_notice()
+            return
+        self._tray_checks_left -= 1
+        if self._tray_checks_left <= 0:
+            self._tray_timer.stop()
 
     # -- windows ------------------------------------------------------------------------------
 
@@ -325,6 +351,7 @@ class TrayApp(QObject):
         if self._finished:
             return
         self._finished = True
+        self._tray_timer.stop()
         if self.tray is not None:
             self.tray.hide()
         if self.settings_dialog is not None:

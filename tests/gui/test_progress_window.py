@@ -181,3 +181,15 @@ def test_without_a_system_tray_the_window_opens_and_says_why(harness: Harness, q
     with qtbot.waitSignal(app.finished, timeout=WAIT_MS):
         app.window.close()
     assert harness.supervisor.calls[-1] == ("close", None)
+
+
+def test_a_tray_that_appears_later_takes_over_from_the_window(harness: Harness, qtbot: QtBot) -> None:
+    answers = iter([False, False, True])
+    harness.store_key()
+    app = harness.build(tray_available=lambda: next(answers, True), tray_retry_ms=10)
+    with qtbot.waitSignal(app.ready, timeout=WAIT_MS):
+        app.start()
+    assert app.window.quit_on_close and app.window.banner.isVisible()
+    qtbot.waitUntil(lambda: app.tray is not None, timeout=WAIT_MS)
+    assert not app.window.quit_on_close and not app.window.banner.isVisible()
+    assert app.window.isVisible()  # left open: the user may be looking at it
