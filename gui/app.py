@@ -23,7 +23,16 @@ from pathlib import Path
 from types import FrameType, TracebackType
 
 import structlog
-from PySide6.QtCore import QObject, QSocketNotifier, QTimer, Signal, Slot
+from PySide6.QtCore import (
+    QMessageLogContext,
+    QObject,
+    QSocketNotifier,
+    QTimer,
+    QtMsgType,
+    Signal,
+    Slot,
+    qInstallMessageHandler,
+)
 from PySide6.QtWidgets import QApplication
 
 from morag_worker import APP_NAME, DISPLAY_NAME, __version__
@@ -185,6 +194,20 @@ def _add_log_file(log_dir: Path) -> logging.Handler | None:
     return handler
 
 
+_QT_LEVELS = {
+    QtMsgType.QtDebugMsg: logging.DEBUG,
+    QtMsgType.QtInfoMsg: logging.INFO,
+    QtMsgType.QtWarningMsg: logging.WARNING,
+    QtMsgType.QtCriticalMsg: logging.ERROR,
+    QtMsgType.QtFatalMsg: logging.CRITICAL,
+}
+
+
+def _log_qt_message(kind: QtMsgType, context: QMessageLogContext, message: str) -> None:
+    # Qt's own warnings go through the same pipeline as everything else (JSON off a terminal).
+    log.log(_QT_LEVELS.get(kind, logging.WARNING), "qt.message", message=message, category=context.category)
+
+
 def _log_unhandled(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
     # Exceptions raised in Qt slots land here; they are logged, never printed and forgotten.
     log.error("gui.unhandled_exception", error=f"{kind.__name__}: {value}", exc_info=(kind, value, tb))
@@ -236,6 +259,7 @@ def run(args: object) -> int:
     instance.listen()
 
     file_handler = _add_log_file(paths.log_dir)
+    previous_qt_handler = qInstallMessageHandler(_log_qt_message)
     previous_hook = sys.excepthook
     sys.excepthook = _log_unhandled
     wakeup = SignalWakeup()
@@ -258,6 +282,7 @@ def run(args: object) -> int:
         wakeup.close()
         instance.close()
         sys.excepthook = previous_hook
+        qInstallMessageHandler(previous_qt_handler)
         if file_handler is not None:
             logging.getLogger().removeHandler(file_handler)
             file_handler.close()
