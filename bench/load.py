@@ -1,0 +1,301 @@
+"""Benchmark: what per-user isolation costs in throughput (a script, not a test).
+
+    python bench/load.py [--tasks 1000] [--users 2] [--workers 2] [--rounds 3] [--no-real]
+
+One private redis-server; every run has ``--users`` users with ``--workers`` prefork workers each
+(concurrency 1) and ``--tasks`` small tasks per user, submitted all at once; a run's time is from
+the first submission to the last result read back by its submitter. Runs, in this order:
+
+- **bare**: the tiny Celery app below with Celery's defaults (no ACL, no namespace, gossip, mingle
+  and heartbeat on, early acks, prefetch 4), one plain queue per user.
+- **reliable**: the same app and task with MoRAG's reliability settings (``base_config``: acks
+  late, prefetch 1, reject on worker lost, time limits) but no ACL and no namespace.
+- **isolated**: the same app and task, configured exactly as a contributor's worker is
+  (``remote_worker_config``): logged in as ``worker-{user}`` under the production ACL, every key in
+  ``morag:ns:{user}:``, acks late, prefetch 1, no shared channels, the watchdog-restored transport.
+  Submitted the way the server does (an app with the user's ``global_keyprefix``).
+- **real** (unless ``--no-real``): MoRAG's own workers and task (``process_file_task_remote``: each
+  task downloads a tiny file from the hub and converts it), the hub serving the files.
+
+Prints each run's throughput and the ratios isolated/bare (target >= 0.8), isolated/reliable (what
+the ACL and the namespace alone cost) and real/bare (the whole pipeline, for information).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from celery import Celery, signals  # noqa: E402
+from celery.result import ResultSet  # noqa: E402
+
+from morag_worker.core.celery_config import (  # noqa: E402
+    base_config,
+    namespaced_config,
+    remote_worker_config,
+)
+from morag_worker.core.local_stack import Proc, RedisServer, free_port, wait_for  # noqa: E402
+from morag_worker.core.naming import queue_name  # noqa: E402
+
+TASK = "bench.small"
+TEXT = "input of {user}: a few words to convert\n"
+
+
+def bench_app(mode: str, user: str, redis_url: str) -> Celery:
+    """The bench's tiny app; ``mode`` decides its configuration (see the module docstring)."""
+    app = Celery(f"bench-{mode}", set_as_current=False)
+    if mode == "bare":
+        app.conf.update(
+            broker_url=redis_url,
+            result_backend=redis_url,
+            task_serializer="json",
+            result_serializer="json",
+            accept_content=["json"],
+        )
+    elif mode == "reliable":
+        app.conf.update(base_config({"REDIS_URL": redis_url}))
+    elif mode == "isolated-worker":
+        from morag_worker.core.remote_transport import register
+
+        register()
+        app.conf.update(remote_worker_config({**os.environ, "REDIS_URL": redis_url}, user))
+    elif mode == "isolated-submitter":
+        app.conf.update(namespaced_config({"REDIS_URL": redis_url}, user))
+    else:
+        raise ValueError(mode)
+
+    @app.task(name=TASK)
+    def small(text: str) -> dict[str, Any]:
+        return {"success": True, "content": text.upper(), "metadata": {}, "user_id": user}
+
+    return app
+
+
+def serve(mode: str, user: str, name: str, redis_url: str) -> None:
+    """Run one bench worker (a child of the driver); prints ``bench.ready`` when consuming."""
+    app = bench_app("isolated-worker" if mode == "isolated" else mode, user, redis_url)
+    signals.worker_ready.connect(lambda **_: print("bench.ready", flush=True), weak=False)
+    argv = ["worker", "-Q", queue_name(user), "-P", "prefork", "-c", "1", "-n", name, "-l", "WARNING"]
+    if mode == "isolated":
+        argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    app.worker_main(argv)
+
+
+@dataclass
+class Run:
+    name: str
+    tasks: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.tasks / self.seconds
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MORAG_", "CELERY_", "REDIS_URL"))}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+def drain(name: str, submit: Callable[[str, int], Any], apps: dict[str, Celery], tasks: int) -> Run:
+    """Submit ``tasks`` per user (interleaved), then read every result back; time the whole."""
+    started = time.monotonic()
+    sent: dict[str, list[Any]] = {user: [] for user in apps}
+    for n in range(tasks):
+        for user in apps:
+            sent[user].append(submit(user, n))
+    for user, results in sent.items():
+        values = ResultSet(results, app=apps[user]).join_native(timeout=1800, interval=0.2)
+        bad = [v for v in values if not (isinstance(v, dict) and v.get("success"))]
+        if bad:
+            raise SystemExit(f"{name}: {len(bad)} tasks of {user} did not succeed, e.g. {bad[0]!r}")
+    return Run(name, tasks * len(apps), time.monotonic() - started)
+
+
+def start_workers(argvs: list[tuple[list[str], dict[str, str], str]], ready: str) -> list[Proc]:
+    procs = [Proc(argv, env=env, name=name) for argv, env, name in argvs]
+    for proc in procs:
+        proc.wait_output(ready, timeout=180)
+    return procs
+
+
+def stop(procs: list[Proc]) -> None:
+    for proc in procs:
+        proc.stop(timeout=30)
+
+
+def create_keys(redis_url: str, users: list[str]) -> dict[str, str]:
+    import redis.asyncio as aioredis
+
+    from morag_worker.core.acl import RedisAclHook
+    from morag_worker.core.auth import APIKeyService
+
+    async def create() -> dict[str, str]:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            service = APIKeyService(client, access_hook=RedisAclHook(client))
+            return {user: await service.create_api_key(user, "bench") for user in users}
+        finally:
+            await client.aclose()
+
+    return asyncio.run(create())
+
+
+def run_bare_or_isolated(mode: str, redis: RedisServer, users: list[str], workers: int, tasks: int) -> Run:
+    keys = create_keys(redis.url, users) if mode == "isolated" else {}
+    argvs = []
+    for user in users:
+        env = child_env(MORAG_API_KEY=keys[user]) if keys else child_env()
+        for n in range(workers):
+            name = f"{mode}{n}@{user}"
+            argv = [
+                sys.executable,
+                __file__,
+                "--serve",
+                mode,
+                "--user",
+                user,
+                "--name",
+                name,
+                "--redis",
+                redis.url,
+            ]
+            argvs.append((argv, env, name))
+    procs = start_workers(argvs, "bench.ready")
+    try:
+        kind = "isolated-submitter" if mode == "isolated" else mode
+        apps = {user: bench_app(kind, user, redis.url) for user in users}
+
+        def submit(user: str, n: int) -> Any:
+            return apps[user].send_task(TASK, args=[TEXT.format(user=user)], queue=queue_name(user))
+
+        return drain(mode, submit, apps, tasks)
+    finally:
+        stop(procs)
+
+
+def run_real(redis: RedisServer, tmp: Path, users: list[str], workers: int, tasks: int) -> Run:
+    import requests
+
+    from morag_worker.core.hub_client import HubClient
+    from morag_worker.core.naming import WorkerType
+    from morag_worker.core.routing import app_for_user, submit_task_for_user
+    from morag_worker.core.worker_command import WorkerPlan, build_worker_command
+
+    port = free_port()
+    hub_url = f"http://127.0.0.1:{port}"
+    hub = Proc(
+        [sys.executable, "-m", "morag_worker", "hub", "--port", str(port), "--storage", str(tmp / "hub")],
+        env=child_env(REDIS_URL=redis.url),
+        name="hub",
+    )
+    procs: list[Proc] = []
+    try:
+        wait_for(lambda: requests.get(hub_url + "/healthz", timeout=2).ok, 60, "the hub")
+        keys = create_keys(redis.url, users)
+        argvs = []
+        for user in users:
+            for n in range(workers):
+                plan = WorkerPlan(
+                    user_id=user,
+                    hub_url=hub_url,
+                    broker_url=redis.url,
+                    api_key=keys[user],
+                    worker_type=WorkerType.GPU,
+                    hostname=f"real{n}@{user}",
+                    temp_dir=str(tmp / "worker-tmp"),
+                )
+                command = build_worker_command(plan, child_env())
+                argvs.append((command.argv, command.env, plan.hostname or user))
+        procs = start_workers(argvs, "worker.ready")
+        inputs = {}
+        for user in users:
+            path = tmp / f"{user}.txt"
+            path.write_text(TEXT.format(user=user))
+            client = HubClient(hub_url, keys[user])
+            try:
+                inputs[user] = client.upload(path)
+            finally:
+                client.close()
+        os.environ["REDIS_URL"] = redis.url  # what a MoRAG server's submitter has
+        apps = {user: app_for_user(user) for user in users}
+
+        def submit(user: str, n: int) -> Any:
+            item = inputs[user]
+            options = {"sha256": item["sha256"], "size": item["size"]}
+            return submit_task_for_user(
+                "morag.worker.process_file_task", [item["url"], "text/plain", options], None, user, True
+            )
+
+        return drain("real", submit, apps, tasks)
+    finally:
+        stop(procs)
+        hub.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tasks", type=int, default=1000, help="tasks per user")
+    parser.add_argument("--users", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="workers per user")
+    parser.add_argument("--no-real", action="store_true", help="skip the run with MoRAG's own task")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of all runs; medians are shown")
+    parser.add_argument("--serve", choices=("bare", "reliable", "isolated"), help=argparse.SUPPRESS)
+    parser.add_argument("--user", help=argparse.SUPPRESS)
+    parser.add_argument("--name", help=argparse.SUPPRESS)
+    parser.add_argument("--redis", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.user, args.name, args.redis)
+        return 0
+    users = [f"bench-u{n}" for n in range(args.users)]
+    modes = ["bare", "reliable", "isolated"] + ([] if args.no_real else ["real"])
+    runs: dict[str, list[Run]] = {mode: [] for mode in modes}
+    with tempfile.TemporaryDirectory(prefix="morag-bench-load-") as tmp:
+        redis = RedisServer(Path(tmp) / "redis")
+        try:
+            # Rounds interleave the modes, so that a busy moment on a shared machine hits all.
+            for round_no in range(args.rounds):
+                for mode in modes:
+                    if mode == "real":
+                        run = run_real(redis, Path(tmp) / f"real{round_no}", users, args.workers, args.tasks)
+                    else:
+                        run = run_bare_or_isolated(mode, redis, users, args.workers, args.tasks)
+                    runs[mode].append(run)
+                    print(f"round {round_no + 1}: {mode:8} {run.rate:7.1f} tasks/s", file=sys.stderr)
+            acl_log = redis.client().execute_command("ACL", "LOG")
+        finally:
+            redis.stop()
+    rate = {mode: statistics.median(r.rate for r in done) for mode, done in runs.items()}
+    print(
+        f"\n{args.users} users x {args.workers} workers x {args.tasks} tasks per user, {args.rounds} rounds"
+    )
+    for mode in modes:
+        each = ", ".join(f"{r.rate:.0f}" for r in runs[mode])
+        print(f"  {mode:9} median {rate[mode]:7.1f} tasks/s  (rounds: {each})")
+    print(f"  isolated / bare     = {rate['isolated'] / rate['bare']:.2f}  (target >= 0.8)")
+    print(f"  isolated / reliable = {rate['isolated'] / rate['reliable']:.2f}  (ACL + namespace alone)")
+    if "real" in rate:
+        print(f"  real / bare         = {rate['real'] / rate['bare']:.2f}  (MoRAG's task: download, convert)")
+    print(f"  ACL LOG entries: {len(acl_log)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
