@@ -76,7 +76,7 @@ def bench_app(mode: str, user: str, redis_url: str) -> Celery:
     else:
         raise ValueError(mode)
 
-    @app.task(name=TASK)
+    @app.task(name=TASK, shared=False)
     def small(text: str) -> dict[str, Any]:
         return {"success": True, "content": text.upper(), "metadata": {}, "user_id": user}
 
@@ -138,7 +138,18 @@ def stop(procs: list[Proc]) -> None:
         proc.stop(timeout=30)
 
 
+_keys: dict[tuple[str, str], str] = {}
+
+
 def create_keys(redis_url: str, users: list[str]) -> dict[str, str]:
+    """One key per user and Redis server for the whole bench (the ACL users stay the same)."""
+    missing = [user for user in users if (redis_url, user) not in _keys]
+    if missing:
+        _keys.update({(redis_url, user): key for user, key in _create_keys(redis_url, missing).items()})
+    return {user: _keys[(redis_url, user)] for user in users}
+
+
+def _create_keys(redis_url: str, users: list[str]) -> dict[str, str]:
     import redis.asyncio as aioredis
 
     from morag_worker.core.acl import RedisAclHook

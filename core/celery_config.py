@@ -8,6 +8,7 @@ API key as the password, taken from the environment (never from argv).
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ __all__ = [
     "remote_worker_config",
     "strip_credentials",
     "time_limits_from_env",
+    "tls_options",
 ]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -94,12 +96,27 @@ def _socket_options(health_check: int = 25) -> dict[str, Any]:
     }
 
 
+def tls_options(url: str, env: Mapping[str, str]) -> dict[str, Any] | None:
+    """For a ``rediss://`` URL: verify the server's certificate and host name (None otherwise).
+
+    Without this kombu connects to ``rediss://`` *without* verifying the certificate (it only
+    warns), and a worker's password is its API key. ``REDIS_CA_CERTS`` names a CA bundle when the
+    server's certificate is not signed by one the system trusts.
+    """
+    if urlsplit(url).scheme != "rediss":
+        return None
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if env.get("REDIS_CA_CERTS"):
+        options["ssl_ca_certs"] = env["REDIS_CA_CERTS"]
+    return options
+
+
 def base_config(env: Mapping[str, str]) -> dict[str, Any]:
     """Settings every role shares: JSON only, the default ``celery`` queue, reliability options."""
     broker = env.get("REDIS_URL") or DEFAULT_REDIS_URL
     limits = time_limits_from_env(env)
     transport = {**_socket_options(), "visibility_timeout": limits.visibility}
-    return {
+    config = {
         "broker_url": broker,
         "result_backend": broker,
         "task_serializer": "json",
@@ -137,6 +154,10 @@ def base_config(env: Mapping[str, str]) -> dict[str, Any]:
         "result_extended": False,
         "broker_pool_limit": 4,
     }
+    tls = tls_options(broker, env)
+    if tls is not None:
+        config.update(broker_use_ssl=tls, redis_backend_use_ssl=dict(tls))
+    return config
 
 
 def namespaced_config(env: Mapping[str, str], user_id: str) -> dict[str, Any]:

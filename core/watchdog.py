@@ -64,15 +64,19 @@ class Watchdog:
         visibility_timeout: float,
         *,
         transport_options: Mapping[str, Any] | None = None,
+        ssl_options: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``ssl_options`` (``celery_config.tls_options``) for a ``rediss://`` URL: kombu would
+        otherwise connect without verifying the server's certificate."""
         if visibility_timeout <= 0:
             raise ValueError("the visibility timeout must be positive")
         self._url = redis_url
         self.visibility_timeout = visibility_timeout
         self._transport_options = dict(transport_options or {})
+        self._ssl = dict(ssl_options) if ssl_options else None
         self._clock = clock
-        self._admin: redis.Redis = redis.Redis.from_url(redis_url, socket_timeout=30)
+        self._admin: redis.Redis = redis.Redis.from_url(redis_url, socket_timeout=30, **(self._ssl or {}))
 
     def close(self) -> None:
         self._admin.close()
@@ -104,7 +108,8 @@ class Watchdog:
             "visibility_timeout": self.visibility_timeout,
         }
         left = before
-        with Connection(self._url, transport_options=options) as connection:  # type: ignore[no-untyped-call]
+        connection = Connection(self._url, transport_options=options, ssl=self._ssl or False)  # type: ignore[no-untyped-call]
+        with connection:
             channel = connection.default_channel
             for _ in range(_MAX_ROUNDS):
                 # interval=1: scan on every call (kombu otherwise skips nine calls in ten). When

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
@@ -26,7 +27,13 @@ from starlette.concurrency import run_in_threadpool
 
 from morag_worker.core.acl import RedisAclHook
 from morag_worker.core.auth import ApiKeyRecord, APIKeyService
-from morag_worker.core.celery_config import DEFAULT_REDIS_URL, TimeLimits, base_config, strip_credentials
+from morag_worker.core.celery_config import (
+    DEFAULT_REDIS_URL,
+    TimeLimits,
+    base_config,
+    strip_credentials,
+    tls_options,
+)
 from morag_worker.core.naming import DEFAULT_QUEUE, WorkerType, acl_username, namespace_prefix, queue_name
 from morag_worker.core.presence import live_workers
 from morag_worker.core.results import ProgressMeta, TaskResult, TaskStage
@@ -101,8 +108,9 @@ def create_app(config: HubConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        state["aredis"] = aioredis.Redis.from_url(config.redis_url)
-        state["redis"] = redis.Redis.from_url(config.redis_url)
+        tls = tls_options(config.redis_url, os.environ) or {}
+        state["aredis"] = aioredis.Redis.from_url(config.redis_url, **tls)
+        state["redis"] = redis.Redis.from_url(config.redis_url, **tls)
         acl = RedisAclHook(state["aredis"])
         state["keys"] = APIKeyService(state["aredis"], access_hook=acl)
         _app.state.keys = state["keys"]
@@ -111,6 +119,7 @@ def create_app(config: HubConfig) -> FastAPI:
             config.redis_url,
             config.visibility_timeout_s,
             transport_options=base_config({"REDIS_URL": config.redis_url})["broker_transport_options"],
+            ssl_options=tls or None,
         )
         maintenance = HubMaintenance(state["keys"], acl, watchdog, config.maintenance_interval_s)
         _app.state.maintenance = maintenance

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -11,7 +12,7 @@ import redis.asyncio as aioredis
 from kombu.connection import Connection
 
 from morag_worker.core.acl import ALLOWED_COMMANDS, MARKER_USER, OPTIONAL_COMMANDS, RedisAclHook, acl_rules
-from morag_worker.core.celery_config import remote_worker_config
+from morag_worker.core.celery_config import base_config, remote_worker_config, tls_options
 from morag_worker.core.cli.parser import build_parser
 from morag_worker.core.hub.maintenance import HubMaintenance
 from morag_worker.core.logging import redact
@@ -149,3 +150,14 @@ def test_task_ids_stay_readable_in_logs_while_keys_do_not() -> None:
     task_id = "7af1d00d-2c25-4578-a17f-891d92ae5e8a"
     key = "Zx4-" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8s9"
     assert redact(f"task {task_id} done with key {key}") == f"task {task_id} done with key [REDACTED]"
+
+
+def test_rediss_urls_verify_the_certificate_for_broker_and_results() -> None:
+    env = {"REDIS_URL": "rediss://redis.example:6380/0", "REDIS_CA_CERTS": "/etc/morag/ca.pem"}
+    config = base_config(env)
+    expected = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": "/etc/morag/ca.pem"}
+    assert config["broker_use_ssl"] == expected == config["redis_backend_use_ssl"]
+    remote = remote_worker_config({**env, "MORAG_API_KEY": "k"}, "u1")
+    assert remote["broker_url"].startswith("rediss://worker-u1:k@") and remote["broker_use_ssl"] == expected
+    assert "broker_use_ssl" not in base_config({"REDIS_URL": "redis://127.0.0.1:6379/0"})
+    assert tls_options("rediss://h/0", {}) == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
