@@ -39,6 +39,7 @@ from .naming import acl_username, namespace_prefix, validate_user_id
 
 __all__ = [
     "ALLOWED_COMMANDS",
+    "HUB_ADMIN_RULES",
     "MARKER_USER",
     "OPTIONAL_COMMANDS",
     "UNEXERCISED",
@@ -94,6 +95,21 @@ OPTIONAL_COMMANDS: tuple[str, ...] = ("client|setinfo", "client|maint_notificati
 UNEXERCISED: dict[str, str] = {
     "unwatch": "redis-py's pipeline reset after an error between WATCH and EXEC in a restore",
 }
+
+# The rules of the admin ACL user the hub (and the MoRAG server's submitter) should log in as in
+# production, after ``ACL SETUSER <name> on #<sha256 of its password>``: everything but the
+# dangerous commands, except the ACL and CLIENT KILL subcommands that keep workers' users in step
+# (see SECURITY.md; tests/integration/test_hub_maintenance.py runs the hub as such a user).
+HUB_ADMIN_RULES: tuple[str, ...] = (
+    "~*",
+    "&*",
+    "+@all",
+    "-@dangerous",
+    "+acl|setuser",
+    "+acl|deluser",
+    "+acl|getuser",
+    "+client|kill",
+)
 
 # A disabled ACL user with no rights, made by ``sync_all`` once every user is provisioned: its
 # absence means Redis lost its ACL users (a restart without an ACL file).

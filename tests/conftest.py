@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from morag_worker.core.acl import RedisAclHook
 from morag_worker.core.auth import APIKeyService
+from morag_worker.core.celery_config import broker_url_with_credentials
 from morag_worker.core.hub_client import HubClient
 from morag_worker.core.naming import WorkerType
 from morag_worker.core.worker_command import WorkerPlan, build_worker_command
@@ -121,12 +122,24 @@ def redis_args() -> tuple[str, ...]:
 
 
 @pytest.fixture(scope="module")
+def hub_redis_login() -> tuple[str, str] | None:
+    """``(user, password)`` the module's hub logs in to Redis with; None: the default user."""
+    return None
+
+
+@pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, hub_args: tuple[str, ...], redis_args: tuple[str, ...]
+    tmp_path_factory: pytest.TempPathFactory,
+    hub_args: tuple[str, ...],
+    redis_args: tuple[str, ...],
+    hub_redis_login: tuple[str, str] | None,
 ) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("stack")
     server = RedisServer(tmp / "redis", extra=redis_args)
-    hub, url = start_hub(tmp, server.url, hub_args)
+    hub_url = server.url
+    if hub_redis_login is not None:
+        hub_url = broker_url_with_credentials(server.url, *hub_redis_login)
+    hub, url = start_hub(tmp, hub_url, hub_args)
     result = Stack(tmp=tmp, redis=server, hub=hub, hub_url=url)
     try:
         yield result

@@ -16,7 +16,7 @@ import pytest
 import redis
 from redis.exceptions import AuthenticationError
 
-from morag_worker.core.acl import MARKER_USER
+from morag_worker.core.acl import HUB_ADMIN_RULES, MARKER_USER
 from morag_worker.core.auth import KEY_PREFIX, hash_api_key
 from morag_worker.core.hub_client import HubClient, TaskView
 from tests.conftest import Stack, start_hub
@@ -33,9 +33,20 @@ def hub_args() -> tuple[str, ...]:
     return ("--maintenance-interval", "1", "--visibility-timeout", str(VISIBILITY_S))
 
 
+HUB_USER, HUB_PASSWORD = "morag-hub", "hub-password-for-tests"
+
+
 @pytest.fixture(scope="module")
 def redis_args() -> tuple[str, ...]:
-    return ("--appendonly", "yes", "--appendfsync", "always")
+    # As in production: an append-only file, and the hub logs in as an admin user with the
+    # documented rules (the default user stays on here only for the tests' own inspection).
+    hub_user = ("--user", HUB_USER, "on", f">{HUB_PASSWORD}", *HUB_ADMIN_RULES)
+    return ("--appendonly", "yes", "--appendfsync", "always", *hub_user)
+
+
+@pytest.fixture(scope="module")
+def hub_redis_login() -> tuple[str, str]:
+    return (HUB_USER, HUB_PASSWORD)
 
 
 def acl_users(stack: Stack) -> set[str]:
@@ -83,7 +94,7 @@ def test_a_hub_provisions_every_user_when_it_starts(stack: Stack) -> None:
     with stack.redis.client() as admin:
         # Lost users but the marker kept: the running hub sees nothing amiss; a new one still
         # provisions every user in its first round, whatever the marker says.
-        for name in acl_users(stack) - {"default", MARKER_USER}:
+        for name in {u for u in acl_users(stack) if u.startswith("worker-")}:
             admin.execute_command("ACL", "DELUSER", name)
     assert not can_log_in(stack, "boot", key)
     hub, _ = start_hub(stack.tmp / "second-hub", stack.redis.url, ("--maintenance-interval", "3600"))
@@ -143,3 +154,13 @@ def test_the_watchdog_saves_the_task_of_a_worker_killed_for_good(
     assert admin.exists(f"{ns}celery-task-meta-{task_id}") == 1
     client.close()
     admin.close()
+
+
+def test_the_hub_needed_nothing_beyond_its_documented_rules(stack: Stack) -> None:
+    """Runs last: nothing the hub did above (provisioning, sweeping, restoring, submitting,
+    reading results and presence) was refused to its admin user."""
+    with stack.redis.client() as admin:
+        entries = admin.acl_log(count=1000)
+    refused = [e for e in entries if e.get("username") == HUB_USER]
+    assert refused == [], refused
+    assert stack.hub.popen.poll() is None
