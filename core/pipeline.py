@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from .processing import ProcessingError, ProcessorRegistry
+from .processing import ProcessingError, ProcessorRegistry, TaskCancelled
 from .progress import ProgressReporter
 from .results import TaskResult, TaskStage
 from .task_args import MalformedTask, TaskRequest, parse_task_request
@@ -77,7 +77,7 @@ class Pipeline:
             result = TaskResult.failure(str(exc))
         except ProcessingError as exc:
             result = TaskResult.failure(str(exc))
-        except DownloadCancelled as exc:
+        except (DownloadCancelled, TaskCancelled) as exc:
             raise TaskCancelledError(str(exc)) from None
         except (DownloadFailed, IntegrityError, InsufficientDiskSpace) as exc:
             raise InfrastructureError(str(exc)) from None

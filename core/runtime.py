@@ -17,7 +17,7 @@ import structlog
 
 from .logging import register_secret
 from .pipeline import Pipeline
-from .processing import ProcessorRegistry
+from .processing import ProcessorRegistry, TaskCancelled
 from .progress import ProgressReporter, ProgressSink
 from .progress_channel import ChannelWriter, summarize_metadata
 from .results import ProgressMeta, TaskResult
@@ -82,8 +82,6 @@ class WorkerRuntime:
     def checkpoint(self) -> None:
         """Raise the cancellation error when the contributor asked to stop now."""
         if self.cancel_event.is_set():
-            from .processing import TaskCancelled
-
             raise TaskCancelled("stopped by the contributor")
 
     def task_started(self, task_id: str | None, *, name: str, filename: str | None = None) -> None:

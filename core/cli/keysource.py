@@ -1,35 +1,50 @@
-"""Where a client verb gets the hub URL and the API key from (flags, environment, keychain)."""
+"""Where a client verb gets the hub URL and the API key from (flags, environment, settings, keychain)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
+from morag_worker.core.credentials import (
+    CredentialError,
+    CredentialStore,
+    ResolvedKey,
+    resolve_api_key,
+)
+from morag_worker.core.settings import InvalidHubUrl, SettingsError, SettingsStore, normalise_hub_url
+
 from .errors import CliError, ExitCode
 
-__all__ = ["resolve_hub_and_key"]
-
-DEFAULT_HUB_URL = "http://127.0.0.1:8700"
+__all__ = ["resolve_hub", "resolve_hub_and_key"]
 
 
-def resolve_hub_and_key(args: argparse.Namespace) -> tuple[str, str]:
-    """``(hub_url, api_key)``: --hub / MAIN_SERVER_URL, then --api-key-file / MORAG_API_KEY / keychain."""
-    hub_url = getattr(args, "hub", None) or os.environ.get("MAIN_SERVER_URL") or DEFAULT_HUB_URL
-    from morag_worker.core.credentials import (
-        ApiKeyFileError,
-        CredentialStore,
-        KeychainUnavailable,
-        NoApiKey,
-        resolve_api_key,
-    )
-
+def resolve_hub(args: argparse.Namespace) -> str:
+    """--hub, then MAIN_SERVER_URL, then the settings file's hub URL (normalised)."""
+    url = getattr(args, "hub", None) or os.environ.get("MAIN_SERVER_URL")
+    if not url:
+        try:
+            url = SettingsStore(getattr(args, "config_dir", None)).load().hub_url
+        except SettingsError as exc:
+            raise CliError(str(exc), ExitCode.CONFIG) from None
     try:
-        resolved = resolve_api_key(
+        return normalise_hub_url(url)
+    except InvalidHubUrl as exc:
+        raise CliError(f"invalid hub URL: {exc}", ExitCode.USAGE) from None
+
+
+def resolve_key(args: argparse.Namespace, hub_url: str) -> ResolvedKey:
+    """--api-key-file, then MORAG_API_KEY, then the keychain entry for ``hub_url``."""
+    try:
+        return resolve_api_key(
             env=os.environ,
             api_key_file=getattr(args, "api_key_file", None),
             store=CredentialStore(),
             hub_url=hub_url,
         )
-    except (ApiKeyFileError, NoApiKey, KeychainUnavailable) as exc:
+    except CredentialError as exc:
         raise CliError(str(exc), ExitCode.CONFIG) from None
-    return hub_url, resolved.key
+
+
+def resolve_hub_and_key(args: argparse.Namespace) -> tuple[str, str]:
+    hub_url = resolve_hub(args)
+    return hub_url, resolve_key(args, hub_url).key

@@ -18,6 +18,9 @@ __all__ = ["build_parser", "dispatch"]
 
 # verb -> module under morag_worker.core.cli that has run(args) -> int
 _VERBS = {
+    "login": "login:run_login",
+    "logout": "login:run_logout",
+    "demo": "demo",
     "keys": "keys",
     "hub": "hub",
     "submit": "submit",
@@ -38,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     parser.add_argument("--log-format", choices=("console", "json"), help="log renderer")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    sub.add_parser("login", help="check an API key against the hub and keep it in the keychain")
+    sub.add_parser("logout", help="remove the API key from the keychain")
+    demo = sub.add_parser("demo", help="run the whole loop on this machine with the bundled samples")
+    demo.add_argument("--keep", action="store_true", help="keep the demo's temporary folder")
+    demo.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the results")
 
     keys = sub.add_parser("keys", help="server side: manage API keys (needs REDIS_URL)")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
@@ -64,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="follow progress, print the result")
     submit.add_argument("--json", action="store_true", help="print the whole result object")
     submit.add_argument("--content-type")
+    submit.add_argument("--worker-type", choices=("gpu", "cpu"), default="gpu", help="queue kind")
     submit.add_argument("--local", action="store_true", help="use the server's own workers")
     submit.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait at most")
     return parser
@@ -76,6 +86,7 @@ def dispatch(args: argparse.Namespace) -> int:
         module_name = "headless"
     if module_name is None:
         raise CliError("no command given", ExitCode.USAGE)
-    module = importlib.import_module(f"{__package__}.{module_name}")
-    code: int = module.run(args)
+    module_path, _, function = module_name.partition(":")
+    module = importlib.import_module(f"{__package__}.{module_path}")
+    code: int = getattr(module, function or "run")(args)
     return code

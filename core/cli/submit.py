@@ -45,7 +45,9 @@ def _submit(client: HubClient, args: argparse.Namespace) -> int:
     source: str = args.source
     status = _StatusLine()
     if source.startswith(("http://", "https://")):
-        created = client.create_task(url=source, content_type=args.content_type, remote=not args.local)
+        created = client.create_task(
+            url=source, content_type=args.content_type, remote=not args.local, worker_type=args.worker_type
+        )
     else:
         path = Path(source)
         if not path.is_file():
@@ -53,7 +55,10 @@ def _submit(client: HubClient, args: argparse.Namespace) -> int:
         uploaded = client.upload(path, progress=lambda done, total: status.show("uploading", done, total))
         status.finish(f"uploaded {path.name} ({uploaded['size']} bytes, sha256 {uploaded['sha256'][:12]}…)")
         created = client.create_task(
-            file_id=uploaded["file_id"], content_type=args.content_type, remote=not args.local
+            file_id=uploaded["file_id"],
+            content_type=args.content_type,
+            remote=not args.local,
+            worker_type=args.worker_type,
         )
     task_id = created["task_id"]
     if not args.wait:

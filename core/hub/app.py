@@ -99,7 +99,7 @@ def create_app(config: HubConfig) -> FastAPI:
             raise HTTPException(
                 401, "missing API key (Authorization: Bearer <key>)", headers={"WWW-Authenticate": "Bearer"}
             )
-        record = await state["keys"].lookup(api_key)
+        record: ApiKeyRecord | None = await state["keys"].lookup(api_key)
         if record is None:
             raise HTTPException(
                 401, "invalid, revoked or expired API key", headers={"WWW-Authenticate": "Bearer"}

@@ -36,8 +36,9 @@ def run_task(client: HubClient, path: Path, timeout: float = 120) -> TaskView:
     uploaded = client.upload(path)
     created = client.create_task(file_id=uploaded["file_id"])
     assert created["queue"] == f"gpu-tasks-{USER}"
-    return wait_for(lambda: (v := client.task(created["task_id"])).done and v, timeout,
-                    f"task for {path.name} to finish")
+    return wait_for(
+        lambda: (v := client.task(created["task_id"])).done and v, timeout, f"task for {path.name} to finish"
+    )
 
 
 @pytest.mark.parametrize(
@@ -86,7 +87,7 @@ def test_bare_celery_client_reaches_the_worker_by_name(stack: Stack, alice: str,
         app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
                         broker_transport_options=prefix, result_backend_transport_options=prefix)
         res = app.send_task("morag.worker.process_file_task_remote",
-                            args=[{uploaded['url']!r}, "{USER}", None, {{"sha256": {uploaded['sha256']!r}}}],
+                            args=[{uploaded["url"]!r}, "{USER}", None, {{"sha256": {uploaded["sha256"]!r}}}],
                             queue="gpu-tasks-{USER}")
         out = res.get(timeout=120)
         assert "morag_worker" not in sys.modules
@@ -94,8 +95,9 @@ def test_bare_celery_client_reaches_the_worker_by_name(stack: Stack, alice: str,
     """)
     env = base_env()
     env.pop("PYTHONPATH", None)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
-                          env=env, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(result) == {"success", "content", "metadata", "processing_time", "error_message", "user_id"}
@@ -113,8 +115,9 @@ def test_anonymous_and_local_submissions_use_the_plain_celery_queue(
     admin = stack.redis.client()
     before = admin.llen("celery")
     anonymous = submit_task_for_user("morag.worker.process_file_task", ["/nonexistent"], {})
-    local = submit_task_for_user("morag.worker.process_file_task", ["/nonexistent"], {},
-                                 user_id=USER, use_remote=False)
+    local = submit_task_for_user(
+        "morag.worker.process_file_task", ["/nonexistent"], {}, user_id=USER, use_remote=False
+    )
     assert admin.llen("celery") == before + 2
     bodies = [json.loads(m)["headers"] for m in admin.lrange("celery", 0, -1)]
     ids = {h["id"] for h in bodies}
@@ -124,27 +127,47 @@ def test_anonymous_and_local_submissions_use_the_plain_celery_queue(
     admin.delete("celery")
 
 
-def test_remote_submission_lands_in_the_users_namespace(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_remote_submission_lands_in_the_users_namespace(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("REDIS_URL", stack.redis.url)
     admin = stack.redis.client()
-    result = submit_task_for_user("morag.worker.process_file_task", ["http://hub/f", None, {}], {},
-                                  user_id="nobody-has-a-worker", use_remote=True)
+    result = submit_task_for_user(
+        "morag.worker.process_file_task",
+        ["http://hub/f", None, {}],
+        {},
+        user_id="nobody-has-a-worker",
+        use_remote=True,
+    )
     raw = admin.lrange("morag:ns:nobody-has-a-worker:gpu-tasks-nobody-has-a-worker", 0, -1)
     assert len(raw) == 1
     message = json.loads(raw[0])
     assert message["headers"]["task"] == "morag.worker.process_file_task_remote"
     assert message["headers"]["id"] == result.id
     assert json.loads(__import__("base64").b64decode(message["body"]))[0] == [
-        "http://hub/f", "nobody-has-a-worker", None, {}]
+        "http://hub/f",
+        "nobody-has-a-worker",
+        None,
+        {},
+    ]
     assert admin.llen("gpu-tasks-nobody-has-a-worker") == 0
 
 
 def test_invalid_key_gets_401_everywhere(stack: Stack, alice: str) -> None:
-    routes = [("GET", "/api/v1/auth/queue-info"), ("POST", "/api/v1/files"),
-              ("GET", "/api/v1/files/abcdefghijklmnopqrstuvwxyz"), ("POST", "/api/v1/tasks"),
-              ("GET", "/api/v1/tasks/some-task"), ("GET", "/api/v1/workers")]
-    for headers in ({}, {"Authorization": "Bearer not-a-key"}, {"X-API-Key": "not-a-key"},
-                    {"Authorization": "Basic abc"}):
+    routes = [
+        ("GET", "/api/v1/auth/queue-info"),
+        ("POST", "/api/v1/files"),
+        ("GET", "/api/v1/files/abcdefghijklmnopqrstuvwxyz"),
+        ("POST", "/api/v1/tasks"),
+        ("GET", "/api/v1/tasks/some-task"),
+        ("GET", "/api/v1/workers"),
+    ]
+    for headers in (
+        {},
+        {"Authorization": "Bearer not-a-key"},
+        {"X-API-Key": "not-a-key"},
+        {"Authorization": "Basic abc"},
+    ):
         for method, path in routes:
             response = requests.request(method, stack.hub_url + path, headers=headers, timeout=10)
             assert response.status_code == 401, (method, path, headers, response.text)
@@ -174,7 +197,8 @@ def test_a_user_never_sees_another_users_files_or_tasks(stack: Stack, alice: str
     headers = {"Authorization": f"Bearer {bob._key}"}
     for path in (f"/api/v1/files/{uploaded['file_id']}", f"/api/v1/tasks/{created['task_id']}"):
         assert requests.get(stack.hub_url + path, headers=headers, timeout=10).status_code == 404
-    response = requests.post(stack.hub_url + "/api/v1/tasks", json={"file_id": uploaded["file_id"]},
-                             headers=headers, timeout=10)
+    response = requests.post(
+        stack.hub_url + "/api/v1/tasks", json={"file_id": uploaded["file_id"]}, headers=headers, timeout=10
+    )
     assert response.status_code == 404
     assert bob.workers() == []

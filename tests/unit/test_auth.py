@@ -77,8 +77,12 @@ def test_only_the_hash_is_stored(server: RedisServer) -> None:
 def test_validate_returns_record_for_live_key_and_none_otherwise(server: RedisServer) -> None:
     async def body(service, client):  # type: ignore[no-untyped-def]
         key = await service.create_api_key("alice")
-        return (await service.validate_api_key(key), await service.validate_api_key("nope" * 11),
-                await service.validate_api_key(""), await service.validate_api_key("x" * 5000))
+        return (
+            await service.validate_api_key(key),
+            await service.validate_api_key("nope" * 11),
+            await service.validate_api_key(""),
+            await service.validate_api_key("x" * 5000),
+        )
 
     good, unknown, empty, huge = run(server, body)
     assert good["user_id"] == "alice" and good["active"] is True
@@ -116,8 +120,13 @@ def test_revoke_by_key_and_by_hash_and_unknown(server: RedisServer) -> None:
         await service.revoke(hash_api_key(k2))
         with pytest.raises(UnknownKey):
             await service.revoke(k1)
-        return (await service.validate_api_key(k1), await service.validate_api_key(k2),
-                await client.smembers("morag:users:alice"), k1, k2)
+        return (
+            await service.validate_api_key(k1),
+            await service.validate_api_key(k2),
+            await client.smembers("morag:users:alice"),
+            k1,
+            k2,
+        )
 
     v1, v2, index, k1, k2 = run(server, body, hook=hook)
     assert v1 is None and v2 is None and index == set()

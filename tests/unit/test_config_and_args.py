@@ -44,8 +44,9 @@ def test_base_config_is_json_only_and_reliable() -> None:
 
 
 def test_time_limits_from_env() -> None:
-    limits = time_limits_from_env({"CELERY_SOFT_TIME_LIMIT": "10", "CELERY_TIME_LIMIT": "20",
-                                   "CELERY_VISIBILITY_TIMEOUT": "5"})
+    limits = time_limits_from_env(
+        {"CELERY_SOFT_TIME_LIMIT": "10", "CELERY_TIME_LIMIT": "20", "CELERY_VISIBILITY_TIMEOUT": "5"}
+    )
     assert (limits.soft, limits.hard, limits.visibility) == (10, 20, 5)
     with pytest.raises(ValueError, match="CELERY_TIME_LIMIT"):
         time_limits_from_env({"CELERY_SOFT_TIME_LIMIT": "10", "CELERY_TIME_LIMIT": "5"})
@@ -69,7 +70,9 @@ def test_namespaced_and_remote_config() -> None:
 def test_credentials_in_urls() -> None:
     assert strip_credentials("redis://u:p@h:1/0") == "redis://h:1/0"
     assert strip_credentials("rediss://h/0") == "rediss://h/0"
-    assert broker_url_with_credentials("redis://x:y@h:1/2", "worker-a", "p/q") == "redis://worker-a:p%2Fq@h:1/2"
+    assert (
+        broker_url_with_credentials("redis://x:y@h:1/2", "worker-a", "p/q") == "redis://worker-a:p%2Fq@h:1/2"
+    )
 
 
 def test_remote_consumer_leaves_out_shared_channel_steps() -> None:
@@ -82,13 +85,25 @@ def test_remote_consumer_leaves_out_shared_channel_steps() -> None:
 
 
 def test_parse_task_request() -> None:
-    req = parse_task_request("http://h/f", "u1", "application/pdf",
-                             {"sha256": "A" * 64, "size": 5, "filename": "a.pdf", "weird": 1})
+    req = parse_task_request(
+        "http://h/f",
+        "u1",
+        "application/pdf",
+        {"sha256": "A" * 64, "size": 5, "filename": "a.pdf", "weird": 1},
+    )
     assert req.user_id == "u1" and req.sha256 == "a" * 64 and req.size == 5
     assert req.ignored_options == ("weird",)
-    for bad in [(5, "u1"), ("", "u1"), ("x" * 9000, "u1"), ("u", "a*"), ("u", "u1", 7),
-                ("u", "u1", None, "not a dict"), ("u", "u1", None, {"size": "big"}),
-                ("u", "u1", None, {"sha256": "zz"}), ("u", "u1", None, {"size": -1})]:
+    for bad in [
+        (5, "u1"),
+        ("", "u1"),
+        ("x" * 9000, "u1"),
+        ("u", "a*"),
+        ("u", "u1", 7),
+        ("u", "u1", None, "not a dict"),
+        ("u", "u1", None, {"size": "big"}),
+        ("u", "u1", None, {"sha256": "zz"}),
+        ("u", "u1", None, {"size": -1}),
+    ]:
         with pytest.raises(MalformedTask):
             parse_task_request(*bad, require_user=True)
 
@@ -106,8 +121,14 @@ def test_bind_arguments() -> None:
 
 
 def test_worker_command_keeps_the_key_out_of_argv() -> None:
-    plan = WorkerPlan(user_id="u1", hub_url="http://hub", broker_url="redis://x:y@h:1/0",
-                      api_key=KEY, platform="linux", python="/py")
+    plan = WorkerPlan(
+        user_id="u1",
+        hub_url="http://hub",
+        broker_url="redis://x:y@h:1/0",
+        api_key=KEY,
+        platform="linux",
+        python="/py",
+    )
     cmd = build_worker_command(plan, {"MORAG_API_KEY": "stale", "PATH": "/bin", "REDIS_URL": "r"})
     assert KEY not in " ".join(cmd.argv) and KEY not in repr(cmd) and KEY not in repr(plan)
     assert cmd.env["MORAG_API_KEY"] == KEY and cmd.env["REDIS_URL"] == "redis://h:1/0"
@@ -119,8 +140,15 @@ def test_worker_command_keeps_the_key_out_of_argv() -> None:
 
 
 def test_worker_command_on_windows_uses_threads_wrapper() -> None:
-    plan = WorkerPlan(user_id="u1", hub_url="http://hub", broker_url="redis://h:1/0",
-                      api_key=KEY, platform="win32", python="C:/py.exe", cuda_visible_devices="1")
+    plan = WorkerPlan(
+        user_id="u1",
+        hub_url="http://hub",
+        broker_url="redis://h:1/0",
+        api_key=KEY,
+        platform="win32",
+        python="C:/py.exe",
+        cuda_visible_devices="1",
+    )
     cmd = build_worker_command(plan, {})
     assert cmd.argv[:3] == ["C:/py.exe", "-m", "morag_worker.core.winworker"]
     assert cmd.pool == "threads" and cmd.uses_control_pipe

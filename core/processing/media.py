@@ -1,0 +1,189 @@
+"""Audio and video transcription through faster-whisper, an optional extra (``morag-worker[audio]``).
+
+:class:`WhisperProcessor` depends only on the narrow :class:`Transcriber` protocol;
+:class:`FasterWhisperTranscriber` implements it and imports ``faster_whisper`` on first use, so this module
+imports without the extra. When the extra is missing, :func:`register` routes audio and video to an
+:class:`.registry.Unavailable` entry whose message says how to install it. The model is loaded once per
+process and reused; progress is reported in seconds of media after each segment (a cancellation
+checkpoint). Runs on the calling task's thread.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .base import CorruptInput, ProcessedContent, ProgressFn, damaged, finish, guarded
+
+if TYPE_CHECKING:
+    from .registry import ProcessorRegistry
+
+__all__ = [
+    "AUDIO_EXTRA_MESSAGE",
+    "FasterWhisperTranscriber",
+    "Segment",
+    "Transcriber",
+    "TranscriptInfo",
+    "WhisperProcessor",
+    "is_available",
+    "register",
+]
+
+AUDIO_EXTRA_MESSAGE = "audio transcription needs the 'audio' extra: pip install morag-worker[audio]"
+AUDIO_EXTENSIONS = (".mp3", ".wav", ".flac", ".m4a", ".ogg", ".oga", ".opus", ".aac", ".wma")
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".wmv", ".flv", ".mpeg", ".mpg")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A transcribed stretch of speech, times in seconds from the start."""
+
+    start: float
+    end: float
+    text: str
+
+
+@dataclass(frozen=True)
+class TranscriptInfo:
+    """What the transcriber learnt about the whole file."""
+
+    language: str | None
+    language_probability: float | None
+    duration: float | None
+
+
+class Transcriber(Protocol):
+    """Speech to text; segments may be produced lazily while the caller iterates."""
+
+    def transcribe(self, path: Path, options: Mapping[str, Any]) -> tuple[Iterable[Segment], TranscriptInfo]:
+        """Start transcribing ``path``; raise on undecodable media."""
+        ...
+
+
+def is_available() -> bool:
+    """Whether ``faster_whisper`` is installed (checked without importing it)."""
+    return importlib.util.find_spec("faster_whisper") is not None
+
+
+class FasterWhisperTranscriber:
+    """:class:`Transcriber` on ``faster_whisper.WhisperModel``, loaded on first use and then kept.
+
+    Args:
+        model: A model size (``small``, fetched from the model hub once) or a local model directory.
+        device: ``auto``, ``cuda`` or ``cpu``.
+        compute_type: ``default``, ``float16``, ``int8``... (CPU supports int8 and float32 only).
+        cpu_threads: Threads on CPU; 0 lets CTranslate2 choose.
+    """
+
+    def __init__(
+        self, model: str = "small", device: str = "auto", compute_type: str = "default", cpu_threads: int = 0
+    ) -> None:
+        self.model_name = model
+        self._device = device
+        self._compute_type = compute_type
+        self._cpu_threads = cpu_threads
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> Any:
+        with self._lock:
+            if self._model is None:
+                from faster_whisper import WhisperModel
+
+                self._model = WhisperModel(
+                    self.model_name,
+                    device=self._device,
+                    compute_type=self._compute_type,
+                    cpu_threads=self._cpu_threads,
+                )
+            return self._model
+
+    def transcribe(self, path: Path, options: Mapping[str, Any]) -> tuple[Iterable[Segment], TranscriptInfo]:
+        """Start a transcription (options: language, task, beam_size, vad_filter)."""
+        raw_segments, info = self._load().transcribe(
+            str(path),
+            language=options.get("language") or None,
+            task=str(options.get("task") or "transcribe"),
+            beam_size=int(options.get("beam_size") or 5),
+            vad_filter=bool(options.get("vad_filter", False)),
+        )
+        segments = (Segment(float(s.start), float(s.end), str(s.text)) for s in raw_segments)
+        return segments, TranscriptInfo(
+            language=getattr(info, "language", None),
+            language_probability=getattr(info, "language_probability", None),
+            duration=getattr(info, "duration", None),
+        )
+
+
+def _clock(seconds: float) -> str:
+    whole = max(0, int(seconds))
+    return f"{whole // 3600:02d}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+class WhisperProcessor:
+    """Audio or video to a transcript (progress unit: seconds of media).
+
+    Options (besides the transcriber's): ``timestamps`` (default true) prefixes each segment with its start.
+    """
+
+    def __init__(self, transcriber: Transcriber, fmt: str = "audio") -> None:
+        self.name = "whisper"
+        self._fmt = fmt
+        self._transcriber = transcriber
+
+    def process(self, path: Path, options: Mapping[str, Any], progress: ProgressFn) -> ProcessedContent:
+        """Transcribe ``path`` segment by segment."""
+        what, kind = f"the {self._fmt} file", "an audio or video file"
+        progress(0, None, "loading the speech model and decoding the media")
+        try:
+            segments, info = self._transcriber.transcribe(path, options)
+        except IndexError as exc:  # faster-whisper's way of saying "no audio stream"
+            raise CorruptInput(f"{what} has no audio track to transcribe") from exc
+        except Exception as exc:
+            raise damaged(what, kind, exc) from exc
+        timestamps = options.get("timestamps", True) is not False
+        lines: list[str] = []
+        count = 0
+        for segment in guarded(segments, what, kind):
+            count += 1
+            text = segment.text.strip()
+            if text:
+                lines.append(f"[{_clock(segment.start)}] {text}" if timestamps else text)
+            progress(segment.end, info.duration, f"transcribed {_clock(segment.end)}")
+        metadata = {
+            "duration": info.duration,
+            "language": info.language,
+            "language_probability": info.language_probability,
+            "segments": count,
+            "model": getattr(self._transcriber, "model_name", None),
+        }
+        joiner = "\n\n" if timestamps else "\n"
+        result = finish(joiner.join(lines), processor=self.name, fmt=self._fmt, what=what, metadata=metadata)
+        if info.duration:
+            progress(info.duration, info.duration, "transcription finished")
+        return result
+
+
+def register(registry: ProcessorRegistry, transcriber: Transcriber | None = None) -> None:
+    """Route audio and video to Whisper, or to a message naming the extra when faster-whisper is missing."""
+    from .registry import Unavailable
+
+    audio_keys = ("audio", "audio/*")
+    video_keys = ("video", "video/*")
+    if transcriber is None and not is_available():
+        missing = Unavailable(name="whisper", reason=AUDIO_EXTRA_MESSAGE)
+        registry.register(
+            missing, content_types=audio_keys + video_keys, extensions=AUDIO_EXTENSIONS + VIDEO_EXTENSIONS
+        )
+        return
+    shared = transcriber or FasterWhisperTranscriber()
+    registry.register(
+        WhisperProcessor(shared, "audio"), content_types=audio_keys, extensions=AUDIO_EXTENSIONS
+    )
+    registry.register(
+        WhisperProcessor(shared, "video"), content_types=video_keys, extensions=VIDEO_EXTENSIONS
+    )

@@ -1,0 +1,219 @@
+"""Zip-based documents: DOCX, PPTX and EPUB through markitdown's own converters, XLSX through openpyxl.
+
+Each file is opened as a zip first and must hold the part that makes it what it claims to be
+(``word/document.xml``, ``ppt/presentation.xml``, ``xl/workbook.xml``, ``META-INF/container.xml``), and must
+not unpack to more than :data:`MAX_UNPACKED_BYTES`; so a truncated download, random bytes or some other zip
+fail with a message a person understands before any parser runs. Parser exceptions are caught and turned into
+:class:`CorruptInput`. The converter for the format is called directly: markitdown never guesses the type.
+Why XLSX skips markitdown: see :mod:`.documents`. Runs on the calling task's thread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .base import (
+    CorruptInput,
+    ProcessedContent,
+    ProgressFn,
+    UnsupportedContent,
+    a_file,
+    damaged,
+    finish,
+    guarded,
+)
+
+__all__ = [
+    "MAX_UNPACKED_BYTES",
+    "MarkitdownProcessor",
+    "XlsxProcessor",
+    "ZipFacts",
+    "check_zip",
+    "markdown_table",
+]
+
+MAX_UNPACKED_BYTES = 1 << 30
+"""A zip-based document that unpacks to more than this (1 GiB) is refused as a likely zip bomb."""
+
+_ROWS_PER_CHECKPOINT = 1000
+
+
+def _core_title(zf: zipfile.ZipFile) -> str | None:
+    """``dc:title`` from an Office file's ``docProps/core.xml``, if it has one."""
+    from defusedxml import ElementTree
+
+    try:
+        root = ElementTree.fromstring(zf.read("docProps/core.xml"))
+    except Exception:  # a missing or odd core.xml costs the title, nothing else
+        return None
+    node = root.find("{http://purl.org/dc/elements/1.1/}title")
+    if node is None:
+        return None
+    return (node.text or "").strip() or None
+
+
+@dataclass(frozen=True)
+class ZipFacts:
+    """What :func:`check_zip` learnt on the way: the Office title (if any) and the member names."""
+
+    title: str | None
+    names: list[str]
+
+
+def check_zip(path: Path, what: str, kind: str, required: str) -> ZipFacts:
+    """Check that ``path`` is a sane zip holding ``required``.
+
+    Raises:
+        CorruptInput: Not a zip, a damaged zip, or a zip without ``required``.
+        UnsupportedContent: It would unpack to more than :data:`MAX_UNPACKED_BYTES`.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            names = [info.filename for info in infos]
+            if required not in names:
+                raise CorruptInput(f"{what} is not {kind}: it is a zip archive without {required}")
+            unpacked = sum(info.file_size for info in infos)
+            if unpacked > MAX_UNPACKED_BYTES:
+                raise UnsupportedContent(
+                    f"{what} would unpack to {unpacked >> 20} MiB, more than the limit of "
+                    f"{MAX_UNPACKED_BYTES >> 20} MiB"
+                )
+            title = _core_title(zf) if "docProps/core.xml" in names else None
+    except zipfile.BadZipFile as exc:
+        raise CorruptInput(
+            f"{what} is damaged or not {kind} (not a valid zip archive: {exc}); "
+            "a download cut short looks like this"
+        ) from exc
+    return ZipFacts(title, names)
+
+
+class MarkitdownProcessor:
+    """One format through the markitdown converter made for it (progress unit: the whole document).
+
+    Args:
+        fmt: The format's short name (``docx``), also the processor's ``name``.
+        converter: The class name in ``markitdown.converters`` (``DocxConverter``).
+        extension: The extension handed to the converter (``.docx``).
+        required: The zip member that proves the format.
+    """
+
+    def __init__(self, fmt: str, converter: str, extension: str, required: str) -> None:
+        self.name = fmt
+        self._converter = converter
+        self._extension = extension
+        self._required = required
+        self._label = fmt.upper()
+        self._what = f"the {self._label} file"
+        self._kind = a_file(self._label)
+
+    def process(self, path: Path, options: Mapping[str, Any], progress: ProgressFn) -> ProcessedContent:
+        """Check the zip, convert with markitdown, and add the facts the zip gave (title, slides)."""
+        facts = check_zip(path, self._what, self._kind, self._required)
+        progress(0, 1, f"converting the {self._label} document")
+        markdown, title = self._convert(path)
+        metadata: dict[str, Any] = {"title": title or facts.title}
+        if self.name == "pptx":
+            metadata["slides"] = sum(1 for n in facts.names if re.fullmatch(r"ppt/slides/slide\d+\.xml", n))
+        result = finish(markdown, processor=self.name, fmt=self.name, what=self._what, metadata=metadata)
+        progress(1, 1, f"{self._label} document converted")
+        return result
+
+    def _convert(self, path: Path) -> tuple[str, str | None]:
+        import markitdown.converters
+        from markitdown import MissingDependencyException, StreamInfo
+
+        converter = getattr(markitdown.converters, self._converter)()
+        info = StreamInfo(extension=self._extension, filename=path.name)
+        try:
+            with path.open("rb") as stream:
+                result = converter.convert(stream, info)
+        except MissingDependencyException as exc:
+            raise UnsupportedContent(f"{self._what} needs a markitdown extra that is not installed") from exc
+        except Exception as exc:
+            raise damaged(self._what, self._kind, exc) from exc
+        return str(result.markdown), (str(result.title).strip() or None) if result.title else None
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dt.datetime):
+        text = value.date().isoformat() if value.time() == dt.time() else value.isoformat(sep=" ")
+    elif isinstance(value, dt.date | dt.time):
+        text = value.isoformat()
+    elif isinstance(value, float) and value.is_integer():
+        text = str(int(value))
+    else:
+        text = str(value)
+    return text
+
+
+def _escape_cell(text: str) -> str:
+    return " ".join(text.replace("|", r"\|").split())
+
+
+def markdown_table(rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table of ``rows`` (the first is the header), without empty rows and trailing columns.
+
+    Pipes in cells are escaped and line breaks collapse to spaces, so a cell cannot break the table.
+    """
+    rows = [[_escape_cell(cell) for cell in row] for row in rows]
+    rows = [row for row in rows if any(row)]
+    if not rows:
+        return ""
+    width = max(max((i + 1 for i, cell in enumerate(row) if cell), default=0) for row in rows)
+    padded = [list(row[:width]) + [""] * (width - len(row[:width])) for row in rows]
+    lines = ["| " + " | ".join(padded[0]) + " |", "|" + " --- |" * width]
+    lines += ["| " + " | ".join(row) + " |" for row in padded[1:]]
+    return "\n".join(lines)
+
+
+class XlsxProcessor:
+    """XLSX through openpyxl in read-only mode, one markdown table per sheet (progress unit: sheets).
+
+    Cached formula values are used (``data_only``); empty cells stay empty, dates are ISO dates.
+    """
+
+    name = "xlsx"
+    _what = "the XLSX file"
+    _kind = "an XLSX file"
+
+    def process(self, path: Path, options: Mapping[str, Any], progress: ProgressFn) -> ProcessedContent:
+        """Convert every worksheet; progress after each sheet and every 1,000 rows."""
+        from openpyxl import load_workbook
+
+        facts = check_zip(path, self._what, self._kind, "xl/workbook.xml")
+        try:
+            workbook = load_workbook(path, read_only=True, data_only=True)
+        except Exception as exc:
+            raise damaged(self._what, self._kind, exc) from exc
+        try:
+            sheets = list(workbook.worksheets)
+            parts: list[str] = []
+            for index, sheet in enumerate(sheets):
+                progress(index, len(sheets), f"sheet {index + 1} of {len(sheets)}: {sheet.title}")
+                rows: list[list[str]] = []
+                for count, row in enumerate(
+                    guarded(sheet.iter_rows(values_only=True), self._what, self._kind)
+                ):
+                    if count and count % _ROWS_PER_CHECKPOINT == 0:
+                        progress(index, len(sheets), f"sheet {index + 1} of {len(sheets)}: {count} rows")
+                    rows.append([_cell(value) for value in row])
+                table = markdown_table(rows)
+                if table:
+                    parts.append(f"## {sheet.title}\n\n{table}")
+        finally:
+            workbook.close()
+        metadata = {"sheets": len(sheets), "sheet_names": [s.title for s in sheets], "title": facts.title}
+        result = finish(
+            "\n\n".join(parts), processor=self.name, fmt="xlsx", what=self._what, metadata=metadata
+        )
+        progress(len(sheets), len(sheets), f"{len(sheets)} sheets converted")
+        return result

@@ -1,0 +1,557 @@
+"""Processing: registry resolution, plugins, every format on the samples, bad input, progress and cancel."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import os
+import shutil
+import zipfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from morag_worker.core.processing import (
+    PLUGIN_GROUP,
+    CorruptInput,
+    EmptyContent,
+    ProcessedContent,
+    ProcessingError,
+    ProcessorRegistry,
+    TaskCancelled,
+    UnsupportedContent,
+    media,
+    no_progress,
+    office,
+)
+from morag_worker.core.processing.documents import fenced
+from morag_worker.resources.samples.make_samples import build_pdf, multi_page_pdf
+
+pytestmark = pytest.mark.unit
+
+SAMPLES = Path(__file__).resolve().parents[2] / "resources" / "samples"
+INTRO = "MoRAG Worker runs on a contributor's machine"
+TABLE_ROW = "| PDF | pypdf | pages |"
+PDF_DAMAGED = "the PDF file is damaged or not a PDF file"
+
+
+@pytest.fixture(scope="module")
+def registry() -> ProcessorRegistry:
+    return ProcessorRegistry.default(entry_points=[])
+
+
+def run(registry: ProcessorRegistry, path: Path, **kw: Any) -> ProcessedContent:
+    options = kw.pop("options", {})
+    progress = kw.pop("progress", no_progress)
+    return registry.resolve(kw.get("content_type"), kw.get("filename"), path).process(path, options, progress)
+
+
+def write(tmp_path: Path, name: str, data: bytes | str) -> Path:
+    path = tmp_path / name
+    if isinstance(data, str):
+        path.write_text(data, encoding="utf-8")
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def a_zip(entries: Mapping[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+# --- Registry --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content_type", "filename", "expected"),
+    [
+        ("application/pdf", "report.docx", "pdf"),  # a known content type wins over the name
+        ("text/html; charset=utf-8", None, "html"),
+        ("PDF", None, "pdf"),
+        ("text", "notes.md", "text"),
+        ("markdown", None, "markdown"),
+        ("document", "report.docx", "docx"),  # a generic family name defers to the name
+        ("application/octet-stream", "Sheet.XLSX", "xlsx"),
+        (None, "slides.pptx", "pptx"),
+        ("image/png", "scan.pdf", "pdf"),  # an unknown type falls through to the name
+    ],
+)
+def test_resolve_by_content_type_then_extension(
+    registry: ProcessorRegistry, tmp_path: Path, content_type: str | None, filename: str | None, expected: str
+) -> None:
+    path = write(tmp_path, "download.bin", b"\x00\x01 not looked at")
+    assert registry.resolve(content_type, filename, path).name == expected
+
+
+def test_resolve_uses_the_path_name_without_a_filename_hint(
+    registry: ProcessorRegistry, tmp_path: Path
+) -> None:
+    assert registry.resolve(None, None, write(tmp_path, "notes.md", "# Hi")).name == "markdown"
+
+
+@pytest.mark.parametrize(
+    ("sample", "expected"),
+    [
+        ("sample.pdf", "pdf"),
+        ("sample.docx", "docx"),
+        ("sample.pptx", "pptx"),
+        ("sample.xlsx", "xlsx"),
+        ("sample.epub", "epub"),
+        ("sample.html", "html"),
+        ("sample.txt", "text"),
+    ],
+)
+def test_resolve_by_sniffing_content(
+    registry: ProcessorRegistry, tmp_path: Path, sample: str, expected: str
+) -> None:
+    blob = tmp_path / "blob"
+    shutil.copyfile(SAMPLES / sample, blob)
+    assert registry.resolve(None, None, blob).name == expected
+    assert registry.resolve("document", "upload", blob).name == expected
+
+
+def test_sniffing_xml_and_web_pages_without_doctype(registry: ProcessorRegistry, tmp_path: Path) -> None:
+    assert registry.resolve(None, None, write(tmp_path, "a", '<?xml version="1.0"?><r/>')).name == "xml"
+    fragment = write(tmp_path, "b", "<p>A page without a doctype.</p>")
+    assert registry.resolve(None, None, fragment).name == "text"
+    assert registry.resolve("web", None, fragment).name == "html"
+
+
+def test_unknown_types_are_unsupported_with_the_list_of_formats(
+    registry: ProcessorRegistry, tmp_path: Path
+) -> None:
+    png = write(tmp_path, "scan.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    with pytest.raises(UnsupportedContent, match=r"type 'image/png' is not supported; supported: ") as caught:
+        registry.resolve("image/png", "scan.png", png)
+    assert "csv, docx, epub, html, json, markdown, pdf, pptx, text" in caught.value.message
+    with pytest.raises(UnsupportedContent, match=r"files of type '\.png' is not supported; .*pdf"):
+        registry.resolve(None, None, png)
+    other_zip = write(tmp_path, "bundle", a_zip({"hello.txt": b"hi"}))
+    with pytest.raises(UnsupportedContent, match="not recognised"):
+        registry.resolve(None, None, other_zip)
+
+
+def test_an_empty_file_without_hints_is_empty_content(registry: ProcessorRegistry, tmp_path: Path) -> None:
+    with pytest.raises(EmptyContent, match="empty"):
+        registry.resolve(None, None, write(tmp_path, "nothing", b""))
+
+
+def test_audio_and_video_need_the_audio_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(media, "is_available", lambda: False)
+    registry = ProcessorRegistry.default(entry_points=[])
+    clip = write(tmp_path, "talk.mp3", b"ID3\x03\x00")
+    for content_type, name in [("audio", None), ("video/mp4", None), (None, "talk.mp3"), (None, None)]:
+        with pytest.raises(UnsupportedContent) as caught:
+            registry.resolve(content_type, name, clip)
+        assert caught.value.message == media.AUDIO_EXTRA_MESSAGE
+        assert "pip install morag-worker[audio]" in str(caught.value)
+    assert "audio" not in registry.supported()
+
+
+# --- Plugins ---------------------------------------------------------------------------------------------
+
+
+class FakeEntryPoint:
+    def __init__(self, name: str, load: Callable[[], Any]) -> None:
+        self.name = name
+        self.value = f"fake_plugin_{name}:register"
+        self._load = load
+
+    def load(self) -> Any:
+        return self._load()
+
+
+class EchoProcessor:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def process(self, path: Path, options: Mapping[str, Any], progress: Any) -> ProcessedContent:
+        return ProcessedContent(f"echo {path.name}", {"processor": self.name})
+
+
+def plugin(name: str, content_types: Iterable[str], extensions: Iterable[str] = ()) -> FakeEntryPoint:
+    def register(registry: ProcessorRegistry) -> None:
+        registry.register(EchoProcessor(name), content_types=content_types, extensions=extensions)
+
+    return FakeEntryPoint(name, lambda: register)
+
+
+def test_plugins_register_and_may_replace_builtins(tmp_path: Path) -> None:
+    registry = ProcessorRegistry.default(
+        entry_points=[
+            plugin("images", ["image", "image/*"], [".png"]),
+            plugin("better_pdf", ["application/pdf"]),
+        ]
+    )
+    png = write(tmp_path, "scan.png", b"\x89PNG")
+    assert registry.resolve("image/jpeg", None, png).name == "images"
+    assert registry.resolve(None, None, png).name == "images"
+    assert registry.resolve("application/pdf", None, png).name == "better_pdf"
+    assert registry.resolve(None, "x.pdf", png).name == "pdf"  # only what the plugin claimed changed
+    assert "image" in registry.supported()
+
+
+def test_broken_plugins_are_logged_and_skipped(tmp_path: Path) -> None:
+    def fails_halfway(registry: ProcessorRegistry) -> None:
+        registry.register(EchoProcessor("half"), content_types=["pdf"], extensions=[".half"])
+        raise RuntimeError("plugin bug")
+
+    def import_error() -> Any:
+        raise ImportError("No module named 'fake_plugin'")
+
+    entry_points = [
+        FakeEntryPoint("unimportable", import_error),
+        FakeEntryPoint("not_callable", lambda: 42),
+        FakeEntryPoint("halfway", lambda: fails_halfway),
+        importlib.metadata.EntryPoint("missing", "no_such_module_for_morag_tests:register", PLUGIN_GROUP),
+        plugin("good", ["image/png"]),
+    ]
+    registry = ProcessorRegistry()
+    with structlog.testing.capture_logs() as logs:
+        loaded = registry.load_plugins(entry_points)
+    assert loaded == ["good"]
+    failed = {e["plugin"]: e for e in logs if e["event"] == "processing.plugin_failed"}
+    assert set(failed) == {"unimportable", "not_callable", "halfway", "missing"}
+    assert "plugin bug" in failed["halfway"]["error"]
+    assert failed["halfway"]["log_level"] == "warning"
+    stray = write(tmp_path, "a.half", b"\x00")
+    assert registry.resolve("image/png", None, stray).name == "good"
+    # What the failing plugin registered before raising was undone.
+    for content_type, name in [("pdf", None), (None, "a.half")]:
+        with pytest.raises(UnsupportedContent):
+            registry.resolve(content_type, name, stray)
+
+
+def test_default_reads_the_entry_point_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[str] = []
+
+    def entry_points(*, group: str) -> list[FakeEntryPoint]:
+        asked.append(group)
+        return [plugin("from_metadata", ["image"])]
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    registry = ProcessorRegistry.default()
+    assert asked == ["morag_worker.processors"]
+    assert "image" in registry.supported()
+
+
+# --- Formats, on the committed samples -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sample", "phrases", "extra"),
+    [
+        ("sample.txt", [INTRO, "gpu-tasks-{user_id}"], {"encoding": "utf-8"}),
+        ("sample.pdf", [INTRO, "gpu-tasks-{user_id}", "Audio and video | faster-whisper"], {"pages": 2}),
+        ("sample.docx", ["# MoRAG Worker: contributing", INTRO, "* The worker downloads", TABLE_ROW], {}),
+        ("sample.pptx", ["# How a task flows", INTRO, TABLE_ROW], {"slides": 3}),
+        ("sample.xlsx", ["## Formats", TABLE_ROW, "| alice | gpu-tasks-alice | gpu |"], {"sheets": 2}),
+        ("sample.html", ["## How a task flows", INTRO, "* The worker downloads", TABLE_ROW], {}),
+        ("sample.epub", ["## Privacy", INTRO, TABLE_ROW], {}),
+        ("sample.csv", ["| Format | Processor | Progress unit |", TABLE_ROW], {"rows": 4}),
+    ],
+)
+def test_samples_convert_to_markdown(
+    registry: ProcessorRegistry, sample: str, phrases: list[str], extra: dict[str, Any]
+) -> None:
+    content = run(registry, SAMPLES / sample)
+    for phrase in phrases:
+        assert phrase in content.markdown
+    fmt = sample.rsplit(".", 1)[1].replace("txt", "text")
+    meta = content.metadata
+    assert meta["format"] == fmt and meta["processor"] == fmt
+    assert meta["word_count"] > 15
+    assert extra.items() <= meta.items()
+    if fmt not in ("text", "csv"):
+        assert meta["title"] == "MoRAG Worker: contributing a GPU to a MoRAG server"
+    assert "scripts are not content" not in content.markdown
+    assert (SAMPLES / sample).stat().st_size < 100_000
+
+
+def test_text_decoding_boms_fallbacks_and_declared_charsets(
+    registry: ProcessorRegistry, tmp_path: Path
+) -> None:
+    bom = run(registry, write(tmp_path, "bom.txt", "\ufeffHéllo\r\nworld\r\n".encode("utf-8")))
+    assert bom.markdown == "Héllo\nworld\n" and bom.metadata["encoding"] == "utf-8"
+    utf16 = run(registry, write(tmp_path, "u16.txt", "Grüße aus Köln".encode("utf-16")))
+    assert utf16.markdown == "Grüße aus Köln\n" and utf16.metadata["encoding"] == "utf-16"
+    legacy = run(registry, write(tmp_path, "legacy.txt", "“Quoted” café".encode("cp1252")))
+    assert legacy.markdown == "“Quoted” café\n"
+    assert legacy.metadata["notes"] == ["not valid UTF-8; decoded as cp1252 (a fallback)"]
+    russian = write(tmp_path, "ru.txt", "Привет, мир".encode("koi8_r"))
+    declared = run(registry, russian, options={"charset": "koi8-r"})
+    assert declared.markdown == "Привет, мир\n"
+    assert "declared charset" in declared.metadata["notes"][0]
+    unknown = run(registry, russian, options={"charset": "no-such-charset"})
+    assert unknown.metadata["notes"][0] == "ignored the unknown charset 'no-such-charset'"
+    md = run(registry, write(tmp_path, "doc.md", "Intro\n\n## The Title ##\ntext"))
+    assert md.metadata["title"] == "The Title" and md.metadata["format"] == "markdown"
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (bytes(range(256)) * 8, "binary data"),
+        (os.urandom(4096).replace(b"\x00", b"\x01"), "control characters|binary data"),
+        (b"plain words " * 50 + b"\x00\x00\x00", "NUL bytes"),
+        (b"text\x01\x02\x03\x04\x05 more" * 20, "control characters"),
+        (b"\xef\xbb\xbf\xff\xfe\xfa", "byte-order mark"),
+    ],
+)
+def test_binary_junk_named_txt_is_refused(
+    registry: ProcessorRegistry, tmp_path: Path, data: bytes, match: str
+) -> None:
+    with pytest.raises(CorruptInput, match=match):
+        run(registry, write(tmp_path, "junk.txt", data))
+
+
+def test_empty_and_blank_documents_are_empty_content(registry: ProcessorRegistry, tmp_path: Path) -> None:
+    with pytest.raises(EmptyContent, match="the text file contains no text"):
+        run(registry, write(tmp_path, "blank.txt", " \n\t\n"))
+    with pytest.raises(EmptyContent, match="the PDF file is empty"):
+        run(registry, write(tmp_path, "zero.pdf", b""))
+    with pytest.raises(EmptyContent, match="holds no data"):
+        run(registry, write(tmp_path, "empty.json", "{}"))
+
+
+def test_csv_with_semicolons_and_pipes(registry: ProcessorRegistry, tmp_path: Path) -> None:
+    content = run(registry, write(tmp_path, "eu.csv", 'name;amount;note\n"a|b";1,5;x\nc;2;"two\nlines"\n'))
+    assert "| name | amount | note |" in content.markdown
+    assert r"| a\|b | 1,5 | x |" in content.markdown
+    assert "| c | 2 | two lines |" in content.markdown
+    assert content.metadata["delimiter"] == ";" and content.metadata["rows"] == 2
+
+
+def test_json_and_xml_are_validated_and_fenced(registry: ProcessorRegistry, tmp_path: Path) -> None:
+    js = run(registry, write(tmp_path, "d.json", '{"queue": "gpu-tasks-alice", "pages": [1, 2]}'))
+    assert js.markdown.startswith('```json\n{\n  "queue": "gpu-tasks-alice"')
+    with pytest.raises(CorruptInput, match=r"the JSON file is not valid JSON \(.* at line 2, column"):
+        run(registry, write(tmp_path, "bad.json", '{"a": 1,\n  oops}'))
+    xml = run(registry, write(tmp_path, "d.xml", '<?xml version="1.0"?>\n<feed><title>MoRAG</title></feed>'))
+    assert xml.markdown.startswith("```xml\n<?xml") and xml.metadata["root_element"] == "feed"
+    with pytest.raises(CorruptInput, match="the XML file is not well-formed XML"):
+        run(registry, write(tmp_path, "bad.xml", "<feed><title>MoRAG</feed>"))
+    bomb = '<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;">]><l>&b;</l>'
+    with pytest.raises(UnsupportedContent, match="refused for safety"):
+        run(registry, write(tmp_path, "bomb.xml", bomb))
+
+
+def test_fenced_outgrows_backticks_inside() -> None:
+    assert fenced("a\n```\nb", "xml") == "````xml\na\n```\nb\n````"
+
+
+def test_html_charset_from_meta(registry: ProcessorRegistry, tmp_path: Path) -> None:
+    page = '<html><head><meta charset="koi8-r"><title>Т</title></head><body><p>Привет</p></body></html>'
+    content = run(registry, write(tmp_path, "ru.html", page.encode("koi8_r")))
+    assert "Привет" in content.markdown and content.metadata["encoding"] == "koi8-r"
+
+
+def test_html_nested_too_deeply_for_markdown_is_plain_text_with_a_note(
+    registry: ProcessorRegistry, tmp_path: Path
+) -> None:
+    page = "<html><body>" + "<div>" * 5000 + "<p>Deep words survive.</p>" + "</div>" * 5000 + "</body></html>"
+    content = run(registry, write(tmp_path, "deep.html", page))
+    assert content.markdown == "Deep words survive.\n"
+    assert content.metadata["notes"] == ["nested too deeply for markdown conversion; extracted as plain text"]
+
+
+# --- Damaged and misnamed inputs -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "match"),
+    [
+        (
+            "cut.pdf",
+            (SAMPLES / "sample.pdf").read_bytes()[:1200],
+            PDF_DAMAGED,
+        ),
+        ("cut-end.pdf", multi_page_pdf(20)[:-60], PDF_DAMAGED),
+        ("random.pdf", os.urandom(5000), "the PDF file is not a PDF"),
+        ("words.pdf", b"hello, this is not a PDF at all\n", "the PDF file is not a PDF"),
+        ("random.docx", os.urandom(5000), "the DOCX file is damaged or not a DOCX file .*not a valid zip"),
+        ("random.xlsx", os.urandom(5000), "the XLSX file is damaged or not an XLSX file .*not a valid zip"),
+        ("random.pptx", os.urandom(5000), "the PPTX file is damaged or not a PPTX file"),
+        ("random.epub", os.urandom(5000), "the EPUB file is damaged or not an EPUB file"),
+        ("cut.docx", (SAMPLES / "sample.docx").read_bytes()[:20000], "download cut short"),
+        (
+            "other.docx",
+            a_zip({"hello.txt": b"hi"}),
+            "not a DOCX file: it is a zip archive without word/document",
+        ),
+        ("other.xlsx", a_zip({"word/document.xml": b"<w/>"}), "without xl/workbook.xml"),
+        ("junk.docx", a_zip({"[Content_Types].xml": b"<x", "word/document.xml": b"\x00\x01"}), "DOCX file"),
+        ("junk.xlsx", a_zip({"xl/workbook.xml": b"not xml"}), "the XLSX file is damaged or not an XLSX file"),
+    ],
+)
+def test_corrupt_inputs_fail_with_a_clear_message(
+    registry: ProcessorRegistry, tmp_path: Path, name: str, data: bytes, match: str
+) -> None:
+    with pytest.raises(CorruptInput, match=match) as caught:
+        run(registry, write(tmp_path, name, data))
+    assert isinstance(caught.value, ProcessingError) and caught.value.message == str(caught.value)
+
+
+def test_zip_bombs_are_refused(monkeypatch: pytest.MonkeyPatch, registry: ProcessorRegistry) -> None:
+    monkeypatch.setattr(office, "MAX_UNPACKED_BYTES", 10_000)
+    with pytest.raises(UnsupportedContent, match="would unpack to .* MiB, more than the limit"):
+        run(registry, SAMPLES / "sample.docx")
+
+
+def encrypted_pdf(user_password: str) -> bytes:
+    from pypdf import PdfWriter
+
+    writer = PdfWriter(clone_from=io.BytesIO((SAMPLES / "sample.pdf").read_bytes()))
+    writer.encrypt(user_password=user_password, owner_password="owner", algorithm="AES-128")
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def test_encrypted_pdfs(registry: ProcessorRegistry, tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedContent, match="the PDF file is password-protected"):
+        run(registry, write(tmp_path, "locked.pdf", encrypted_pdf("secret")))
+    opened = run(registry, write(tmp_path, "owner-only.pdf", encrypted_pdf("")))
+    assert INTRO in opened.markdown and opened.metadata["encrypted"] is True
+
+
+def test_pdf_without_text_layer(registry: ProcessorRegistry, tmp_path: Path) -> None:
+    with pytest.raises(EmptyContent, match="no text layer on any of its 3 pages .*OCR"):
+        run(registry, write(tmp_path, "scan.pdf", build_pdf([[], [], []])))
+    partly = run(registry, write(tmp_path, "partly.pdf", build_pdf([["Some words here."], [], ["More."]])))
+    assert partly.metadata["pages_without_text"] == [2]
+    assert partly.metadata["notes"] == ["1 of 3 pages have no text layer (images or blank)"]
+
+
+# --- Progress and cancellation ---------------------------------------------------------------------------
+
+
+class Recorder:
+    def __init__(self, cancel_at: float | None = None, error: Exception | None = None) -> None:
+        self.calls: list[tuple[float, float | None, str]] = []
+        self.cancel_at = cancel_at
+        self.error = error or TaskCancelled("stop requested")
+
+    def __call__(self, done: float, total: float | None, message: str) -> None:
+        self.calls.append((done, total, message))
+        if self.cancel_at is not None and done >= self.cancel_at:
+            raise self.error
+
+
+def test_multi_page_pdf_reports_progress_per_page(registry: ProcessorRegistry, tmp_path: Path) -> None:
+    path = write(tmp_path, "big.pdf", multi_page_pdf(200))
+    progress = Recorder()
+    content = run(registry, path, progress=progress)
+    assert [c[0] for c in progress.calls] == list(range(201))
+    assert {c[1] for c in progress.calls} == {200}
+    assert progress.calls[5][2] == "page 6 of 200"
+    assert content.metadata["pages"] == 200
+    assert "This is page 200 of 200 of the MoRAG Worker load test" in content.markdown
+
+
+@pytest.mark.parametrize("error", [TaskCancelled("stop"), KeyError("a bug in the callback")])
+def test_an_exception_from_progress_stops_the_pdf_and_propagates(
+    registry: ProcessorRegistry, tmp_path: Path, error: Exception
+) -> None:
+    progress = Recorder(cancel_at=5, error=error)
+    with pytest.raises(type(error)):
+        run(registry, write(tmp_path, "big.pdf", multi_page_pdf(50)), progress=progress)
+    assert len(progress.calls) == 6
+
+
+@pytest.mark.parametrize("sample", sorted(p.name for p in SAMPLES.glob("sample.*")))
+def test_cancellation_propagates_from_every_format(registry: ProcessorRegistry, sample: str) -> None:
+    progress = Recorder(cancel_at=0)
+    with pytest.raises(TaskCancelled):
+        run(registry, SAMPLES / sample, progress=progress)
+    assert len(progress.calls) == 1
+
+
+def test_xlsx_checkpoints_inside_a_long_sheet(registry: ProcessorRegistry, tmp_path: Path) -> None:
+    from openpyxl import Workbook
+
+    workbook = Workbook()
+    sheet = workbook.active
+    assert sheet is not None
+    for i in range(2500):
+        sheet.append([i, f"row {i}"])
+    path = tmp_path / "long.xlsx"
+    workbook.save(path)
+    progress = Recorder()
+    assert "| 2499 | row 2499 |" in run(registry, path, progress=progress).markdown
+    assert [c[2] for c in progress.calls if "rows" in c[2]] == [
+        "sheet 1 of 1: 1000 rows",
+        "sheet 1 of 1: 2000 rows",
+    ]
+
+    def cancel_on_rows(done: float, total: float | None, message: str) -> None:
+        if "rows" in message:
+            raise TaskCancelled(message)
+
+    with pytest.raises(TaskCancelled, match="1000 rows"):
+        run(registry, path, progress=cancel_on_rows)
+
+
+# --- Media, with a fake transcriber ----------------------------------------------------------------------
+
+
+class FakeTranscriber:
+    model_name = "fake-tiny"
+
+    def __init__(self, segments: list[media.Segment] | None = None, error: Exception | None = None) -> None:
+        self.segments = segments or []
+        self.error = error
+        self.options: Mapping[str, Any] = {}
+
+    def transcribe(self, path: Path, options: Mapping[str, Any]) -> tuple[Iterable[media.Segment], Any]:
+        if self.error:
+            raise self.error
+        self.options = options
+        return iter(self.segments), media.TranscriptInfo("en", 0.99, 65.0)
+
+
+def media_registry(transcriber: FakeTranscriber) -> ProcessorRegistry:
+    registry = ProcessorRegistry()
+    media.register(registry, transcriber)
+    return registry
+
+
+def test_whisper_processor_transcribes_with_progress_in_seconds(tmp_path: Path) -> None:
+    segments = [media.Segment(0.0, 2.0, " hello world"), media.Segment(61.5, 65.0, " second minute ")]
+    fake = FakeTranscriber(segments)
+    registry = media_registry(fake)
+    progress = Recorder()
+    clip = write(tmp_path, "talk.webm", b"\x1aE\xdf\xa3")
+    content = run(registry, clip, options={"language": "en"}, progress=progress)
+    assert content.markdown == "[00:00:00] hello world\n\n[00:01:01] second minute\n"
+    assert content.metadata["format"] == "video" and content.metadata["model"] == "fake-tiny"
+    assert content.metadata["language"] == "en" and content.metadata["segments"] == 2
+    assert [c[:2] for c in progress.calls] == [(0, None), (2.0, 65.0), (65.0, 65.0), (65.0, 65.0)]
+    assert fake.options == {"language": "en"}
+    plain = run(registry, clip, content_type="audio", options={"timestamps": False})
+    assert plain.markdown == "hello world\nsecond minute\n" and plain.metadata["format"] == "audio"
+    with pytest.raises(TaskCancelled):
+        run(registry, clip, progress=Recorder(cancel_at=1))
+
+
+@pytest.mark.parametrize(
+    ("error", "match"),
+    [
+        (IndexError("tuple index out of range"), "the video file has no audio track"),
+        (
+            ValueError("Invalid data found when processing input"),
+            "the video file is damaged or not an audio or video file",
+        ),
+    ],
+)
+def test_whisper_processor_undecodable_media(tmp_path: Path, error: Exception, match: str) -> None:
+    registry = media_registry(FakeTranscriber(error=error))
+    with pytest.raises(CorruptInput, match=match):
+        run(registry, write(tmp_path, "clip.mp4", b"\x00\x00\x00\x18ftypmp42"))
