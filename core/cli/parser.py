@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key-file", type=Path, help="read the API key from this 0600 file")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     parser.add_argument("--log-format", choices=("console", "json"), help="log renderer")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=6,
+        metavar="N",
+        help="with --no-gui: give up after N failed start attempts in a row (0: keep trying)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     sub.add_parser("login", help="check an API key against the hub and keep it in the keychain")
