@@ -2,9 +2,11 @@
 X-API-Key) and only ever shows the key's own user's files, tasks and workers (404 otherwise).
 
 Runs on uvicorn's event loop; Celery and blocking Redis calls go through the thread pool.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: FastAPI resolves string annotations in the
+module's globals, and the ``Key`` dependency is local to ``create_app``, so with postponed
+annotations every route took ``key`` as a required query parameter (422 on every call).
+"""
 
 import json
 from collections.abc import AsyncIterator
