@@ -8,6 +8,7 @@ disk space) raise ``InfrastructureError`` so the task fails with that message.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ class Pipeline:
     registry: ProcessorRegistry
     temp_root: Path
     own_user_id: str | None = None
+    cancel: threading.Event | None = None  # set to stop the running download now (stop-now)
 
     def run_file(
         self, reporter: ProgressReporter, args: tuple[Any, ...], *, remote: bool, url_task: bool
@@ -112,13 +114,15 @@ class Pipeline:
     def _download_and_process(self, reporter: ProgressReporter, request: TaskRequest) -> TaskResult:
         with TaskWorkspace(self.temp_root, reporter.task_id) as workdir:
             reporter.report(TaskStage.DOWNLOADING, 0, request.size, "starting download", force=True)
-            downloaded = self.downloader_factory().download(
-                request.source,
-                workdir,
-                expected_sha256=request.sha256,
-                expected_size=request.size,
-                progress=reporter.downloading,
-            )
+            with self.downloader_factory() as downloader:
+                downloaded = downloader.download(
+                    request.source,
+                    workdir,
+                    expected_sha256=request.sha256,
+                    expected_size=request.size,
+                    progress=reporter.downloading,
+                    cancel=self.cancel,
+                )
             filename = request.filename or downloaded.filename_hint
             content_type = request.content_type or downloaded.content_type
             result = self._convert(reporter, request, downloaded.path, content_type, filename)

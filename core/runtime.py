@@ -64,11 +64,12 @@ class WorkerRuntime:
                     registry=ProcessorRegistry.default(),
                     temp_root=self.temp_root,
                     own_user_id=self.own_user_id,
+                    cancel=self.cancel_event,
                 )
             return self._pipeline
 
     def _downloader(self) -> Downloader:
-        return Downloader(hub_origin=self.hub_url, api_key=self.api_key, cancel=self.cancel_event)
+        return Downloader(hub_origin=self.hub_url, api_key=self.api_key)
 
     def reporter(self, task: Any) -> ProgressReporter:
         """A progress reporter that updates the task's state in the result backend."""
