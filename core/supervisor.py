@@ -130,6 +130,7 @@ class Supervisor:
         self._snooze_until: float | None = None
         self._timers: dict[str, float] = {}
         self._heartbeat: HeartbeatMessage | None = None
+        self._ready_info: ReadyMessage | None = None
         self._output: collections.deque[str] = collections.deque(maxlen=self.options.last_output_lines)
         self._tracker = TaskTracker(self._clock.monotonic, self._clock.time)
         self._user_id: str | None = None
@@ -144,6 +145,17 @@ class Supervisor:
 
     def active_tasks(self) -> list[TaskProgress]:
         return list(self._active)
+
+    @property
+    def child_pid(self) -> int | None:
+        """The running child's process id (diagnostics, tests)."""
+        child = self._child
+        return child.pid if child is not None else None
+
+    @property
+    def child_info(self) -> ReadyMessage | None:
+        """What the current child said when it became ready: hostname, queues, reliability settings."""
+        return self._ready_info
 
     def start(self) -> None:
         """Start working (also ends a snooze, and retries at once from BACKOFF or CRASHED)."""
@@ -309,7 +321,7 @@ class Supervisor:
         self._child, self._child_gen = child, gen
         self._ready_at = None
         self._stop_mode = self._stop_reason = None
-        self._heartbeat = None
+        self._heartbeat = self._ready_info = None
         self._output.clear()
         self._tracker = TaskTracker(self._clock.monotonic, self._clock.time)
         self._timers["ready"] = self._clock.monotonic() + self.options.start_timeout_s
@@ -381,6 +393,7 @@ class Supervisor:
         if self._ready_at is not None:
             return
         self._ready_at = self._clock.monotonic()
+        self._ready_info = msg
         self._timers.pop("ready", None)
         self._timers["liveness"] = self._ready_at + self.options.heartbeat_timeout_s
         log.info("supervisor.child_ready", hostname=msg.hostname, queues=list(msg.queues), config=msg.config)
@@ -426,8 +439,13 @@ class Supervisor:
         elif state in (WorkerState.FINISHING, WorkerState.STOPPING):
             self._set_status(state, self._status.message)
 
+    def _reconnecting(self) -> bool:
+        """The consumer lost its broker connection after it was ready (a beat from before is stale)."""
+        beat, ready = self._heartbeat, self._ready_info
+        return beat is not None and beat.consumer == "connecting" and (ready is None or beat.ts > ready.ts)
+
     def _running_message(self) -> str:
-        if self._heartbeat is not None and self._heartbeat.consumer == "connecting":
+        if self._reconnecting():
             return "Reconnecting to the broker"
         count = len(self._tracker)
         if count:

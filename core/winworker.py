@@ -93,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     from .runtime import get_runtime
     from .worker import celery_app
 
-    control = ControlReader(sys.stdin.buffer, cancel=get_runtime().cancel_event, request_stop=warm_stop)
+    # Unbuffered: a daemon thread blocked in a BufferedReader holds its lock, and the interpreter
+    # aborts at exit when it cannot take that lock ("could not acquire lock for <stdin>").
+    stdin = open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)  # noqa: SIM115 - lives as long as the process
+    control = ControlReader(stdin, cancel=get_runtime().cancel_event, request_stop=warm_stop)
     control.start()
     code = celery_app.start(["worker", *args])
     return int(code or 0)

@@ -237,6 +237,7 @@ class FakeChild:
         self.code: int | None = None
         self.exit_on: dict[StopMode, int] = {StopMode.KILL: -9}
         self.closed = False
+        self.ticks = 0
 
     def control(self, mode: StopMode) -> None:
         self.controls.append(mode)
@@ -250,7 +251,9 @@ class FakeChild:
         self.closed = True
 
     def send(self, kind: str, **fields: object) -> None:
-        self.callbacks.on_message(encode_message(kind, fields, pid=self.pid).rstrip(b"\n"))
+        self.ticks += 1  # the child's clock: strictly increasing, as a real one is between lines
+        line = encode_message(kind, fields, pid=self.pid, ts=1_700_000_000.0 + self.ticks)
+        self.callbacks.on_message(line.rstrip(b"\n"))
 
     def raw(self, line: bytes) -> None:
         self.callbacks.on_message(line)
