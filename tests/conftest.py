@@ -83,8 +83,8 @@ class Stack:
         self.redis.stop()
 
 
-def start_hub(tmp: Path, redis_url: str, **env: str) -> tuple[Proc, str]:
-    port = free_port()
+def start_hub(tmp: Path, redis_url: str, *, port: int | None = None, **env: str) -> tuple[Proc, str]:
+    port = port or free_port()
     hub = Proc(
         python_argv("-m", "morag_worker", "hub", "--port", str(port), "--storage", str(tmp / "hub")),
         env=base_env(REDIS_URL=redis_url, **env),
