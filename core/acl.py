@@ -9,11 +9,9 @@ and reading ``ACL LOG`` (see tests/integration/test_acl.py); re-derive it when t
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import structlog
-from redis.exceptions import ResponseError
 
 from .auth import KEY_PREFIX, USER_INDEX_PREFIX, ApiKeyRecord
 from .naming import acl_username, namespace_prefix, validate_user_id
@@ -22,15 +20,12 @@ __all__ = ["ALLOWED_COMMANDS", "RedisAclHook", "acl_rules"]
 
 log = structlog.get_logger(__name__)
 
-_UNKNOWN_MODIFIER = re.compile(r"modifier '([^']+)': Unknown command")
-
 ALLOWED_COMMANDS: tuple[str, ...] = (
     # connection
     "ping",
     "hello",
     "auth",
     "client|setname",
-    "client|setinfo",
     "client|id",
     "select",
     "quit",
@@ -88,7 +83,6 @@ class RedisAclHook:
 
     def __init__(self, redis_client: Any) -> None:
         self._redis = redis_client
-        self._unknown: set[str] = set()
 
     async def key_added(self, user_id: str, key_hash: str) -> None:
         await self.sync_user(user_id)
@@ -119,7 +113,7 @@ class RedisAclHook:
         username = acl_username(user_id)
         hashes = await self.live_hashes(user_id)
         if hashes:
-            await self._set_user(username, acl_rules(user_id, hashes))
+            await self._redis.execute_command("ACL", "SETUSER", username, *acl_rules(user_id, hashes))
             if drop_connections:
                 # Connections already logged in keep working after a password is removed; drop
                 # them so every worker logs in again, and one whose key was revoked is refused.
@@ -128,26 +122,6 @@ class RedisAclHook:
             # Deleting the user also disconnects every client logged in as it.
             await self._redis.execute_command("ACL", "DELUSER", username)
         log.info("acl.synced", user=username, keys=len(hashes))
-
-    async def _set_user(self, username: str, rules: list[str]) -> None:
-        """``ACL SETUSER``, leaving out allowed commands this server does not know.
-
-        redis-py 8 sends ``CLIENT SETINFO`` on connect, a command of Redis 7.2+; older servers
-        refuse the whole rule for it, and redis-py ignores the command's failure there anyway.
-        """
-        rules = [r for r in rules if r not in self._unknown]
-        while True:
-            try:
-                await self._redis.execute_command("ACL", "SETUSER", username, *rules)
-                return
-            except ResponseError as exc:
-                match = _UNKNOWN_MODIFIER.search(str(exc))
-                rule = match.group(1) if match else None
-                if rule is None or not rule.startswith("+") or rule not in rules:
-                    raise
-                log.warning("acl.command_unknown_to_server", command=rule[1:])
-                self._unknown.add(rule)
-                rules.remove(rule)
 
     async def sync_all(self) -> int:
         """Re-provision every user from the key store (ACLs do not survive a Redis restart)."""

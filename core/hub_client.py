@@ -154,6 +154,7 @@ class HubClient:
         content_type: str | None = None,
         task_options: dict[str, Any] | None = None,
         remote: bool = True,
+        worker_type: str = "gpu",
     ) -> dict[str, Any]:
         body = {
             "file_id": file_id,
@@ -161,6 +162,7 @@ class HubClient:
             "content_type": content_type,
             "task_options": task_options,
             "remote": remote,
+            "worker_type": worker_type,
         }
         data: dict[str, Any] = self._request("POST", "/api/v1/tasks", json=body).json()
         return data

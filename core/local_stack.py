@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import redis
 
@@ -197,7 +197,7 @@ class RedisServer:
         with redis.Redis(port=self.port, socket_timeout=1) as client:
             return bool(client.ping())
 
-    def client(self) -> redis.Redis[Any]:
+    def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=10)
 
     def stop(self) -> None:

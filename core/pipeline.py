@@ -54,7 +54,7 @@ class Pipeline:
     registry: ProcessorRegistry
     temp_root: Path
     own_user_id: str | None = None
-    cancel: threading.Event | None = None  # set to stop the running download now (stop-now)
+    cancel_event: threading.Event | None = None
 
     def run_file(
         self, reporter: ProgressReporter, args: tuple[Any, ...], *, remote: bool, url_task: bool
@@ -112,17 +112,17 @@ class Pipeline:
         return parse_task_request(source, None, content_type, options, source_name=name)
 
     def _download_and_process(self, reporter: ProgressReporter, request: TaskRequest) -> TaskResult:
-        with TaskWorkspace(self.temp_root, reporter.task_id) as workdir:
+        with TaskWorkspace(self.temp_root, reporter.task_id) as workspace, self.downloader_factory() as dl:
             reporter.report(TaskStage.DOWNLOADING, 0, request.size, "starting download", force=True)
-            with self.downloader_factory() as downloader:
-                downloaded = downloader.download(
-                    request.source,
-                    workdir,
-                    expected_sha256=request.sha256,
-                    expected_size=request.size,
-                    progress=reporter.downloading,
-                    cancel=self.cancel,
-                )
+            downloaded = dl.download(
+                request.source,
+                workspace.path,
+                expected_sha256=request.sha256,
+                expected_size=request.size,
+                progress=reporter.downloading,
+                cancel=self.cancel_event,
+                notice=lambda line: reporter.report(TaskStage.DOWNLOADING, 0, request.size, line, force=True),
+            )
             filename = request.filename or downloaded.filename_hint
             content_type = request.content_type or downloaded.content_type
             result = self._convert(reporter, request, downloaded.path, content_type, filename)

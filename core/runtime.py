@@ -64,7 +64,7 @@ class WorkerRuntime:
                     registry=ProcessorRegistry.default(),
                     temp_root=self.temp_root,
                     own_user_id=self.own_user_id,
-                    cancel=self.cancel_event,
+                    cancel_event=self.cancel_event,
                 )
             return self._pipeline
 

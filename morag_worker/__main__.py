@@ -16,7 +16,7 @@ from morag_worker.core.logging import configure_logging, redact
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    quiet_verbs = args.command in ("keys", "submit")
+    quiet_verbs = args.command in ("keys", "submit", "demo", "login", "logout")
     level = logging.DEBUG if args.verbose > 1 else logging.INFO
     if quiet_verbs and not args.verbose:
         level = logging.WARNING

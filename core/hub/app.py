@@ -2,11 +2,9 @@
 X-API-Key) and only ever shows the key's own user's files, tasks and workers (404 otherwise).
 
 Runs on uvicorn's event loop; Celery and blocking Redis calls go through the thread pool.
-
-No ``from __future__ import annotations`` here: FastAPI resolves string annotations in the
-module's globals, and the ``Key`` dependency is local to ``create_app``, so with postponed
-annotations every route took ``key`` as a required query parameter (422 on every call).
 """
+
+from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
@@ -69,6 +67,24 @@ def _api_key_from(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
+async def current_key(request: Request) -> ApiKeyRecord:
+    """The live key record of the request's API key; 401 with a JSON error otherwise."""
+    api_key = _api_key_from(request)
+    if not api_key:
+        raise HTTPException(
+            401, "missing API key (Authorization: Bearer <key>)", headers={"WWW-Authenticate": "Bearer"}
+        )
+    record: ApiKeyRecord | None = await request.app.state.keys.lookup(api_key)
+    if record is None:
+        raise HTTPException(
+            401, "invalid, revoked or expired API key", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return record
+
+
+Key = Annotated[ApiKeyRecord, Depends(current_key)]
+
+
 def create_app(config: HubConfig) -> FastAPI:
     """Build the hub's ASGI app; Redis connections open in its lifespan."""
     store = FileStore(config.storage_dir, config.max_upload_bytes)
@@ -79,6 +95,7 @@ def create_app(config: HubConfig) -> FastAPI:
         state["aredis"] = aioredis.Redis.from_url(config.redis_url)
         state["redis"] = redis.Redis.from_url(config.redis_url)
         state["keys"] = APIKeyService(state["aredis"])
+        _app.state.keys = state["keys"]
         config.storage_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         log.info("hub.started", storage=str(config.storage_dir))
         try:
@@ -94,21 +111,6 @@ def create_app(config: HubConfig) -> FastAPI:
         return JSONResponse(
             {"error": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
         )
-
-    async def current_key(request: Request) -> ApiKeyRecord:
-        api_key = _api_key_from(request)
-        if not api_key:
-            raise HTTPException(
-                401, "missing API key (Authorization: Bearer <key>)", headers={"WWW-Authenticate": "Bearer"}
-            )
-        record: ApiKeyRecord | None = await state["keys"].lookup(api_key)
-        if record is None:
-            raise HTTPException(
-                401, "invalid, revoked or expired API key", headers={"WWW-Authenticate": "Bearer"}
-            )
-        return record
-
-    Key = Annotated[ApiKeyRecord, Depends(current_key)]
 
     def base_url(request: Request) -> str:
         return (config.public_url or str(request.base_url)).rstrip("/")

@@ -202,3 +202,15 @@ def test_a_user_never_sees_another_users_files_or_tasks(stack: Stack, alice: str
     )
     assert response.status_code == 404
     assert bob.workers() == []
+
+
+def test_the_worker_ran_everything_above_with_an_empty_acl_log(stack: Stack, alice: str) -> None:
+    """Run last in this module: every task above ran as worker-alice under the production ACL."""
+    admin = stack.redis.client()
+    users = {u.decode() for u in admin.execute_command("ACL", "USERS")}
+    assert "worker-alice" in users
+    clients = admin.execute_command("CLIENT", "LIST")
+    clients = clients.decode() if isinstance(clients, bytes) else clients
+    assert "user=worker-alice" in clients
+    log = admin.execute_command("ACL", "LOG")
+    assert log == [], log

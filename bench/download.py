@@ -1,0 +1,210 @@
+"""Benchmark: our Downloader against curl on one large file over loopback (a script, not a test).
+
+    python bench/download.py [--size-mib 1024] [--runs 3]
+
+Generates a random file (os.urandom, 1 MiB blocks) in a temporary directory and serves it from a
+separate process with ``sendfile`` (so the server costs little CPU). Then, in the same run, fetches
+it with ``curl -s -o FILE URL`` (timed by curl's own ``%{time_total}``), with our Downloader (1 MiB
+chunks, SHA-256 on the fly and verified), and with the naive seed approach (``requests``
+``iter_content(8192)``, hash, write, on one thread) as a baseline. The Python methods run in a
+child process that reports its own time and peak RSS (``ru_maxrss``). Before each timed run the
+page cache is synced, so one run's writeback does not slow the next, and the order of the methods
+rotates between runs. Prints throughput per method (best of ``--runs``), the ratio ours/curl
+(target >= 1.0) and our peak RSS (target < 80 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+MiB = 1024 * 1024
+METHODS = {
+    "curl": "curl -s -o",
+    "ours": "ours (1 MiB, sha256)",
+    "seed": "seed (requests 8 KiB, sha256)",
+}
+
+
+def serve(path: Path) -> None:
+    """Serve ``path`` at every URL with sendfile; print the port; stop when stdin closes."""
+    size = path.stat().st_size
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(size))
+            self.send_header("ETag", '"bench"')
+            self.end_headers()
+            with path.open("rb") as fh:
+                self.connection.sendfile(fh)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    print(httpd.server_address[1], flush=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    sys.stdin.read()  # the parent closes our stdin to stop us
+    httpd.shutdown()
+
+
+def fetch(url: str, dest: Path, method: str, sha256: str) -> None:
+    """Child process: one download by ``method``; print a JSON line of measurements."""
+    sys.path.insert(0, str(ROOT))
+    import requests
+
+    from morag_worker.core.transfer import Downloader, DownloadLimits
+
+    origin = "/".join(url.split("/", 3)[:3])
+    rss_before = _rss_kib()
+    started = time.perf_counter()
+    if method == "ours":
+        limits = DownloadLimits(max_bytes=64 * 1024 * MiB, disk_reserve_bytes=0)
+        with Downloader(limits=limits, trusted_origins=[origin]) as downloader:
+            size = downloader.download(url, dest, expected_sha256=sha256).size
+    else:
+        digest, size = hashlib.sha256(), 0
+        with (
+            requests.get(url, stream=True, timeout=(10, 30)) as response,
+            (dest / "input.bin").open("wb") as fh,
+        ):
+            for chunk in response.iter_content(8192):
+                digest.update(chunk)
+                fh.write(chunk)
+                size += len(chunk)
+        if digest.hexdigest() != sha256:
+            raise SystemExit("seed download: wrong SHA-256")
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(json.dumps({"seconds": seconds, "bytes": size, "peak_kib": peak, "start_kib": rss_before}))
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def make_file(path: Path, size_mib: int) -> str:
+    digest = hashlib.sha256()
+    with path.open("wb") as fh:
+        for _ in range(size_mib):
+            block = os.urandom(MiB)
+            digest.update(block)
+            fh.write(block)
+    return digest.hexdigest()
+
+
+def run_curl(url: str, work: Path, size: int) -> dict[str, Any]:
+    out = work / "curl.bin"
+    # curl's own transfer time, so that neither side counts its process start-up.
+    command = ["curl", "-s", "-o", str(out), "-w", "%{time_total}", url]
+    seconds = float(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+    if out.stat().st_size != size:
+        raise SystemExit("curl fetched the wrong size")
+    out.unlink()
+    return {"seconds": seconds}
+
+
+def run_python(url: str, dest: Path, method: str, sha256: str) -> dict[str, Any]:
+    dest.mkdir()
+    command = [sys.executable, __file__, "--fetch", url, "--dest", str(dest), "--method", method]
+    output = subprocess.run([*command, "--sha", sha256], check=True, capture_output=True, text=True).stdout
+    shutil.rmtree(dest)
+    measured: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
+    return measured
+
+
+def measure(url: str, work: Path, sha256: str, size_mib: int, runs: int) -> dict[str, list[dict[str, Any]]]:
+    names = list(METHODS)
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for run in range(runs):
+        for name in names[run % 3 :] + names[: run % 3]:
+            os.sync()  # start every timed run without the previous run's dirty pages
+            if name == "curl":
+                results[name].append(run_curl(url, work, size_mib * MiB))
+            else:
+                results[name].append(run_python(url, work / name, name, sha256))
+        print(
+            f"run {run + 1}/{runs}: " + ", ".join(f"{k} {v[-1]['seconds']:.2f} s" for k, v in results.items())
+        )
+    return results
+
+
+def report(results: dict[str, list[dict[str, Any]]], size_mib: int) -> None:
+    best = {name: min(runs, key=lambda r: r["seconds"]) for name, runs in results.items()}
+    print(f"\n{size_mib} MiB over loopback (best of {len(results['curl'])} runs)")
+    for name, run in best.items():
+        line = f"  {METHODS[name]:<30} {size_mib / run['seconds']:6.0f} MiB/s {run['seconds']:7.2f} s"
+        if "peak_kib" in run:
+            peak = max(r["peak_kib"] for r in results[name]) / 1024
+            line += f"   peak RSS {peak:5.1f} MiB (after imports {run['start_kib'] / 1024:.1f} MiB)"
+        print(line)
+    ratio = best["curl"]["seconds"] / best["ours"]["seconds"]
+    seed = best["seed"]["seconds"] / best["ours"]["seconds"]
+    print(f"  throughput ours/curl: {ratio:.2f} (target >= 1.0); ours/seed: {seed:.2f}")
+    print("  (ours and seed hash SHA-256 on the fly; curl only writes the file)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size-mib", type=int, default=1024, help="size of the test file (default 1024)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per method; the best counts (default 3)")
+    parser.add_argument("--dir", type=Path, default=None, help="where to put the files (default: a temp dir)")
+    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--fetch", help=argparse.SUPPRESS)
+    parser.add_argument("--dest", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--method", default="ours", help=argparse.SUPPRESS)
+    parser.add_argument("--sha", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return 0
+    if args.fetch:
+        fetch(args.fetch, args.dest, args.method, args.sha)
+        return 0
+    if shutil.which("curl") is None:
+        print("curl is not installed", file=sys.stderr)
+        return 2
+
+    with tempfile.TemporaryDirectory(prefix="morag-bench-", dir=args.dir) as scratch:
+        work = Path(scratch)
+        source = work / "source.bin"
+        started = time.perf_counter()
+        sha256 = make_file(source, args.size_mib)
+        print(f"generated {args.size_mib} MiB of random data in {time.perf_counter() - started:.1f} s")
+        command = [sys.executable, __file__, "--serve", str(source)]
+        server = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert server.stdout is not None and server.stdin is not None
+            url = f"http://127.0.0.1:{server.stdout.readline().strip()}/source.bin"
+            results = measure(url, work, sha256, args.size_mib, args.runs)
+        finally:
+            assert server.stdin is not None
+            server.stdin.close()
+            server.wait(timeout=30)
+    report(results, args.size_mib)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Per-task scratch directories: created private (0700) under a private root, removed on exit.
+
+A task's input lands in ``<root>/task-<safe id>-<random>/input.bin``; the task id only contributes a
+sanitised, length-capped label, never a path. ``finally`` does not run on SIGKILL or power loss, so
+the worker calls :func:`sweep_stale_workspaces` at start-up. Also home of :func:`safe_display_name`,
+the only way a server-supplied file name reaches the rest of the app (as a label, never a path).
+
+Runs on whichever thread runs the task; nothing here is shared between threads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import sys
+import tempfile
+import time
+import unicodedata
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import structlog
+
+__all__ = ["TaskWorkspace", "safe_display_name", "sweep_stale_workspaces"]
+
+log = structlog.get_logger(__name__)
+
+_PREFIX = "task-"
+_UNSAFE_ID = re.compile(r"[^A-Za-z0-9_.-]+")
+_FORBIDDEN_NAME_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
+_WINDOWS_RESERVED = frozenset(
+    {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
+    | {f"COM{i}" for i in range(10)}
+    | {f"LPT{i}" for i in range(10)}
+    | {"COM¹", "COM²", "COM³", "LPT¹", "LPT²", "LPT³"}
+)
+MAX_DISPLAY_NAME = 120
+
+
+def _safe_label(task_id: str) -> str:
+    label = _UNSAFE_ID.sub("_", str(task_id))[:64].lstrip(".")
+    return label or "task"
+
+
+def _ensure_private_root(root: Path) -> None:
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = root.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise NotADirectoryError(f"workspace root {root} is not a directory")
+    if os.name == "posix" and stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(root, 0o700)
+
+
+def _remove_tree(path: Path) -> bool:
+    def _retry_writable(func: Any, failed: str, _exc: Any) -> None:
+        # Read-only entries (Windows) cannot be unlinked until they are writable again.
+        os.chmod(failed, stat.S_IWRITE | stat.S_IREAD | stat.S_IEXEC)
+        func(failed)
+
+    try:
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(path, onexc=_retry_writable)
+        else:
+            shutil.rmtree(path, onerror=_retry_writable)
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        log.warning("workspace.cleanup_failed", path=str(path), error=exc.strerror or str(exc))
+        return False
+    return True
+
+
+class TaskWorkspace:
+    """A private directory for one task, removed on exit whatever happens.
+
+    Example::
+
+        with TaskWorkspace(temp_root, task_id) as ws:
+            downloaded = downloader.download(url, ws.path)
+
+    Args:
+        root: The app-owned directory holding every task's workspace; created (0700) if missing,
+            tightened to 0700 if looser.
+        task_id: Only used as a sanitised label in the directory's name.
+    """
+
+    def __init__(self, root: Path, task_id: str) -> None:
+        self.root = Path(root)
+        self.label = _safe_label(task_id)
+        self._path: Path | None = None
+
+    @property
+    def path(self) -> Path:
+        """The workspace directory (only while inside the ``with`` block)."""
+        if self._path is None:
+            raise RuntimeError("TaskWorkspace.path is only available inside its with block")
+        return self._path
+
+    def __enter__(self) -> TaskWorkspace:
+        _ensure_private_root(self.root)
+        # mkdtemp creates the directory 0700 atomically, with a unique name even when the same
+        # task id is delivered twice.
+        self._path = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{self.label}-", dir=self.root))
+        log.debug("workspace.created", path=str(self._path))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        path, self._path = self._path, None
+        if path is not None and _remove_tree(path):
+            log.debug("workspace.removed", path=str(path))
+
+
+def sweep_stale_workspaces(root: Path, older_than_s: float, *, now: float | None = None) -> int:
+    """Remove task workspaces under ``root`` untouched for ``older_than_s`` seconds; return how many.
+
+    Only ``task-*`` directories are considered (never symlinks or other files). A workspace counts as
+    touched when the directory or any entry directly in it changed, so a long download still in
+    progress in another worker sharing ``root`` is left alone.
+    """
+    now = time.time() if now is None else now
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return 0
+    removed = 0
+    for entry in entries:
+        if not entry.name.startswith(_PREFIX) or not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            newest = entry.stat(follow_symlinks=False).st_mtime
+            with os.scandir(entry.path) as inner:
+                for child in inner:
+                    newest = max(newest, child.stat(follow_symlinks=False).st_mtime)
+        except FileNotFoundError:
+            continue
+        if now - newest >= older_than_s and _remove_tree(Path(entry.path)):
+            removed += 1
+    if removed:
+        log.info("workspace.swept", root=str(root), removed=removed)
+    return removed
+
+
+def safe_display_name(name: str | None) -> str | None:
+    """A file name fit to show a person, or None: never a path, whatever the server sent.
+
+    Keeps only the last path component (``/`` and ``\\`` both count), drops control and invisible
+    formatting characters (a right-to-left override can disguise ``.exe``) and characters Windows
+    forbids, trims dots and spaces at the ends, defuses Windows device names
+    (``CON``, ``nul.txt``) and caps the length, keeping the extension.
+    """
+    if not name:
+        return None
+    name = unicodedata.normalize("NFC", name)
+    name = re.split(r"[/\\]", name)[-1]
+    name = _FORBIDDEN_NAME_CHARS.sub("", name)
+    name = "".join(c for c in name if unicodedata.category(c) != "Cf")  # bidi overrides, zero-width...
+    name = " ".join(name.split()).strip(" .")
+    if not name:
+        return None
+    if name.split(".", 1)[0].rstrip(" ").upper() in _WINDOWS_RESERVED:
+        name = "_" + name
+    if len(name) > MAX_DISPLAY_NAME:
+        stem, dot, ext = name.rpartition(".")
+        if dot and 0 < len(ext) <= 16:
+            name = stem[: MAX_DISPLAY_NAME - len(ext) - 1].rstrip(" .") + "." + ext
+        else:
+            name = name[:MAX_DISPLAY_NAME].rstrip(" .")
+    return name or None

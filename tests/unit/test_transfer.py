@@ -1,0 +1,736 @@
+"""Downloader against a real HTTP server on 127.0.0.1 that misbehaves on cue (tests/httpserver.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import itertools
+import os
+import random
+import shutil
+import socket
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from email.utils import formatdate
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import structlog.testing
+
+from morag_worker.core import transfer_job
+from morag_worker.core.transfer import (
+    DownloadCancelled,
+    Downloader,
+    DownloadFailed,
+    DownloadLimits,
+    InsufficientDiskSpace,
+    IntegrityError,
+    TooLarge,
+    UnsafeURL,
+)
+from tests.httpserver import HTTPTestServer, Reply, Route
+
+pytestmark = pytest.mark.unit
+
+KiB, MiB = 1024, 1024 * 1024
+API_KEY = "k3y-" + "Zq9" * 12
+LIMITS = DownloadLimits(
+    chunk_size=64 * KiB,
+    connect_timeout=5,
+    read_timeout=15,
+    deadline_s=60,
+    min_rate_bps=1,
+    min_rate_window_s=30,
+    max_bytes=64 * MiB,
+    max_attempts=4,
+    backoff_base=0.01,
+    backoff_max=0.05,
+    retry_after_max=5,
+    disk_reserve_bytes=0,
+)
+
+
+def data(size: int, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+@pytest.fixture
+def server() -> Iterator[HTTPTestServer]:
+    with HTTPTestServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def other() -> Iterator[HTTPTestServer]:
+    with HTTPTestServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def dl(server: HTTPTestServer, sleeps: list[float]) -> Iterator[Downloader]:
+    """A downloader that may reach ``server`` (a trusted test origin) and records its waits."""
+    with Downloader(limits=LIMITS, sleep=sleeps.append, trusted_origins=[server.origin]) as downloader:
+        yield downloader
+
+
+def downloader(
+    sleeps: list[float], *origins: str, limits: DownloadLimits = LIMITS, **kwargs: Any
+) -> Downloader:
+    return Downloader(limits=limits, sleep=sleeps.append, trusted_origins=origins, **kwargs)
+
+
+def assert_empty(directory: Path) -> None:
+    assert list(directory.iterdir()) == []
+
+
+# --- the plain path -----------------------------------------------------------------------------
+
+
+def test_download_streams_into_private_input_file_with_sha(
+    server: HTTPTestServer, dl: Downloader, tmp_path: Path
+) -> None:
+    body = data(3 * MiB + 17)
+    route = server.route("/f", Route(body=body, headers={"Content-Type": "application/pdf"}))
+    result = dl.download(server.url("/f"), tmp_path, expected_sha256=route.sha256.upper())
+    assert result.path == tmp_path / "input.bin"
+    assert result.path.read_bytes() == body
+    assert stat.S_IMODE(result.path.stat().st_mode) == 0o600
+    assert (result.size, result.sha256, result.verified) == (len(body), route.sha256, True)
+    assert (result.attempts, result.resumes) == (1, 0)
+    assert result.content_type == "application/pdf"
+    [seen] = server.requests("/f")
+    assert seen.headers["accept-encoding"] == "identity"
+    assert "authorization" not in seen.headers and "range" not in seen.headers
+
+
+def test_server_checksum_header_is_verified(server: HTTPTestServer, dl: Downloader, tmp_path: Path) -> None:
+    body = data(100 * KiB)
+    route = server.route("/f", Route(body=body))
+    route.headers["X-Checksum-SHA256"] = route.sha256
+    assert dl.download(server.url("/f"), tmp_path).verified
+
+
+def test_wrong_checksum_raises_integrity_error_after_one_fresh_download(
+    server: HTTPTestServer, dl: Downloader, tmp_path: Path
+) -> None:
+    server.route("/f", Route(body=data(200 * KiB)))
+    with pytest.raises(IntegrityError, match="SHA-256"):
+        dl.download(server.url("/f"), tmp_path, expected_sha256="ab" * 32)
+    assert len(server.requests("/f")) == 2
+    assert all("range" not in r.headers for r in server.requests("/f"))
+    assert_empty(tmp_path)
+
+
+def test_server_checksum_contradicting_the_task_fails_before_reading(
+    server: HTTPTestServer, dl: Downloader, tmp_path: Path
+) -> None:
+    server.route("/f", Route(body=b"x" * 10, headers={"X-Checksum-SHA256": "cd" * 32}))
+    with pytest.raises(IntegrityError, match="different SHA-256"):
+        dl.download(server.url("/f"), tmp_path, expected_sha256="ab" * 32)
+    assert len(server.requests("/f")) == 1
+    assert_empty(tmp_path)
+
+
+def test_expected_size_mismatch_is_refused(server: HTTPTestServer, dl: Downloader, tmp_path: Path) -> None:
+    server.route("/f", Route(body=b"x" * 100))
+    with pytest.raises(IntegrityError, match="100 bytes; the task expects 50"):
+        dl.download(server.url("/f"), tmp_path, expected_size=50)
+    assert_empty(tmp_path)
+
+
+def test_existing_input_file_is_never_overwritten(
+    server: HTTPTestServer, dl: Downloader, tmp_path: Path
+) -> None:
+    server.route("/f", Route(body=b"new"))
+    (tmp_path / "input.bin").write_bytes(b"old")
+    with pytest.raises(FileExistsError):
+        dl.download(server.url("/f"), tmp_path)
+    assert (tmp_path / "input.bin").read_bytes() == b"old"
+
+
+def test_malformed_expected_checksum_is_a_value_error(
+    dl: Downloader, server: HTTPTestServer, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="64 hexadecimal"):
+        dl.download(server.url("/f"), tmp_path, expected_sha256="not-a-sha")
+    assert server.requests() == []
+
+
+# --- resume -------------------------------------------------------------------------------------
+
+
+def test_resume_after_cut_continues_where_the_cut_happened(
+    server: HTTPTestServer, dl: Downloader, tmp_path: Path
+) -> None:
+    body, cut = data(3 * MiB), 1_000_003
+    route = server.route("/f", Route(body=body, cut_after=cut, cut_times=1))
+    result = dl.download(server.url("/f"), tmp_path, expected_sha256=route.sha256)
+    first, second = server.requests("/f")
+    assert "range" not in first.headers
+    assert second.headers["range"] == f"bytes={cut}-"
+    assert second.headers["if-range"] == '"v1"'
+    assert (result.resumes, result.attempts, result.sha256) == (1, 2, route.sha256)
+    assert result.path.read_bytes() == body
+    assert server.body_bytes_sent <= len(body) + LIMITS.chunk_size  # at most one chunk re-read
+
+
+def test_resume_survives_several_cuts(server: HTTPTestServer, dl: Downloader, tmp_path: Path) -> None:
+    body = data(2 * MiB)
+    route = server.route("/f", Route(body=body, cut_after=300 * KiB, cut_times=5))
+    result = dl.download(server.url("/f"), tmp_path, expected_sha256=route.sha256)
+    assert result.resumes == 5
+    starts = [r.headers.get("range") for r in server.requests("/f")]
+    assert starts == [None] + [f"bytes={n * 300 * KiB}-" for n in range(1, 6)]
+
+
+def test_short_206_ranges_are_continued_until_the_end(
+    server: HTTPTestServer, dl: Downloader, tmp_path: Path
+) -> None:
+    # No checksum to catch it: the announced total alone must keep us from stopping early.
+    body = data(300 * KiB)
+    server.route("/f", Route(body=body, cut_after=100 * KiB, cut_times=1, max_range=64 * KiB))
+    result = dl.download(server.url("/f"), tmp_path)
+    assert result.path.read_bytes() == body
+    starts = [r.headers.get("range") for r in server.requests("/f")]
+    assert starts == [None] + [f"bytes={n}-" for n in range(100 * KiB, 300 * KiB, 64 * KiB)]
+
+
+def test_server_ignoring_range_restarts_from_zero(
+    server: HTTPTestServer, dl: Downloader, tmp_path: Path
+) -> None:
+    body = data(1 * MiB)
+    route = server.route("/f", Route(body=body, ranges=False, cut_after=400 * KiB, cut_times=1))
+    result = dl.download(server.url("/f"), tmp_path, expected_sha256=route.sha256)
+    assert server.requests("/f")[1].headers["range"] == f"bytes={400 * KiB}-"
+    assert (result.resumes, result.size) == (0, len(body))
+    assert result.path.read_bytes() == body
+
+
+def test_416_with_every_byte_already_held_completes(
+    server: HTTPTestServer, dl: Downloader, tmp_path: Path
+) -> None:
+    # Chunked body cut just before its terminating chunk: we hold it all but cannot know it.
+    body = data(300 * KiB)
+    route = server.route("/f", Route(body=body, send_length=False, cut_after=len(body), cut_times=1))
+    result = dl.download(server.url("/f"), tmp_path, expected_sha256=route.sha256)
+    assert server.requests("/f")[1].headers["range"] == f"bytes={len(body)}-"
+    assert len(server.requests("/f")) == 2
+    assert result.path.read_bytes() == body
+
+
+def test_416_short_of_the_end_restarts(server: HTTPTestServer, dl: Downloader, tmp_path: Path) -> None:
+    body = data(500 * KiB)
+    route = server.route("/f", Route(body=body, refuse_ranges=True, cut_after=100 * KiB, cut_times=1))
+    result = dl.download(server.url("/f"), tmp_path, expected_sha256=route.sha256)
+    assert [r.headers.get("range") for r in server.requests("/f")] == [None, f"bytes={100 * KiB}-", None]
+    assert result.path.read_bytes() == body
+
+
+# --- size caps ----------------------------------------------------------------------------------
+
+
+def test_content_length_over_the_cap_is_refused_before_reading(
+    server: HTTPTestServer, sleeps: list[float], tmp_path: Path
+) -> None:
+    server.route("/f", Route(body=data(300 * KiB)))
+    limits = DownloadLimits(max_bytes=100 * KiB, disk_reserve_bytes=0)
+    with (
+        downloader(sleeps, server.origin, limits=limits) as dl,
+        pytest.raises(TooLarge, match="over the 100.0 KiB"),
+    ):
+        dl.download(server.url("/f"), tmp_path)
+    assert_empty(tmp_path)
+
+
+def test_stream_without_length_is_cut_at_the_cap(
+    server: HTTPTestServer, sleeps: list[float], tmp_path: Path
+) -> None:
+    server.route("/f", Route(body=data(2 * MiB), send_length=False))
+    limits = DownloadLimits(chunk_size=64 * KiB, max_bytes=300 * KiB, progress_interval_s=0)
+    done: list[int] = []
+    with downloader(sleeps, server.origin, limits=limits) as dl, pytest.raises(TooLarge):
+        dl.download(server.url("/f"), tmp_path, progress=lambda n, _t: done.append(n))
+    assert done and max(done) <= 300 * KiB
+    assert_empty(tmp_path)
+
+
+def test_gzip_bomb_is_capped_on_decoded_bytes(
+    server: HTTPTestServer, sleeps: list[float], tmp_path: Path
+) -> None:
+    server.route("/bomb", Route(body=bytes(64 * MiB), gzip=True))  # about 64 KiB on the wire
+    limits = DownloadLimits(chunk_size=64 * KiB, max_bytes=1 * MiB, progress_interval_s=0)
+    done: list[int] = []
+    with downloader(sleeps, server.origin, limits=limits) as dl, pytest.raises(TooLarge, match="1.0 MiB"):
+        dl.download(server.url("/bomb"), tmp_path, progress=lambda n, _t: done.append(n))
+    assert server.requests("/bomb")[0].headers["accept-encoding"] == "identity"
+    assert max(done) <= 1 * MiB
+    assert_empty(tmp_path)
+
+
+def test_gzip_body_is_stored_decoded_and_restarted_not_resumed(
+    server: HTTPTestServer, dl: Downloader, tmp_path: Path
+) -> None:
+    body = data(100 * KiB).hex().encode()  # compresses to about half
+    route = server.route("/z", Route(body=body, gzip=True, cut_after=20_000, cut_times=1))
+    result = dl.download(server.url("/z"), tmp_path, expected_sha256=route.sha256)
+    assert result.path.read_bytes() == body
+    assert [r.headers.get("range") for r in server.requests("/z")] == [None, None]
+
+
+def test_expected_size_over_the_cap_fails_without_a_request(
+    server: HTTPTestServer, dl: Downloader, tmp_path: Path
+) -> None:
+    with pytest.raises(TooLarge):
+        dl.download(server.url("/f"), tmp_path, expected_size=LIMITS.max_bytes + 1)
+    assert server.requests() == []
+
+
+def test_disk_space_is_checked_before_reading(
+    server: HTTPTestServer, dl: Downloader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.route("/f", Route(body=data(200 * KiB)))
+    monkeypatch.setattr(
+        shutil, "disk_usage", lambda _p: SimpleNamespace(total=10 * MiB, used=10 * MiB, free=1000)
+    )
+    with pytest.raises(InsufficientDiskSpace, match="needs 200.0 KiB") as caught:
+        dl.download(server.url("/f"), tmp_path)
+    assert "1000 bytes is free" in str(caught.value)
+    assert_empty(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("code", "error", "text"),
+    [
+        (errno.ENOSPC, InsufficientDiskSpace, "ran out of space"),
+        (errno.EIO, DownloadFailed, "could not be written"),
+    ],
+)
+def test_write_errors_in_the_writer_thread_are_typed(
+    server: HTTPTestServer,
+    dl: Downloader,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    code: int,
+    error: type[Exception],
+    text: str,
+) -> None:
+    server.route("/f", Route(body=data(200 * KiB), send_length=False))
+
+    def failing(_fh: Any, _data: bytes) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(transfer_job, "write_all", failing)
+    with pytest.raises(error, match=text):
+        dl.download(server.url("/f"), tmp_path)
+    assert_empty(tmp_path)
+    assert len(server.requests("/f")) == 1  # not retried
+
+
+def writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("download-writer")]
+
+
+def test_no_writer_thread_outlives_a_download(server: HTTPTestServer, dl: Downloader, tmp_path: Path) -> None:
+    server.route("/ok", Route(body=data(300 * KiB)))
+    server.route("/bad", Route(body=data(300 * KiB), cut_after=10 * KiB, cut_times=99))
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "bad").mkdir()
+    dl.download(server.url("/ok"), tmp_path / "ok")
+    with pytest.raises(DownloadFailed, match="connection was cut"):
+        dl.download(server.url("/bad"), tmp_path / "bad")
+    assert writer_threads() == []
+
+
+# --- slow servers -------------------------------------------------------------------------------
+
+
+def test_trickle_fails_the_minimum_rate(server: HTTPTestServer, sleeps: list[float], tmp_path: Path) -> None:
+    server.route("/slow", Route(body=b"x" * 10_000, trickle=(1, 0.01)))
+    limits = DownloadLimits(min_rate_bps=1000, min_rate_window_s=0.3, max_attempts=2, read_timeout=10)
+    with downloader(sleeps, server.origin, limits=limits) as dl, pytest.raises(DownloadFailed) as caught:
+        dl.download(server.url("/slow"), tmp_path)
+    assert "too slow" in str(caught.value) and "after 2 attempts" in str(caught.value)
+    assert len(server.requests("/slow")) == 2 and len(sleeps) == 1
+    assert_empty(tmp_path)
+
+
+def test_trickle_hits_the_overall_deadline(
+    server: HTTPTestServer, sleeps: list[float], tmp_path: Path
+) -> None:
+    server.route("/slow", Route(body=b"x" * 10_000, trickle=(1, 0.01)))
+    limits = DownloadLimits(min_rate_bps=0, deadline_s=0.5, read_timeout=10)
+    with (
+        downloader(sleeps, server.origin, limits=limits) as dl,
+        pytest.raises(DownloadFailed, match="too slow"),
+    ):
+        dl.download(server.url("/slow"), tmp_path)
+    assert len(server.requests("/slow")) == 1
+    assert_empty(tmp_path)
+
+
+# --- retries and statuses -----------------------------------------------------------------------
+
+
+def test_retry_after_is_honoured_but_capped_and_reported(
+    server: HTTPTestServer, dl: Downloader, sleeps: list[float], tmp_path: Path
+) -> None:
+    route = server.route(
+        "/f",
+        Route(
+            body=b"done",
+            replies=[
+                Reply(503, {"Retry-After": "21600"}),
+                Reply(429, {"Retry-After": formatdate(time.time() + 7200, usegmt=True)}),
+                Reply(503, {"Retry-After": "2"}),
+            ],
+        ),
+    )
+    notices: list[str] = []
+    result = dl.download(server.url("/f"), tmp_path, notice=notices.append)
+    assert sleeps == [5, 5, 2]
+    assert result.attempts == 4 and result.path.read_bytes() == route.body
+    assert "HTTP 503; retrying in 5 s (the server asked for 21600 s)" in notices[0]
+    assert "asked for" not in notices[2]
+
+
+def test_server_errors_exhaust_the_attempts_with_backoff(
+    server: HTTPTestServer, dl: Downloader, sleeps: list[float], tmp_path: Path
+) -> None:
+    server.route("/f", Route(status=502))
+    with pytest.raises(DownloadFailed) as caught:
+        dl.download(server.url("/f"), tmp_path)
+    host = server.origin.removeprefix("http://")
+    assert str(caught.value) == f"Download from {host} failed after 4 attempts: the server answered HTTP 502."
+    assert (caught.value.status, caught.value.attempts) == (502, 4)
+    assert len(sleeps) == 3 and all(0 <= s <= LIMITS.backoff_max for s in sleeps)
+    assert_empty(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("status", "hub", "text"),
+    [
+        (404, False, "the file was not found (HTTP 404)"),
+        (410, True, "the file was not found (HTTP 410)"),
+        (401, True, "the hub rejected the API key (HTTP 401)"),
+        (403, True, "the hub rejected the API key (HTTP 403)"),
+        (403, False, "the server refused access (HTTP 403)"),
+        (400, False, "the server answered HTTP 400"),
+    ],
+)
+def test_client_errors_fail_at_once_with_a_clear_message(
+    server: HTTPTestServer, sleeps: list[float], tmp_path: Path, status: int, hub: bool, text: str
+) -> None:
+    server.route("/f", Route(status=status))
+    hub_origin = server.origin if hub else None
+    with (
+        downloader(sleeps, server.origin, hub_origin=hub_origin, api_key=API_KEY) as dl,
+        pytest.raises(DownloadFailed) as caught,
+    ):
+        dl.download(server.url("/f"), tmp_path)
+    assert text in str(caught.value)
+    assert API_KEY not in str(caught.value)
+    assert len(server.requests("/f")) == 1 and sleeps == []
+
+
+def test_unreachable_server_fails_after_retries(sleeps: list[float], tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nobody listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    origin = f"http://127.0.0.1:{port}"
+    with downloader(sleeps, origin) as dl, pytest.raises(DownloadFailed, match="could not connect"):
+        dl.download(origin + "/f", tmp_path)
+    assert len(sleeps) == LIMITS.max_attempts - 1
+    assert_empty(tmp_path)
+
+
+# --- the API key, redirects and the URL policy --------------------------------------------------
+
+
+def test_api_key_goes_to_the_hub_origin_only(
+    server: HTTPTestServer, other: HTTPTestServer, sleeps: list[float], tmp_path: Path
+) -> None:
+    server.route("/f", Route(body=b"hub file"))
+    other.route("/f", Route(body=b"web file"))
+    (tmp_path / "hub").mkdir()
+    (tmp_path / "web").mkdir()
+    with downloader(sleeps, other.origin, hub_origin=server.origin + "/api", api_key=API_KEY) as dl:
+        dl.download(server.url("/f"), tmp_path / "hub")
+        dl.download(other.url("/f"), tmp_path / "web")
+    assert server.requests("/f")[0].headers["authorization"] == f"Bearer {API_KEY}"
+    assert "authorization" not in other.requests("/f")[0].headers
+
+
+def test_api_key_is_not_sent_after_a_redirect_even_to_the_hub(
+    server: HTTPTestServer, other: HTTPTestServer, sleeps: list[float], tmp_path: Path
+) -> None:
+    server.route("/f", Route(body=b"hub file"))
+    other.route("/go", Route(redirect_to=server.url("/f")))
+    with downloader(sleeps, other.origin, hub_origin=server.origin, api_key=API_KEY) as dl:
+        result = dl.download(other.url("/go"), tmp_path)
+    assert result.path.read_bytes() == b"hub file"
+    assert "authorization" not in server.requests("/f")[0].headers
+
+
+def test_hub_redirects_are_refused(
+    server: HTTPTestServer, other: HTTPTestServer, sleeps: list[float], tmp_path: Path
+) -> None:
+    server.route("/f", Route(redirect_to=other.url("/f"), redirect_status=307))
+    other.route("/f", Route(body=b"elsewhere"))
+    with (
+        downloader(sleeps, other.origin, hub_origin=server.origin, api_key=API_KEY) as dl,
+        pytest.raises(DownloadFailed, match=r"hub answered with a redirect \(HTTP 307\)"),
+    ):
+        dl.download(server.url("/f"), tmp_path)
+    assert other.requests() == []
+    assert_empty(tmp_path)
+
+
+def test_redirects_are_followed_by_hand_for_other_servers(
+    server: HTTPTestServer, dl: Downloader, tmp_path: Path
+) -> None:
+    server.route("/a", Route(redirect_to="/b", redirect_status=301))
+    server.route("/b", Route(redirect_to=server.url("/c"), redirect_status=303))
+    server.route("/c", Route(body=b"final"))
+    result = dl.download(server.url("/a"), tmp_path)
+    assert result.path.read_bytes() == b"final"
+    assert [r.path for r in server.requests()] == ["/a", "/b", "/c"]
+
+
+def test_redirect_loops_stop(server: HTTPTestServer, dl: Downloader, tmp_path: Path) -> None:
+    server.route("/loop", Route(redirect_to="/loop"))
+    with pytest.raises(DownloadFailed, match="more than 5 redirects"):
+        dl.download(server.url("/loop"), tmp_path)
+    assert len(server.requests("/loop")) == 6
+
+
+@pytest.mark.parametrize(
+    "target", ["loopback-listener", "http://169.254.169.254/latest/meta-data/", "http://[::1]/"]
+)
+def test_redirect_to_an_internal_address_is_refused(
+    server: HTTPTestServer, other: HTTPTestServer, dl: Downloader, tmp_path: Path, target: str
+) -> None:
+    # ``other`` is a loopback listener that is NOT a trusted origin: it must see nothing.
+    location = other.url("/admin") if target == "loopback-listener" else target
+    server.route("/go", Route(redirect_to=location))
+    with pytest.raises(UnsafeURL, match="Refusing to download from"):
+        dl.download(server.url("/go"), tmp_path)
+    assert other.requests() == []
+    assert_empty(tmp_path)
+
+
+def test_loopback_is_refused_without_an_exemption(
+    other: HTTPTestServer, sleeps: list[float], tmp_path: Path
+) -> None:
+    other.route("/f", Route(body=b"secret"))
+    with downloader(sleeps) as dl, pytest.raises(UnsafeURL, match="loopback"):
+        dl.download(other.url("/f"), tmp_path)
+    assert other.requests() == []
+
+
+def test_the_connected_peer_is_checked_before_sending(other: HTTPTestServer, sleeps: list[float]) -> None:
+    # Bypass the pre-connect check (as DNS rebinding would): the adapter still refuses the peer.
+    other.route("/f", Route(body=b"secret"))
+    with downloader(sleeps) as dl, pytest.raises(UnsafeURL, match="connection reached 127.0.0.1"):
+        dl.session.get(other.url("/f"), timeout=5)
+    assert other.requests() == []
+
+
+def test_proxy_environment_is_ignored(
+    server: HTTPTestServer, dl: Downloader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://10.255.255.1:3128")
+    monkeypatch.setenv("http_proxy", "http://10.255.255.1:3128")
+    server.route("/f", Route(body=b"direct"))
+    assert dl.download(server.url("/f"), tmp_path).path.read_bytes() == b"direct"
+    assert dl.session.trust_env is False
+
+
+# --- cancel, progress, names --------------------------------------------------------------------
+
+
+def test_cancel_between_chunks(server: HTTPTestServer, dl: Downloader, tmp_path: Path) -> None:
+    server.route("/f", Route(body=data(4 * MiB)))
+    cancel = threading.Event()
+    with pytest.raises(DownloadCancelled, match="cancelled"):
+        dl.download(server.url("/f"), tmp_path, cancel=cancel, progress=lambda _n, _t: cancel.set())
+    assert_empty(tmp_path)
+
+
+def test_cancel_interrupts_a_retry_wait(server: HTTPTestServer, tmp_path: Path) -> None:
+    server.route("/f", Route(replies=[Reply(503, {"Retry-After": "3600"})], body=b"never"))
+    cancel = threading.Event()
+    limits = DownloadLimits(retry_after_max=3600, deadline_s=7200)
+    # No injected sleep: the wait is on the cancel event, which the notice sets before waiting.
+    with Downloader(limits=limits, trusted_origins=[server.origin]) as dl, pytest.raises(DownloadCancelled):
+        dl.download(server.url("/f"), tmp_path, cancel=cancel, notice=lambda _m: cancel.set())
+    assert len(server.requests("/f")) == 1
+
+
+class SteppingClock:
+    """A fake monotonic clock that advances 50 ms every time it is read."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 0.05
+        return self.now
+
+
+def test_progress_is_throttled_and_ends_with_the_total(
+    server: HTTPTestServer, sleeps: list[float], tmp_path: Path
+) -> None:
+    body = data(2 * MiB)
+    server.route("/f", Route(body=body))
+    clock = SteppingClock()
+    calls: list[tuple[float, int, int | None]] = []
+    limits = dataclasses.replace(LIMITS, chunk_size=16 * KiB, deadline_s=1e6)
+    with Downloader(limits=limits, sleep=sleeps.append, clock=clock, trusted_origins=[server.origin]) as dl:
+        dl.download(server.url("/f"), tmp_path, progress=lambda n, t: calls.append((clock.now, n, t)))
+    assert calls[-1][1:] == (len(body), len(body))
+    assert all(total == len(body) for _at, _n, total in calls)
+    assert [n for _at, n, _t in calls] == sorted(n for _at, n, _t in calls)
+    gaps = [later[0] - earlier[0] for earlier, later in itertools.pairwise(calls[:-1])]
+    assert len(calls) >= 3 and min(gaps) >= LIMITS.progress_interval_s - 1e-9
+
+
+@pytest.mark.parametrize(
+    ("disposition", "hint"),
+    [
+        ('attachment; filename="../../etc/passwd"', "passwd"),
+        ("attachment; filename*=UTF-8''..%2F..%2Fr%C3%A9sum%C3%A9.pdf", "résumé.pdf"),
+        ('attachment; filename="CON"', "_CON"),
+        ('attachment; filename="' + "a" * 500 + '.pdf"', "a" * 116 + ".pdf"),
+        ('attachment; filename=".."', "f.bin"),
+    ],
+)
+def test_filename_hint_is_a_sanitised_label_never_a_path(
+    server: HTTPTestServer, dl: Downloader, tmp_path: Path, disposition: str, hint: str
+) -> None:
+    server.route("/f.bin", Route(body=b"data", headers={"Content-Disposition": disposition}))
+    result = dl.download(server.url("/f.bin"), tmp_path)
+    assert result.filename_hint == hint
+    assert result.path == tmp_path / "input.bin"
+    assert [p.name for p in tmp_path.iterdir()] == ["input.bin"]
+
+
+# --- TLS ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (made with the openssl command line tool)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command line tool is not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture
+def tls_server(certificate: tuple[Path, Path]) -> Iterator[HTTPTestServer]:
+    with HTTPTestServer(tls=certificate) as srv:
+        yield srv
+
+
+def test_https_download_verifies_against_the_given_ca(
+    tls_server: HTTPTestServer, certificate: tuple[Path, Path], sleeps: list[float], tmp_path: Path
+) -> None:
+    route = tls_server.route("/f", Route(body=data(300 * KiB)))
+    with downloader(sleeps, hub_origin=tls_server.origin, api_key=API_KEY, ca_bundle=certificate[0]) as dl:
+        result = dl.download(tls_server.url("/f"), tmp_path, expected_sha256=route.sha256)
+    assert result.verified
+    assert tls_server.requests("/f")[0].headers["authorization"] == f"Bearer {API_KEY}"
+
+
+def test_an_untrusted_certificate_is_refused_without_retrying(
+    tls_server: HTTPTestServer, sleeps: list[float], tmp_path: Path
+) -> None:
+    tls_server.route("/f", Route(body=b"data"))
+    with (
+        downloader(sleeps, hub_origin=tls_server.origin, api_key=API_KEY) as dl,
+        pytest.raises(DownloadFailed, match="TLS certificate could not be verified"),
+    ):
+        dl.download(tls_server.url("/f"), tmp_path)
+    assert tls_server.requests() == [] and sleeps == []
+    assert_empty(tmp_path)
+
+
+def test_the_https_peer_is_checked_before_the_handshake(
+    tls_server: HTTPTestServer, certificate: tuple[Path, Path], sleeps: list[float]
+) -> None:
+    tls_server.route("/f", Route(body=b"secret"))
+    with (
+        downloader(sleeps, ca_bundle=certificate[0]) as dl,
+        pytest.raises(UnsafeURL, match="connection reached 127.0.0.1"),
+    ):
+        dl.session.get(tls_server.url("/f"), timeout=5)
+    assert tls_server.requests() == []
+
+
+def test_a_tls_handshake_cut_short_is_retried(sleeps: list[float], tmp_path: Path) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    origin = f"https://127.0.0.1:{listener.getsockname()[1]}"
+
+    def hang_up() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.close()
+
+    thread = threading.Thread(target=hang_up, name="hang-up-listener")
+    thread.start()
+    try:
+        with (
+            downloader(sleeps, origin) as dl,
+            pytest.raises(DownloadFailed, match="after 4 attempts") as caught,
+        ):
+            dl.download(origin + "/f", tmp_path)
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert "certificate" not in str(caught.value) and len(sleeps) == 3
+
+
+def test_the_api_key_never_reaches_a_log_event(
+    server: HTTPTestServer, sleeps: list[float], tmp_path: Path
+) -> None:
+    server.route("/ok", Route(body=data(100 * KiB), cut_after=10 * KiB, cut_times=1))
+    server.route("/busy", Route(replies=[Reply(503, {"Retry-After": "99999"})], body=b"x"))
+    server.route("/denied", Route(status=401))
+    with (
+        structlog.testing.capture_logs() as events,
+        downloader(sleeps, hub_origin=server.origin, api_key=API_KEY) as dl,
+    ):
+        for name in ("ok", "busy", "denied"):
+            (tmp_path / name).mkdir()
+            with contextlib.suppress(DownloadFailed):
+                dl.download(
+                    server.url(f"/{name}"), tmp_path / name, notice=lambda m: events.append({"notice": m})
+                )
+    assert {e.get("event") for e in events} >= {"download.resume", "download.retry", "download.failed"}
+    assert API_KEY not in repr(events)
+    assert all(r.headers["authorization"] == f"Bearer {API_KEY}" for r in server.requests())

@@ -1,0 +1,132 @@
+"""Per-task workspaces: private, removed whatever happens, swept at start-up; display names."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from morag_worker.core.workspace import TaskWorkspace, safe_display_name, sweep_stale_workspaces
+
+pytestmark = pytest.mark.unit
+
+posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@posix_only
+def test_workspace_is_private_under_a_private_root(tmp_path: Path) -> None:
+    root = tmp_path / "work"
+    with TaskWorkspace(root, "task-123") as ws:
+        assert ws.path.parent == root
+        assert (mode(root), mode(ws.path)) == (0o700, 0o700)
+    assert list(root.iterdir()) == []
+
+
+@posix_only
+def test_a_loose_root_is_tightened(tmp_path: Path) -> None:
+    root = tmp_path / "work"
+    root.mkdir(mode=0o755)
+    os.chmod(root, 0o755)
+    with TaskWorkspace(root, "t"):
+        assert mode(root) == 0o700
+
+
+def test_workspace_is_removed_when_the_task_fails(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="boom"), TaskWorkspace(tmp_path, "t") as ws:
+        (ws.path / "input.bin").write_bytes(b"partial")
+        (ws.path / "sub").mkdir()
+        (ws.path / "sub" / "out.md").write_text("x")
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("task_id", ["../../etc", "/abs/path", "a/../../b", "x\x00y", "..", "", "é" * 300])
+def test_task_id_never_becomes_a_path(tmp_path: Path, task_id: str) -> None:
+    root = tmp_path / "work"
+    with TaskWorkspace(root, task_id) as ws:
+        assert ws.path.parent == root
+        assert ws.path.name.startswith("task-") and len(ws.path.name) < 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+
+
+def test_same_task_id_twice_gets_two_directories(tmp_path: Path) -> None:
+    with TaskWorkspace(tmp_path, "dup") as first, TaskWorkspace(tmp_path, "dup") as second:
+        assert first.path != second.path
+
+
+def test_path_is_only_available_inside_the_block(tmp_path: Path) -> None:
+    ws = TaskWorkspace(tmp_path, "t")
+    with pytest.raises(RuntimeError):
+        _ = ws.path
+
+
+def test_sweep_removes_only_stale_task_directories(tmp_path: Path) -> None:
+    now = time.time()
+    stale = tmp_path / "task-old-abc"
+    (stale / "deep").mkdir(parents=True)
+    (stale / "input.bin").write_bytes(b"x")
+    busy = tmp_path / "task-busy-def"  # old directory, but its download is still being written
+    busy.mkdir()
+    (busy / "input.bin").write_bytes(b"x")
+    fresh = tmp_path / "task-new-ghi"
+    fresh.mkdir()
+    other = tmp_path / "not-ours"
+    other.mkdir()
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "keep.txt").write_text("keep")
+    (tmp_path / "task-link").symlink_to(target, target_is_directory=True)
+    old = now - 7200
+    for path in (stale / "deep", stale / "input.bin", stale, busy, other, target, target / "keep.txt"):
+        os.utime(path, (old, old))
+
+    assert sweep_stale_workspaces(tmp_path, older_than_s=3600, now=now) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "elsewhere",
+        "not-ours",
+        "task-busy-def",
+        "task-link",
+        "task-new-ghi",
+    ]
+    assert (target / "keep.txt").read_text() == "keep"
+
+
+def test_sweep_of_a_missing_root_is_a_no_op(tmp_path: Path) -> None:
+    assert sweep_stale_workspaces(tmp_path / "missing", older_than_s=0) == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("report.pdf", "report.pdf"),
+        ("../../x", "x"),
+        ("..\\..\\windows\\system32\\evil.dll", "evil.dll"),
+        ("/etc/passwd", "passwd"),
+        ("a\x00b.txt", "ab.txt"),
+        ("new\nline\r.md", "newline.md"),
+        ("invoice\u202efdp.exe", "invoicefdp.exe"),
+        ("zero\u200bwidth.txt", "zerowidth.txt"),
+        ('what?<>:"|*.doc', "what.doc"),
+        ("CON", "_CON"),
+        ("nul.txt", "_nul.txt"),
+        ("Com1.tar.gz", "_Com1.tar.gz"),
+        ("LPT9", "_LPT9"),
+        ("console.txt", "console.txt"),
+        ("  . hidden . ", "hidden"),
+        ("..", None),
+        ("", None),
+        (None, None),
+        ("/", None),
+        ("x" * 1000, "x" * 120),
+        ("y" * 1000 + ".docx", "y" * 115 + ".docx"),
+    ],
+)
+def test_safe_display_name(raw: str | None, shown: str | None) -> None:
+    assert safe_display_name(raw) == shown
