@@ -17,7 +17,7 @@ from tests.processes import Proc, base_env, free_port, python_argv, wait_for
 from tests.proxy import CuttingProxy, ProxyRules
 from tests.supervised import big_text_file, queue_length
 
-pytestmark = [pytest.mark.smoke, pytest.mark.integration]
+pytestmark = pytest.mark.smoke
 
 USER = "hugo"
 
