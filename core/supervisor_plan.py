@@ -14,10 +14,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+import structlog
+
 from .credentials import CredentialError
 from .gpu import GpuProbe, choose_gpu, choose_worker_type, cuda_visible_devices
 from .hub_client import HubError, HubUnreachable, KeyRejected, QueueInfo
-from .logging import register_secret
+from .logging import redact, register_secret
 from .naming import InvalidUserId, WorkerType, queue_name
 from .progress_channel import HEARTBEAT_ENV
 from .settings import Settings
@@ -34,7 +36,11 @@ __all__ = [
     "SystemClock",
     "backoff_delay",
     "prepare",
+    "prepare_outcome",
+    "sentence",
 ]
+
+log = structlog.get_logger("morag_worker.core.supervisor")
 
 
 @dataclass(frozen=True)
@@ -150,6 +156,38 @@ def prepare(
         extra["MORAG_WORKER_GPU"] = gpu.name
     command = dataclasses.replace(command, env={**command.env, **extra})
     return Prepared(command=command, user_id=info.user_id, queue=queue, gpu_name=gpu.name if gpu else None)
+
+
+def prepare_outcome(
+    settings: Settings,
+    *,
+    key_resolver: KeyResolver,
+    hub_client_factory: HubClientFactory,
+    gpu_probe: GpuProbe,
+    env: Mapping[str, str],
+    options: SupervisorOptions,
+) -> Prepared | PrepareFailed:
+    """``prepare``, with any failure as a value (a bug in preparing is a clear CONFIG problem)."""
+    try:
+        return prepare(
+            settings,
+            key_resolver=key_resolver,
+            hub_client_factory=hub_client_factory,
+            gpu_probe=gpu_probe,
+            env=env,
+            options=options,
+        )
+    except PrepareFailed as exc:
+        return exc
+    except Exception as exc:  # noqa: BLE001 - the prepare thread must always report back
+        log.exception("supervisor.prepare_failed")
+        return PrepareFailed(Problem.CONFIG, f"cannot prepare the worker: {exc}", retry=False)
+
+
+def sentence(text: str) -> str:
+    """``text`` redacted, as a sentence for a person (capital first letter)."""
+    text = redact(text.strip())
+    return text[:1].upper() + text[1:] if text else text
 
 
 def _queue_info(factory: HubClientFactory, hub_url: str, api_key: str) -> QueueInfo:
