@@ -303,7 +303,7 @@ class SupervisorMachine:
         session.heartbeat = msg
         if not session.ready:
             if msg.consumer == "connecting":
-                self._set_status(WorkerState.STARTING, "Connecting to the broker (retrying)")
+                self._set_status(WorkerState.STARTING, "Connecting to the broker")
             return
         self.timers["liveness"] = self._clock.monotonic() + self.options.heartbeat_timeout_s
         lost = session.tracker.reconcile(
