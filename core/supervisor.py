@@ -21,19 +21,22 @@ import queue
 import random
 import threading
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from .child_process import Launcher, SubprocessLauncher
+from .credentials import CredentialStore, resolve_api_key
 from .gpu import GpuProbe, NvmlProbe
+from .hub_client import HubClient
 from .progress_channel import ReadyMessage
-from .settings import Settings
+from .settings import Settings, SettingsStore, apply_env
 from .supervisor_machine import SupervisorMachine
 from .supervisor_plan import Clock, HubClientFactory, KeyResolver, SupervisorOptions, SystemClock
 from .worker_state import StopMode, SupervisorListener, TaskProgress, WorkerStatus
 
-__all__ = ["Supervisor", "SupervisorOptions"]
+__all__ = ["Supervisor", "SupervisorOptions", "supervisor_for"]
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +55,8 @@ class Supervisor:
         env: The environment the child starts from (``os.environ`` by default).
         options: Deadlines and policies.
         rng: Returns a float in [0, 1) for backoff jitter.
+        settings_source: When given, called at each start attempt (on the prepare thread) for
+            fresh settings, so that what a settings dialog saved applies at the next start.
     """
 
     def __init__(
@@ -67,6 +72,7 @@ class Supervisor:
         env: Mapping[str, str] | None = None,
         options: SupervisorOptions | None = None,
         rng: Callable[[], float] = random.random,
+        settings_source: Callable[[], Settings] | None = None,
     ) -> None:
         self._listener = listener
         self._events: queue.SimpleQueue[tuple[str, int, Any]] = queue.SimpleQueue()
@@ -83,6 +89,7 @@ class Supervisor:
             rng=rng,
             post=self._post,
             notify=self._notify,
+            settings_source=settings_source,
         )
         self._thread = threading.Thread(target=self._loop, name="morag-supervisor", daemon=True)
         self._thread.start()
@@ -161,3 +168,38 @@ class Supervisor:
             getattr(self._listener, method)(value)
         except Exception:  # noqa: BLE001 - a broken front end must not stop the supervisor
             log.exception("supervisor.listener_failed", method=method)
+
+
+def supervisor_for(
+    listener: SupervisorListener,
+    *,
+    settings_store: SettingsStore,
+    credentials: CredentialStore | None,
+    api_key_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    options: SupervisorOptions | None = None,
+) -> Supervisor:
+    """The production wiring, for the tray app: settings from ``settings_store`` (with the
+    environment's overrides) read again at every start attempt, the key from ``api_key_file``,
+    ``MORAG_API_KEY`` or the keychain, and the real hub client, launcher and GPU probe.
+    """
+    environ = dict(env if env is not None else os.environ)
+
+    def load() -> Settings:
+        return apply_env(settings_store.load(), environ)
+
+    def resolve_key() -> str:
+        resolved = resolve_api_key(
+            env=environ, api_key_file=api_key_file, store=credentials, hub_url=load().hub_url
+        )
+        return resolved.key
+
+    return Supervisor(
+        Settings(),
+        key_resolver=resolve_key,
+        hub_client_factory=HubClient,
+        listener=listener,
+        env=environ,
+        options=options,
+        settings_source=load,
+    )

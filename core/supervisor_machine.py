@@ -68,8 +68,10 @@ class SupervisorMachine:
         rng: Callable[[], float],
         post: Post,
         notify: Notify,
+        settings_source: Callable[[], Settings] | None = None,
     ) -> None:
         self.settings = settings
+        self._settings_source = settings_source
         self._key_resolver = key_resolver
         self._hub_client_factory = hub_client_factory
         self._launcher = launcher
@@ -183,6 +185,12 @@ class SupervisorMachine:
         thread.start()
 
     def _prepare(self, gen: int, settings: Settings) -> None:  # on the prepare thread
+        if self._settings_source is not None:
+            try:
+                settings = self._settings_source()
+            except Exception as exc:  # noqa: BLE001 - SettingsError and the like: the user must act
+                self._post("prepared", PrepareFailed(Problem.CONFIG, str(exc), retry=False), gen)
+                return
         outcome = prepare_outcome(
             settings,
             key_resolver=self._key_resolver,

@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -449,3 +450,26 @@ def test_close_stops_the_child_now_and_joins() -> None:
     assert child.controls == [StopMode.NOW]
     assert r.state() is WorkerState.STOPPED
     assert not r.sup._thread.is_alive()
+
+
+def test_settings_source_is_read_at_each_attempt_and_its_errors_are_clear(tmp_path: Path) -> None:
+    from morag_worker.core.settings import SettingsStore
+    from morag_worker.core.supervisor import supervisor_for
+
+    store = SettingsStore(tmp_path)
+    store.save(Settings(hub_url="http://127.0.0.1:1"))
+    listener = RecordingListener()
+    env = {"MORAG_API_KEY": KEY, "MAIN_SERVER_URL": ""}
+    sup = supervisor_for(
+        listener, settings_store=store, credentials=None, env=env, options=SupervisorOptions(max_attempts=1)
+    )
+    try:
+        sup.start()
+        wait_for(lambda: sup.status.state is WorkerState.CRASHED, timeout=30)
+        assert "127.0.0.1:1" in sup.status.message and sup.status.problem is Problem.HUB_UNREACHABLE
+        (tmp_path / "settings.json").write_text("{not json")
+        sup.start()
+        wait_for(lambda: sup.status.problem is Problem.CONFIG, timeout=30)
+        assert "not valid JSON" in sup.status.message
+    finally:
+        sup.close(timeout=10)
