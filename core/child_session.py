@@ -40,6 +40,7 @@ class ChildSession:
     heartbeat: HeartbeatMessage | None = None
     stop_mode: StopMode | None = None
     stop_reason: str | None = None  # USER or RESTART
+    connecting_since: float | None = None  # monotonic: first of the beats saying "connecting" in a row
 
     @property
     def ready(self) -> bool:

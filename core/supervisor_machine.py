@@ -236,7 +236,8 @@ class SupervisorMachine:
         self._failures += 1
         limit = self.options.max_attempts
         if limit is not None and self._failures >= limit:
-            self._give_up(problem, f"{message} (gave up after {self._failures} attempts)", last_output)
+            tries = f"{self._failures} attempt" + ("s" if self._failures != 1 else "")
+            self._give_up(problem, f"{message} (gave up after {tries})", last_output)
             return
         delay = backoff_delay(self._failures, self.options, self._rng)
         self.timers["retry"] = self._clock.monotonic() + delay
@@ -309,11 +310,20 @@ class SupervisorMachine:
 
     def _on_heartbeat(self, session: ChildSession, msg: HeartbeatMessage) -> None:
         session.heartbeat = msg
+        now = self._clock.monotonic()
+        if msg.consumer != "connecting":
+            session.connecting_since = None
+        elif session.connecting_since is None:
+            session.connecting_since = now
         if not session.ready:
-            if msg.consumer == "connecting":
+            waited = now - session.connecting_since if session.connecting_since is not None else 0.0
+            if waited > self.options.connect_timeout_s and session.stop_mode is None:
+                message = f"no broker connection within {waited:.0f} s"
+                self._restart(Problem.BROKER_UNREACHABLE, message, StopMode.KILL)
+            elif msg.consumer == "connecting":
                 self._set_status(WorkerState.STARTING, "Connecting to the broker")
             return
-        self.timers["liveness"] = self._clock.monotonic() + self.options.heartbeat_timeout_s
+        self.timers["liveness"] = now + self.options.heartbeat_timeout_s
         lost = session.tracker.reconcile(
             msg.active, "the worker process running the task was lost; it is requeued"
         )

@@ -48,6 +48,7 @@ class SupervisorOptions:
     """Deadlines and policies of the supervisor (seconds)."""
 
     start_timeout_s: float = 120.0  # launch -> ready, or the child is killed and retried
+    connect_timeout_s: float = 45.0  # before ready: reporting "connecting" this long = broker unreachable
     heartbeat_s: float = 5.0  # how often the child beats
     heartbeat_timeout_s: float = 30.0  # silence after ready -> restart
     stall_after_s: float = 90.0  # idle, connected consumer not polling -> restart

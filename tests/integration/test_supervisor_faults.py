@@ -89,3 +89,21 @@ async def _sync_acl(url: str) -> None:
         await RedisAclHook(client).sync_all()
     finally:
         await client.aclose()
+
+
+def test_broker_unreachable_is_reported_with_the_childs_words(stack: Stack, tmp_path: Path) -> None:
+    key = stack.key("bruno")
+    dead_broker = f"redis://127.0.0.1:{free_port()}/0"
+    hub, url = start_hub(tmp_path, stack.redis.url, ("--worker-broker-url", dead_broker))
+    try:
+        options = LiveSupervisor.options(connect_timeout_s=4.0, max_attempts=1)
+        with LiveSupervisor(url, key, tmp_path, options=options) as live:
+            live.supervisor.start()
+            live.wait_state(WorkerState.CRASHED, timeout=120)
+            status = live.status
+            assert status.problem is Problem.BROKER_UNREACHABLE
+            assert "no broker connection" in status.message.lower()
+            assert any("Cannot connect" in line for line in status.last_output), status.last_output
+            assert WorkerState.RUNNING not in [s.state for s in live.listener.statuses]
+    finally:
+        hub.stop()

@@ -473,3 +473,20 @@ def test_settings_source_is_read_at_each_attempt_and_its_errors_are_clear(tmp_pa
         assert "not valid JSON" in sup.status.message
     finally:
         sup.close(timeout=10)
+
+
+def test_a_child_that_cannot_reach_the_broker_is_restarted_before_the_start_deadline(rig: Rig) -> None:
+    rig.sup.start()
+    child = rig.wait_child()
+    child.output("consumer: Cannot connect to redis://127.0.0.1:9/0: Error 111 connecting")
+    child.heartbeat(consumer="connecting", since_poll_s=None)
+    rig.sync(child)
+    rig.advance(rig.sup.options.connect_timeout_s / 2)
+    child.heartbeat(consumer="connecting", since_poll_s=None)
+    rig.sync(child)
+    assert child.controls == []
+    rig.advance(rig.sup.options.connect_timeout_s / 2 + 1)
+    child.heartbeat(consumer="connecting", since_poll_s=None)
+    status = rig.wait_state(WorkerState.BACKOFF)
+    assert child.controls == [StopMode.KILL] and status.problem is Problem.BROKER_UNREACHABLE
+    assert any("Cannot connect" in line for line in status.last_output)
