@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import signal
 import sys
@@ -100,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     verbose = bool(getattr(args, "verbose", 0))
     tty = sys.stderr.isatty() and getattr(args, "log_format", None) != "json"
+    if tty and not verbose:
+        # The live view owns the terminal; our own info events would break its in-place redraw.
+        logging.getLogger("morag_worker").setLevel(logging.WARNING)
     ending = _Ending(TerminalView(sys.stderr, verbose=verbose) if tty else JsonView(verbose=verbose))
     api_key_file = getattr(args, "api_key_file", None)
 
