@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import resource
@@ -38,11 +39,13 @@ import requests  # noqa: E402
 
 from morag_worker.core.acl import RedisAclHook  # noqa: E402
 from morag_worker.core.auth import APIKeyService  # noqa: E402
+from morag_worker.core.child_process import ChildCallbacks, ChildProcess, SubprocessLauncher  # noqa: E402
 from morag_worker.core.hub_client import HubClient  # noqa: E402
 from morag_worker.core.local_stack import Proc, RedisServer, free_port, python_argv, wait_for  # noqa: E402
 from morag_worker.core.settings import Settings  # noqa: E402
 from morag_worker.core.supervisor import Supervisor, SupervisorOptions  # noqa: E402
 from morag_worker.core.supervisor_plan import prepare  # noqa: E402
+from morag_worker.core.worker_command import WorkerCommand  # noqa: E402
 from morag_worker.core.worker_state import (  # noqa: E402
     StopMode,
     TaskProgress,
@@ -110,37 +113,63 @@ class StateWaiter:
                 raise RuntimeError(f"the supervisor crashed: {self.status}")
 
 
-def supervisor(hub_url: str, key: str, tmp: Path, waiter: StateWaiter) -> Supervisor:
+class TimingLauncher(SubprocessLauncher):
+    """The real launcher, noting when the child's exit was seen (after its pipes were drained)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exited_at: float | None = None
+
+    def launch(self, command: WorkerCommand, callbacks: ChildCallbacks) -> ChildProcess:
+        def on_exit(code: int) -> None:
+            self.exited_at = time.perf_counter()
+            callbacks.on_exit(code)
+
+        return super().launch(command, dataclasses.replace(callbacks, on_exit=on_exit))
+
+
+def supervisor(
+    hub_url: str, key: str, tmp: Path, waiter: StateWaiter, launcher: TimingLauncher | None = None
+) -> Supervisor:
     return Supervisor(
         Settings(hub_url=hub_url, temp_dir=str(tmp / "tasks")),
         key_resolver=lambda: key,
         hub_client_factory=HubClient,
         listener=waiter,
+        launcher=launcher,
         env=child_env(),
         options=SupervisorOptions(),
     )
 
 
-def time_supervised(
-    hub_url: str, key: str, tmp: Path, overheads: list[tuple[float, float]]
-) -> tuple[float, float]:
+Share = tuple[float, float, float]
+
+
+def time_supervised(hub_url: str, key: str, tmp: Path, shares: list[Share]) -> tuple[float, float]:
     waiter = StateWaiter()
-    sup = supervisor(hub_url, key, tmp, waiter)
+    launcher = TimingLauncher()
+    sup = supervisor(hub_url, key, tmp, waiter, launcher)
     try:
         began = time.perf_counter()
         sup.start()
         waiter.wait(WorkerState.RUNNING)
         ready = time.perf_counter() - began
-        if waiter.launched_at and waiter.ready_logged_at and waiter.running_at:
-            # Our own share: key + hub queue-info + GPU probe before the launch, and the time from the
-            # child's ready line to RUNNING (the channel message, parsing, the status).
-            overheads.append(
-                (waiter.launched_at - began, max(0.0, waiter.running_at - waiter.ready_logged_at))
-            )
-        began = time.perf_counter()
+        began_stop = time.perf_counter()
         sup.stop(StopMode.FINISH)
         waiter.wait(WorkerState.STOPPED)
-        return ready, time.perf_counter() - began
+        stopped = time.perf_counter()
+        if waiter.launched_at and waiter.ready_logged_at and waiter.running_at and launcher.exited_at:
+            # Our own share: key + hub queue-info + GPU probe before the launch; the child's ready
+            # line to RUNNING (channel message, parsing, status); the child's exit (seen by the waiter
+            # thread, pipes drained) to STOPPED.
+            shares.append(
+                (
+                    waiter.launched_at - began,
+                    max(0.0, waiter.running_at - waiter.ready_logged_at),
+                    max(0.0, stopped - launcher.exited_at),
+                )
+            )
+        return ready, stopped - began_stop
     finally:
         sup.close()
 
@@ -227,7 +256,7 @@ def main() -> int:
         )
         bare_env = dict(planned.command.env)
         rows: dict[str, list[tuple[float, float]]] = {"bare": [], "supervised": []}
-        overheads: list[tuple[float, float]] = []
+        overheads: list[Share] = []
         time_bare(planned.command.argv, bare_env)  # warm the page cache; not counted
         for _ in range(args.runs):
             rows["bare"].append(time_bare(planned.command.argv, bare_env))
@@ -248,11 +277,11 @@ def main() -> int:
     stop_ratio = med["supervised"][1] / med["bare"][1]
     print(f"start ratio supervised/bare: {start_ratio:.2f}  (target <= 1.20)")
     if overheads:
-        before = statistics.median(b for b, _ in overheads)
-        after = statistics.median(a for _, a in overheads)
+        before, after, stop = (statistics.median(share[i] for share in overheads) for i in range(3))
         print(
             f"  supervisor's own share (medians): {1000 * before:.0f} ms before the launch, "
-            f"{1000 * after:.1f} ms from the child's ready line to RUNNING"
+            f"{1000 * after:.1f} ms from the child's ready line to RUNNING, "
+            f"{1000 * stop:.1f} ms from the child's exit to STOPPED"
         )
     print(f"idle stop ratio supervised/bare: {stop_ratio:.2f}  (target <= 1.00)")
     print(
