@@ -21,10 +21,10 @@ _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 
 # A token_urlsafe(32) key is 43 characters of [A-Za-z0-9_-]; catch 32+ character runs that mix
-# digits and letters beyond hex (so task ids, which are UUIDs, and SHA-256 digests stay readable),
-# and credentials in headers and URLs.
+# lower and upper case (task ids and hashes are lower-case hex and stay readable), and credentials
+# in headers and URLs.
 _TOKEN_RE = re.compile(
-    r"(?<![A-Za-z0-9_-])(?=[A-Za-z0-9_-]*[0-9])(?=[A-Za-z0-9_-]*[g-zG-Z_])"
+    r"(?<![A-Za-z0-9_-])(?=[A-Za-z0-9_-]*[a-z])(?=[A-Za-z0-9_-]*[A-Z])"
     r"[A-Za-z0-9_-]{32,}(?![A-Za-z0-9_-])"
 )
 _BEARER_RE = re.compile(r"(?i)(bearer\s+|x-api-key[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+")

@@ -93,8 +93,10 @@ class Stack:
         self.redis.stop()
 
 
-def start_hub(tmp: Path, redis_url: str, extra_args: tuple[str, ...] = (), **env: str) -> tuple[Proc, str]:
-    port = free_port()
+def start_hub(
+    tmp: Path, redis_url: str, extra_args: tuple[str, ...] = (), *, port: int | None = None, **env: str
+) -> tuple[Proc, str]:
+    port = port or free_port()
     hub = Proc(
         python_argv(
             "-m", "morag_worker", "hub", "--port", str(port), "--storage", str(tmp / "hub"), *extra_args

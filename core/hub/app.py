@@ -23,6 +23,9 @@ import structlog
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from starlette.concurrency import run_in_threadpool
 
 from morag_worker.core.acl import RedisAclHook
@@ -108,9 +111,21 @@ def create_app(config: HubConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # A Redis restart drops every pooled connection: retry a command on a fresh one rather
+        # than answering 500 to the first request after it.
         tls = tls_options(config.redis_url, os.environ) or {}
-        state["aredis"] = aioredis.Redis.from_url(config.redis_url, **tls)
-        state["redis"] = redis.Redis.from_url(config.redis_url, **tls)
+        state["aredis"] = aioredis.Redis.from_url(
+            config.redis_url,
+            retry=AsyncRetry(ExponentialBackoff(cap=2.0, base=0.1), 3),
+            health_check_interval=15,
+            **tls,
+        )
+        state["redis"] = redis.Redis.from_url(
+            config.redis_url,
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), 3),
+            health_check_interval=15,
+            **tls,
+        )
         acl = RedisAclHook(state["aredis"])
         state["keys"] = APIKeyService(state["aredis"], access_hook=acl)
         _app.state.keys = state["keys"]
