@@ -8,14 +8,16 @@ API key as the password, taken from the environment (never from argv).
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 from .naming import DEFAULT_QUEUE, acl_username, namespace_prefix
 
 __all__ = [
+    "BROKER_TRANSPORT",
     "DEFAULT_REDIS_URL",
     "TimeLimits",
     "base_config",
@@ -27,6 +29,7 @@ __all__ = [
 ]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+BROKER_TRANSPORT = "morag_worker.core.broker_transport:Transport"
 
 
 @dataclass(frozen=True)
@@ -90,12 +93,30 @@ def _socket_options(health_check: int = 25) -> dict[str, Any]:
     }
 
 
+def _redis_transport(broker: str) -> dict[str, Any]:
+    """Our hardened Redis transport (see ``broker_transport``) and, for ``rediss://``, verified TLS.
+
+    kombu only turns TLS on by itself for a transport named ``rediss`` (and then without checking
+    the certificate); with our transport a ``rediss`` URL that does not say how to check the
+    certificate (``?ssl_cert_reqs=...``) gets a verified connection, for the broker and the results.
+    """
+    parts = urlsplit(broker)
+    if parts.scheme not in ("redis", "rediss"):
+        return {}
+    config: dict[str, Any] = {"broker_transport": BROKER_TRANSPORT}
+    if parts.scheme == "rediss" and "ssl_cert_reqs" not in parse_qs(parts.query):
+        config["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+        config["redis_backend_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return config
+
+
 def base_config(env: Mapping[str, str]) -> dict[str, Any]:
     """Settings every role shares: JSON only, the default ``celery`` queue, reliability options."""
     broker = env.get("REDIS_URL") or DEFAULT_REDIS_URL
     limits = time_limits_from_env(env)
     transport = {**_socket_options(), "visibility_timeout": limits.visibility}
     return {
+        **_redis_transport(broker),
         "broker_url": broker,
         "result_backend": broker,
         "task_serializer": "json",
