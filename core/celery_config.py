@@ -134,6 +134,7 @@ def base_config(env: Mapping[str, str]) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_hijack_root_logger": False,
+        "worker_consumer": "morag_worker.core.remote_consumer:MoragConsumer",
         "worker_redirect_stdouts": False,
         "task_soft_time_limit": limits.soft,
         "task_time_limit": limits.hard,

@@ -7,9 +7,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from kombu.exceptions import ContentDisallowed
 
 from morag_worker.core.broker_transport import CheckedMessage, MalformedEnvelope, envelope_problem
 from morag_worker.core.celery_config import BROKER_TRANSPORT, base_config
+from morag_worker.core.task_args import MalformedTask
 
 pytestmark = pytest.mark.unit
 
@@ -65,6 +67,7 @@ def test_an_undecodable_body_is_a_malformed_envelope() -> None:
 
 def test_every_redis_role_uses_the_hardened_transport() -> None:
     assert base_config({"REDIS_URL": "redis://h:6379/0"})["broker_transport"] == BROKER_TRANSPORT
+    assert base_config({})["worker_consumer"].endswith(":MoragConsumer")
     assert "broker_transport" not in base_config({"REDIS_URL": "memory://"})
 
 
@@ -76,3 +79,26 @@ def test_rediss_is_verified_tls_unless_the_url_says_otherwise() -> None:
     explicit = base_config({"REDIS_URL": "rediss://h:6380/0?ssl_cert_reqs=required"})
     assert "broker_use_ssl" not in explicit  # kombu and Celery read it from the URL
     assert "broker_use_ssl" not in base_config({"REDIS_URL": "redis://h:6379/0"})
+
+
+class _Backend:
+    def __init__(self) -> None:
+        self.failed: list[tuple[str, BaseException]] = []
+
+    def mark_as_failure(self, task_id: str, exc: BaseException) -> None:
+        self.failed.append((task_id, exc))
+
+
+def test_a_rejected_message_fails_its_task_id_with_the_reason() -> None:
+    from morag_worker.core.worker import _fail_rejected_message
+
+    backend = _Backend()
+    sender = SimpleNamespace(app=SimpleNamespace(backend=backend))
+    refused = ContentDisallowed("Refusing to deserialize untrusted content of type pickle")
+    _fail_rejected_message(sender=sender, message=SimpleNamespace(headers={"id": "t-1"}), exc=refused)
+    ((task_id, error),) = backend.failed
+    assert task_id == "t-1" and isinstance(error, MalformedTask)
+    assert "refused before it ran" in str(error) and "pickle" in str(error)
+    for headers in (None, {"id": 7}, {"id": ""}, {"id": "x" * 300}, {}):
+        _fail_rejected_message(sender=sender, message=SimpleNamespace(headers=headers), exc=refused)
+    assert len(backend.failed) == 1  # no usable id: logged only
