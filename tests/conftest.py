@@ -8,7 +8,7 @@ with its whole process group.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,10 +83,15 @@ class Stack:
         self.redis.stop()
 
 
-def start_hub(tmp: Path, redis_url: str, **env: str) -> tuple[Proc, str]:
-    port = free_port()
+def start_hub(
+    tmp: Path, redis_url: str, *, port: int | None = None, extra_args: Sequence[str] = (), **env: str
+) -> tuple[Proc, str]:
+    """The hub as a child process on ``port`` (a free one by default), storing under ``tmp/hub``."""
+    port = port or free_port()
     hub = Proc(
-        python_argv("-m", "morag_worker", "hub", "--port", str(port), "--storage", str(tmp / "hub")),
+        python_argv(
+            "-m", "morag_worker", "hub", "--port", str(port), "--storage", str(tmp / "hub"), *extra_args
+        ),
         env=base_env(REDIS_URL=redis_url, **env),
         name="hub",
     )
