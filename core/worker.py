@@ -22,6 +22,7 @@ from .pipeline import InfrastructureError, TaskCancelledError
 from .results import TaskResult
 from .runtime import WorkerRuntime, get_runtime
 from .task_args import MalformedTask, bind_arguments
+from .transfer import sweep_stale_workspaces
 
 __all__ = [
     "celery_app",
@@ -54,6 +55,7 @@ def _select_role(sender: Any = None, conf: Any = None, options: Any = None, **_:
         user_ids.add(validate_user_id(explicit))
     if not user_ids:
         get_runtime().configure(own_user_id=None)
+        _sweep_workspaces()
         return
     if len(user_ids) > 1:
         raise SystemExit(
@@ -66,6 +68,23 @@ def _select_role(sender: Any = None, conf: Any = None, options: Any = None, **_:
     celery_app._local.__dict__.pop("backend", None)
     get_runtime().configure(own_user_id=user_id)
     log.info("worker.remote_role", user_id=user_id)
+    _sweep_workspaces()
+
+
+def _sweep_workspaces() -> None:
+    """Remove task folders left by a worker that died (``finally`` does not run on SIGKILL).
+
+    Only folders untouched for longer than the longest allowed task go: another worker sharing
+    TEMP_DIR may be in the middle of a task.
+    """
+    runtime = get_runtime()
+    try:
+        removed = sweep_stale_workspaces(runtime.temp_root, older_than_s=celery_app.conf.task_time_limit)
+    except OSError as exc:
+        log.warning("workspace.sweep_failed", error=str(exc))
+        return
+    if removed:
+        log.info("workspace.swept", count=removed)
 
 
 class _MoragTask(Task):  # type: ignore[misc]

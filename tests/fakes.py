@@ -6,6 +6,8 @@ every subclass of ``KeyringBackend``) never picks them; tests pass them in expli
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,10 +16,22 @@ from keyring.backends.chainer import ChainerBackend
 from keyring.errors import PasswordDeleteError
 
 from morag_worker.core.gpu import GpuInfo
+from morag_worker.core.worker_state import (
+    StopMode,
+    SupervisorListener,
+    TaskOutcome,
+    TaskProgress,
+    TaskRecord,
+    WorkerState,
+    WorkerStatus,
+)
 
 __all__ = [
+    "FakeAutostart",
     "FakeChainer",
     "FakeGpuProbe",
+    "FakeRunKey",
+    "FakeSupervisor",
     "FakeNvml",
     "FakePlaintextKeyring",
     "InMemoryKeyring",
@@ -187,3 +201,190 @@ class FakeNvml:
         if isinstance(value, Exception):
             raise value
         return value
+
+
+@dataclass
+class FakeRunKey:
+    """The Windows per-user Run key as a dict; ``error`` makes every call raise it."""
+
+    values: dict[str, str] = field(default_factory=dict)
+    error: OSError | None = None
+
+    def _maybe_fail(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def get(self, name: str) -> str | None:
+        self._maybe_fail()
+        return self.values.get(name)
+
+    def set(self, name: str, value: str) -> None:
+        self._maybe_fail()
+        self.values[name] = value
+
+    def delete(self, name: str) -> None:
+        self._maybe_fail()
+        self.values.pop(name, None)
+
+
+@dataclass
+class FakeAutostart:
+    """An Autostart that remembers the command it was given."""
+
+    command: list[str] | None = None
+    location: str = "~/.config/autostart/morag-worker.desktop (fake)"
+    error: Exception | None = None
+
+    def is_enabled(self) -> bool:
+        return self.command is not None
+
+    def enable(self, command: Sequence[str]) -> None:
+        if self.error is not None:
+            raise self.error
+        self.command = list(command)
+
+    def disable(self) -> None:
+        if self.error is not None:
+            raise self.error
+        self.command = None
+
+
+class FakeSupervisor:
+    """A Supervisor stand-in: records what it is asked and reports to its listener from other threads.
+
+    With ``auto`` (the default) it behaves like a quick, healthy supervisor: ``start`` goes through
+    STARTING to RUNNING; ``stop(NOW)`` hands the running tasks back and stops; ``stop(FINISH)``
+    stops at once when idle, else stays FINISHING until ``complete_tasks()``; ``snooze`` snoozes;
+    ``close`` stops. Without ``auto`` it only records, and tests drive it with ``emit_*``.
+
+    Every listener call runs on a fresh thread (joined before returning), as the real
+    supervisor calls from its own threads. ``errors`` maps a method name to an exception it raises.
+    """
+
+    def __init__(
+        self,
+        listener: SupervisorListener,
+        *,
+        auto: bool = True,
+        user_id: str = "alice",
+        queue: str = "gpu-tasks-alice",
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.listener = listener
+        self.auto = auto
+        self.user_id = user_id
+        self.queue = queue
+        self.clock = clock or (lambda: 1_700_000_000.0)
+        self.calls: list[tuple[str, Any]] = []
+        self.errors: dict[str, Exception] = {}
+        self.state = WorkerState.STOPPED
+        self.active: dict[str, TaskProgress] = {}
+        self.closed = False
+        self._lock = threading.Lock()
+
+    # -- the Supervisor interface ------------------------------------------------------------
+
+    def start(self) -> None:
+        self._record("start", None)
+        if self.auto:
+            self.emit_status(WorkerState.STARTING, "Connecting to the hub")
+            self.emit_status(WorkerState.RUNNING, "Waiting for work")
+
+    def stop(self, mode: StopMode) -> None:
+        self._record("stop", mode)
+        if not self.auto:
+            return
+        if mode is StopMode.FINISH and self.active:
+            self.emit_status(WorkerState.FINISHING, "Finishing the current task")
+            return
+        if mode is not StopMode.FINISH and self.active:
+            self.emit_status(WorkerState.STOPPING, "Handing the task back")
+            self.complete_tasks(TaskOutcome.REQUEUED)
+        self.emit_status(WorkerState.STOPPED, "Stopped")
+
+    def snooze(self, until: float | None) -> None:
+        self._record("snooze", until)
+        if self.auto:
+            self.emit_status(WorkerState.SNOOZED, "Snoozed", snoozed_until=until)
+
+    def close(self) -> None:
+        self._record("close", None)
+        self.closed = True
+        if self.auto and self.state is not WorkerState.STOPPED:
+            self.emit_status(WorkerState.STOPPED, "Stopped")
+
+    # -- test drivers ------------------------------------------------------------------------
+
+    def calls_named(self, name: str) -> list[Any]:
+        with self._lock:
+            return [arg for call, arg in self.calls if call == name]
+
+    def emit_status(self, state: WorkerState, message: str = "", **extra: Any) -> WorkerStatus:
+        status = WorkerStatus(state, message, user_id=self.user_id, queue=self.queue, **extra)
+        self.state = state
+        self._from_thread(lambda: self.listener.on_status(status))
+        return status
+
+    def emit_progress(
+        self,
+        task_id: str = "task-1",
+        *,
+        stage: str = "DOWNLOADING",
+        done: float = 0,
+        total: float | None = None,
+        percent: float | None = None,
+        filename: str | None = "report.pdf",
+        **extra: Any,
+    ) -> TaskProgress:
+        progress = TaskProgress(
+            task_id, stage, done, total, percent, filename=filename, timestamp=self.clock(), **extra
+        )
+        self.active[task_id] = progress
+        self._from_thread(lambda: self.listener.on_progress(progress))
+        return progress
+
+    def emit_finished(
+        self,
+        task_id: str = "task-1",
+        outcome: TaskOutcome = TaskOutcome.SUCCEEDED,
+        *,
+        error: str | None = None,
+        duration: float = 12.5,
+        **extra: Any,
+    ) -> TaskRecord:
+        started = self.active.pop(task_id, None)
+        now = self.clock()
+        record = TaskRecord(
+            task_id,
+            outcome,
+            started_at=now - duration,
+            finished_at=now,
+            filename=extra.pop("filename", started.filename if started else None),
+            error=error,
+            **extra,
+        )
+        self._from_thread(lambda: self.listener.on_task_finished(record))
+        return record
+
+    def emit_log(self, line: str) -> None:
+        self._from_thread(lambda: self.listener.on_log(line))
+
+    def complete_tasks(self, outcome: TaskOutcome = TaskOutcome.SUCCEEDED) -> None:
+        """Finish every active task; a FINISHING supervisor then stops."""
+        for task_id in list(self.active):
+            self.emit_finished(task_id, outcome)
+        if self.state is WorkerState.FINISHING:
+            self.emit_status(WorkerState.STOPPED, "Stopped")
+
+    def _record(self, name: str, arg: Any) -> None:
+        with self._lock:
+            self.calls.append((name, arg))
+        error = self.errors.get(name)
+        if error is not None:
+            raise error
+
+    @staticmethod
+    def _from_thread(call: Callable[[], None]) -> None:
+        thread = threading.Thread(target=call, name="fake-supervisor")
+        thread.start()
+        thread.join()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 from pathlib import Path
+from typing import Any
 
 from morag_worker import DISPLAY_NAME, __version__
 
@@ -35,32 +36,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--no-gui", action="store_true", help="run the worker headless")
-    parser.add_argument("--config-dir", type=Path, help="settings folder (default: per-user)")
-    parser.add_argument("--hub", help="hub URL (default: MAIN_SERVER_URL or the settings)")
-    parser.add_argument("--api-key-file", type=Path, help="read the API key from this 0600 file")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    parser.add_argument("--log-format", choices=("console", "json"), help="log renderer")
+    _add_common(parser, suppress=False)
+    # The same options are accepted after a command too (``morag-worker login --hub URL``).
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, suppress=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    sub.add_parser("login", help="check an API key against the hub and keep it in the keychain")
-    sub.add_parser("logout", help="remove the API key from the keychain")
-    demo = sub.add_parser("demo", help="run the whole loop on this machine with the bundled samples")
+    sub.add_parser(
+        "login", parents=[common], help="check an API key against the hub and keep it in the keychain"
+    )
+    sub.add_parser("logout", parents=[common], help="remove the API key from the keychain")
+    demo = sub.add_parser(
+        "demo", parents=[common], help="run the whole loop on this machine with the bundled samples"
+    )
     demo.add_argument("--keep", action="store_true", help="keep the demo's temporary folder")
     demo.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the results")
 
-    keys = sub.add_parser("keys", help="server side: manage API keys (needs REDIS_URL)")
+    keys = sub.add_parser("keys", parents=[common], help="server side: manage API keys (needs REDIS_URL)")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    create = keys_sub.add_parser("create", help="create a key; prints it once on stdout")
+    create = keys_sub.add_parser("create", parents=[common], help="create a key; prints it once on stdout")
     create.add_argument("--user", required=True, help="user id")
     create.add_argument("--description", default="")
     create.add_argument("--expires-days", type=int)
-    listing = keys_sub.add_parser("list", help="list a user's keys (hashes, never keys)")
+    listing = keys_sub.add_parser("list", parents=[common], help="list a user's keys (hashes, never keys)")
     listing.add_argument("--user", required=True)
-    revoke = keys_sub.add_parser("revoke", help="revoke a key, given as the key or its hash")
+    revoke = keys_sub.add_parser(
+        "revoke", parents=[common], help="revoke a key, given as the key or its hash"
+    )
     revoke.add_argument("key_or_hash", help="the key, '-' to read it from stdin, or its hash")
-    keys_sub.add_parser("sweep", help="remove expired keys and their broker access")
+    keys_sub.add_parser("sweep", parents=[common], help="remove expired keys and their broker access")
 
-    hub = sub.add_parser("hub", help="server side: run the HTTP hub")
+    hub = sub.add_parser("hub", parents=[common], help="server side: run the HTTP hub")
     hub.add_argument("--host", default="127.0.0.1")
     hub.add_argument("--port", type=int, default=8700)
     hub.add_argument("--storage", type=Path, default=Path("hub-storage"))
@@ -68,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("--worker-broker-url", help="broker URL told to workers (no credentials)")
     hub.add_argument("--max-upload-mb", type=int, default=2048)
 
-    submit = sub.add_parser("submit", help="send a file or URL to your queue")
+    submit = sub.add_parser("submit", parents=[common], help="send a file or URL to your queue")
     submit.add_argument("source", help="a file path or an http(s) URL")
     submit.add_argument("--wait", action="store_true", help="follow progress, print the result")
     submit.add_argument("--json", action="store_true", help="print the whole result object")
@@ -77,6 +83,24 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--local", action="store_true", help="use the server's own workers")
     submit.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait at most")
     return parser
+
+
+def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """Options every verb takes; on sub-commands they default to "not given" (SUPPRESS)."""
+    unset: Any = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--config-dir", type=Path, default=unset, help="settings folder (default: per-user)")
+    parser.add_argument("--hub", default=unset, help="hub URL (default: MAIN_SERVER_URL or the settings)")
+    parser.add_argument(
+        "--api-key-file", type=Path, default=unset, help="read the API key from this 0600 file"
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS if suppress else 0,
+        help="more log output",
+    )
+    parser.add_argument("--log-format", choices=("console", "json"), default=unset, help="log renderer")
 
 
 def dispatch(args: argparse.Namespace) -> int:

@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
 def _submit(client: HubClient, args: argparse.Namespace) -> int:
     source: str = args.source
     status = _StatusLine()
+    client.queue_info()  # a rejected key fails here, before a large upload
     if source.startswith(("http://", "https://")):
         created = client.create_task(
             url=source, content_type=args.content_type, remote=not args.local, worker_type=args.worker_type

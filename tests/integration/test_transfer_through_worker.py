@@ -16,7 +16,7 @@ from morag_worker.core.hub_client import HubClient, TaskView
 from morag_worker.resources.samples.make_samples import multi_page_pdf
 from tests.conftest import Stack
 from tests.processes import wait_for
-from tests.proxy import CuttingProxy, ProxyRules
+from tests.proxy import CuttingProxy
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,112 @@
+"""The user's commands as ``QAction``s, shared by the tray menu and the progress window.
+
+One ``WorkerActions`` per app: the tray menu and the window's buttons show the same actions, so
+what is enabled always agrees. ``enabled_names`` is the pure rule of what may be asked in which
+state. Worker actions are wired to the controller here; the app-level ones (show progress,
+settings, logs, about, quit) are connected by the app shell.
+
+GUI thread only.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, Slot
+from PySide6.QtGui import QAction
+from PySide6.QtWidgets import QMenu
+
+from morag_worker.core.worker_state import WorkerState, WorkerStatus
+
+from .controller import WorkerController
+
+__all__ = ["SNOOZE_30_MIN", "SNOOZE_1_H", "WORKER_ACTIONS", "WorkerActions", "enabled_names"]
+
+SNOOZE_30_MIN = 30 * 60
+SNOOZE_1_H = 60 * 60
+
+#: Actions whose availability depends on the worker's state.
+WORKER_ACTIONS = ("start", "finish", "stop_now", "snooze")
+
+_ENABLED: dict[WorkerState, frozenset[str]] = {
+    WorkerState.STOPPED: frozenset({"start", "snooze"}),
+    WorkerState.STARTING: frozenset({"finish", "stop_now", "snooze"}),
+    WorkerState.RUNNING: frozenset({"finish", "stop_now", "snooze"}),
+    WorkerState.FINISHING: frozenset({"stop_now"}),
+    WorkerState.STOPPING: frozenset(),
+    WorkerState.BACKOFF: frozenset({"start", "stop_now", "snooze"}),
+    WorkerState.CRASHED: frozenset({"start", "snooze"}),
+    WorkerState.SNOOZED: frozenset({"start", "snooze"}),
+}
+
+
+def enabled_names(state: WorkerState) -> frozenset[str]:
+    """Which of ``WORKER_ACTIONS`` make sense in ``state``; pure."""
+    return _ENABLED[state]
+
+
+class WorkerActions(QObject):
+    """The menu's actions; worker actions call ``controller``'s slots.
+
+    Attributes:
+        snooze_menu: The ``Snooze ▸`` submenu (30 min, 1 h, until I resume), shown by ``snooze``.
+    """
+
+    def __init__(self, controller: WorkerController, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._controller = controller
+        self.start = QAction("Start", self)
+        self.finish = QAction("Finish current task and pause", self)
+        self.stop_now = QAction("Stop now (the task goes back to the queue)", self)
+        self.snooze_30 = QAction("For 30 minutes", self)
+        self.snooze_60 = QAction("For 1 hour", self)
+        self.snooze_resume = QAction("Until I resume", self)
+        self.snooze_menu = QMenu("Snooze")
+        self.snooze_menu.addActions([self.snooze_30, self.snooze_60, self.snooze_resume])
+        self.snooze = self.snooze_menu.menuAction()
+        self.show_progress = QAction("Show progress", self)
+        self.settings = QAction("Settings…", self)
+        self.open_logs = QAction("Open log folder", self)
+        self.about = QAction("About MoRAG Worker", self)
+        self.quit = QAction("Quit", self)
+
+        self.start.setToolTip("Start taking tasks from your queue")
+        self.finish.setToolTip("Finish the task in progress, then pause; no new task is taken")
+        self.stop_now.setToolTip("Stop at once; the task in progress goes back to your queue")
+        self.quit.setMenuRole(QAction.MenuRole.QuitRole)
+
+        self.start.triggered.connect(controller.start)
+        self.finish.triggered.connect(controller.finish)
+        self.stop_now.triggered.connect(controller.stop_now)
+        self.snooze_30.triggered.connect(lambda: controller.snooze_for(SNOOZE_30_MIN))
+        self.snooze_60.triggered.connect(lambda: controller.snooze_for(SNOOZE_1_H))
+        self.snooze_resume.triggered.connect(lambda: controller.snooze(None))
+        controller.state_changed.connect(self._on_status)
+        self.update_for(controller.status.state)
+
+    @Slot(object)
+    def _on_status(self, status: WorkerStatus) -> None:
+        self.update_for(status.state)
+
+    def update_for(self, state: WorkerState) -> None:
+        """Enable the worker actions that make sense in ``state``."""
+        enabled = enabled_names(state)
+        for name in WORKER_ACTIONS:
+            getattr(self, name).setEnabled(name in enabled)
+        self.start.setText("Resume" if state is WorkerState.SNOOZED else "Start")
+
+    def enabled_worker_actions(self) -> frozenset[str]:
+        """The names of the worker actions enabled now (for tests and the window)."""
+        return frozenset(name for name in WORKER_ACTIONS if getattr(self, name).isEnabled())
+
+    def fill_menu(self, menu: QMenu) -> None:
+        """Add the whole menu, in order, to ``menu``."""
+        menu.addAction(self.start)
+        menu.addAction(self.finish)
+        menu.addAction(self.stop_now)
+        menu.addMenu(self.snooze_menu)
+        menu.addSeparator()
+        menu.addAction(self.show_progress)
+        menu.addAction(self.settings)
+        menu.addAction(self.open_logs)
+        menu.addSeparator()
+        menu.addAction(self.about)
+        menu.addAction(self.quit)

@@ -1,0 +1,85 @@
+"""Small dialogs: the question asked when quitting during a task, and About.
+
+Each question has an ``ask()`` class method that returns the answer, so tests answer it with
+``monkeypatch.setattr(QuitDialog, "ask", ...)`` instead of clicking a modal box.
+
+GUI thread only.
+"""
+
+from __future__ import annotations
+
+import platform
+from enum import Enum
+
+import PySide6
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QMessageBox, QWidget
+
+from morag_worker import DISPLAY_NAME, __version__
+
+from .icons import IconSet
+
+__all__ = ["QuitChoice", "QuitDialog", "about_box"]
+
+
+class QuitChoice(Enum):
+    """How to quit while a task runs."""
+
+    FINISH_FIRST = "finish_first"  # finish the task, then quit
+    HAND_BACK = "hand_back"  # stop now; the task goes back to the queue
+
+
+class QuitDialog(QMessageBox):
+    """Asks, when quitting during a task: finish it first, or hand it back now?"""
+
+    def __init__(self, task_count: int, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle(f"Quit {DISPLAY_NAME}")
+        self.setIcon(QMessageBox.Icon.Question)
+        what = "A task is" if task_count == 1 else f"{task_count} tasks are"
+        self.setText(f"{what} still running.")
+        self.setInformativeText(
+            "Finish it first and quit when it is done, or hand it back now: it goes back to your "
+            "queue and will be picked up again."
+        )
+        self.finish_button = self.addButton("Finish first, then quit", QMessageBox.ButtonRole.AcceptRole)
+        self.hand_back_button = self.addButton(
+            "Hand it back and quit", QMessageBox.ButtonRole.DestructiveRole
+        )
+        self.cancel_button = self.addButton(QMessageBox.StandardButton.Cancel)
+        self.setDefaultButton(self.finish_button)
+        self.setEscapeButton(self.cancel_button)
+
+    def choice(self) -> QuitChoice | None:
+        """The answer after the dialog closed; None for Cancel."""
+        clicked = self.clickedButton()
+        if clicked is self.finish_button:
+            return QuitChoice.FINISH_FIRST
+        if clicked is self.hand_back_button:
+            return QuitChoice.HAND_BACK
+        return None
+
+    @classmethod
+    def ask(cls, task_count: int, parent: QWidget | None = None) -> QuitChoice | None:
+        """Ask (modal) and return the choice; None when the user cancels."""
+        dialog = cls(task_count, parent)
+        dialog.exec()
+        return dialog.choice()
+
+
+def about_box(icons: IconSet, parent: QWidget | None = None) -> QMessageBox:
+    """The About box, not yet shown (the caller calls ``show()``; it deletes itself on close)."""
+    box = QMessageBox(parent)
+    box.setWindowTitle(f"About {DISPLAY_NAME}")
+    box.setIconPixmap(icons.app().pixmap(64, 64))
+    box.setTextFormat(Qt.TextFormat.RichText)
+    box.setText(f"<b>{DISPLAY_NAME}</b> {__version__}")
+    box.setInformativeText(
+        "Contribute your GPU to a MoRAG server. The worker takes tasks only from your own queue "
+        "and keeps your API key in the system keychain.<br><br>"
+        f"Python {platform.python_version()} · Qt {PySide6.__version__}"
+    )
+    box.setStandardButtons(QMessageBox.StandardButton.Close)
+    box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+    box.setModal(False)
+    return box

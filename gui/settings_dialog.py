@@ -1,0 +1,485 @@
+"""The Settings dialog, also shown on first run: hub, API key, worker options, start at login.
+
+The key is checked against the hub in the background (``HubClient.queue_info``), which shows
+the user id and queue it maps to; it is stored with ``CredentialStore`` (the OS keychain),
+never in the settings file. Saving validates first, unless neither the hub nor the key changed.
+Every failure is said in words a contributor understands, with what to do next (``explain``).
+
+Keychain, HTTP, GPU probing, the settings file and autostart all run through the background
+helper. GUI thread only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from morag_worker import DISPLAY_NAME
+from morag_worker.core.autostart import Autostart, AutostartError
+from morag_worker.core.credentials import CredentialError, CredentialStore
+from morag_worker.core.gpu import GpuInfo, GpuProbe
+from morag_worker.core.hub_client import HubClient, HubError, HubUnreachable, KeyRejected, QueueInfo
+from morag_worker.core.naming import WorkerType
+from morag_worker.core.settings import (
+    InvalidHubUrl,
+    Settings,
+    SettingsError,
+    SettingsStore,
+    normalise_hub_url,
+)
+
+from .background import BackgroundOp, BackgroundRunner
+from .signals import emit
+
+__all__ = ["HubClientLike", "Problem", "SettingsDialog", "explain"]
+
+log = structlog.get_logger(__name__)
+
+
+class HubClientLike(Protocol):
+    """The part of ``HubClient`` the dialog uses."""
+
+    def queue_info(self) -> QueueInfo: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What went wrong and what to do next, for a person."""
+
+    message: str
+    advice: str = ""
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def explain(exc: BaseException, hub_url: str = "") -> Problem:
+    """Turn an error from checking or saving into a ``Problem``; pure."""
+    where = f" at {hub_url}" if hub_url else ""
+    if isinstance(exc, KeyRejected):
+        return Problem(
+            "The hub did not accept this API key.",
+            "Check that you copied the whole key. If it was revoked or has expired, create a new one "
+            "in your MoRAG account or ask your MoRAG admin.",
+        )
+    if isinstance(exc, HubUnreachable):
+        return Problem(
+            f"Cannot reach the hub{where}.",
+            "Check the address and your network connection. The hub may also be down: try again later.",
+        )
+    if isinstance(exc, HubError):
+        return Problem(
+            _sentence(f"The hub answered with an error: {exc}"),
+            "Try again in a few minutes. If it keeps happening, tell your MoRAG admin.",
+        )
+    if isinstance(exc, InvalidHubUrl):
+        return Problem(
+            _sentence(f"The hub address is not valid: {exc}"),
+            "Use the address your MoRAG admin gave you, such as https://hub.example.org.",
+        )
+    if isinstance(exc, CredentialError):  # KeychainUnavailable, InvalidApiKey
+        return Problem(_sentence(exc.message), _sentence(exc.advice))
+    if isinstance(exc, SettingsError):
+        return Problem(_sentence(exc.message), _sentence(exc.advice))
+    if isinstance(exc, AutostartError):
+        return Problem(_sentence(str(exc)))
+    return Problem(
+        _sentence(f"Unexpected error: {exc.__class__.__name__}: {exc}"), "See the log for details."
+    )
+
+
+_OK_STYLE = "color:#1e8449;"
+_ERROR_STYLE = "color:#c0392b;"
+
+
+class SettingsDialog(QDialog):
+    """Settings and first run.
+
+    Args:
+        settings: The current settings (shown; the result replaces them).
+        store: Where settings are saved.
+        credentials: The keychain.
+        gpu_probe: Lists the GPUs for the GPU choice.
+        autostart: Start-at-login mechanism; None where unsupported.
+        autostart_command: The argv autostart should launch.
+        runner: The background helper.
+        client_factory: Builds a hub client from (hub URL, key).
+        first_run: Welcome text, and "Save and start" instead of "Save".
+    """
+
+    #: The settings were saved and the key stored (Settings).
+    saved = Signal(object)
+    #: A key check finished: True when the hub accepted it (for tests and the status line).
+    checked = Signal(bool)
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: SettingsStore,
+        credentials: CredentialStore,
+        gpu_probe: GpuProbe,
+        autostart: Autostart | None,
+        autostart_command: Callable[[], Sequence[str]],
+        runner: BackgroundRunner,
+        *,
+        client_factory: Callable[[str, str], HubClientLike] = HubClient,
+        first_run: bool = False,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._settings = settings
+        self._store = store
+        self._credentials = credentials
+        self._probe = gpu_probe
+        self._autostart = autostart
+        self._autostart_command = autostart_command
+        self._runner = runner
+        self._client_factory = client_factory
+        self._first_run = first_run
+        self._stored: tuple[str, str | None] | None = None  # (hub, key) as found in the keychain
+        self._verified: tuple[str, str, QueueInfo] | None = None
+        self._generation = 0
+        self._busy = False
+        self.setWindowTitle(f"{DISPLAY_NAME}: Welcome" if first_run else f"{DISPLAY_NAME} Settings")
+        self.setMinimumWidth(540)
+        self.setStyleSheet("QLabel#muted { color: palette(placeholder-text); }")
+
+        # -- connection --
+        self.intro = QLabel(
+            "Welcome! MoRAG Worker lets your computer process tasks from your own MoRAG queue. "
+            "Paste the API key from your MoRAG account to begin."
+            if first_run
+            else "Where your tasks come from, and the key that lets this computer take them."
+        )
+        self.intro.setWordWrap(True)
+        self.hub_edit = QLineEdit(settings.hub_url)
+        self.hub_edit.setPlaceholderText("https://hub.example.org")
+        self.key_edit = QLineEdit()
+        self.key_edit.setEchoMode(QLineEdit.EchoMode.Password)
+        self.key_edit.setPlaceholderText("Paste your API key")
+        self.show_key = QToolButton()
+        self.show_key.setText("Show")
+        self.show_key.setCheckable(True)
+        self.show_key.setToolTip("Show or hide the key")
+        self.show_key.toggled.connect(self._toggle_key_visible)
+        self.check_button = QPushButton("Check key")
+        self.check_button.clicked.connect(self._on_check_clicked)
+        key_row = QHBoxLayout()
+        key_row.setSpacing(4)
+        key_row.addWidget(self.key_edit, 1)
+        key_row.addWidget(self.show_key)
+        key_row.addWidget(self.check_button)
+        self.status_label = QLabel()
+        self.status_label.setWordWrap(True)
+        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status_label.setTextFormat(Qt.TextFormat.RichText)
+        self.keychain_label = QLabel("Keychain: looking…")
+        self.keychain_label.setObjectName("muted")
+        self.keychain_label.setWordWrap(True)
+        connection = QGroupBox("Connection")
+        form = QFormLayout(connection)
+        form.addRow("Hub address", self.hub_edit)
+        form.addRow("API key", key_row)
+        form.addRow("", self.status_label)
+        form.addRow("", self.keychain_label)
+
+        # -- worker --
+        self.concurrency = QSpinBox()
+        self.concurrency.setRange(1, 64)
+        self.concurrency.setValue(settings.concurrency)
+        self.concurrency.setToolTip("How many tasks run at once. One per GPU is recommended.")
+        self.gpu_combo = QComboBox()
+        self._fill_gpus([])
+        self.start_on_launch = QCheckBox("Start working when MoRAG Worker starts")
+        # On first run the user is setting up to contribute: offer to keep doing so by default.
+        self.start_on_launch.setChecked(settings.start_working_on_launch or first_run)
+        self.start_at_login = QCheckBox("Start MoRAG Worker when I log in")
+        self.start_at_login.setChecked(settings.start_at_login)
+        if autostart is None:
+            self.start_at_login.setEnabled(False)
+            self.start_at_login.setToolTip("Not available on this system yet.")
+        else:
+            self.start_at_login.setToolTip(f"Uses {autostart.location}")
+        worker = QGroupBox("Worker")
+        worker_form = QFormLayout(worker)
+        worker_form.addRow("Tasks at once", self.concurrency)
+        worker_form.addRow("Use", self.gpu_combo)
+        worker_form.addRow("", self.start_on_launch)
+        worker_form.addRow("", self.start_at_login)
+
+        # -- buttons --
+        self.buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel
+        )
+        self.save_button = self.buttons.button(QDialogButtonBox.StandardButton.Save)
+        if first_run:
+            self.save_button.setText("Save and start")
+        self.buttons.accepted.connect(self.save)
+        self.buttons.rejected.connect(self.reject)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.intro)
+        layout.addWidget(connection)
+        layout.addWidget(worker)
+        layout.addWidget(self.buttons)
+
+        self.hub_edit.textEdited.connect(self._inputs_changed)
+        self.key_edit.textEdited.connect(self._inputs_changed)
+        self._load()
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        hub = self._settings.hub_url
+        credentials = self._credentials
+
+        def read_keychain() -> tuple[str, str | None]:
+            return credentials.backend_description, credentials.get(hub)
+
+        BackgroundOp(
+            self._runner, read_keychain, self._show_stored_key, parent=self, label="read key"
+        ).failure(self._show_keychain_problem).run()
+        BackgroundOp(
+            self._runner, self._probe.list_gpus, self._fill_gpus, parent=self, label="list GPUs"
+        ).run()
+        if self._autostart is not None:
+            autostart = self._autostart
+            BackgroundOp(
+                self._runner, autostart.is_enabled, self._show_autostart, parent=self, label="autostart state"
+            ).run()
+
+    def _show_stored_key(self, found: tuple[str, str | None]) -> None:
+        backend, key = found
+        self.keychain_label.setText(f"Your key is kept in: {backend}")
+        self._stored = (self._settings.hub_url, key)
+        if key and not self.key_edit.text():
+            self.key_edit.setText(key)
+        elif not key:
+            self.key_edit.setFocus()
+
+    def _show_keychain_problem(self, exc: Exception) -> None:
+        problem = explain(exc)
+        self.keychain_label.setText(f"Keychain: {problem.message} {problem.advice}")
+        self._stored = (self._settings.hub_url, None)
+
+    def _show_autostart(self, enabled: bool) -> None:
+        self.start_at_login.setChecked(enabled or self._settings.start_at_login)
+
+    def _fill_gpus(self, gpus: list[GpuInfo]) -> None:
+        current = self._settings
+        self.gpu_combo.clear()
+        self.gpu_combo.addItem(
+            "The first GPU (or the CPU when there is none)"
+            if gpus
+            else "A GPU when one is found, else the CPU",
+            (WorkerType.GPU, None),
+        )
+        for gpu in gpus:
+            memory = f", {gpu.memory_total_mb / 1024:.0f} GB" if gpu.memory_total_mb else ""
+            self.gpu_combo.addItem(f"GPU {gpu.index}: {gpu.name}{memory}", (WorkerType.GPU, gpu.index))
+        self.gpu_combo.addItem("The CPU only", (WorkerType.CPU, None))
+        wanted = (current.worker_type, current.gpu_index)
+        for i in range(self.gpu_combo.count()):
+            if self.gpu_combo.itemData(i) == wanted:
+                self.gpu_combo.setCurrentIndex(i)
+                break
+        if current.gpu_index is not None and self.gpu_combo.currentData() != wanted and gpus:
+            self.gpu_combo.addItem(f"GPU {current.gpu_index} (not found now)", wanted)
+            self.gpu_combo.setCurrentIndex(self.gpu_combo.count() - 1)
+
+    # -- checking ----------------------------------------------------------------------------
+
+    def _toggle_key_visible(self, visible: bool) -> None:
+        self.key_edit.setEchoMode(QLineEdit.EchoMode.Normal if visible else QLineEdit.EchoMode.Password)
+        self.show_key.setText("Hide" if visible else "Show")
+
+    def _inputs_changed(self) -> None:
+        self._generation += 1
+        self._verified = None
+        self.status_label.clear()
+
+    def _inputs(self) -> tuple[str, str]:
+        """(normalised hub URL, key); raises InvalidHubUrl or CredentialError-like problems."""
+        hub = normalise_hub_url(self.hub_edit.text())
+        key = self.key_edit.text().strip()
+        return hub, key
+
+    @Slot()
+    def _on_check_clicked(self) -> None:
+        self.check_key()
+
+    def check_key(self, then: Callable[[], None] | None = None) -> None:
+        """Ask the hub who the key belongs to; show the user id and queue, or what is wrong.
+
+        Args:
+            then: Called after a successful check (used by ``save``).
+        """
+        try:
+            hub, key = self._inputs()
+        except InvalidHubUrl as exc:
+            self._show_problem(explain(exc))
+            emit(self.checked, False)
+            return
+        if not key:
+            self._show_problem(Problem("Paste your API key first.", "You find it in your MoRAG account."))
+            emit(self.checked, False)
+            return
+        self._generation += 1
+        generation = self._generation
+        self._set_busy(True, "Checking the key with the hub…")
+        factory = self._client_factory
+
+        def ask_hub() -> QueueInfo:
+            client = factory(hub, key)
+            try:
+                return client.queue_info()
+            finally:
+                client.close()
+
+        def accepted(info: QueueInfo) -> None:
+            if generation != self._generation:
+                return
+            self._set_busy(False)
+            self._verified = (hub, key, info)
+            queue = info.cpu_queue if self._chosen_worker()[0] is WorkerType.CPU else info.gpu_queue
+            self.status_label.setStyleSheet(_OK_STYLE)
+            self.status_label.setText(f"✓ Key accepted: user <b>{info.user_id}</b>, queue <b>{queue}</b>")
+            log.info("settings.key_checked", hub=hub, user_id=info.user_id)
+            emit(self.checked, True)
+            if then is not None:
+                then()
+
+        def refused(exc: Exception) -> None:
+            if generation != self._generation:
+                return
+            self._set_busy(False)
+            log.info("settings.key_check_failed", hub=hub, error=exc.__class__.__name__)
+            self._show_problem(explain(exc, hub))
+            emit(self.checked, False)
+
+        BackgroundOp(self._runner, ask_hub, accepted, parent=self, label="check key").failure(refused).run()
+
+    def _show_problem(self, problem: Problem) -> None:
+        self.status_label.setStyleSheet("")
+        advice = f"<br>{_escape(problem.advice)}" if problem.advice else ""
+        self.status_label.setText(
+            f'<span style="{_ERROR_STYLE}"><b>✗ {_escape(problem.message)}</b></span>{advice}'
+        )
+
+    def _set_busy(self, busy: bool, text: str = "") -> None:
+        self._busy = busy
+        self.check_button.setEnabled(not busy)
+        self.save_button.setEnabled(not busy)
+        if text:
+            self.status_label.setStyleSheet("")
+            self.status_label.setText(_escape(text))
+
+    def _chosen_worker(self) -> tuple[WorkerType, int | None]:
+        data = self.gpu_combo.currentData()
+        if isinstance(data, tuple):
+            return data[0], data[1]
+        return WorkerType.GPU, None
+
+    # -- saving ------------------------------------------------------------------------------
+
+    def result_settings(self) -> Settings:
+        """The settings as the form shows them (hub URL normalised).
+
+        Raises:
+            SettingsError: A value is not allowed.
+        """
+        worker_type, gpu_index = self._chosen_worker()
+        return dataclasses.replace(
+            self._settings,
+            hub_url=self.hub_edit.text().strip(),
+            worker_type=worker_type,
+            gpu_index=gpu_index,
+            concurrency=self.concurrency.value(),
+            start_working_on_launch=self.start_on_launch.isChecked(),
+            start_at_login=self.start_at_login.isChecked(),
+        )
+
+    def save(self) -> None:
+        """Check the key when the hub or key changed, then store the key and save the settings."""
+        if self._busy:
+            return
+        try:
+            hub, key = self._inputs()
+            settings = self.result_settings()
+        except (InvalidHubUrl, SettingsError) as exc:
+            self._show_problem(explain(exc))
+            return
+        if not key:
+            self._show_problem(Problem("Paste your API key first.", "You find it in your MoRAG account."))
+            return
+        unchanged = self._stored is not None and self._stored == (hub, key)
+        verified = self._verified is not None and self._verified[:2] == (hub, key)
+        if not (unchanged or verified):
+            self.check_key(then=self.save)
+            return
+        self._store_all(settings, key, store_key=not unchanged)
+
+    def _store_all(self, settings: Settings, key: str, *, store_key: bool) -> None:
+        self._set_busy(True, "Saving…")
+        credentials, store, autostart = self._credentials, self._store, self._autostart
+        command = list(self._autostart_command()) if autostart is not None and settings.start_at_login else []
+
+        def write() -> Settings:
+            # The key first: settings that point at a hub without a stored key would not start.
+            if store_key:
+                credentials.set(settings.hub_url, key)
+            store.save(settings)
+            if autostart is not None:
+                # Both are idempotent; enabling again refreshes the command after a reinstall.
+                if settings.start_at_login:
+                    autostart.enable(command)
+                else:
+                    autostart.disable()
+            return settings
+
+        def done(saved: Settings) -> None:
+            self._set_busy(False)
+            self._settings = saved
+            self._stored = (saved.hub_url, key)
+            log.info("settings.saved_from_dialog", hub=saved.hub_url, key_stored=store_key)
+            emit(self.saved, saved)
+            self.accept()
+
+        def failed(exc: Exception) -> None:
+            self._set_busy(False)
+            log.warning("settings.save_failed", error=f"{exc.__class__.__name__}: {exc}")
+            self._show_problem(explain(exc, settings.hub_url))
+
+        BackgroundOp(self._runner, write, done, parent=self, label="save settings").failure(failed).run()
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -1,0 +1,411 @@
+"""``TrayApp``: builds the tray app from its collaborators and runs its flows.
+
+It owns the controller, the shared actions, the tray icon (or, with no system tray, the progress
+window in its place, saying why), the progress window, the Settings dialog and the notification
+policy. Its flows: start-up (settings, history, key; first run or start working), Quit (asking
+when a task runs), notifications, history persistence, opening the log folder.
+
+Every collaborator comes in through ``Services``, so tests build a ``TrayApp`` with fakes and a
+temp folder; ``app.run`` builds the real ones. GUI thread only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import shiboken6
+import structlog
+from PySide6.QtCore import QObject, QTimer, QUrl, Signal, Slot
+from PySide6.QtGui import QDesktopServices, QGuiApplication
+from PySide6.QtWidgets import QSystemTrayIcon
+
+from morag_worker.core.autostart import Autostart
+from morag_worker.core.credentials import CredentialStore, NoApiKey, resolve_api_key
+from morag_worker.core.gpu import GpuProbe
+from morag_worker.core.history import HistoryStore
+from morag_worker.core.hub_client import HubClient
+from morag_worker.core.settings import Settings, SettingsStore
+from morag_worker.core.worker_state import StopMode, TaskRecord, WorkerState, WorkerStatus
+
+from .actions import WorkerActions
+from .background import BackgroundOp, BackgroundRunner
+from .controller import IDLE_STATES, SupervisorFactory, WorkerController
+from .dialogs import QuitChoice, QuitDialog, about_box
+from .history_view import HistoryModel
+from .icons import IconSet
+from .notifications import Level, Notice, NotificationPolicy
+from .progress_window import ProgressWindow
+from .settings_dialog import HubClientLike, SettingsDialog, explain
+from .signals import emit
+from .tray import TrayIcon
+
+__all__ = ["NO_TRAY_NOTICE", "Services", "TrayApp"]
+
+log = structlog.get_logger(__name__)
+
+NO_TRAY_NOTICE = Notice(
+    "No system tray on this desktop",
+    "MoRAG Worker normally lives in the system tray (notification area), which this desktop does not "
+    "offer, so this window stands in for it. Closing the window quits MoRAG Worker.",
+    Level.INFO,
+)
+HISTORY_SHOWN = 500
+
+
+@dataclass
+class Services:
+    """What the tray app uses; ``app.run`` passes the real ones, tests pass fakes.
+
+    Attributes:
+        settings_store: Loads and saves the settings file.
+        credentials: The keychain.
+        gpu_probe: Lists GPUs for the Settings dialog.
+        autostart: Start-at-login mechanism, or None where unsupported.
+        autostart_command: The argv that autostart launches.
+        history: The persisted task history.
+        supervisor_factory: Builds the supervisor given its listener.
+        log_dir: The folder "Open log folder" opens.
+        tray_available: Whether a system tray exists (``QSystemTrayIcon.isSystemTrayAvailable``).
+        tray_retry_ms: Without a tray at start, how often to look again.
+        tray_retries: And how many times (the panel may start after the app at login).
+        open_url: Opens a folder in the file manager (``QDesktopServices.openUrl``).
+        client_factory: Builds a hub client for the key check.
+        env: The environment, for ``MORAG_API_KEY``.
+        api_key_file: ``--api-key-file``, when given.
+        clock: Epoch seconds.
+    """
+
+    settings_store: SettingsStore
+    credentials: CredentialStore
+    gpu_probe: GpuProbe
+    autostart: Autostart | None
+    autostart_command: Callable[[], Sequence[str]]
+    history: HistoryStore
+    supervisor_factory: SupervisorFactory
+    log_dir: Path
+    tray_available: Callable[[], bool] = QSystemTrayIcon.isSystemTrayAvailable
+    tray_retry_ms: int = 2000
+    tray_retries: int = 15
+    open_url: Callable[[QUrl], object] = QDesktopServices.openUrl
+    client_factory: Callable[[str, str], HubClientLike] = HubClient
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    api_key_file: Path | None = None
+    clock: Callable[[], float] = time.time
+
+
+class TrayApp(QObject):
+    """The tray app's objects and flows. Call ``start()`` once the event loop may run.
+
+    Attributes:
+        controller: The only door to the worker.
+        actions: The menu's actions.
+        window: The progress window.
+        tray: The tray icon; None where there is no system tray.
+        settings: The settings last loaded or saved.
+        settings_dialog: The open Settings dialog, if any.
+        notices: Every notice shown, newest last (the log of what the user was told).
+    """
+
+    #: Everything is shut down: the caller may leave the event loop.
+    finished = Signal()
+    #: Start-up is done (settings, history and key looked at); for "gui.ready" and tests.
+    ready = Signal()
+
+    def __init__(self, services: Services, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.services = services
+        self.runner = BackgroundRunner(self, name="gui")
+        self.icons = IconSet()
+        self.controller = WorkerController(services.supervisor_factory, clock=services.clock, parent=self)
+        self.actions = WorkerActions(self.controller, self)
+        self.history_model = HistoryModel(limit=HISTORY_SHOWN, clock=services.clock, parent=self)
+        self.window = ProgressWindow(
+            self.controller, self.actions, self.icons, self.history_model, clock=services.clock
+        )
+        self.tray: TrayIcon | None = None
+        self.settings = Settings()
+        self.settings_dialog: SettingsDialog | None = None
+        self.notices: list[Notice] = []
+        self._policy = NotificationPolicy()
+        self._finished = False
+        self._tray_checks_left = 0
+        self._tray_timer = QTimer(self)
+        self._tray_timer.timeout.connect(self._look_for_tray)
+
+        self.actions.show_progress.triggered.connect(self.show_window)
+        self.actions.settings.triggered.connect(self._open_settings)
+        self.actions.open_logs.triggered.connect(self.open_log_folder)
+        self.actions.about.triggered.connect(self.show_about)
+        self.actions.quit.triggered.connect(self.request_quit)
+        self.window.quit_requested.connect(self.request_quit)
+        self.controller.state_changed.connect(self._on_status)
+        self.controller.task_finished.connect(self._on_task_finished)
+        self.controller.failed.connect(self._on_failed)
+        self.controller.closed.connect(self._on_closed)
+
+    # -- start-up -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Show the tray icon (or the window, saying why), then load settings, history and key."""
+        if self.services.tray_available():
+            self._show_tray()
+        else:
+            log.info("gui.no_system_tray")
+            self.window.quit_on_close = True
+            self.window.show_notice(NO_TRAY_NOTICE)
+            self.notices.append(NO_TRAY_NOTICE)
+            self.window.bring_to_front()
+            # At login the panel may come up after this app (QTBUG-61898): look again for a while.
+            self._tray_checks_left = self.services.tray_retries
+            self._tray_timer.start(self.services.tray_retry_ms)
+        history = self.services.history
+        BackgroundOp(
+            self.runner,
+            lambda: history.load(limit=HISTORY_SHOWN),
+            self.history_model.set_records,
+            label="history",
+        ).failure(lambda exc: log.warning("gui.history_unreadable", error=str(exc))).run()
+        BackgroundOp(
+            self.runner, self.services.settings_store.load, self._settings_loaded, label="settings"
+        ).failure(self._settings_unreadable).run()
+
+    def _settings_loaded(self, settings: Settings) -> None:
+        self.settings = settings
+        services = self.services
+
+        def find_key() -> bool:
+            try:
+                resolve_api_key(
+                    env=services.env,
+                    api_key_file=services.api_key_file,
+                    store=services.credentials,
+                    hub_url=settings.hub_url,
+                )
+            except NoApiKey:
+                return False
+            return True
+
+        BackgroundOp(self.runner, find_key, self._key_looked_up, label="find key").failure(
+            self._key_unavailable
+        ).run()
+
+    def _settings_unreadable(self, exc: Exception) -> None:
+        problem = explain(exc)
+        self._notify(
+            Notice(
+                "MoRAG Worker cannot read its settings", f"{problem.message} {problem.advice}", Level.ERROR
+            )
+        )
+        self.settings = Settings()
+        emit(self.ready)
+
+    def _key_looked_up(self, has_key: bool) -> None:
+        if not has_key:
+            log.info("gui.first_run")
+            self.show_settings(first_run=True)
+        elif self.settings.start_working_on_launch:
+            self.controller.start()
+        emit(self.ready)
+
+    def _key_unavailable(self, exc: Exception) -> None:
+        # The keychain is missing or locked: the Settings dialog explains it and offers the fix.
+        log.warning("gui.key_unavailable", error=f"{exc.__class__.__name__}: {exc}")
+        self.show_settings(first_run=True)
+        emit(self.ready)
+
+    def _show_tray(self) -> None:
+        self.tray = TrayIcon(
+            self.controller, self.actions, self.icons, clock=self.services.clock, parent=self
+        )
+        self.tray.clicked.connect(self.show_window)
+        self.tray.show()
+        app = QGuiApplication.instance()
+        if isinstance(app, QGuiApplication):
+            app.styleHints().colorSchemeChanged.connect(self.tray.refresh_theme)
+
+    @Slot()
+    def _look_for_tray(self) -> None:
+        if self.services.tray_available():
+            self._tray_timer.stop()
+            log.info("gui.system_tray_appeared")
+            self._show_tray()
+            self.window.quit_on_close = False
+            self.window.clear_notice()
+            return
+        self._tray_checks_left -= 1
+        if self._tray_checks_left <= 0:
+            self._tray_timer.stop()
+
+    # -- windows ------------------------------------------------------------------------------
+
+    @Slot()
+    def show_window(self) -> None:
+        """Show the progress window in front."""
+        self.window.bring_to_front()
+
+    @Slot()
+    def _open_settings(self) -> None:
+        self.show_settings()
+
+    def show_settings(self, first_run: bool = False) -> SettingsDialog:
+        """Open the Settings dialog (or bring the open one to the front)."""
+        if self.settings_dialog is not None:
+            self.settings_dialog.show()
+            self.settings_dialog.raise_()
+            self.settings_dialog.activateWindow()
+            return self.settings_dialog
+        services = self.services
+        dialog = SettingsDialog(
+            self.settings,
+            services.settings_store,
+            services.credentials,
+            services.gpu_probe,
+            services.autostart,
+            services.autostart_command,
+            self.runner,
+            client_factory=services.client_factory,
+            first_run=first_run,
+        )
+        dialog.setWindowIcon(self.icons.app())
+        dialog.saved.connect(lambda settings: self._settings_saved(settings, first_run))
+        dialog.finished.connect(self._settings_closed)
+        self.settings_dialog = dialog
+        dialog.show()
+        dialog.raise_()
+        dialog.activateWindow()
+        return dialog
+
+    def _settings_saved(self, settings: Settings, first_run: bool) -> None:
+        self.settings = settings
+        if first_run:
+            self.controller.start()
+        elif self.controller.status.state not in IDLE_STATES:
+            self._notify(
+                Notice(
+                    "Settings saved", "The new settings apply the next time the worker starts.", Level.INFO
+                )
+            )
+
+    def _settings_closed(self) -> None:
+        dialog, self.settings_dialog = self.settings_dialog, None
+        if dialog is not None:
+            dialog.deleteLater()
+
+    @Slot()
+    def show_about(self) -> None:
+        box = about_box(self.icons, self.window if self.window.isVisible() else None)
+        box.show()
+
+    @Slot()
+    def open_log_folder(self) -> None:
+        """Create the log folder if needed and open it in the file manager."""
+        folder = self.services.log_dir
+        open_url = self.services.open_url
+
+        def make() -> Path:
+            folder.mkdir(parents=True, exist_ok=True)
+            return folder
+
+        def opened(path: Path) -> None:
+            log.info("gui.open_log_folder", path=str(path))
+            open_url(QUrl.fromLocalFile(str(path)))
+
+        BackgroundOp(self.runner, make, opened, label="log folder").failure(
+            lambda exc: self._notify(Notice("Cannot open the log folder", f"{folder}: {exc}", Level.WARNING))
+        ).run()
+
+    # -- quitting -----------------------------------------------------------------------------
+
+    @Slot()
+    def request_quit(self) -> None:
+        """Quit; when a task runs, ask whether to finish it first or hand it back now."""
+        if self.controller.busy:
+            parent = self.window if self.window.isVisible() else None
+            choice = QuitDialog.ask(len(self.controller.tasks), parent)
+            if choice is None:
+                log.info("gui.quit_cancelled")
+                return
+            if choice is QuitChoice.FINISH_FIRST:
+                self._notify(
+                    Notice(
+                        "MoRAG Worker will quit soon", "It quits when the current task is done.", Level.INFO
+                    )
+                )
+                self.controller.quit(StopMode.FINISH)
+            else:
+                self.controller.quit(StopMode.NOW)
+            return
+        self.controller.quit(StopMode.NOW)
+
+    def shutdown(self) -> None:
+        """Quit without asking (SIGTERM, session end): a task in flight is handed back."""
+        log.info("gui.shutdown")
+        self.controller.quit(StopMode.NOW)
+
+    @Slot()
+    def _on_closed(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._tray_timer.stop()
+        if self.tray is not None:
+            self.tray.hide()
+        if self.settings_dialog is not None:
+            self.settings_dialog.close()
+        self.window.quit_on_close = False
+        self.window.hide()
+        self.runner.wait_for_done(5000)
+        emit(self.finished)
+
+    def dispose(self) -> None:
+        """Delete the top-level widgets now, while the QApplication still exists."""
+        for widget in (self.settings_dialog, self.window):
+            if widget is not None and shiboken6.isValid(widget):
+                shiboken6.delete(widget)
+        self.settings_dialog = None
+        if self.tray is not None and shiboken6.isValid(self.tray):
+            self.tray.hide()
+            shiboken6.delete(self.tray.menu)
+        if shiboken6.isValid(self.actions.snooze_menu):
+            shiboken6.delete(self.actions.snooze_menu)
+
+    # -- events -------------------------------------------------------------------------------
+
+    @Slot(object)
+    def _on_status(self, status: WorkerStatus) -> None:
+        log.info("gui.status", state=status.state.value, message=status.message)
+        notice = self._policy.on_status(status, expected=self.controller.expected(status.state))
+        if notice is not None:
+            self._notify(notice)
+
+    @Slot(object)
+    def _on_task_finished(self, record: TaskRecord) -> None:
+        history = self.services.history
+        self.runner.submit(
+            lambda: history.append(record),
+            on_failure=lambda exc: log.warning(
+                "gui.history_not_saved", error=f"{exc.__class__.__name__}: {exc}"
+            ),
+            label="save history",
+        )
+        # Stop now, snooze and quit all expect STOPPING: the task going back is what was asked.
+        requeue_expected = self.controller.quitting or self.controller.expected(WorkerState.STOPPING)
+        notice = self._policy.on_task_finished(record, requeue_expected=requeue_expected)
+        if notice is not None:
+            self._notify(notice)
+
+    @Slot(str)
+    def _on_failed(self, message: str) -> None:
+        self._notify(self._policy.on_failed(message))
+
+    def _notify(self, notice: Notice) -> None:
+        log.info("gui.notice", title=notice.title, level=notice.level.value)
+        self.notices.append(notice)
+        if self.tray is not None:
+            self.tray.notify(notice)
+        else:
+            self.window.show_notice(notice)

@@ -1,0 +1,195 @@
+"""The progress window: live rows, history (kept across restarts), the log, and the no-tray fallback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+from pytestqt.qtbot import QtBot
+
+from morag_worker.core.worker_state import TaskOutcome, WorkerState
+from morag_worker.gui.shell import NO_TRAY_NOTICE, TrayApp
+from tests.gui.conftest import NOW, WAIT_MS, Harness
+
+pytestmark = pytest.mark.gui
+
+MB = 1_000_000
+
+
+def _running(app: TrayApp, qtbot: QtBot) -> None:
+    with qtbot.waitSignal(
+        app.controller.state_changed,
+        timeout=WAIT_MS,
+        check_params_cb=lambda s: s.state is WorkerState.RUNNING,
+    ):
+        app.actions.start.trigger()
+
+
+def test_progress_updates_reach_the_row_within_250_ms(
+    started: Callable[..., TrayApp], harness: Harness, qtbot: QtBot
+) -> None:
+    app = started()
+    app.show_window()
+    _running(app, qtbot)
+    supervisor = harness.supervisor
+    supervisor.emit_progress("t1", done=0, total=40 * MB, percent=0.0, filename="lecture.mp4")
+    qtbot.waitUntil(lambda: "t1" in app.window.rows, timeout=WAIT_MS)
+    row = app.window.rows["t1"]
+    latencies = []
+    for step in range(1, 21):
+        started_at = time.perf_counter()
+        with qtbot.waitSignal(row.bar.valueChanged, timeout=WAIT_MS):
+            supervisor.emit_progress(
+                "t1", done=step * 2 * MB, total=40 * MB, percent=step * 5.0, filename="lecture.mp4"
+            )
+        app.window.repaint()  # and painted
+        latencies.append(time.perf_counter() - started_at)
+    assert max(latencies) < 0.25, latencies
+    assert row.bar.value() == 1000
+    assert row.name.text() == "lecture.mp4"
+    assert app.window.header.title.text() == "Working: 100 %"
+
+
+def test_row_shows_bytes_speed_and_time_left(
+    started: Callable[..., TrayApp], harness: Harness, qtbot: QtBot
+) -> None:
+    app = started()
+    _running(app, qtbot)
+    supervisor = harness.supervisor
+    with qtbot.waitSignal(app.controller.task_progress, timeout=WAIT_MS):
+        supervisor.emit_progress(
+            "t1", done=12.3 * MB, total=40 * MB, percent=30.75, speed=4.1 * MB, eta_s=7, filename="report.pdf"
+        )
+    row = app.window.rows["t1"]
+    assert row.stage.text() == "Downloading"
+    assert row.detail.text() == "12.3 MB of 40.0 MB · 4.1 MB/s · 7 s left"
+    assert row.bar.maximum() == 1000 and row.bar.value() == 307
+
+    # Processing in the processor's own units, speed estimated from successive updates.
+    clock = [NOW]
+    supervisor.clock = lambda: clock[0]
+    with qtbot.waitSignal(app.controller.task_progress, timeout=WAIT_MS):
+        supervisor.emit_progress(
+            "t1", stage="PROCESSING", done=2, total=10, message="pages", filename="report.pdf"
+        )
+    clock[0] += 2
+    with qtbot.waitSignal(app.controller.task_progress, timeout=WAIT_MS):
+        supervisor.emit_progress(
+            "t1", stage="PROCESSING", done=6, total=10, message="pages", filename="report.pdf"
+        )
+    assert row.stage.text() == "Processing · pages"
+    assert row.detail.text() == "6 of 10 · 2/s · 2 s left"
+    assert row.bar.value() == 600
+
+    # Unknown total: a busy bar, no percentage.
+    with qtbot.waitSignal(app.controller.task_progress, timeout=WAIT_MS):
+        supervisor.emit_progress("t2", stage="DOWNLOADING", done=3 * MB, total=None, filename="stream.wav")
+    busy = app.window.rows["t2"]
+    assert (busy.bar.minimum(), busy.bar.maximum()) == (0, 0)
+    assert busy.detail.text() == "3.0 MB"
+    assert app.tray is not None and app.tray.toolTip() == "MoRAG Worker: Working on 2 tasks: 60 %"
+
+
+def test_finished_task_leaves_the_list_and_shows_its_error_in_history(
+    started: Callable[..., TrayApp], harness: Harness, qtbot: QtBot
+) -> None:
+    app = started()
+    _running(app, qtbot)
+    supervisor = harness.supervisor
+    with qtbot.waitSignal(app.controller.task_progress, timeout=WAIT_MS):
+        supervisor.emit_progress("t1", done=1, total=2, filename="broken.pdf")
+    assert not app.window.empty_label.isVisibleTo(app.window)
+    with qtbot.waitSignal(app.controller.task_finished, timeout=WAIT_MS):
+        supervisor.emit_finished(
+            "t1", TaskOutcome.FAILED, error="PDF has no trailer: the file is damaged", duration=75
+        )
+    assert app.window.rows == {}
+    assert app.window.empty_label.isVisibleTo(app.window)
+    model = app.history_model
+    assert model.rowCount() == 1
+    assert [model.data(model.index(0, c)) for c in range(1, 4)] == ["broken.pdf", "Failed", "1 min 15 s"]
+    app.window.tabs.setCurrentWidget(app.window.history)
+    app.window.history.select_row(0)
+    details = app.window.history.details.toPlainText()
+    assert "broken.pdf: Failed" in details and "PDF has no trailer: the file is damaged" in details
+
+
+def test_history_persists_across_a_restart(harness: Harness, qtbot: QtBot) -> None:
+    harness.store_key()
+    first = harness.build()
+    with qtbot.waitSignal(first.ready, timeout=WAIT_MS):
+        first.start()
+    _running(first, qtbot)
+    supervisor = harness.supervisor
+    for n, outcome in enumerate([TaskOutcome.SUCCEEDED, TaskOutcome.FAILED, TaskOutcome.REQUEUED]):
+        with qtbot.waitSignal(first.controller.task_finished, timeout=WAIT_MS):
+            supervisor.emit_finished(
+                f"t{n}", outcome, filename=f"file{n}.txt", error="boom" if n == 1 else None
+            )
+    qtbot.waitUntil(lambda: first.runner.pending == 0, timeout=WAIT_MS)
+    with qtbot.waitSignal(first.finished, timeout=WAIT_MS):
+        first.actions.quit.trigger()
+    assert (harness.tmp / "state" / "history.jsonl").is_file()
+
+    second = harness.build()
+    with qtbot.waitSignal(second.ready, timeout=WAIT_MS):
+        second.start()
+    qtbot.waitUntil(lambda: second.history_model.rowCount() == 3, timeout=WAIT_MS)
+    records = second.history_model.records()
+    assert {r.task_id for r in records} == {"t0", "t1", "t2"}
+    assert next(r for r in records if r.task_id == "t1").error == "boom"
+
+
+def test_log_lines_appear_in_the_log_tab(
+    started: Callable[..., TrayApp], harness: Harness, qtbot: QtBot
+) -> None:
+    app = started()
+    with qtbot.waitSignal(app.controller.log_line, timeout=WAIT_MS):
+        harness.supervisor.emit_log('{"event": "worker.ready", "level": "info"}\n')
+    assert app.window.log_view.toPlainText() == '{"event": "worker.ready", "level": "info"}'
+
+
+def test_without_a_system_tray_the_window_opens_and_says_why(harness: Harness, qtbot: QtBot) -> None:
+    harness.tray = False
+    harness.store_key()
+    app = harness.build()
+    with qtbot.waitSignal(app.ready, timeout=WAIT_MS):
+        app.start()
+    assert app.tray is None
+    assert app.window.isVisible()
+    assert app.window.banner.isVisible()
+    assert "No system tray on this desktop" in app.window.banner.text()
+    assert NO_TRAY_NOTICE in app.notices
+    # The window's own buttons replace the menu.
+    with qtbot.waitSignal(
+        app.controller.state_changed,
+        timeout=WAIT_MS,
+        check_params_cb=lambda s: s.state is WorkerState.RUNNING,
+    ):
+        app.window.header.buttons["start"].click()
+    with qtbot.waitSignal(
+        app.controller.state_changed,
+        timeout=WAIT_MS,
+        check_params_cb=lambda s: s.state is WorkerState.STOPPED,
+    ):
+        app.window.header.buttons["stop_now"].click()
+    # Notices go to the banner; closing the window quits.
+    with qtbot.waitSignal(app.controller.state_changed, timeout=WAIT_MS):
+        harness.supervisor.emit_status(WorkerState.CRASHED, "the hub rejected the API key")
+    assert "API key refused" in app.window.banner.text()
+    with qtbot.waitSignal(app.finished, timeout=WAIT_MS):
+        app.window.close()
+    assert harness.supervisor.calls[-1] == ("close", None)
+
+
+def test_a_tray_that_appears_later_takes_over_from_the_window(harness: Harness, qtbot: QtBot) -> None:
+    answers = iter([False, False, True])
+    harness.store_key()
+    app = harness.build(tray_available=lambda: next(answers, True), tray_retry_ms=10)
+    with qtbot.waitSignal(app.ready, timeout=WAIT_MS):
+        app.start()
+    assert app.window.quit_on_close and app.window.banner.isVisible()
+    qtbot.waitUntil(lambda: app.tray is not None, timeout=WAIT_MS)
+    assert not app.window.quit_on_close and not app.window.banner.isVisible()
+    assert app.window.isVisible()  # left open: the user may be looking at it

@@ -1,0 +1,203 @@
+"""The Settings / first-run dialog against a real hub: good key, wrong key, no hub, no keychain."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis.asyncio as aioredis
+from keyring.backend import KeyringBackend
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QLineEdit
+from pytestqt.qtbot import QtBot
+
+from morag_worker.core.auth import APIKeyService
+from morag_worker.core.credentials import CredentialStore
+from morag_worker.core.settings import Settings, SettingsStore, normalise_hub_url
+from morag_worker.core.worker_state import WorkerState
+from morag_worker.gui.background import BackgroundRunner
+from morag_worker.gui.settings_dialog import SettingsDialog
+from tests.conftest import Stack
+from tests.fakes import FakePlaintextKeyring
+from tests.gui.conftest import WAIT_MS, Harness
+from tests.processes import free_port
+
+pytestmark = pytest.mark.gui
+
+MakeDialog = Callable[..., SettingsDialog]
+
+
+def hub_key(stack: Stack, user_id: str) -> str:
+    """A key the real hub accepts for ``user_id``.
+
+    Created without the Redis ACL hook: the dialog only asks the hub (queue-info), which never
+    logs in to the broker, and ``stack.key()`` fails on Redis 7.0 while core/acl.py's allowlist
+    names ``client|setinfo`` (a Redis 7.2 subcommand).
+    """
+
+    async def create() -> str:
+        client = aioredis.Redis.from_url(stack.redis.url)
+        try:
+            return await APIKeyService(client).create_api_key(user_id, "gui test")
+        finally:
+            await client.aclose()
+
+    return asyncio.run(create())
+
+
+@pytest.fixture
+def make_dialog(harness: Harness, qtbot: QtBot) -> Iterator[MakeDialog]:
+    runner = BackgroundRunner(max_threads=2)
+
+    def make(
+        hub_url: str, *, keyring: KeyringBackend | None = None, first_run: bool = False
+    ) -> SettingsDialog:
+        dialog = SettingsDialog(
+            Settings(hub_url=hub_url),
+            SettingsStore(harness.tmp / "config"),
+            CredentialStore(keyring if keyring is not None else harness.keyring),
+            harness.gpu_probe,
+            harness.autostart,
+            lambda: ["/usr/bin/morag-worker", "--config-dir", str(harness.tmp / "config")],
+            runner,
+            first_run=first_run,
+        )
+        qtbot.addWidget(dialog)
+        dialog.show()
+        qtbot.waitUntil(lambda: runner.pending == 0, timeout=WAIT_MS)  # keychain, GPUs, autostart read
+        return dialog
+
+    yield make
+    runner.wait_for_done(WAIT_MS)
+
+
+def _check(qtbot: QtBot, dialog: SettingsDialog, ok: bool) -> str:
+    with qtbot.waitSignal(dialog.checked, timeout=WAIT_MS, check_params_cb=lambda accepted: accepted is ok):
+        qtbot.mouseClick(dialog.check_button, Qt.MouseButton.LeftButton)
+    return dialog.status_label.text()
+
+
+def test_good_key_shows_user_and_queue_and_is_stored_in_the_keychain(
+    stack: Stack, harness: Harness, make_dialog: MakeDialog, qtbot: QtBot
+) -> None:
+    key = hub_key(stack, "alice-gui")
+    dialog = make_dialog(stack.hub_url)
+    assert dialog.keychain_label.text() == "Your key is kept in: tests.fakes.InMemoryKeyring"
+    assert dialog.key_edit.echoMode() is QLineEdit.EchoMode.Password
+    qtbot.keyClicks(dialog.key_edit, key)
+    qtbot.mouseClick(dialog.show_key, Qt.MouseButton.LeftButton)
+    assert dialog.key_edit.echoMode() is QLineEdit.EchoMode.Normal
+    qtbot.mouseClick(dialog.show_key, Qt.MouseButton.LeftButton)
+    assert dialog.key_edit.echoMode() is QLineEdit.EchoMode.Password
+
+    text = _check(qtbot, dialog, ok=True)
+    assert "Key accepted" in text and "alice-gui" in text and "gpu-tasks-alice-gui" in text
+
+    dialog.gpu_combo.setCurrentIndex(2)  # GPU 1
+    dialog.concurrency.setValue(2)
+    qtbot.mouseClick(dialog.start_at_login, Qt.MouseButton.LeftButton)
+    with qtbot.waitSignal(dialog.saved, timeout=WAIT_MS) as saved:
+        qtbot.mouseClick(dialog.save_button, Qt.MouseButton.LeftButton)
+    settings = saved.args[0]
+    hub = normalise_hub_url(stack.hub_url)
+    assert harness.keyring.passwords == {("morag-worker", hub): key}
+    assert (settings.gpu_index, settings.concurrency, settings.start_at_login) == (1, 2, True)
+    on_disk = (harness.tmp / "config" / "settings.json").read_text()
+    assert key not in on_disk
+    assert json.loads(on_disk)["hub_url"] == hub and json.loads(on_disk)["gpu_index"] == 1
+    assert harness.autostart.command == ["/usr/bin/morag-worker", "--config-dir", str(harness.tmp / "config")]
+    assert not dialog.isVisible()
+
+
+def test_wrong_key_is_explained_and_not_stored(
+    stack: Stack, harness: Harness, make_dialog: MakeDialog, qtbot: QtBot
+) -> None:
+    dialog = make_dialog(stack.hub_url)
+    qtbot.keyClicks(dialog.key_edit, "n0t-a-real-key-" + "x" * 28)
+    text = _check(qtbot, dialog, ok=False)
+    assert "The hub did not accept this API key." in text
+    assert "revoked or has expired" in text
+    with qtbot.waitSignal(dialog.checked, timeout=WAIT_MS):
+        qtbot.mouseClick(dialog.save_button, Qt.MouseButton.LeftButton)  # saving checks first, and refuses
+    assert harness.keyring.passwords == {}
+    assert not (harness.tmp / "config" / "settings.json").exists()
+    assert dialog.isVisible()
+
+
+def test_unreachable_hub_is_explained(make_dialog: MakeDialog, qtbot: QtBot) -> None:
+    hub = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    dialog = make_dialog(hub)
+    qtbot.keyClicks(dialog.key_edit, "k" * 43)
+    text = _check(qtbot, dialog, ok=False)
+    assert f"Cannot reach the hub at {hub}." in text
+    assert "Check the address and your network connection" in text
+
+
+def test_invalid_address_and_empty_key_are_explained_without_a_request(
+    make_dialog: MakeDialog, qtbot: QtBot
+) -> None:
+    dialog = make_dialog("http://127.0.0.1:8700")
+    text = _check(qtbot, dialog, ok=False)
+    assert "Paste your API key first." in text
+    dialog.hub_edit.setText("ftp://hub")
+    qtbot.keyClicks(dialog.key_edit, "k" * 43)
+    text = _check(qtbot, dialog, ok=False)
+    assert "The hub address is not valid" in text
+
+
+def test_refused_keychain_shows_its_message_and_advice(
+    stack: Stack, harness: Harness, make_dialog: MakeDialog, qtbot: QtBot
+) -> None:
+    plaintext = FakePlaintextKeyring()
+    dialog = make_dialog(stack.hub_url, keyring=plaintext)
+    label = dialog.keychain_label.text()
+    assert "plaintext file" in label and "refused" in label.lower()
+    assert "keyrings.alt" in label  # the advice
+    qtbot.keyClicks(dialog.key_edit, hub_key(stack, "bob-gui"))
+    qtbot.mouseClick(dialog.save_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: "not a keychain" in dialog.status_label.text(), timeout=WAIT_MS)
+    text = dialog.status_label.text()
+    assert "Uninstall keyrings.alt" in text or "uninstall keyrings.alt" in text.lower()
+    assert plaintext.passwords == {}
+    assert not (harness.tmp / "config" / "settings.json").exists()
+    assert dialog.isVisible()
+
+
+def test_gpu_choices_come_from_the_probe(stack: Stack, make_dialog: MakeDialog, qtbot: QtBot) -> None:
+    dialog = make_dialog(stack.hub_url)
+    items = [dialog.gpu_combo.itemText(i) for i in range(dialog.gpu_combo.count())]
+    assert items == [
+        "The first GPU (or the CPU when there is none)",
+        "GPU 0: NVIDIA Fake 24GB, 24 GB",
+        "GPU 1: NVIDIA Fake 24GB, 24 GB",
+        "The CPU only",
+    ]
+    dialog.gpu_combo.setCurrentIndex(3)
+    qtbot.keyClicks(dialog.key_edit, hub_key(stack, "carol-gui"))
+    assert "cpu-tasks-carol-gui" in _check(qtbot, dialog, ok=True)
+
+
+def test_first_run_asks_for_a_key_then_saves_and_starts(stack: Stack, harness: Harness, qtbot: QtBot) -> None:
+    app = harness.build()
+    with qtbot.waitSignal(app.ready, timeout=WAIT_MS):
+        app.start()
+    dialog = app.settings_dialog
+    assert dialog is not None and dialog.isVisible()
+    assert dialog.save_button.text() == "Save and start"
+    assert "Welcome" in dialog.intro.text()
+    assert harness.supervisor.calls == []
+    dialog.hub_edit.clear()
+    qtbot.keyClicks(dialog.hub_edit, stack.hub_url)
+    qtbot.keyClicks(dialog.key_edit, hub_key(stack, "dave-gui"))
+    with qtbot.waitSignal(
+        app.controller.state_changed,
+        timeout=WAIT_MS,
+        check_params_cb=lambda s: s.state is WorkerState.RUNNING,
+    ):
+        qtbot.mouseClick(dialog.save_button, Qt.MouseButton.LeftButton)
+    assert harness.supervisor.calls == [("start", None)]
+    assert app.settings.hub_url == normalise_hub_url(stack.hub_url)
+    assert ("morag-worker", normalise_hub_url(stack.hub_url)) in harness.keyring.passwords
+    qtbot.waitUntil(lambda: app.settings_dialog is None, timeout=WAIT_MS)

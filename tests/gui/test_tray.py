@@ -1,0 +1,267 @@
+"""The tray icon: its menu reaches the worker; icon, tooltip and enabled actions follow the state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from PySide6.QtGui import QAction
+from PySide6.QtWidgets import QApplication, QMenu, QMessageBox
+from pytestqt.qtbot import QtBot
+
+from morag_worker.core.worker_state import StopMode, TaskOutcome, WorkerState, WorkerStatus
+from morag_worker.gui.icons import TrayLook
+from morag_worker.gui.notifications import Level
+from morag_worker.gui.shell import TrayApp
+from morag_worker.gui.tray import tray_tooltip
+from tests.gui.conftest import NOW, WAIT_MS, Harness
+
+pytestmark = pytest.mark.gui
+
+MENU_TEXTS = [
+    "Start",
+    "Finish current task and pause",
+    "Stop now (the task goes back to the queue)",
+    "Snooze",
+    "",
+    "Show progress",
+    "Settings…",
+    "Open log folder",
+    "",
+    "About MoRAG Worker",
+    "Quit",
+]
+
+
+def _menu_action(menu: QMenu, text: str) -> QAction:
+    for action in menu.actions():
+        if action.text() == text:
+            return action
+        if action.menu() is not None:
+            sub = action.menu()
+            assert isinstance(sub, QMenu)
+            for child in sub.actions():
+                if child.text() == text:
+                    return child
+    raise AssertionError(f"no menu item {text!r}; have {[a.text() for a in menu.actions()]}")
+
+
+def _status(app: TrayApp, qtbot: QtBot, state: WorkerState, emit: Callable[[], object]) -> None:
+    with qtbot.waitSignal(
+        app.controller.state_changed, timeout=WAIT_MS, check_params_cb=lambda s: s.state is state
+    ):
+        emit()
+
+
+def test_menu_has_every_item_in_order(started: Callable[..., TrayApp]) -> None:
+    app = started()
+    assert app.tray is not None
+    assert [a.text() for a in app.tray.menu.actions()] == MENU_TEXTS
+    sub = app.actions.snooze_menu
+    assert [a.text() for a in sub.actions()] == ["For 30 minutes", "For 1 hour", "Until I resume"]
+
+
+def test_every_worker_menu_action_reaches_the_supervisor(
+    started: Callable[..., TrayApp], harness: Harness, qtbot: QtBot
+) -> None:
+    app = started()
+    assert app.tray is not None
+    menu = app.tray.menu
+    supervisor = harness.supervisor
+
+    _status(app, qtbot, WorkerState.RUNNING, _menu_action(menu, "Start").trigger)
+    assert supervisor.calls == [("start", None)]
+
+    _status(app, qtbot, WorkerState.SNOOZED, _menu_action(menu, "For 30 minutes").trigger)
+    _status(app, qtbot, WorkerState.RUNNING, _menu_action(menu, "Resume").trigger)
+    _status(app, qtbot, WorkerState.SNOOZED, _menu_action(menu, "For 1 hour").trigger)
+    _status(app, qtbot, WorkerState.RUNNING, _menu_action(menu, "Resume").trigger)
+    _status(app, qtbot, WorkerState.SNOOZED, _menu_action(menu, "Until I resume").trigger)
+    assert supervisor.calls_named("snooze") == [NOW + 1800, NOW + 3600, None]
+
+    _status(app, qtbot, WorkerState.RUNNING, _menu_action(menu, "Resume").trigger)
+    _status(app, qtbot, WorkerState.STOPPED, _menu_action(menu, "Finish current task and pause").trigger)
+    _status(app, qtbot, WorkerState.RUNNING, _menu_action(menu, "Start").trigger)
+    _status(
+        app,
+        qtbot,
+        WorkerState.STOPPED,
+        _menu_action(menu, "Stop now (the task goes back to the queue)").trigger,
+    )
+    assert supervisor.calls_named("stop") == [StopMode.FINISH, StopMode.NOW]
+    assert [name for name, _ in supervisor.calls] == [
+        "start", "snooze", "start", "snooze", "start", "snooze", "start", "stop", "start", "stop"
+    ]  # fmt: skip
+    assert app.notices == []  # all of it was asked for
+
+
+def test_app_menu_actions_open_windows_and_the_log_folder(
+    started: Callable[..., TrayApp], harness: Harness, qtbot: QtBot
+) -> None:
+    app = started()
+    assert app.tray is not None
+    menu = app.tray.menu
+    _menu_action(menu, "Show progress").trigger()
+    qtbot.waitUntil(app.window.isVisible, timeout=WAIT_MS)
+
+    _menu_action(menu, "Settings…").trigger()
+    assert app.settings_dialog is not None
+    qtbot.waitUntil(app.settings_dialog.isVisible, timeout=WAIT_MS)
+    app.settings_dialog.reject()
+    qtbot.waitUntil(lambda: app.settings_dialog is None, timeout=WAIT_MS)
+
+    _menu_action(menu, "Open log folder").trigger()
+    qtbot.waitUntil(lambda: len(harness.opened) == 1, timeout=WAIT_MS)
+    assert Path(harness.opened[0].toLocalFile()) == harness.tmp / "logs"
+    assert (harness.tmp / "logs").is_dir()
+
+    _menu_action(menu, "About MoRAG Worker").trigger()
+    qtbot.waitUntil(
+        lambda: any(
+            isinstance(w, QMessageBox) and w.windowTitle() == "About MoRAG Worker" and w.isVisible()
+            for w in QApplication.topLevelWidgets()
+        ),
+        timeout=WAIT_MS,
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "busy", "look", "tooltip", "enabled"),
+    [
+        (WorkerState.STOPPED, False, TrayLook.STOPPED, "Stopped", {"start", "snooze"}),
+        (WorkerState.STARTING, False, TrayLook.CONNECTING, "Connecting…", {"finish", "stop_now", "snooze"}),
+        (
+            WorkerState.RUNNING,
+            False,
+            TrayLook.WAITING,
+            "Waiting for work on gpu-tasks-alice",
+            {"finish", "stop_now", "snooze"},
+        ),
+        (
+            WorkerState.RUNNING,
+            True,
+            TrayLook.WORKING,
+            "Working on report.pdf: 42 %",
+            {"finish", "stop_now", "snooze"},
+        ),
+        (
+            WorkerState.FINISHING,
+            True,
+            TrayLook.FINISHING,
+            "Finishing the current task, then pausing (42 %)",
+            {"stop_now"},
+        ),
+        (WorkerState.STOPPING, False, TrayLook.FINISHING, "Stopping; the task goes back to the queue", set()),
+        (WorkerState.SNOOZED, False, TrayLook.SNOOZED, "Snoozed until you resume", {"start", "snooze"}),
+        (
+            WorkerState.BACKOFF,
+            False,
+            TrayLook.ERROR,
+            "Cannot connect: hub unreachable",
+            {"start", "stop_now", "snooze"},
+        ),
+        (
+            WorkerState.CRASHED,
+            False,
+            TrayLook.ERROR,
+            "Stopped by an error: hub unreachable",
+            {"start", "snooze"},
+        ),
+    ],
+)
+def test_state_sets_icon_tooltip_and_enabled_actions(
+    started: Callable[..., TrayApp],
+    harness: Harness,
+    qtbot: QtBot,
+    state: WorkerState,
+    busy: bool,
+    look: TrayLook,
+    tooltip: str,
+    enabled: set[str],
+) -> None:
+    app = started()
+    tray = app.tray
+    assert tray is not None
+    supervisor = harness.supervisor
+    before = tray.icon().cacheKey()
+    _status(app, qtbot, WorkerState.RUNNING, lambda: supervisor.emit_status(WorkerState.RUNNING))
+    if busy:
+        with qtbot.waitSignal(app.controller.task_progress, timeout=WAIT_MS):
+            supervisor.emit_progress("t1", done=42, total=100, percent=42.0)
+    message = "hub unreachable" if state in (WorkerState.BACKOFF, WorkerState.CRASHED) else ""
+    _status(app, qtbot, state, lambda: supervisor.emit_status(state, message))
+    assert tray.look is look
+    assert tray.toolTip() == f"MoRAG Worker: {tooltip}"
+    assert app.actions.enabled_worker_actions() == enabled
+    assert not tray.icon().isNull()
+    if look is not TrayLook.STOPPED:
+        assert tray.icon().cacheKey() != before
+    # The window's header shows the same state.
+    assert app.window.header.buttons["start"].isEnabled() == ("start" in enabled)
+
+
+def test_tooltips_for_times_and_many_tasks() -> None:
+    snoozed = WorkerStatus(WorkerState.SNOOZED, snoozed_until=NOW + 1800)
+    assert tray_tooltip(snoozed, [], NOW).startswith("MoRAG Worker: Snoozed until ")
+    from morag_worker.core.worker_state import TaskProgress
+
+    tasks = [TaskProgress("a", "PROCESSING", 1, 4, 25.0), TaskProgress("b", "DOWNLOADING", 3, 4, 75.0)]
+    assert (
+        tray_tooltip(WorkerStatus(WorkerState.RUNNING), tasks, NOW)
+        == "MoRAG Worker: Working on 2 tasks: 50 %"
+    )
+    long = tray_tooltip(WorkerStatus(WorkerState.CRASHED, "x" * 300), [], NOW)
+    assert len(long) == 127 and long.endswith("…")
+
+
+def test_unrequested_changes_and_failures_notify_successes_do_not(
+    started: Callable[..., TrayApp], harness: Harness, qtbot: QtBot
+) -> None:
+    app = started()
+    supervisor = harness.supervisor
+    shown: list[tuple[str, str]] = []
+    assert app.tray is not None
+    app.tray.messageClicked.connect(lambda: None)
+    _status(app, qtbot, WorkerState.RUNNING, app.actions.start.trigger)
+    with qtbot.waitSignal(app.controller.task_progress, timeout=WAIT_MS):
+        supervisor.emit_progress("t1", done=1, total=2, filename="ok.pdf")
+    with qtbot.waitSignal(app.controller.task_finished, timeout=WAIT_MS):
+        supervisor.emit_finished("t1", TaskOutcome.SUCCEEDED)
+    assert app.notices == []
+
+    with qtbot.waitSignal(app.controller.task_finished, timeout=WAIT_MS):
+        supervisor.emit_finished("t2", TaskOutcome.FAILED, error="corrupt PDF", filename="bad.pdf")
+    assert [(n.title, n.level) for n in app.notices] == [("Task failed: bad.pdf", Level.WARNING)]
+    assert app.notices[-1].message == "corrupt PDF"
+
+    _status(
+        app,
+        qtbot,
+        WorkerState.BACKOFF,
+        lambda: supervisor.emit_status(WorkerState.BACKOFF, "hub unreachable"),
+    )
+    _status(app, qtbot, WorkerState.STARTING, lambda: supervisor.emit_status(WorkerState.STARTING))
+    _status(
+        app,
+        qtbot,
+        WorkerState.BACKOFF,
+        lambda: supervisor.emit_status(WorkerState.BACKOFF, "hub unreachable"),
+    )
+    _status(app, qtbot, WorkerState.RUNNING, lambda: supervisor.emit_status(WorkerState.RUNNING))
+    titles = [n.title for n in app.notices[1:]]
+    assert titles == ["MoRAG Worker cannot connect", "MoRAG Worker is connected again"]  # one per outage
+
+    _status(
+        app,
+        qtbot,
+        WorkerState.CRASHED,
+        lambda: supervisor.emit_status(
+            WorkerState.CRASHED, "the hub rejected the API key (unknown, revoked or expired)"
+        ),
+    )
+    crash = app.notices[-1]
+    assert crash.title == "MoRAG Worker stopped: API key refused" and crash.level is Level.ERROR
+    assert "revoked" in crash.message and "Settings" in crash.message
+    shown.extend((n.title, n.message) for n in app.notices)
+    assert len(shown) == 4

@@ -1,0 +1,187 @@
+"""The real ``morag-worker`` command line, spawned as a user would run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import morag_worker
+from tests.conftest import SAMPLES, SecretServiceSession, Stack
+from tests.processes import RedisServer, base_env, free_port
+
+pytestmark = pytest.mark.smoke
+
+CORE_MODULES_SCRIPT = """
+import importlib, pkgutil, sys
+import morag_worker.core as core
+for info in pkgutil.walk_packages(core.__path__, "morag_worker.core."):
+    importlib.import_module(info.name)
+bad = sorted(m for m in sys.modules if m.startswith(("PySide6", "shiboken6")))
+print("IMPORTED", len([m for m in sys.modules if m.startswith("morag_worker.core")]))
+print("QT", bad)
+"""
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "morag_worker", *args],
+        capture_output=True,
+        text=True,
+        env=env if env is not None else base_env(),
+        input=stdin,
+        timeout=timeout,
+    )
+
+
+def headless_env(**extra: str) -> dict[str, str]:
+    env = base_env(**extra)
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        env.pop(name, None)
+    return env
+
+
+def test_core_imports_no_qt() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", CORE_MODULES_SCRIPT],
+        capture_output=True,
+        text=True,
+        env=headless_env(),
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "QT []" in done.stdout
+    assert int(done.stdout.split("IMPORTED ")[1].split()[0]) > 20
+
+
+def test_version_and_help_without_a_display() -> None:
+    version = cli("--version", env=headless_env())
+    assert version.returncode == 0 and morag_worker.__version__ in version.stdout
+    for args in (("--help",), ("--no-gui", "--help"), ("keys", "--help"), ("submit", "--help")):
+        shown = cli(*args, env=headless_env())
+        assert shown.returncode == 0, shown.stderr
+        assert "usage: morag-worker" in shown.stdout
+
+
+def test_keys_verbs(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis")
+    try:
+        env = base_env(REDIS_URL=server.url)
+        created = cli("keys", "create", "--user", "dave", "--description", "smoke", env=env)
+        assert created.returncode == 0, created.stderr
+        key = created.stdout.strip()
+        assert created.stdout == key + "\n" and len(key) >= 43
+        assert key not in created.stderr
+        listed = cli("keys", "list", "--user", "dave", env=env)
+        assert listed.returncode == 0 and "smoke" in listed.stdout and key not in listed.stdout
+        revoked = cli("keys", "revoke", "-", env=env, stdin=key + "\n")
+        assert revoked.returncode == 0, revoked.stderr
+        assert cli("keys", "revoke", "-", env=env, stdin=key + "\n").returncode == 2
+        assert cli("keys", "sweep", env=env).returncode == 0
+        bad_user = cli("keys", "create", "--user", "da*ve", env=env)
+        assert bad_user.returncode == 2 and "invalid user id" in bad_user.stderr
+        assert "Traceback" not in bad_user.stderr
+    finally:
+        server.stop()
+    unreachable = cli(
+        "keys", "list", "--user", "dave", env=base_env(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    )
+    assert unreachable.returncode == 6 and "cannot reach Redis" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr and len(unreachable.stderr.strip().splitlines()) == 1
+
+
+def test_submit_wait_prints_markdown_and_json(stack: Stack, tmp_path: Path) -> None:
+    key = stack.key("erin")
+    stack.start_worker("erin", key)
+    env = base_env(MORAG_API_KEY=key, MAIN_SERVER_URL=stack.hub_url)
+    done = cli("submit", str(SAMPLES / "sample.html"), "--wait", env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("# MoRAG Worker")
+    assert "queued on gpu-tasks-erin" in done.stderr
+    as_json = cli("submit", str(SAMPLES / "sample.txt"), "--wait", "--json", env=env)
+    assert as_json.returncode == 0, as_json.stderr
+    result = json.loads(as_json.stdout)
+    assert result["success"] is True and result["user_id"] == "erin"
+    broken = tmp_path / "broken.pdf"
+    broken.write_bytes(b"%PDF-1.4 this is not really a pdf")
+    failed = cli("submit", str(broken), "--wait", env=env)
+    assert failed.returncode == 1 and "processing failed" in failed.stderr
+    assert failed.stdout == ""
+    queued = cli("submit", str(SAMPLES / "sample.txt"), env=env)
+    assert queued.returncode == 0 and len(queued.stdout.strip()) == 36
+
+
+def test_client_errors_are_one_clear_line(stack: Stack) -> None:
+    bad_key = cli(
+        "submit",
+        str(SAMPLES / "sample.txt"),
+        env=base_env(MORAG_API_KEY="x" * 43, MAIN_SERVER_URL=stack.hub_url),
+    )
+    assert bad_key.returncode == 4 and "rejected the API key" in bad_key.stderr
+    no_hub = cli(
+        "submit",
+        str(SAMPLES / "sample.txt"),
+        env=base_env(MORAG_API_KEY="x" * 43, MAIN_SERVER_URL=f"http://127.0.0.1:{free_port()}"),
+    )
+    assert no_hub.returncode == 5 and "cannot reach the hub" in no_hub.stderr
+    for done in (bad_key, no_hub):
+        assert "Traceback" not in done.stderr and "x" * 43 not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_login_logout_with_a_real_keychain(
+    stack: Stack, secret_service: SecretServiceSession, tmp_path: Path
+) -> None:
+    key = stack.key("frank")
+    env = base_env(**secret_service.env)
+    config = str(tmp_path / "config")
+    wrong = cli("login", "--hub", stack.hub_url, "--config-dir", config, env=env, stdin="y" * 43 + "\n")
+    assert wrong.returncode == 4 and "nothing was stored" in wrong.stderr
+    login = cli("--config-dir", config, "login", "--hub", stack.hub_url, env=env, stdin=key + "\n")
+    assert login.returncode == 0, login.stderr
+    assert "user 'frank'" in login.stderr and "Secret Service" in login.stderr
+    assert key not in login.stderr + login.stdout
+    for path in Path(config).rglob("*"):
+        if path.is_file():
+            assert key not in path.read_text(errors="replace")
+    # The key now comes from the keychain and the hub URL from the settings.
+    queued = cli("--config-dir", config, "submit", str(SAMPLES / "sample.txt"), env=env)
+    assert queued.returncode == 0, queued.stderr
+    logout = cli("--config-dir", config, "logout", env=env)
+    assert logout.returncode == 0 and "Removed" in logout.stderr
+    after = cli("--config-dir", config, "submit", str(SAMPLES / "sample.txt"), env=env)
+    assert after.returncode == 3 and "login" in after.stderr
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            blob = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if text.encode() in blob:
+            found.append(int(entry.name))
+    return found
+
+
+def test_demo_runs_the_whole_loop_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    done = cli("demo", env=base_env(TMPDIR=str(scratch)), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("sample.txt", "sample.html", "sample.docx", "sample.pdf"):
+        assert f"===== {name}: converted" in done.stdout
+    assert "# MoRAG Worker" in done.stdout
+    assert _processes_mentioning(str(scratch)) == []
+    # The demo's own folder is gone (onnxruntime, via markitdown's file-type detection, may leave its
+    # telemetry session file ``.ses`` in TMPDIR; that is not ours).
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("morag-demo-")] == []
