@@ -42,14 +42,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from celery import Celery
 from celery.result import AsyncResult
 
-from morag_worker.core.hub_client import HubClient, HubError
 from morag_worker.core.routing import app_for_user, submit_task_for_user
 from tests.bombs import docx_with_member, gzip_bomb, zero_crc, zero_deflate
-from tests.conftest import SAMPLES, Stack, start_hub
+from tests.conftest import SAMPLES, Stack
 from tests.httpserver import HTTPTestServer, Route
 from tests.processes import MemoryWatch, Proc, wait_for
 
@@ -499,38 +497,7 @@ def test_a_remote_task_cannot_name_a_local_path(
     assert token not in json.dumps(done.result)
 
 
-# --- oversized input ------------------------------------------------------------------------
-
-
-def test_the_hub_refuses_uploads_over_its_cap_and_keeps_nothing(stack: Stack, tmp_path: Path) -> None:
-    hub, url = start_hub(tmp_path, stack.redis.url, extra_args=["--max-upload-mb", "1"])
-    try:
-        client = HubClient(url, stack.key(USER))
-        big = tmp_path / "big.bin"
-        big.write_bytes(os.urandom(2 * MIB))
-        with pytest.raises(HubError, match="larger than this hub accepts|over"):
-            client.upload(big)
-
-        def chunks() -> Iterator[bytes]:  # no Content-Length: the cap must hold while streaming
-            for _ in range(4):
-                yield os.urandom(MIB // 2 + 1)
-
-        response = requests.post(
-            url + "/api/v1/files?filename=stream.bin",
-            data=chunks(),
-            headers={"Authorization": f"Bearer {client._key}", "Content-Type": "application/octet-stream"},
-            timeout=60,
-        )
-        assert response.status_code == 413, response.text
-        assert "error" in response.json()
-        small = tmp_path / "small.txt"
-        small.write_text("fits\n")
-        assert client.upload(small)["size"] == 5
-        stored = [p for p in (tmp_path / "hub").rglob("*") if p.is_file()]
-        assert len(stored) <= 2, stored  # the small file and its metadata, nothing of the big ones
-        client.close()
-    finally:
-        hub.stop()
+# --- oversized input (the hub's own upload cap: tests/integration/test_hub.py) ----------------
 
 
 def test_a_declared_size_over_the_cap_fails_before_any_request(world: World) -> None:
