@@ -39,7 +39,14 @@ from .transfer_errors import (
     TooLarge,
 )
 
-__all__ = ["LIMIT_ENV", "DownloadLimits", "ProgressCallback", "RetryableFailure", "TransferJob"]
+__all__ = [
+    "LIMIT_ENV",
+    "DownloadLimits",
+    "ProgressCallback",
+    "RetryableFailure",
+    "TransferJob",
+    "check_disk_space",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -107,6 +114,16 @@ LIMIT_ENV: dict[str, tuple[str, int, bool]] = {
     "MORAG_DOWNLOAD_ATTEMPTS": ("max_attempts", 1, True),
 }
 """Environment variables a worker reads into its :class:`DownloadLimits` (README lists them)."""
+
+
+def check_disk_space(dest_dir: Path, need: int, reserve: int, host: str) -> None:
+    """Raise InsufficientDiskSpace unless ``dest_dir``'s disk has ``need`` bytes plus ``reserve`` free."""
+    free = shutil.disk_usage(dest_dir).free
+    if free < need + reserve:
+        raise InsufficientDiskSpace(
+            f"Not enough disk space for the file from {host}: it needs {hh.human_size(need)} "
+            f"plus a {hh.human_size(reserve)} reserve, and {hh.human_size(free)} is free."
+        )
 
 
 class RetryableFailure(Exception):
@@ -272,13 +289,7 @@ class TransferJob:
                 )
         known = self.total if self.total is not None else self.expected_size
         if known is not None:
-            need, reserve = known - self.have, self.limits.disk_reserve_bytes
-            free = shutil.disk_usage(self.dest_dir).free
-            if free < need + reserve:
-                raise InsufficientDiskSpace(
-                    f"Not enough disk space for the file from {self.host}: it needs {hh.human_size(need)} "
-                    f"plus a {hh.human_size(reserve)} reserve, and {hh.human_size(free)} is free."
-                )
+            check_disk_space(self.dest_dir, known - self.have, self.limits.disk_reserve_bytes, self.host)
 
     def stream(self, raw: HTTPResponse) -> None:
         """Copy the body to the file, hashing, counting decoded bytes, watching deadline and rate."""
