@@ -92,8 +92,12 @@ def create_app(config: HubConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        state["aredis"] = aioredis.Redis.from_url(config.redis_url)
-        state["redis"] = redis.Redis.from_url(config.redis_url)
+        # A pooled connection goes stale when Redis restarts; without retry_on_error redis-py raises
+        # on it instead of reconnecting, and the first request after a restart answered 500. Every
+        # command the hub sends is safe to repeat.
+        retry_on = [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
+        state["aredis"] = aioredis.Redis.from_url(config.redis_url, retry_on_error=retry_on)
+        state["redis"] = redis.Redis.from_url(config.redis_url, retry_on_error=retry_on)
         state["keys"] = APIKeyService(state["aredis"])
         _app.state.keys = state["keys"]
         config.storage_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
