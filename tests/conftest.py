@@ -58,7 +58,14 @@ class Stack:
         return HubClient(self.hub_url, api_key)
 
     def start_worker(
-        self, user_id: str, api_key: str, *, name: str | None = None, wait_ready: bool = True, **env: str
+        self,
+        user_id: str,
+        api_key: str,
+        *,
+        name: str | None = None,
+        wait_ready: bool = True,
+        temp_dir: Path | None = None,
+        **env: str,
     ) -> Proc:
         plan = WorkerPlan(
             user_id=user_id,
@@ -67,7 +74,7 @@ class Stack:
             api_key=api_key,
             worker_type=WorkerType.GPU,
             hostname=name or f"w{len(self.workers)}-{user_id}@test",
-            temp_dir=str(self.tmp / "worker-tmp"),
+            temp_dir=str(temp_dir or self.tmp / "worker-tmp"),
         )
         command = build_worker_command(plan, base_env(**env))
         proc = Proc(command.argv, env=command.env, name=f"worker {plan.hostname}")
