@@ -23,6 +23,7 @@ __all__ = [
     "base_config",
     "broker_url_with_credentials",
     "namespaced_config",
+    "reliability_summary",
     "remote_worker_config",
     "strip_credentials",
     "time_limits_from_env",
@@ -194,3 +195,34 @@ def remote_worker_config(env: Mapping[str, str], user_id: str) -> dict[str, Any]
         worker_consumer="morag_worker.core.remote_consumer:RemoteConsumer",
     )
     return config
+
+
+def reliability_summary(conf: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings a worker's reliability rests on, as it runs (no URLs, no secrets).
+
+    Sent in the worker's ``ready`` message so that the supervisor and tests see what reached the
+    remote role after ``celeryd_init`` switched it.
+    """
+    transport = conf.get("broker_transport_options") or {}
+    backend = conf.get("result_backend_transport_options") or {}
+    return {
+        "task_acks_late": conf.get("task_acks_late"),
+        "task_reject_on_worker_lost": conf.get("task_reject_on_worker_lost"),
+        "worker_prefetch_multiplier": conf.get("worker_prefetch_multiplier"),
+        "worker_cancel_long_running_tasks_on_connection_loss": conf.get(
+            "worker_cancel_long_running_tasks_on_connection_loss"
+        ),
+        "visibility_timeout": transport.get("visibility_timeout"),
+        "result_visibility_timeout": backend.get("visibility_timeout"),
+        "app_visibility_timeout": conf.get("visibility_timeout"),
+        "task_soft_time_limit": conf.get("task_soft_time_limit"),
+        "task_time_limit": conf.get("task_time_limit"),
+        "broker_connection_retry_on_startup": conf.get("broker_connection_retry_on_startup"),
+        "broker_connection_max_retries": conf.get("broker_connection_max_retries"),
+        "health_check_interval": transport.get("health_check_interval"),
+        "socket_timeout": transport.get("socket_timeout"),
+        "global_keyprefix": transport.get("global_keyprefix"),
+        "result_global_keyprefix": backend.get("global_keyprefix"),
+        "worker_enable_remote_control": conf.get("worker_enable_remote_control"),
+        "accept_content": list(conf.get("accept_content") or []),
+    }

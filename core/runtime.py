@@ -19,8 +19,10 @@ from .logging import register_secret
 from .pipeline import Pipeline
 from .processing import ProcessorRegistry, TaskCancelled
 from .progress import ProgressReporter, ProgressSink
+from .progress_channel import ChannelWriter, summarize_metadata
 from .results import ProgressMeta, TaskResult
 from .transfer import Downloader, DownloadLimits
+from .worker_state import TaskOutcome
 
 __all__ = ["WorkerRuntime", "get_runtime"]
 
@@ -40,6 +42,10 @@ class WorkerRuntime:
         self.download_limits = DownloadLimits.from_env(self._env)
         self.cancel_event = threading.Event()
         self.extra_sinks: list[ProgressSink] = []
+        # The supervisor's progress channel (MORAG_PROGRESS_FD), when one was handed down.
+        self.channel: ChannelWriter | None = ChannelWriter.from_env(self._env)
+        if self.channel is not None:
+            self.extra_sinks.append(self.channel.progress_sink)
         self._pipeline: Pipeline | None = None
         self._lock = threading.Lock()
 
@@ -81,8 +87,35 @@ class WorkerRuntime:
         if self.cancel_event.is_set():
             raise TaskCancelled("stopped by the contributor")
 
-    def task_finished(self, task_id: str | None) -> None:
-        """Hook for the local progress channel (and presence) when a task ends."""
+    def task_started(self, task_id: str | None, *, name: str, filename: str | None = None) -> None:
+        """Hook for the local progress channel when a task starts (runs in the pool process)."""
+        if self.channel is not None and task_id:
+            self.channel.send("task_start", task_id=task_id, name=name, filename=filename)
+
+    def task_finished(
+        self,
+        task_id: str | None,
+        outcome: TaskOutcome | None = None,
+        *,
+        error: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        processing_time: float | None = None,
+    ) -> None:
+        """Hook for the local progress channel when a task ends (runs in the pool process)."""
+        if self.channel is not None and task_id and outcome is not None:
+            self.channel.send(
+                "task_end",
+                task_id=task_id,
+                outcome=outcome.value,
+                error=error,
+                metadata=summarize_metadata(metadata),
+                processing_time=processing_time,
+            )
+
+    def announce_ready(self, *, hostname: str | None, queues: list[str], config: dict[str, Any]) -> None:
+        """Tell the supervisor that the consumer is ready (runs in the worker's main process)."""
+        if self.channel is not None:
+            self.channel.send("ready", hostname=hostname or "", queues=queues, config=config)
 
     def refuse_local(self, task_id: str | None, task_name: str) -> dict[str, Any]:
         log.warning("task.refused_local", task_id=task_id, task=task_name)

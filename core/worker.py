@@ -16,13 +16,15 @@ import structlog
 from celery import Celery, Task, signals
 from celery.exceptions import Reject
 
-from .celery_config import base_config, remote_worker_config
+from .celery_config import base_config, reliability_summary, remote_worker_config
 from .naming import user_id_from_queue, validate_user_id
 from .pipeline import InfrastructureError, TaskCancelledError
+from .processing import TaskCancelled
 from .results import TaskResult
 from .runtime import WorkerRuntime, get_runtime
 from .task_args import MalformedTask, bind_arguments
 from .transfer import sweep_stale_workspaces
+from .worker_state import TaskOutcome
 
 __all__ = [
     "celery_app",
@@ -102,27 +104,49 @@ class _MoragTask(Task):  # type: ignore[misc]
         url_task: bool,
     ) -> dict[str, Any]:
         runtime: WorkerRuntime = get_runtime()
+        task_id = self.request.id
         if not remote and runtime.own_user_id is not None:
             # A contributor's worker never reads its own machine's files for a task.
-            return runtime.refuse_local(self.request.id, self.name)
+            return runtime.refuse_local(task_id, self.name)
         try:
             bound = bind_arguments(params, args, kwargs)
         except MalformedTask as exc:
-            log.warning("task.malformed", task_id=self.request.id, error=str(exc))
+            log.warning("task.malformed", task_id=task_id, error=str(exc))
             return TaskResult.failure(f"malformed task: {exc}", user_id=runtime.own_user_id).to_dict()
+        runtime.task_started(task_id, name=self.name, filename=_filename(params, bound))
         reporter = runtime.reporter(self)
         try:
             result = runtime.pipeline().run_file(reporter, bound, remote=remote, url_task=url_task)
-        except TaskCancelledError:
-            log.info("task.requeued", task_id=self.request.id)
+        except (TaskCancelledError, TaskCancelled):
+            log.info("task.requeued", task_id=task_id)
+            runtime.task_finished(task_id, TaskOutcome.REQUEUED, error="stopped by the contributor")
             raise Reject("stopped by the contributor; back to the queue", requeue=True) from None
         except InfrastructureError as exc:
-            log.error("task.failed", task_id=self.request.id, error=str(exc))
+            log.error("task.failed", task_id=task_id, error=str(exc))
+            runtime.task_finished(task_id, TaskOutcome.FAILED, error=str(exc))
             raise
-        finally:
-            runtime.task_finished(self.request.id)
-        log.info("task.done", task_id=self.request.id, success=result.success, seconds=result.processing_time)
+        except Exception as exc:  # a time limit, a bug: Celery records the failure, we report it
+            runtime.task_finished(task_id, TaskOutcome.FAILED, error=f"{type(exc).__name__}: {exc}")
+            raise
+        log.info("task.done", task_id=task_id, success=result.success, seconds=result.processing_time)
+        runtime.task_finished(
+            task_id,
+            TaskOutcome.SUCCEEDED if result.success else TaskOutcome.FAILED,
+            error=result.error_message,
+            metadata=result.metadata,
+            processing_time=result.processing_time,
+        )
         return result.to_dict()
+
+
+def _filename(params: tuple[str, ...], bound: tuple[Any, ...]) -> str | None:
+    """The input's display name: the ``filename`` task option (the hub sets it), if any."""
+    try:
+        options = bound[params.index("task_options")]
+    except (ValueError, IndexError):
+        return None
+    name = options.get("filename") if isinstance(options, dict) else None
+    return name[:200] if isinstance(name, str) else None
 
 
 @celery_app.task(bind=True, base=_MoragTask, name="morag.worker.process_file_task")
@@ -157,9 +181,11 @@ def process_url_task_remote(self: _MoragTask, *args: Any, **kwargs: Any) -> dict
 
 
 def _install_steps() -> None:
+    from .liveness import HeartbeatStep
     from .presence import PresenceStep
 
     celery_app.steps["worker"].add(PresenceStep)
+    celery_app.steps["worker"].add(HeartbeatStep)
 
 
 _install_steps()
@@ -201,4 +227,12 @@ def _fail_rejected_message(sender: Any = None, message: Any = None, exc: Any = N
 @signals.worker_ready.connect
 def _announce_ready(sender: Any = None, **_: Any) -> None:
     """Readiness is observed by the supervisor and tests from this event, never assumed."""
-    log.info("worker.ready", hostname=getattr(sender, "hostname", None), user_id=get_runtime().own_user_id)
+    runtime = get_runtime()
+    hostname = getattr(sender, "hostname", None)
+    log.info("worker.ready", hostname=hostname, user_id=runtime.own_user_id)
+    app = getattr(sender, "app", None) or celery_app
+    try:
+        queues = sorted(app.amqp.queues.consume_from)
+    except Exception:  # noqa: BLE001 - the queue list is informative only
+        queues = []
+    runtime.announce_ready(hostname=hostname, queues=queues, config=reliability_summary(app.conf))

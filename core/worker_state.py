@@ -11,6 +11,7 @@ from enum import Enum
 from typing import Protocol
 
 __all__ = [
+    "Problem",
     "StopMode",
     "SupervisorListener",
     "TaskOutcome",
@@ -38,6 +39,21 @@ class StopMode(Enum):
     KILL = "kill"  # last resort: the task returns after the visibility timeout
 
 
+class Problem(Enum):
+    """Why the supervisor is in BACKOFF or CRASHED; front ends pick their words and exit codes by it."""
+
+    NO_API_KEY = "no_api_key"  # no key, an unusable key file or keychain: the user must act
+    CONFIG = "config"  # invalid settings or a hub answer the worker cannot use
+    KEY_REJECTED = "key_rejected"  # the hub refused the key (unknown, revoked, expired): no retry
+    HUB_UNREACHABLE = "hub_unreachable"  # retried with backoff
+    HUB_ERROR = "hub_error"  # the hub answered with an error; retried with backoff
+    BROKER_UNREACHABLE = "broker_unreachable"  # the child never got a broker connection
+    LAUNCH_FAILED = "launch_failed"  # the child process could not be started
+    START_TIMEOUT = "start_timeout"  # the child said nothing that proved it ready in time
+    CRASHED = "crashed"  # the child exited without being asked to
+    STALLED = "stalled"  # the child stopped proving liveness, or its consumer stopped polling
+
+
 @dataclass(frozen=True)
 class WorkerStatus:
     """A snapshot of the supervisor, sent with every state change."""
@@ -49,6 +65,9 @@ class WorkerStatus:
     retry_at: float | None = None  # epoch seconds of the next restart attempt (BACKOFF)
     snoozed_until: float | None = None  # epoch seconds, or None for "until I resume" (SNOOZED)
     last_output: tuple[str, ...] = ()  # the child's last lines, for a CRASHED state
+    problem: Problem | None = None  # set in BACKOFF and CRASHED
+    attempt: int = 0  # consecutive failed attempts so far (BACKOFF shows "retry n")
+    active_tasks: int = 0  # tasks the child is working on (RUNNING, FINISHING, STOPPING)
 
 
 @dataclass(frozen=True)

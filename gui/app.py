@@ -105,7 +105,7 @@ def make_supervisor_factory(
 
     def build(listener: SupervisorListener) -> SupervisorLike:
         try:
-            from morag_worker.core.supervisor import Supervisor  # type: ignore[import-not-found,unused-ignore]
+            from morag_worker.core.supervisor import supervisor_for
         except ImportError as exc:
             log.error("gui.supervisor_missing", error=f"{exc.__class__.__name__}: {exc}")
             return UnavailableSupervisor(
@@ -114,8 +114,8 @@ def make_supervisor_factory(
                 f"(morag_worker.core.supervisor: {exc}). Reinstall MoRAG Worker.",
             )
         try:
-            supervisor: SupervisorLike = Supervisor(
-                listener=listener,
+            supervisor: SupervisorLike = supervisor_for(
+                listener,
                 settings_store=settings_store,
                 credentials=credentials,
                 api_key_file=api_key_file,

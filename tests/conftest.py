@@ -8,7 +8,7 @@ with its whole process group.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,7 +91,7 @@ class Stack:
 
 
 def start_hub(
-    tmp: Path, redis_url: str, *, port: int | None = None, extra_args: Sequence[str] = (), **env: str
+    tmp: Path, redis_url: str, extra_args: tuple[str, ...] = (), *, port: int | None = None, **env: str
 ) -> tuple[Proc, str]:
     """The hub as a child process on ``port`` (a free one by default), storing under ``tmp/hub``."""
     port = port or free_port()

@@ -15,7 +15,11 @@ from keyring.backend import KeyringBackend
 from keyring.backends.chainer import ChainerBackend
 from keyring.errors import PasswordDeleteError
 
+from morag_worker.core.child_process import ChildCallbacks
 from morag_worker.core.gpu import GpuInfo
+from morag_worker.core.hub_client import QueueInfo
+from morag_worker.core.progress_channel import encode_message
+from morag_worker.core.worker_command import WorkerCommand
 from morag_worker.core.worker_state import (
     StopMode,
     SupervisorListener,
@@ -28,6 +32,12 @@ from morag_worker.core.worker_state import (
 
 __all__ = [
     "FakeAutostart",
+    "FakeChild",
+    "FakeClock",
+    "FakeHub",
+    "FakeLauncher",
+    "RecordingListener",
+    "queue_info",
     "FakeChainer",
     "FakeGpuProbe",
     "FakeRunKey",
@@ -201,6 +211,176 @@ class FakeNvml:
         if isinstance(value, Exception):
             raise value
         return value
+
+
+# ---- supervisor fakes -----------------------------------------------------------------------
+
+
+class FakeClock:
+    """Monotonic and wall time that move only when ``advance`` is called."""
+
+    def __init__(self, start: float = 1000.0, wall: float = 1_700_000_000.0) -> None:
+        self._mono = start
+        self._offset = wall - start
+        self._lock = threading.Lock()
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self._mono
+
+    def time(self) -> float:
+        with self._lock:
+            return self._mono + self._offset
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._mono += seconds
+
+
+class FakeChild:
+    """A worker child driven by the test: it sends channel lines, output and its exit on request."""
+
+    def __init__(self, pid: int, command: WorkerCommand, callbacks: ChildCallbacks) -> None:
+        self.pid = pid
+        self.command = command
+        self.callbacks = callbacks
+        self.controls: list[StopMode] = []
+        self.code: int | None = None
+        self.exit_on: dict[StopMode, int] = {StopMode.KILL: -9}
+        self.closed = False
+        self.ticks = 0
+
+    def control(self, mode: StopMode) -> None:
+        self.controls.append(mode)
+        if mode in self.exit_on and self.code is None:
+            self.exit(self.exit_on[mode])
+
+    def poll(self) -> int | None:
+        return self.code
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.closed = True
+
+    def send(self, kind: str, **fields: object) -> None:
+        self.ticks += 1  # the child's clock: strictly increasing, as a real one is between lines
+        line = encode_message(kind, fields, pid=self.pid, ts=1_700_000_000.0 + self.ticks)
+        self.callbacks.on_message(line.rstrip(b"\n"))
+
+    def raw(self, line: bytes) -> None:
+        self.callbacks.on_message(line)
+
+    def ready(self) -> None:
+        self.send("ready", hostname="fake@test", queues=["gpu-tasks-u1"], config={"task_acks_late": True})
+
+    def heartbeat(
+        self,
+        consumer: str = "connected",
+        since_poll_s: float | None = 0.5,
+        reserved: int = 0,
+        active: tuple[str, ...] = (),
+    ) -> None:
+        self.send(
+            "heartbeat", consumer=consumer, since_poll_s=since_poll_s, reserved=reserved, active=list(active)
+        )
+
+    def output(self, line: str) -> None:
+        self.callbacks.on_output(line)
+
+    def exit(self, code: int = 0) -> None:
+        self.code = code
+        self.callbacks.on_exit(code)
+
+
+class FakeLauncher:
+    """Records commands and hands out ``FakeChild``ren; set ``error`` to make a launch fail."""
+
+    def __init__(self) -> None:
+        self.children: list[FakeChild] = []
+        self.error: OSError | None = None
+
+    def launch(self, command: WorkerCommand, callbacks: ChildCallbacks) -> FakeChild:
+        if self.error is not None:
+            raise self.error
+        child = FakeChild(4000 + len(self.children), command, callbacks)
+        self.children.append(child)
+        return child
+
+    @property
+    def last(self) -> FakeChild:
+        return self.children[-1]
+
+
+def queue_info(user_id: str = "u1", broker_url: str = "redis://127.0.0.1:6379/0") -> QueueInfo:
+    return QueueInfo(
+        user_id=user_id,
+        gpu_queue=f"gpu-tasks-{user_id}",
+        cpu_queue=f"cpu-tasks-{user_id}",
+        default_queue="celery",
+        broker_url=broker_url,
+        broker_username=f"worker-{user_id}",
+        key_prefix=f"morag:ns:{user_id}:",
+    )
+
+
+class FakeHub:
+    """A hub client factory: each ``queue_info`` call takes the next answer (a QueueInfo or an error)."""
+
+    def __init__(self, *answers: QueueInfo | Exception) -> None:
+        self.answers = list(answers) or [queue_info()]
+        self.calls: list[tuple[str, str]] = []
+        self.closed = 0
+
+    def __call__(self, hub_url: str, api_key: str) -> FakeHub:
+        self.calls.append((hub_url, api_key))
+        return self
+
+    def queue_info(self) -> QueueInfo:
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+class RecordingListener:
+    """A SupervisorListener that keeps everything it hears (from the supervisor's thread)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.statuses: list[WorkerStatus] = []
+        self.progress: list[TaskProgress] = []
+        self.records: list[TaskRecord] = []
+        self.logs: list[str] = []
+
+    def on_status(self, status: WorkerStatus) -> None:
+        with self._lock:
+            self.statuses.append(status)
+
+    def on_progress(self, progress: TaskProgress) -> None:
+        with self._lock:
+            self.progress.append(progress)
+
+    def on_task_finished(self, record: TaskRecord) -> None:
+        with self._lock:
+            self.records.append(record)
+
+    def on_log(self, line: str) -> None:
+        with self._lock:
+            self.logs.append(line)
+
+    def states(self) -> list[WorkerState]:
+        with self._lock:
+            return [s.state for s in self.statuses]
+
+    def last(self) -> WorkerStatus | None:
+        with self._lock:
+            return self.statuses[-1] if self.statuses else None
+
+    def find(self, predicate: Callable[[WorkerStatus], bool]) -> WorkerStatus | None:
+        with self._lock:
+            return next((s for s in reversed(self.statuses) if predicate(s)), None)
 
 
 @dataclass

@@ -15,6 +15,7 @@ class ExitCode(IntEnum):
     KEY_REJECTED = 4
     HUB_UNREACHABLE = 5
     BROKER_UNREACHABLE = 6
+    WORKER_CRASHED = 7  # --no-gui: the worker child kept failing and the retries ran out
     INTERRUPTED = 130
 
 

@@ -1,81 +1,150 @@
-"""``morag-worker --no-gui``: run the worker for the key's user, headless.
+"""``morag-worker --no-gui``: the worker for the key's user, headless, on top of the supervisor.
 
-Asks the hub who the key belongs to and where the broker is, then runs the Celery worker child
-with the key in its environment only. SIGINT/SIGTERM ask the child to finish its task; a second
-SIGINT stops it now (the task goes back to the queue).
+Settings come from the settings file (``--config-dir``) with MoRAG's environment overrides and
+``--hub``; the key from ``--api-key-file``, ``MORAG_API_KEY`` or the keychain (resolved by the
+supervisor on each start attempt). Progress is shown live on a terminal, as JSON log lines
+otherwise. SIGINT/SIGTERM: finish the current task (or nothing) and exit 0; a second SIGINT:
+stop now, the task goes back to the queue; a third: kill. When the worker cannot be started
+(key rejected, hub or broker unreachable after the retries shown) it ends with one clear line
+and the matching exit code.
+
+Threads: the main thread waits and handles signals; the supervisor's threads do the rest.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
 import os
 import signal
-import subprocess
 import sys
+import threading
 from types import FrameType
+from typing import Any
 
-import structlog
-
-from morag_worker.core.hub_client import HubClient, HubError, HubUnreachable, KeyRejected
-from morag_worker.core.logging import register_secret
-from morag_worker.core.naming import WorkerType
-from morag_worker.core.worker_command import WorkerPlan, build_worker_command
+from morag_worker.core.hub_client import HubClient
+from morag_worker.core.settings import InvalidHubUrl, Settings, SettingsError, SettingsStore, apply_env
+from morag_worker.core.supervisor import Supervisor, SupervisorOptions
+from morag_worker.core.worker_state import (
+    Problem,
+    StopMode,
+    TaskProgress,
+    TaskRecord,
+    WorkerState,
+    WorkerStatus,
+)
 
 from .errors import CliError, ExitCode
-from .keysource import resolve_hub_and_key
+from .terminal_view import JsonView, TerminalView
 
-__all__ = ["run"]
+__all__ = ["exit_code_for", "run"]
 
-log = structlog.get_logger(__name__)
+_EXIT_CODES = {
+    Problem.KEY_REJECTED: ExitCode.KEY_REJECTED,
+    Problem.HUB_UNREACHABLE: ExitCode.HUB_UNREACHABLE,
+    Problem.HUB_ERROR: ExitCode.HUB_UNREACHABLE,
+    Problem.BROKER_UNREACHABLE: ExitCode.BROKER_UNREACHABLE,
+    Problem.NO_API_KEY: ExitCode.CONFIG,
+    Problem.CONFIG: ExitCode.CONFIG,
+    Problem.LAUNCH_FAILED: ExitCode.CONFIG,
+}
+
+
+def exit_code_for(status: WorkerStatus) -> ExitCode:
+    """The exit code of a headless run that ended in ``status``."""
+    if status.state is not WorkerState.CRASHED:
+        return ExitCode.OK
+    return _EXIT_CODES.get(status.problem or Problem.CRASHED, ExitCode.WORKER_CRASHED)
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    try:
+        settings = apply_env(SettingsStore(args.config_dir).load(), os.environ)
+        if getattr(args, "hub", None):
+            settings = dataclasses.replace(settings, hub_url=args.hub)
+    except (SettingsError, InvalidHubUrl) as exc:
+        raise CliError(str(exc), ExitCode.CONFIG) from None
+    return settings
+
+
+class _Ending:
+    """A listener wrapper that notices the end of the run: CRASHED, or STOPPED after a stop."""
+
+    def __init__(self, view: Any) -> None:
+        self.view = view
+        self.done = threading.Event()
+        self.stop_requested = False
+        self.final: WorkerStatus | None = None
+
+    def on_status(self, status: WorkerStatus) -> None:
+        self.view.on_status(status)
+        if self.done.is_set():
+            return
+        if status.state is WorkerState.CRASHED or (
+            status.state is WorkerState.STOPPED and self.stop_requested
+        ):
+            self.final = status
+            self.done.set()
+
+    def on_progress(self, progress: TaskProgress) -> None:
+        self.view.on_progress(progress)
+
+    def on_task_finished(self, record: TaskRecord) -> None:
+        self.view.on_task_finished(record)
+
+    def on_log(self, line: str) -> None:
+        self.view.on_log(line)
 
 
 def run(args: argparse.Namespace) -> int:
-    hub_url, api_key = resolve_hub_and_key(args)
-    register_secret(api_key)
-    client = HubClient(hub_url, api_key)
-    try:
-        info = client.queue_info()
-    except KeyRejected as exc:
-        raise CliError(f"{exc}; run `morag-worker login` with a valid key", ExitCode.KEY_REJECTED) from None
-    except HubUnreachable as exc:
-        raise CliError(str(exc), ExitCode.HUB_UNREACHABLE) from None
-    except HubError as exc:
-        raise CliError(str(exc), ExitCode.CONFIG) from None
-    finally:
-        client.close()
-    worker_type = WorkerType(os.environ.get("WORKER_TYPE") or "gpu")
-    plan = WorkerPlan(
-        user_id=info.user_id,
-        hub_url=hub_url,
-        broker_url=os.environ.get("REDIS_URL") or info.broker_url,
-        api_key=api_key,
-        worker_type=worker_type,
-        concurrency=int(os.environ.get("WORKER_CONCURRENCY") or 1),
-        temp_dir=os.environ.get("TEMP_DIR") or None,
+    settings = load_settings(args)
+    verbose = bool(getattr(args, "verbose", 0))
+    tty = sys.stderr.isatty() and getattr(args, "log_format", None) != "json"
+    if tty and not verbose:
+        # The live view owns the terminal; our own info events would break its in-place redraw.
+        logging.getLogger("morag_worker").setLevel(logging.WARNING)
+    ending = _Ending(TerminalView(sys.stderr, verbose=verbose) if tty else JsonView(verbose=verbose))
+    api_key_file = getattr(args, "api_key_file", None)
+
+    def resolve_key() -> str:
+        from morag_worker.core.credentials import CredentialStore, resolve_api_key
+
+        store = CredentialStore()
+        return resolve_api_key(
+            env=os.environ, api_key_file=api_key_file, store=store, hub_url=settings.hub_url
+        ).key
+
+    retries = getattr(args, "retries", 6)
+    supervisor = Supervisor(
+        settings,
+        key_resolver=resolve_key,
+        hub_client_factory=HubClient,
+        listener=ending,
+        options=SupervisorOptions(max_attempts=retries or None, log_level="DEBUG" if verbose else "INFO"),
     )
-    command = build_worker_command(plan, os.environ)
-    log.info("worker.starting", user_id=info.user_id, queue=command.argv[command.argv.index("-Q") + 1])
-    child = subprocess.Popen(command.argv, env=command.env, start_new_session=True)
     interrupts = 0
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         nonlocal interrupts
         interrupts += 1
-        if interrupts == 1:
-            log.info("worker.finishing", signal=signal.Signals(signum).name)
-            child.send_signal(signal.SIGTERM)
-        else:
-            log.info("worker.stopping_now")
-            child.send_signal(getattr(signal, "SIGQUIT", signal.SIGTERM))
+        ending.stop_requested = True
+        mode = (StopMode.FINISH, StopMode.NOW, StopMode.KILL)[min(interrupts, 3) - 1]
+        if signum != signal.SIGINT and interrupts > 1:
+            mode = StopMode.FINISH  # repeated SIGTERMs (systemd, the demo) do not escalate
+        supervisor.stop(mode)
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    handled = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGBREAK] if hasattr(signal, "SIGBREAK") else [])
+    previous = {sig: signal.signal(sig, on_signal) for sig in handled}
     try:
-        code = child.wait()
+        supervisor.start()
+        ending.done.wait()
     finally:
+        supervisor.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    log.info("worker.exited", code=code)
-    if interrupts:
-        return int(ExitCode.OK)
-    print(f"morag-worker: the worker stopped unexpectedly (exit status {code})", file=sys.stderr)
-    return int(ExitCode.BROKER_UNREACHABLE if code else ExitCode.OK)
+    final = ending.final or supervisor.status
+    code = exit_code_for(final)
+    if code is not ExitCode.OK:
+        raise CliError(final.message, code)
+    return int(code)

@@ -37,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--no-gui", action="store_true", help="run the worker headless")
     _add_common(parser, suppress=False)
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=6,
+        metavar="N",
+        help="with --no-gui: give up after N failed start attempts in a row (0: keep trying)",
+    )
     # The same options are accepted after a command too (``morag-worker login --hub URL``).
     common = argparse.ArgumentParser(add_help=False)
     _add_common(common, suppress=True)

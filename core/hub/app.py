@@ -20,6 +20,9 @@ import structlog
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from starlette.concurrency import run_in_threadpool
 
 from morag_worker.core.auth import ApiKeyRecord, APIKeyService
@@ -92,12 +95,16 @@ def create_app(config: HubConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # A pooled connection goes stale when Redis restarts; without retry_on_error redis-py raises
-        # on it instead of reconnecting, and the first request after a restart answered 500. Every
-        # command the hub sends is safe to repeat.
-        retry_on = [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
-        state["aredis"] = aioredis.Redis.from_url(config.redis_url, retry_on_error=retry_on)
-        state["redis"] = redis.Redis.from_url(config.redis_url, retry_on_error=retry_on)
+        # A Redis restart drops every pooled connection: retry a command on a fresh one rather
+        # than answering 500 to the first request after it.
+        state["aredis"] = aioredis.Redis.from_url(
+            config.redis_url,
+            retry=AsyncRetry(ExponentialBackoff(cap=2.0, base=0.1), 3),
+            health_check_interval=15,
+        )
+        state["redis"] = redis.Redis.from_url(
+            config.redis_url, retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), 3), health_check_interval=15
+        )
         state["keys"] = APIKeyService(state["aredis"])
         _app.state.keys = state["keys"]
         config.storage_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

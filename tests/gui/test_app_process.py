@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import Proc, base_env, python_argv
+from morag_worker.core.naming import WorkerType
+from morag_worker.core.settings import Settings, SettingsStore
+from tests.conftest import SAMPLES, Stack
+from tests.processes import Proc, base_env, python_argv, wait_for
 
 pytestmark = [
     pytest.mark.gui,
@@ -50,5 +53,39 @@ def test_tray_app_process_starts_hands_off_and_exits_cleanly_on_sigterm(tmp_path
         assert "Traceback" not in output
         # The log file is there for "Open log folder".
         assert (tmp_path / "config" / "logs" / "tray.log").read_text().count("gui.ready") == 1
+    finally:
+        app.stop(timeout=10)
+
+
+def test_tray_app_runs_the_real_worker_end_to_end(stack: Stack, tmp_path: Path) -> None:
+    """The tray app with the real supervisor: it starts working, a task comes back, SIGTERM is clean."""
+    key = stack.key("tina")
+    config = tmp_path / "config"
+    SettingsStore(config).save(
+        Settings(hub_url=stack.hub_url, start_working_on_launch=True, worker_type=WorkerType.GPU)
+    )
+    env = _env(tmp_path)
+    env["MORAG_API_KEY"] = key
+    app = Proc(
+        python_argv("-m", "morag_worker", "--config-dir", str(config), "--log-format", "json"),
+        env=env,
+        name="tray app",
+    )
+    client = stack.client(key)
+    try:
+        app.wait_output('"event": "gui.ready"', timeout=60)
+        workers = wait_for(client.workers, timeout=120, what="the tray app's worker in /api/v1/workers")
+        assert workers[0]["user_id"] == "tina"
+        # No GPU on this machine: the worker serves cpu-tasks-tina (a GPU machine: gpu-tasks-tina).
+        queue = workers[0]["queue"]
+        uploaded = client.upload(SAMPLES / "sample.txt")
+        created = client.create_task(file_id=uploaded["file_id"], worker_type=queue.split("-")[0])
+        assert created["queue"] == queue
+        view = wait_for(lambda: (v := client.task(created["task_id"])).done and v, 120, "the task")
+        assert view.result is not None and view.result["success"] is True
+        app.signal(signal.SIGTERM)
+        assert app.wait(timeout=60) == 0
+        wait_for(lambda: client.workers() == [], timeout=60, what="the worker to leave")
+        assert key not in app.output()
     finally:
         app.stop(timeout=10)

@@ -1,4 +1,5 @@
-"""The redacting log pipeline: what it removes, what it keeps, and that it drops disabled levels early."""
+"""Redaction: keys never reach a rendered log line, whoever logged them; ids stay readable; events
+under the level are dropped before the pipeline runs."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import json
 import logging
 import random
 import re
+import secrets
 import string
-from collections.abc import Iterator
+import uuid
 
 import pytest
 import structlog
@@ -17,73 +19,76 @@ from morag_worker.core.logging import REDACTED, configure_logging, redact, regis
 
 pytestmark = pytest.mark.unit
 
-KEY = "Zq9x" * 10 + "A_b"  # shaped like secrets.token_urlsafe(32): 43 characters
+
+def test_pattern_catches_every_generated_key_but_not_ids_or_hashes() -> None:
+    keys = [secrets.token_urlsafe(32) for _ in range(5000)]
+    assert all(key not in redact(f"key={key}") for key in keys)
+    task_id = str(uuid.uuid4())
+    digest = "ab12" * 16
+    assert redact(f"task {task_id} hash {digest}") == f"task {task_id} hash {digest}"
 
 
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    root = logging.getLogger()
-    handlers, level, config = root.handlers[:], root.level, structlog.get_config()
+def test_headers_urls_and_registered_secrets_are_redacted() -> None:
+    assert "s3cret" not in redact("Authorization: Bearer s3cret")
+    assert "s3cret" not in redact('{"X-API-Key": "s3cret"}')
+    assert redact("redis://worker-a:pa55word@host:6379/0") == "redis://worker-a:[REDACTED]@host:6379/0"
+    register_secret("short-but-known")
+    assert "short-but-known" not in redact("the key is short-but-known, really")
+
+
+def test_stdlib_and_structlog_lines_and_tracebacks_are_redacted() -> None:
+    key = secrets.token_urlsafe(32)
     stream = io.StringIO()
-    configure_logging(renderer="json", level=logging.INFO, stream=stream)
-    yield stream
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.configure(**config)
+    configure_logging(renderer="json", stream=stream)
+    try:
+        structlog.get_logger("t").info("event", api_key=key, nested={"k": [key]})
+        logging.getLogger("celery.worker").warning("connecting to redis://worker-x:%s@h/0", key)
+        try:
+            raise RuntimeError(f"login failed with {key}")
+        except RuntimeError:
+            logging.getLogger("t").exception("boom")
+    finally:
+        configure_logging(renderer="console", stream=io.StringIO())
+    out = stream.getvalue()
+    assert key not in out
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert lines[0]["event"] == "event" and "[REDACTED]" in lines[0]["api_key"]
+    assert "RuntimeError" in out
 
 
-@pytest.mark.parametrize(
-    ("text", "kept"),
-    [
-        (f"key {KEY} in a sentence", "key [REDACTED] in a sentence"),
-        ("Authorization: Bearer abc.def-123", "Authorization: Bearer [REDACTED]"),
-        ("x-api-key: 'hunter2hunter2'", "x-api-key: '[REDACTED]'"),
-        ("redis://worker-u1:s3cr3t-pass@h:6379/0", "redis://worker-u1:[REDACTED]@h:6379/0"),
-        ("sha256 " + "ab12" * 16, "sha256 " + "ab12" * 16),  # a hex digest stays readable
-        ("a_long_identifier_without_digits_at_all", "a_long_identifier_without_digits_at_all"),
-        ("short-1234", "short-1234"),
-    ],
-)
-def test_redaction(text: str, kept: str) -> None:
-    assert redact(text) == kept
-
-
-def test_registered_secrets_are_redacted_wherever_they_appear() -> None:
-    secret = 'pa"ss\\word with spaces'
-    register_secret(secret)
-    assert secret not in redact(f"connecting with {secret}!") and REDACTED in redact(secret)
-
-
-_ORIGINAL_TOKEN_RE = re.compile(
-    r"(?<![A-Za-z0-9_-])(?=[A-Za-z0-9_-]*[0-9])(?=[A-Za-z0-9_-]*[g-zG-Z_-])"
+_SINGLE_PATTERN = re.compile(
+    r"(?<![A-Za-z0-9_-])(?=[A-Za-z0-9_-]*[a-z])(?=[A-Za-z0-9_-]*[A-Z])"
     r"[A-Za-z0-9_-]{32,}(?![A-Za-z0-9_-])"
 )
 
 
-def test_token_runs_are_found_exactly_as_by_the_original_single_pattern() -> None:
+def test_key_shaped_runs_are_found_exactly_as_by_one_pattern_with_lookaheads() -> None:
     rng = random.Random(7)
-    token_chars = string.ascii_letters + string.digits + "_-"
+    alphabets = [
+        string.ascii_lowercase + string.digits,
+        string.ascii_letters + string.digits + "_-",
+        "abcdef0123",
+    ]
     other = " ./:@'\"{}[]=é\n"
     for _ in range(5000):
+        chars = rng.choice(alphabets)
         text = "".join(
-            rng.choice(other if rng.random() < 0.05 else token_chars[: rng.choice([16, 22, 64])])
+            rng.choice(other) if rng.random() < 0.04 else rng.choice(chars)
             for _ in range(rng.randint(0, 160))
         )
-        # no "://", "bearer" or "x-api-key" in these, so only the token rule applies
-        assert redact(text) == _ORIGINAL_TOKEN_RE.sub(REDACTED, text), text
+        # no "://", "bearer" or "x-api-key" in these, so only the key-shaped rule applies
+        assert redact(text) == _SINGLE_PATTERN.sub(REDACTED, text), text
 
 
-def test_events_reach_the_stream_redacted_and_disabled_levels_cost_nothing(
-    log_stream: io.StringIO, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    log = structlog.get_logger("morag_worker.test")
-    log.info("download.start", key=KEY, url="https://u:pw@hub.example/x")
-    logging.getLogger("celery.test").info("Task received with Bearer %s", KEY)
-    calls: list[str] = []
-    monkeypatch.setattr("morag_worker.core.logging.redact", lambda text: calls.append(text) or text)
-    log.debug("download.progress", done=1)
-    assert calls == []  # filtered before the pipeline ran
-    lines = [json.loads(line) for line in log_stream.getvalue().splitlines()]
-    assert [line["event"] for line in lines] == ["download.start", f"Task received with Bearer {REDACTED}"]
-    assert lines[0]["key"] == REDACTED and lines[0]["url"] == f"https://u:{REDACTED}@hub.example/x"
-    assert KEY not in log_stream.getvalue()
+def test_events_under_the_level_never_reach_the_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    configure_logging(renderer="json", level=logging.INFO, stream=stream)
+    try:
+        calls: list[str] = []
+        monkeypatch.setattr("morag_worker.core.logging.redact", lambda text: calls.append(text) or text)
+        structlog.get_logger("t").debug("download.progress", done=1, note="x" * 40)
+        assert calls == [] and stream.getvalue() == ""
+        structlog.get_logger("t").info("download.done", note="y")
+        assert calls and "download.done" in stream.getvalue()
+    finally:
+        configure_logging(renderer="console", stream=io.StringIO())

@@ -1,0 +1,309 @@
+"""Worker lifecycle: our supervisor against a bare ``celery worker``, in the same run.
+
+Usage: ``python bench/lifecycle.py [--runs 5] [--idle-seconds 60]``. Starts a private redis-server
+(production ACL) and the hub, then alternates, ``--runs`` times each:
+
+- bare: ``python -m celery -A morag_worker.core.worker worker ...`` with exactly the argv and
+  environment the supervisor would use (built by ``build_worker_command``), timed from spawn to
+  its ``worker.ready`` log line, and from SIGTERM (warm stop) to its exit;
+- supervised: ``Supervisor.start()`` to RUNNING (key, hub queue-info, GPU probe, launch, ready on
+  the channel) and ``stop(FINISH)`` to STOPPED (the child's exit and its pipes drained).
+
+Then one supervised worker idles for ``--idle-seconds`` while the supervisor's own process CPU
+time (``getrusage``: the loop thread, the child's reader threads) and the child's (``/proc``) are
+measured. Prints medians and ratios; targets: start <= 1.2x bare, idle stop <= bare warm stop,
+supervisor idle CPU < 0.2 %. Nothing is asserted. Results also go to ``bench/out/lifecycle.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import resource
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's morag_worker, not an install
+
+import redis.asyncio as aioredis  # noqa: E402
+import requests  # noqa: E402
+
+from morag_worker.core.acl import RedisAclHook  # noqa: E402
+from morag_worker.core.auth import APIKeyService  # noqa: E402
+from morag_worker.core.child_process import ChildCallbacks, ChildProcess, SubprocessLauncher  # noqa: E402
+from morag_worker.core.hub_client import HubClient  # noqa: E402
+from morag_worker.core.local_stack import Proc, RedisServer, free_port, python_argv, wait_for  # noqa: E402
+from morag_worker.core.settings import Settings  # noqa: E402
+from morag_worker.core.supervisor import Supervisor, SupervisorOptions  # noqa: E402
+from morag_worker.core.supervisor_plan import prepare  # noqa: E402
+from morag_worker.core.worker_command import WorkerCommand  # noqa: E402
+from morag_worker.core.worker_state import (  # noqa: E402
+    StopMode,
+    TaskProgress,
+    TaskRecord,
+    WorkerState,
+    WorkerStatus,
+)
+
+USER = "bench"
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MORAG_", "REDIS_URL", "CELERY_"))}
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def create_key(redis_url: str) -> str:
+    async def run() -> str:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            return await APIKeyService(client, access_hook=RedisAclHook(client)).create_api_key(USER, "bench")
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+class StateWaiter:
+    """A listener that lets the bench wait for a state without polling."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.state = WorkerState.STOPPED
+        self.status: WorkerStatus | None = None
+        self.launched_at: float | None = None  # perf_counter when the child was started
+        self.ready_logged_at: float | None = None  # ... when its own ``worker.ready`` line arrived
+        self.running_at: float | None = None
+
+    def on_status(self, status: WorkerStatus) -> None:
+        now = time.perf_counter()
+        with self._cond:
+            if status.message.startswith("Starting the worker") and self.launched_at is None:
+                self.launched_at = now
+            if status.state is WorkerState.RUNNING and self.running_at is None:
+                self.running_at = now
+            self.state, self.status = status.state, status
+            self._cond.notify_all()
+
+    def on_progress(self, progress: TaskProgress) -> None:
+        pass
+
+    def on_task_finished(self, record: TaskRecord) -> None:
+        pass
+
+    def on_log(self, line: str) -> None:
+        if self.ready_logged_at is None and '"worker.ready"' in line:
+            self.ready_logged_at = time.perf_counter()
+
+    def wait(self, state: WorkerState, timeout: float = 120) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.state in (state, WorkerState.CRASHED), timeout):
+                raise TimeoutError(f"no {state.value} within {timeout} s (last: {self.status})")
+            if self.state is WorkerState.CRASHED and state is not WorkerState.CRASHED:
+                raise RuntimeError(f"the supervisor crashed: {self.status}")
+
+
+class TimingLauncher(SubprocessLauncher):
+    """The real launcher, noting when the child's exit was seen (after its pipes were drained)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exited_at: float | None = None
+
+    def launch(self, command: WorkerCommand, callbacks: ChildCallbacks) -> ChildProcess:
+        def on_exit(code: int) -> None:
+            self.exited_at = time.perf_counter()
+            callbacks.on_exit(code)
+
+        return super().launch(command, dataclasses.replace(callbacks, on_exit=on_exit))
+
+
+def supervisor(
+    hub_url: str, key: str, tmp: Path, waiter: StateWaiter, launcher: TimingLauncher | None = None
+) -> Supervisor:
+    return Supervisor(
+        Settings(hub_url=hub_url, temp_dir=str(tmp / "tasks")),
+        key_resolver=lambda: key,
+        hub_client_factory=HubClient,
+        listener=waiter,
+        launcher=launcher,
+        env=child_env(),
+        options=SupervisorOptions(),
+    )
+
+
+Share = tuple[float, float, float]
+
+
+def time_supervised(hub_url: str, key: str, tmp: Path, shares: list[Share]) -> tuple[float, float]:
+    waiter = StateWaiter()
+    launcher = TimingLauncher()
+    sup = supervisor(hub_url, key, tmp, waiter, launcher)
+    try:
+        began = time.perf_counter()
+        sup.start()
+        waiter.wait(WorkerState.RUNNING)
+        ready = time.perf_counter() - began
+        began_stop = time.perf_counter()
+        sup.stop(StopMode.FINISH)
+        waiter.wait(WorkerState.STOPPED)
+        stopped = time.perf_counter()
+        if waiter.launched_at and waiter.ready_logged_at and waiter.running_at and launcher.exited_at:
+            # Our own share: key + hub queue-info + GPU probe before the launch; the child's ready
+            # line to RUNNING (channel message, parsing, status); the child's exit (seen by the waiter
+            # thread, pipes drained) to STOPPED.
+            shares.append(
+                (
+                    waiter.launched_at - began,
+                    max(0.0, waiter.running_at - waiter.ready_logged_at),
+                    max(0.0, stopped - launcher.exited_at),
+                )
+            )
+        return ready, stopped - began_stop
+    finally:
+        sup.close()
+
+
+def time_bare(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    seen = threading.Event()
+    began = time.perf_counter()
+    proc = Proc(argv, env=env, name="bare celery", on_line=lambda line: "worker.ready" in line and seen.set())
+    try:
+        if not seen.wait(120):
+            raise TimeoutError("bare celery did not get ready:\n" + proc.output()[-2000:])
+        ready = time.perf_counter() - began
+        began = time.perf_counter()
+        proc.signal(signal.SIGTERM)
+        proc.wait(60)
+        return ready, time.perf_counter() - began
+    finally:
+        proc.kill_group()
+
+
+def cpu_seconds_of(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cpu(hub_url: str, key: str, tmp: Path, seconds: float) -> dict[str, float]:
+    waiter = StateWaiter()
+    sup = supervisor(hub_url, key, tmp, waiter)
+    try:
+        sup.start()
+        waiter.wait(WorkerState.RUNNING)
+        pid = sup.child_pid
+        assert pid is not None
+        time.sleep(2)  # let start-up work settle before measuring (this is a benchmark, not a test)
+        own0, child0, t0 = _own_cpu(), cpu_seconds_of(pid), time.perf_counter()
+        time.sleep(seconds)
+        own1, child1, t1 = _own_cpu(), cpu_seconds_of(pid), time.perf_counter()
+        sup.stop(StopMode.FINISH)
+        waiter.wait(WorkerState.STOPPED)
+        wall = t1 - t0
+        return {
+            "wall_s": wall,
+            "supervisor_cpu_s": own1 - own0,
+            "supervisor_cpu_percent": 100 * (own1 - own0) / wall,
+            "child_main_cpu_percent": 100 * (child1 - child0) / wall,
+        }
+    finally:
+        sup.close()
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--idle-seconds", type=float, default=60.0)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="morag-bench-"))
+    server = RedisServer(tmp / "redis")
+    port = free_port()
+    hub = Proc(
+        python_argv("-m", "morag_worker", "hub", "--port", str(port), "--storage", str(tmp / "hub")),
+        env={**child_env(), "REDIS_URL": server.url},
+        name="hub",
+    )
+    hub_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: requests.get(hub_url + "/healthz", timeout=2).ok, 60, "the hub")
+        key = create_key(server.url)
+        # The bare worker gets the very command the supervisor builds (same queue, pool, env).
+        from morag_worker.core.gpu import NvmlProbe
+
+        options = SupervisorOptions()
+        planned = prepare(
+            Settings(hub_url=hub_url, temp_dir=str(tmp / "tasks")),
+            key_resolver=lambda: key,
+            hub_client_factory=HubClient,
+            gpu_probe=NvmlProbe(),
+            env=child_env(),
+            options=options,
+        )
+        bare_env = dict(planned.command.env)
+        rows: dict[str, list[tuple[float, float]]] = {"bare": [], "supervised": []}
+        overheads: list[Share] = []
+        time_bare(planned.command.argv, bare_env)  # warm the page cache; not counted
+        for _ in range(args.runs):
+            rows["bare"].append(time_bare(planned.command.argv, bare_env))
+            rows["supervised"].append(time_supervised(hub_url, key, tmp, overheads))
+        idle = idle_cpu(hub_url, key, tmp, args.idle_seconds)
+    finally:
+        hub.stop()
+        server.stop()
+    med = {
+        name: (statistics.median(r for r, _ in runs), statistics.median(s for _, s in runs))
+        for name, runs in rows.items()
+    }
+    print(f"queue {planned.queue}, pool {planned.command.pool}, {args.runs} runs each, medians:")
+    print(f"{'':12}{'start->ready':>14}{'idle stop':>12}")
+    for name, (ready, stop) in med.items():
+        print(f"{name:12}{ready:13.3f}s{stop:11.3f}s")
+    start_ratio = med["supervised"][0] / med["bare"][0]
+    stop_ratio = med["supervised"][1] / med["bare"][1]
+    print(f"start ratio supervised/bare: {start_ratio:.2f}  (target <= 1.20)")
+    if overheads:
+        before, after, stop = (statistics.median(share[i] for share in overheads) for i in range(3))
+        print(
+            f"  supervisor's own share (medians): {1000 * before:.0f} ms before the launch, "
+            f"{1000 * after:.1f} ms from the child's ready line to RUNNING, "
+            f"{1000 * stop:.1f} ms from the child's exit to STOPPED"
+        )
+    print(f"idle stop ratio supervised/bare: {stop_ratio:.2f}  (target <= 1.00)")
+    print(
+        f"idle {idle['wall_s']:.0f} s: supervisor process CPU {idle['supervisor_cpu_percent']:.3f} % "
+        f"(target < 0.2 %), worker main process {idle['child_main_cpu_percent']:.2f} %"
+    )
+    out = ROOT / "bench" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lifecycle.json").write_text(
+        json.dumps(
+            {
+                "runs": rows,
+                "medians": med,
+                "start_ratio": start_ratio,
+                "stop_ratio": stop_ratio,
+                "idle": idle,
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
