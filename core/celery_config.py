@@ -12,7 +12,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 from .naming import DEFAULT_QUEUE, acl_username, namespace_prefix
 
@@ -21,6 +21,7 @@ from .naming import DEFAULT_QUEUE, acl_username, namespace_prefix
 REMOTE_TRANSPORT = "morag-redis"
 
 __all__ = [
+    "BROKER_TRANSPORT",
     "DEFAULT_REDIS_URL",
     "TimeLimits",
     "base_config",
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+BROKER_TRANSPORT = "morag_worker.core.broker_transport:Transport"
 
 
 @dataclass(frozen=True)
@@ -104,12 +106,20 @@ def tls_options(url: str, env: Mapping[str, str]) -> dict[str, Any] | None:
     warns), and a worker's password is its API key. ``REDIS_CA_CERTS`` names a CA bundle when the
     server's certificate is not signed by one the system trusts.
     """
-    if urlsplit(url).scheme != "rediss":
-        return None
+    parts = urlsplit(url)
+    if parts.scheme != "rediss" or "ssl_cert_reqs" in parse_qs(parts.query):
+        return None  # plain Redis, or the URL says how to check the certificate itself
     options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     if env.get("REDIS_CA_CERTS"):
         options["ssl_ca_certs"] = env["REDIS_CA_CERTS"]
     return options
+
+
+def _redis_transport(broker: str) -> dict[str, Any]:
+    """Our hardened Redis transport (``broker_transport``: queue garbage is dropped, not fatal)."""
+    if urlsplit(broker).scheme not in ("redis", "rediss"):
+        return {}
+    return {"broker_transport": BROKER_TRANSPORT}
 
 
 def base_config(env: Mapping[str, str]) -> dict[str, Any]:
@@ -118,6 +128,7 @@ def base_config(env: Mapping[str, str]) -> dict[str, Any]:
     limits = time_limits_from_env(env)
     transport = {**_socket_options(), "visibility_timeout": limits.visibility}
     config = {
+        **_redis_transport(broker),
         "broker_url": broker,
         "result_backend": broker,
         "task_serializer": "json",
@@ -135,6 +146,7 @@ def base_config(env: Mapping[str, str]) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_hijack_root_logger": False,
+        "worker_consumer": "morag_worker.core.remote_consumer:MoragConsumer",
         "worker_redirect_stdouts": False,
         "task_soft_time_limit": limits.soft,
         "task_time_limit": limits.hard,

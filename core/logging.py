@@ -20,13 +20,17 @@ __all__ = ["configure_logging", "redact", "register_secret"]
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 
-# A token_urlsafe(32) key is 43 characters of [A-Za-z0-9_-]; catch 32+ character runs that mix
-# lower and upper case (task ids and hashes are lower-case hex and stay readable), and credentials
-# in headers and URLs.
-_TOKEN_RE = re.compile(
-    r"(?<![A-Za-z0-9_-])(?=[A-Za-z0-9_-]*[a-z])(?=[A-Za-z0-9_-]*[A-Z])"
-    r"[A-Za-z0-9_-]{32,}(?![A-Za-z0-9_-])"
-)
+# A token_urlsafe(32) key is 43 characters of [A-Za-z0-9_-]; catch whole runs of 32+ such characters
+# that mix lower and upper case (task ids and hashes are lower-case hex and stay readable), and
+# credentials in headers and URLs. Every log line of the worker goes through this, so a run is found
+# by one plain character-class scan and checked in Python (one pattern with two lookaheads at every
+# position cost several times as much).
+_TOKEN_RUN_RE = re.compile(r"[A-Za-z0-9_-]{32,}")
+_LOWER_RE = re.compile(r"[a-z]")
+_UPPER_RE = re.compile(r"[A-Z]")
+# Long CamelCase names (``SecretServiceNotAvailableException``) mix cases too, but a random key
+# practically never has their shape: words of one capital and lower-case letters, nothing else.
+_CAMEL_RE = re.compile(r"[a-z]*(?:[A-Z][a-z]+)+")
 _BEARER_RE = re.compile(r"(?i)(bearer\s+|x-api-key[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+")
 _URL_PASSWORD_RE = re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@")
 REDACTED = "[REDACTED]"
@@ -46,9 +50,16 @@ def redact(text: str) -> str:
     for secret in known:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    text = _URL_PASSWORD_RE.sub(r"\1" + REDACTED + "@", text)
+    if "://" in text:  # the URL pattern is the costly one, and cannot match without it
+        text = _URL_PASSWORD_RE.sub(r"\1" + REDACTED + "@", text)
     text = _BEARER_RE.sub(r"\1" + REDACTED, text)
-    return _TOKEN_RE.sub(REDACTED, text)
+    return _TOKEN_RUN_RE.sub(_redact_token, text)
+
+
+def _redact_token(match: re.Match[str]) -> str:
+    run = match.group(0)
+    keyish = _LOWER_RE.search(run) and _UPPER_RE.search(run) and not _CAMEL_RE.fullmatch(run)
+    return REDACTED if keyish else run
 
 
 def _redact_value(value: Any) -> Any:
@@ -97,7 +108,12 @@ def configure_logging(
         else structlog.processors.JSONRenderer()
     )
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # Events under the level are dropped before any work is done on them.
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,

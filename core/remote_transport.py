@@ -7,8 +7,10 @@ cannot be killed, and stops the shared Redis for every user. So a contributor's 
 transport never calls ``restore_visible``, and the hub's watchdog (``core/watchdog.py``, admin
 connection, kombu's own ``restore_visible``) puts a user's stale deliveries back in their queue.
 
-Everything else is kombu's: acks, rejects, requeues and the restore at shutdown (``restore_by_tag``,
-no lock, no Lua) are unchanged. Runs in the worker's main process, like kombu's transport.
+It builds on our hardened transport (``core/broker_transport.py``: queue entries that are not
+messages are dropped, not fatal). Everything else is kombu's: acks, rejects, requeues and the
+restore at shutdown (``restore_by_tag``, no lock, no Lua) are unchanged. Runs in the worker's main
+process, like kombu's transport.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+
+from . import broker_transport
 
 __all__ = ["ALIAS", "Channel", "QoS", "Transport", "register"]
 
@@ -30,11 +34,11 @@ class QoS(kombu_redis.QoS):
         return None
 
 
-class Channel(kombu_redis.Channel):
+class Channel(broker_transport.Channel):
     QoS = QoS
 
 
-class Transport(kombu_redis.Transport):
+class Transport(broker_transport.Transport):
     Channel = Channel
 
 

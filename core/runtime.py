@@ -21,7 +21,7 @@ from .processing import ProcessorRegistry, TaskCancelled
 from .progress import ProgressReporter, ProgressSink
 from .progress_channel import ChannelWriter, summarize_metadata
 from .results import ProgressMeta, TaskResult
-from .transfer import Downloader
+from .transfer import Downloader, DownloadLimits
 from .worker_state import TaskOutcome
 
 __all__ = ["WorkerRuntime", "get_runtime"]
@@ -38,6 +38,8 @@ class WorkerRuntime:
         self.hub_url = self._env.get("MAIN_SERVER_URL") or None
         self.api_key = self._env.get("MORAG_API_KEY") or None
         register_secret(self.api_key)
+        # Read once, so a bad value stops the worker at start-up rather than failing every task.
+        self.download_limits = DownloadLimits.from_env(self._env)
         self.cancel_event = threading.Event()
         self.extra_sinks: list[ProgressSink] = []
         # The supervisor's progress channel (MORAG_PROGRESS_FD), when one was handed down.
@@ -69,7 +71,7 @@ class WorkerRuntime:
             return self._pipeline
 
     def _downloader(self) -> Downloader:
-        return Downloader(hub_origin=self.hub_url, api_key=self.api_key)
+        return Downloader(limits=self.download_limits, hub_origin=self.hub_url, api_key=self.api_key)
 
     def reporter(self, task: Any) -> ProgressReporter:
         """A progress reporter that updates the task's state in the result backend."""

@@ -41,7 +41,13 @@ from .transfer_errors import (
     TransferError,
     UnsafeURL,
 )
-from .transfer_job import DownloadLimits, ProgressCallback, RetryableFailure, TransferJob
+from .transfer_job import (
+    DownloadLimits,
+    ProgressCallback,
+    RetryableFailure,
+    TransferJob,
+    check_disk_space,
+)
 from .urlsafety import (
     PeerCheckingAdapter,
     Resolver,
@@ -199,6 +205,8 @@ class Downloader:
         if expected_size is not None and expected_size > cap:
             size = human_size(expected_size)
             raise TooLarge(f"The file at {host} is {size}, over the {human_size(cap)} limit.")
+        if expected_size is not None:  # refuse before connecting; checked again once the server answers
+            check_disk_space(Path(dest_dir), expected_size, self.limits.disk_reserve_bytes, host)
         path = Path(dest_dir) / INPUT_NAME
         flags = (
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)

@@ -22,7 +22,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,14 @@ from .transfer_errors import (
     TooLarge,
 )
 
-__all__ = ["DownloadLimits", "ProgressCallback", "RetryableFailure", "TransferJob"]
+__all__ = [
+    "LIMIT_ENV",
+    "DownloadLimits",
+    "ProgressCallback",
+    "RetryableFailure",
+    "TransferJob",
+    "check_disk_space",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +80,50 @@ class DownloadLimits:
             raise ValueError("DownloadLimits: chunk_size and max_attempts must be positive")
         if min(self.connect_timeout, self.read_timeout, self.deadline_s, self.min_rate_window_s) <= 0:
             raise ValueError("DownloadLimits: timeouts, deadline and rate window must be positive")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> DownloadLimits:
+        """The production defaults, with any of :data:`LIMIT_ENV` set in ``env`` applied.
+
+        Raises:
+            ValueError: A variable is not a positive number (its name is in the message).
+        """
+        changes: dict[str, Any] = {}
+        for name, (attribute, scale, whole) in LIMIT_ENV.items():
+            raw = env.get(name, "").strip()
+            if not raw:
+                continue
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be a number, not {raw[:40]!r}") from None
+            if not value > 0 or value == float("inf"):
+                raise ValueError(f"{name} must be a positive number, not {raw[:40]!r}")
+            if whole and not value.is_integer():
+                raise ValueError(f"{name} must be a whole number, not {raw[:40]!r}")
+            changes[attribute] = int(value * scale) if whole or scale != 1 else value
+        return replace(cls(), **changes)
+
+
+LIMIT_ENV: dict[str, tuple[str, int, bool]] = {
+    # variable: (DownloadLimits field, multiplier, whole number only)
+    "MORAG_MAX_INPUT_MB": ("max_bytes", MiB, False),
+    "MORAG_DOWNLOAD_DEADLINE_S": ("deadline_s", 1, False),
+    "MORAG_DOWNLOAD_MIN_RATE": ("min_rate_bps", 1, False),
+    "MORAG_DOWNLOAD_MIN_RATE_WINDOW_S": ("min_rate_window_s", 1, False),
+    "MORAG_DOWNLOAD_ATTEMPTS": ("max_attempts", 1, True),
+}
+"""Environment variables a worker reads into its :class:`DownloadLimits` (README lists them)."""
+
+
+def check_disk_space(dest_dir: Path, need: int, reserve: int, host: str) -> None:
+    """Raise InsufficientDiskSpace unless ``dest_dir``'s disk has ``need`` bytes plus ``reserve`` free."""
+    free = shutil.disk_usage(dest_dir).free
+    if free < need + reserve:
+        raise InsufficientDiskSpace(
+            f"Not enough disk space for the file from {host}: it needs {hh.human_size(need)} "
+            f"plus a {hh.human_size(reserve)} reserve, and {hh.human_size(free)} is free."
+        )
 
 
 class RetryableFailure(Exception):
@@ -238,13 +289,7 @@ class TransferJob:
                 )
         known = self.total if self.total is not None else self.expected_size
         if known is not None:
-            need, reserve = known - self.have, self.limits.disk_reserve_bytes
-            free = shutil.disk_usage(self.dest_dir).free
-            if free < need + reserve:
-                raise InsufficientDiskSpace(
-                    f"Not enough disk space for the file from {self.host}: it needs {hh.human_size(need)} "
-                    f"plus a {hh.human_size(reserve)} reserve, and {hh.human_size(free)} is free."
-                )
+            check_disk_space(self.dest_dir, known - self.have, self.limits.disk_reserve_bytes, self.host)
 
     def stream(self, raw: HTTPResponse) -> None:
         """Copy the body to the file, hashing, counting decoded bytes, watching deadline and rate."""

@@ -204,6 +204,31 @@ def _setup_logging(loglevel: Any = None, **_: Any) -> None:
     configure_logging(level=loglevel or "INFO")
 
 
+_MAX_TASK_ID = 255
+
+
+@signals.task_rejected.connect
+def _fail_rejected_message(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:
+    """A message refused before any task ran (pickle, an unreadable body): fail its task id.
+
+    Celery logs and drops such a message; without this its submitter would wait forever. The id is
+    only written in this worker's own namespace, where whoever could send the message could
+    already write results.
+    """
+    headers = getattr(message, "headers", None)
+    task_id = headers.get("id") if isinstance(headers, dict) else None
+    if not isinstance(task_id, str) or not 0 < len(task_id) <= _MAX_TASK_ID:
+        log.warning("task.message_rejected", task_id=None, error=str(exc)[:300] if exc else "unknown format")
+        return
+    reason = str(exc) if exc is not None else "the message is not in a format this worker knows"
+    error = MalformedTask(f"the task message was refused before it ran: {reason[:500]}")
+    log.warning("task.message_rejected", task_id=task_id, error=str(error))
+    try:
+        (getattr(sender, "app", None) or celery_app).backend.mark_as_failure(task_id, error)
+    except Exception as store_error:  # noqa: BLE001 - the broker may be down; the log line stays
+        log.error("task.rejection_not_stored", task_id=task_id, error=repr(store_error))
+
+
 @signals.worker_ready.connect
 def _announce_ready(sender: Any = None, **_: Any) -> None:
     """Readiness is observed by the supervisor and tests from this event, never assumed."""

@@ -67,6 +67,7 @@ class Stack:
         wait_ready: bool = True,
         broker_url: str | None = None,
         hub_url: str | None = None,
+        temp_dir: Path | None = None,
         **env: str,
     ) -> Proc:
         """A worker child for ``user_id``; ``broker_url`` / ``hub_url`` default to the stack's own."""
@@ -77,7 +78,7 @@ class Stack:
             api_key=api_key,
             worker_type=WorkerType.GPU,
             hostname=name or f"w{len(self.workers)}-{user_id}@test",
-            temp_dir=str(self.tmp / "worker-tmp"),
+            temp_dir=str(temp_dir or self.tmp / "worker-tmp"),
         )
         command = build_worker_command(plan, base_env(**env))
         proc = Proc(command.argv, env=command.env, name=f"worker {plan.hostname}")
@@ -96,6 +97,7 @@ class Stack:
 def start_hub(
     tmp: Path, redis_url: str, extra_args: tuple[str, ...] = (), *, port: int | None = None, **env: str
 ) -> tuple[Proc, str]:
+    """The hub as a child process on ``port`` (a free one by default), storing under ``tmp/hub``."""
     port = port or free_port()
     hub = Proc(
         python_argv(

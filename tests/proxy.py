@@ -17,6 +17,8 @@ class SeenRequest:
     method: str
     path: str
     headers: dict[str, str]
+    relayed: int = 0  # response bytes (headers included) passed on to the client
+    upstream_down: bool = False  # the upstream refused the connection; the client got nothing
 
 
 @dataclass
@@ -69,26 +71,35 @@ class CuttingProxy:
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
             cut = False
+            seen = SeenRequest(method, path, headers)
             with self._lock:
-                self.rules.seen.append(SeenRequest(method, path, headers))
+                self.rules.seen.append(seen)
                 if method == "GET" and path.startswith("/api/v1/files/") and self.rules.cut_downloads > 0:
                     self.rules.cut_downloads -= 1
                     cut = True
             kept = [line for line in lines[1:] if not line.lower().startswith("connection:")]
             new_head = "\r\n".join([lines[0], *kept, "Connection: close"]).encode("latin-1")
             body_len = int(headers.get("content-length", "0") or 0)
-            with socket.create_connection(("127.0.0.1", self.upstream_port)) as upstream:
-                upstream.sendall(new_head + b"\r\n\r\n" + rest)
-                remaining = body_len - len(rest)
-                while remaining > 0:
-                    chunk = client.recv(min(65536, remaining))
-                    if not chunk:
-                        return
-                    upstream.sendall(chunk)
-                    remaining -= len(chunk)
-                self._relay(upstream, client, cut)
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:  # the upstream is down (restarting): the client sees the connection close
+                seen.upstream_down = True
+                return
+            with upstream:
+                try:
+                    upstream.sendall(new_head + b"\r\n\r\n" + rest)
+                    remaining = body_len - len(rest)
+                    while remaining > 0:
+                        chunk = client.recv(min(65536, remaining))
+                        if not chunk:
+                            return
+                        upstream.sendall(chunk)
+                        remaining -= len(chunk)
+                    self._relay(upstream, client, cut, seen)
+                except OSError:  # either side went away mid-response (a killed upstream)
+                    return
 
-    def _relay(self, upstream: socket.socket, client: socket.socket, cut: bool) -> None:
+    def _relay(self, upstream: socket.socket, client: socket.socket, cut: bool, seen: SeenRequest) -> None:
         sent = 0
         started = time.monotonic()
         while True:
@@ -96,7 +107,9 @@ class CuttingProxy:
             if not chunk:
                 return
             if cut and sent + len(chunk) >= self.rules.cut_after_bytes:
-                client.sendall(chunk[: max(0, self.rules.cut_after_bytes - sent)])
+                last = chunk[: max(0, self.rules.cut_after_bytes - sent)]
+                client.sendall(last)
+                seen.relayed += len(last)
                 client.shutdown(socket.SHUT_RDWR)
                 return
             try:
@@ -104,6 +117,7 @@ class CuttingProxy:
             except OSError:
                 return
             sent += len(chunk)
+            seen.relayed += len(chunk)
             rate = self.rules.rate_bps
             if rate:
                 ahead = sent / rate - (time.monotonic() - started)

@@ -3,7 +3,11 @@
 Each file is opened as a zip first and must hold the part that makes it what it claims to be
 (``word/document.xml``, ``ppt/presentation.xml``, ``xl/workbook.xml``, ``META-INF/container.xml``), and must
 not unpack to more than :data:`MAX_UNPACKED_BYTES`; so a truncated download, random bytes or some other zip
-fail with a message a person understands before any parser runs. Parser exceptions are caught and turned into
+fail with a message a person understands before any parser runs. Zip bombs are refused there too: a member
+compressed more than :data:`MAX_RATIO` to 1, and a member whose data unpacks to more than the size it
+declares (Python's ``zipfile`` trusts that size only after inflating up to 2 GiB in one call, so one such
+member in a 2 MB file cost the worker over 2 GiB of memory before any parser saw a byte). Every member is
+inflated once, in 1 MiB steps, to check it. Parser exceptions are caught and turned into
 :class:`CorruptInput`. The converter for the format is called directly: markitdown never guesses the type.
 Why XLSX skips markitdown: see :mod:`.documents`. Runs on the calling task's thread.
 """
@@ -12,11 +16,13 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import struct
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .base import (
     CorruptInput,
@@ -30,6 +36,7 @@ from .base import (
 )
 
 __all__ = [
+    "MAX_RATIO",
     "MAX_UNPACKED_BYTES",
     "MarkitdownProcessor",
     "XlsxProcessor",
@@ -40,6 +47,15 @@ __all__ = [
 
 MAX_UNPACKED_BYTES = 1 << 30
 """A zip-based document that unpacks to more than this (1 GiB) is refused as a likely zip bomb."""
+
+MAX_RATIO = 500
+"""A member over :data:`_RATIO_GRACE_BYTES` that unpacks to more than this many times its compressed size is
+refused as a zip bomb. Deflate's best is about 1030:1 (long runs of one byte); Office XML measured here ranged
+from 5:1 to 134:1 (a generated document repeating one paragraph), so real files stay far below."""
+
+_RATIO_GRACE_BYTES = 1 << 20
+_CHECK_STEP = 1 << 20
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # a zip member's local file header (APPNOTE 4.3.7)
 
 _ROWS_PER_CHECKPOINT = 1000
 
@@ -85,6 +101,9 @@ def check_zip(path: Path, what: str, kind: str, required: str) -> ZipFacts:
                     f"{what} would unpack to {unpacked >> 20} MiB, more than the limit of "
                     f"{MAX_UNPACKED_BYTES >> 20} MiB"
                 )
+            with path.open("rb") as raw:
+                for info in infos:
+                    _check_member(raw, info, what)
             title = _core_title(zf) if "docProps/core.xml" in names else None
     except zipfile.BadZipFile as exc:
         raise CorruptInput(
@@ -92,6 +111,65 @@ def check_zip(path: Path, what: str, kind: str, required: str) -> ZipFacts:
             "a download cut short looks like this"
         ) from exc
     return ZipFacts(title, names)
+
+
+def _check_member(raw: BinaryIO, info: zipfile.ZipInfo, what: str) -> None:
+    """Refuse a member that is a bomb, encrypted, or whose data does not unpack to its declared size."""
+    name = info.filename[:100]
+    if info.flag_bits & 0x1:
+        raise UnsupportedContent(f"{what} is password-protected ({name} is encrypted)")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        method = info.compress_type
+        raise UnsupportedContent(
+            f"{what} uses a compression method Office files do not use (method {method} for {name})"
+        )
+    ratio = info.file_size // max(info.compress_size, 1)
+    if info.file_size > _RATIO_GRACE_BYTES and ratio > MAX_RATIO:
+        raise UnsupportedContent(
+            f"{what} looks like a zip bomb: {name} would unpack to {ratio} times its stored size "
+            f"(more than {MAX_RATIO} times is refused)"
+        )
+    raw.seek(info.header_offset)
+    header = raw.read(_LOCAL_HEADER.size)
+    if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+        raise CorruptInput(f"{what} is damaged (the zip entry for {name} is missing)")
+    name_length, extra_length = _LOCAL_HEADER.unpack(header)[-2:]
+    raw.seek(info.header_offset + _LOCAL_HEADER.size + name_length + extra_length)
+    if info.compress_type == zipfile.ZIP_STORED:
+        unpacked = info.compress_size
+    else:
+        try:
+            unpacked = _inflated_size(raw, info.compress_size, limit=info.file_size)
+        except zlib.error as exc:
+            raise CorruptInput(f"{what} is damaged ({name} cannot be decompressed: {exc})") from None
+    if unpacked != info.file_size:
+        more = "more than" if unpacked > info.file_size else f"{unpacked} bytes, not"
+        raise CorruptInput(
+            f"{what} is damaged or a zip bomb: {name} unpacks to {more} "
+            f"the {info.file_size} bytes it declares"
+        )
+
+
+def _inflated_size(raw: BinaryIO, compressed: int, *, limit: int) -> int:
+    """How many bytes the raw deflate stream of ``compressed`` bytes at ``raw``'s position unpacks to.
+
+    Inflates at most 1 MiB at a time and stops as soon as it passes ``limit`` (returning more than
+    ``limit``); a stream that ends before its end marker counts what it produced.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    produced, left = 0, compressed
+    while not inflater.eof and produced <= limit:
+        data = inflater.unconsumed_tail
+        if not data and left > 0:
+            data = raw.read(min(_CHECK_STEP, left))
+            left -= len(data)
+            if not data:
+                break
+        out = inflater.decompress(data, _CHECK_STEP)
+        produced += len(out)
+        if not out and not data:
+            break  # no input left and nothing pending: the stream is cut short
+    return produced
 
 
 class MarkitdownProcessor:

@@ -14,6 +14,7 @@ from morag_worker.core.celery_config import (
 )
 from morag_worker.core.naming import namespace_prefix, queue_name, user_id_from_queue
 from morag_worker.core.task_args import MalformedTask, bind_arguments, parse_task_request
+from morag_worker.core.transfer_job import DownloadLimits
 from morag_worker.core.worker_command import WorkerPlan, build_worker_command
 
 pytestmark = pytest.mark.unit
@@ -52,6 +53,33 @@ def test_time_limits_from_env() -> None:
         time_limits_from_env({"CELERY_SOFT_TIME_LIMIT": "10", "CELERY_TIME_LIMIT": "5"})
     with pytest.raises(ValueError, match="whole number"):
         time_limits_from_env({"CELERY_VISIBILITY_TIMEOUT": "soon"})
+
+
+def test_download_limits_from_env_keep_production_defaults_unless_set() -> None:
+    assert DownloadLimits.from_env({}) == DownloadLimits()
+    limits = DownloadLimits.from_env(
+        {
+            "MORAG_MAX_INPUT_MB": "4",
+            "MORAG_DOWNLOAD_DEADLINE_S": "2.5",
+            "MORAG_DOWNLOAD_MIN_RATE": "2048",
+            "MORAG_DOWNLOAD_MIN_RATE_WINDOW_S": "1",
+            "MORAG_DOWNLOAD_ATTEMPTS": "2",
+            "MORAG_UNRELATED": "x",
+        }
+    )
+    assert limits.max_bytes == 4 * 1024 * 1024 and limits.deadline_s == 2.5
+    assert (limits.min_rate_bps, limits.min_rate_window_s, limits.max_attempts) == (2048, 1, 2)
+    assert limits.read_timeout == DownloadLimits().read_timeout
+    assert DownloadLimits.from_env({"MORAG_MAX_INPUT_MB": "0.5"}).max_bytes == 512 * 1024
+    for name, raw, message in [
+        ("MORAG_MAX_INPUT_MB", "lots", "must be a number"),
+        ("MORAG_DOWNLOAD_DEADLINE_S", "0", "positive"),
+        ("MORAG_DOWNLOAD_MIN_RATE", "-1", "positive"),
+        ("MORAG_DOWNLOAD_MIN_RATE", "nan", "positive"),
+        ("MORAG_DOWNLOAD_ATTEMPTS", "2.5", "whole number"),
+    ]:
+        with pytest.raises(ValueError, match=name + ".*" + message):
+            DownloadLimits.from_env({name: raw})
 
 
 def test_namespaced_and_remote_config() -> None:

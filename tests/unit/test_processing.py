@@ -6,7 +6,9 @@ import importlib.metadata
 import io
 import os
 import shutil
+import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -403,6 +405,72 @@ def test_zip_bombs_are_refused(monkeypatch: pytest.MonkeyPatch, registry: Proces
     monkeypatch.setattr(office, "MAX_UNPACKED_BYTES", 10_000)
     with pytest.raises(UnsupportedContent, match="would unpack to .* MiB, more than the limit"):
         run(registry, SAMPLES / "sample.docx")
+
+
+DOCUMENT = "word/document.xml"
+
+
+def raw_deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return compressor.compress(data) + compressor.flush()
+
+
+@pytest.mark.parametrize(
+    ("case", "error", "match"),
+    [
+        # 2 GiB of zeros in 2 MB: over the unpacked limit by what it declares
+        ("declares-2-GiB", UnsupportedContent, "would unpack to 2048 MiB, more than the limit"),
+        # 64 MiB of zeros declared honestly: under the limit, but compressed about 1000:1
+        ("honest-1000-to-1", UnsupportedContent, "looks like a zip bomb: word/document.xml would unpack to"),
+        # declares 1000 bytes, holds 1 GiB: zipfile would inflate up to 2 GiB before trusting the size
+        ("lies-about-its-size", CorruptInput, "unpacks to more than the 1000 bytes it declares"),
+        # declares more than the stream holds
+        ("claims-more", CorruptInput, r"unpacks to 1048576 bytes, not the 2000000 bytes it declares"),
+        ("not-deflate", CorruptInput, "cannot be decompressed"),
+        ("bzip2", UnsupportedContent, "compression method Office files do not use"),
+    ],
+)
+def test_zip_bombs_and_lying_members_are_refused_before_any_parser(
+    registry: ProcessorRegistry, tmp_path: Path, case: str, error: type[Exception], match: str
+) -> None:
+    from tests.bombs import docx_with_member, zero_crc, zero_deflate
+
+    sample = SAMPLES / "sample.docx"
+    data = {
+        "declares-2-GiB": lambda: docx_with_member(
+            sample, DOCUMENT, zero_deflate(2048), 2048 << 20, zero_crc(2048)
+        ),
+        "honest-1000-to-1": lambda: docx_with_member(
+            sample, DOCUMENT, zero_deflate(64), 64 << 20, zero_crc(64)
+        ),
+        "lies-about-its-size": lambda: docx_with_member(sample, DOCUMENT, zero_deflate(1024), 1000, 0),
+        "claims-more": lambda: docx_with_member(
+            sample, DOCUMENT, raw_deflate(os.urandom(1 << 20)), 2_000_000, 0
+        ),
+        "not-deflate": lambda: docx_with_member(sample, DOCUMENT, os.urandom(3000), 3000, 0),
+        "bzip2": lambda: docx_with_member(sample, DOCUMENT, b"BZh9", 10, 0, method=zipfile.ZIP_BZIP2),
+    }[case]()
+    started = time.monotonic()
+    with pytest.raises(error, match=match):
+        run(registry, write(tmp_path, "bomb.docx", data))
+    assert time.monotonic() - started < 10
+
+
+def test_an_encrypted_zip_member_is_refused(registry: ProcessorRegistry, tmp_path: Path) -> None:
+    data = bytearray((SAMPLES / "sample.docx").read_bytes())
+    with zipfile.ZipFile(SAMPLES / "sample.docx") as zf:
+        offsets = [info.header_offset for info in zf.infolist()]
+    central = data.find(b"PK\x01\x02")
+    data[central + 8] |= 0x1  # the first member's "encrypted" flag, in the central directory
+    data[offsets[0] + 6] |= 0x1  # and in its local header
+    with pytest.raises(UnsupportedContent, match="password-protected"):
+        run(registry, write(tmp_path, "locked.docx", bytes(data)))
+
+
+def test_real_office_files_pass_the_zip_checks(tmp_path: Path) -> None:
+    for sample in ("sample.docx", "sample.pptx"):
+        path = SAMPLES / sample
+        assert office.check_zip(path, "the file", "an Office file", "[Content_Types].xml").names
 
 
 def encrypted_pdf(user_password: str) -> bytes:

@@ -296,6 +296,18 @@ def test_expected_size_over_the_cap_fails_without_a_request(
     assert server.requests() == []
 
 
+def test_a_declared_size_the_disk_cannot_hold_fails_without_a_request(
+    server: HTTPTestServer, dl: Downloader, tmp_path: Path
+) -> None:
+    server.route("/f", Route(body=b"small"))
+    free = shutil.disk_usage(tmp_path).free
+    dl.limits = dataclasses.replace(LIMITS, max_bytes=free * 2)
+    with pytest.raises(InsufficientDiskSpace, match="Not enough disk space"):
+        dl.download(server.url("/f"), tmp_path, expected_size=free + 1)
+    assert server.requests() == []
+    assert_empty(tmp_path)
+
+
 def test_disk_space_is_checked_before_reading(
     server: HTTPTestServer, dl: Downloader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
