@@ -184,12 +184,20 @@ def test_without_a_system_tray_the_window_opens_and_says_why(harness: Harness, q
 
 
 def test_a_tray_that_appears_later_takes_over_from_the_window(harness: Harness, qtbot: QtBot) -> None:
-    answers = iter([False, False, True])
+    tray = {"available": False, "asked": 0}
+
+    def tray_available() -> bool:
+        tray["asked"] += 1
+        return tray["available"]
+
     harness.store_key()
-    app = harness.build(tray_available=lambda: next(answers, True), tray_retry_ms=10)
+    app = harness.build(tray_available=tray_available, tray_retry_ms=10)
     with qtbot.waitSignal(app.ready, timeout=WAIT_MS):
         app.start()
     assert app.window.quit_on_close and app.window.banner.isVisible()
+    qtbot.waitUntil(lambda: tray["asked"] >= 2, timeout=WAIT_MS)  # it keeps looking for a tray
+    assert app.tray is None and app.window.quit_on_close
+    tray["available"] = True
     qtbot.waitUntil(lambda: app.tray is not None, timeout=WAIT_MS)
     assert not app.window.quit_on_close and not app.window.banner.isVisible()
     assert app.window.isVisible()  # left open: the user may be looking at it
