@@ -324,6 +324,19 @@ class SupervisorMachine:
                 self._set_status(WorkerState.STARTING, "Connecting to the broker")
             return
         self.timers["liveness"] = now + self.options.heartbeat_timeout_s
+        if (
+            msg.consumer == "connecting"
+            and session.connecting_since is not None
+            and session.stop_mode is None
+        ):
+            waited = now - session.connecting_since
+            if waited > self.options.connect_timeout_s:
+                # Reconnecting for this long is not a blip: a revoked key (the broker refuses the
+                # login), or a broker gone for good. Restart: the next attempt asks the hub first,
+                # so a rejected key ends in CRASHED / KEY_REJECTED instead of retrying forever.
+                message = f"lost the broker connection {waited:.0f} s ago"
+                self._restart(Problem.BROKER_UNREACHABLE, message, StopMode.KILL)
+                return
         lost = session.tracker.reconcile(
             msg.active, "the worker process running the task was lost; it is requeued"
         )

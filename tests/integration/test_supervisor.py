@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,7 @@ from morag_worker.core.hub_client import HubClient
 from morag_worker.core.watchdog import Watchdog
 from morag_worker.core.worker_state import Problem, StopMode, TaskOutcome, WorkerState
 from tests.conftest import Stack
-from tests.processes import wait_for
+from tests.processes import base_env, wait_for
 from tests.proxy import CuttingProxy, ProxyRules
 from tests.supervised import LiveSupervisor, big_text_file, process_group, queue_length, wait_task
 
@@ -253,3 +255,29 @@ def test_the_key_is_in_no_argv_and_no_log(
     assert key not in logs
     captured = capfd.readouterr()
     assert key not in captured.out and key not in captured.err
+
+
+def test_a_key_revoked_while_running_ends_in_a_clear_key_rejected_state(
+    stack: Stack, proxy: CuttingProxy, tmp_path: Path
+) -> None:
+    """Revocation drops the worker's broker connections and its logins fail from then on; the
+    supervisor notices the endless reconnecting, asks the hub, and stops with KEY_REJECTED."""
+    revoked = stack.key("sam-revoked")
+    options = LiveSupervisor.options(connect_timeout_s=3.0, restart_kill_after_s=2.0)
+    with LiveSupervisor(proxy.url, revoked, tmp_path, options=options) as live:
+        live.start()
+        child = live.supervisor.child_pid
+        assert child is not None
+        done = subprocess.run(
+            [sys.executable, "-m", "morag_worker", "keys", "revoke", "-"],
+            input=revoked + "\n",
+            env=base_env(REDIS_URL=stack.redis.url),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        live.wait_state(WorkerState.CRASHED, timeout=120)
+        assert live.status.problem is Problem.KEY_REJECTED, live.status
+        assert "rejected" in live.status.message
+        assert process_group(child) == []

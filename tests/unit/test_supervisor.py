@@ -490,3 +490,25 @@ def test_a_child_that_cannot_reach_the_broker_is_restarted_before_the_start_dead
     status = rig.wait_state(WorkerState.BACKOFF)
     assert child.controls == [StopMode.KILL] and status.problem is Problem.BROKER_UNREACHABLE
     assert any("Cannot connect" in line for line in status.last_output)
+
+
+def test_reconnecting_for_too_long_restarts_the_child_so_the_key_is_checked_again(rig: Rig) -> None:
+    child = rig.running()
+    child.heartbeat(consumer="connecting", since_poll_s=None)
+    wait_for(lambda: rig.sup.status.message == "Reconnecting to the broker", timeout=10)
+    waited = 0.0
+    while waited + 10 < rig.sup.options.connect_timeout_s:  # beats keep coming: alive, reconnecting
+        rig.advance(10)
+        waited += 10
+        child.heartbeat(consumer="connecting", since_poll_s=None)
+        rig.sync(child)
+    assert child.controls == []  # so far a blip: keep waiting
+    rig.advance(10)
+    child.heartbeat(consumer="connecting", since_poll_s=None)
+    wait_for(lambda: child.controls == [StopMode.KILL], timeout=10)
+    child.exit(-9)
+    status = rig.wait_state(WorkerState.BACKOFF)
+    assert (
+        status.problem is Problem.BROKER_UNREACHABLE
+        and "lost the broker connection" in status.message.lower()
+    )
