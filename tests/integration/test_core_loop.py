@@ -214,3 +214,14 @@ def test_the_worker_ran_everything_above_with_an_empty_acl_log(stack: Stack, ali
     assert "user=worker-alice" in clients
     log = admin.execute_command("ACL", "LOG")
     assert log == [], log
+
+
+def test_the_workers_log_never_holds_the_converted_text(stack: Stack, alice: str, tmp_path: Path) -> None:
+    secret_text = "confidential minutes of the board meeting"
+    note = tmp_path / "minutes.txt"
+    note.write_text(secret_text + "\n")
+    view = run_task(stack.client(alice), note)
+    assert view.result is not None and secret_text in view.result["content"]
+    worker = stack.workers[0]
+    wait_for(lambda: worker.saw(view.task_id) and worker.saw("succeeded"), what="the success log line")
+    assert secret_text not in worker.output()
