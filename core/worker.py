@@ -18,7 +18,8 @@ from celery.app import trace as celery_trace
 from celery.exceptions import Reject
 
 from .celery_config import base_config, reliability_summary, remote_worker_config
-from .naming import user_id_from_queue, validate_user_id
+from .deliveries import DeliveryCounter, max_starts_from_env
+from .naming import namespace_prefix, user_id_from_queue, validate_user_id
 from .pipeline import InfrastructureError, TaskCancelledError
 from .processing import TaskCancelled
 from .results import TaskResult
@@ -121,6 +122,21 @@ class _MoragTask(Task):  # type: ignore[misc]
         except MalformedTask as exc:
             log.warning("task.malformed", task_id=task_id, error=str(exc))
             return TaskResult.failure(f"malformed task: {exc}", user_id=runtime.own_user_id).to_dict()
+        counter = DeliveryCounter(
+            self.backend.client,
+            namespace_prefix(runtime.own_user_id) if runtime.own_user_id else "morag:",
+            max_starts_from_env(os.environ),
+        )
+        starts = counter.start(task_id)
+        if starts > counter.limit:
+            counter.finished(task_id)
+            message = (
+                f"the worker running this task died {starts - 1} times (the input may be too large or "
+                "crash the converter); it is not tried again"
+            )
+            log.error("task.gave_up", task_id=task_id, starts=starts)
+            runtime.task_finished(task_id, TaskOutcome.FAILED, error=message)
+            return TaskResult.failure(message, user_id=runtime.own_user_id).to_dict()
         runtime.task_started(task_id, name=self.name, filename=_filename(params, bound))
         reporter = runtime.reporter(self)
         try:
@@ -136,6 +152,8 @@ class _MoragTask(Task):  # type: ignore[misc]
         except Exception as exc:  # a time limit, a bug: Celery records the failure, we report it
             runtime.task_finished(task_id, TaskOutcome.FAILED, error=f"{type(exc).__name__}: {exc}")
             raise
+        finally:
+            counter.finished(task_id)  # every way out but the worker's death
         # Which worker ran it: the submitter can tell a redelivered task's runs apart.
         result.metadata.setdefault("worker_hostname", self.request.hostname)
         log.info("task.done", task_id=task_id, success=result.success, seconds=result.processing_time)
