@@ -18,7 +18,6 @@ supervisor idle CPU < 0.2 %. Nothing is asserted. Results also go to ``bench/out
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import os
@@ -34,11 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's morag_worker, not an install
 
-import redis.asyncio as aioredis  # noqa: E402
 import requests  # noqa: E402
 
-from morag_worker.core.acl import RedisAclHook  # noqa: E402
-from morag_worker.core.auth import APIKeyService  # noqa: E402
+from morag_worker.core.acl import create_provisioned_key  # noqa: E402
 from morag_worker.core.child_process import ChildCallbacks, ChildProcess, SubprocessLauncher  # noqa: E402
 from morag_worker.core.hub_client import HubClient  # noqa: E402
 from morag_worker.core.local_stack import Proc, RedisServer, free_port, python_argv, wait_for  # noqa: E402
@@ -64,14 +61,7 @@ def child_env() -> dict[str, str]:
 
 
 def create_key(redis_url: str) -> str:
-    async def run() -> str:
-        client = aioredis.Redis.from_url(redis_url)
-        try:
-            return await APIKeyService(client, access_hook=RedisAclHook(client)).create_api_key(USER, "bench")
-        finally:
-            await client.aclose()
-
-    return asyncio.run(run())
+    return create_provisioned_key(redis_url, USER, "bench")
 
 
 class StateWaiter:

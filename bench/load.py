@@ -24,7 +24,6 @@ the ACL and the namespace alone cost) and real/bare (the whole pipeline, for inf
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import statistics
 import sys
@@ -150,20 +149,9 @@ def create_keys(redis_url: str, users: list[str]) -> dict[str, str]:
 
 
 def _create_keys(redis_url: str, users: list[str]) -> dict[str, str]:
-    import redis.asyncio as aioredis
+    from morag_worker.core.acl import create_provisioned_key
 
-    from morag_worker.core.acl import RedisAclHook
-    from morag_worker.core.auth import APIKeyService
-
-    async def create() -> dict[str, str]:
-        client = aioredis.Redis.from_url(redis_url)
-        try:
-            service = APIKeyService(client, access_hook=RedisAclHook(client))
-            return {user: await service.create_api_key(user, "bench") for user in users}
-        finally:
-            await client.aclose()
-
-    return asyncio.run(create())
+    return {user: create_provisioned_key(redis_url, user, "bench") for user in users}
 
 
 def run_bare_or_isolated(mode: str, redis: RedisServer, users: list[str], workers: int, tasks: int) -> Run:

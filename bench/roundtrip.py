@@ -30,7 +30,6 @@ adds on top (it does more, so its ratio is not a queue overhead).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import signal
@@ -47,11 +46,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import redis.asyncio as aioredis  # noqa: E402
 from celery import Celery  # noqa: E402
 
-from morag_worker.core.acl import RedisAclHook  # noqa: E402
-from morag_worker.core.auth import APIKeyService  # noqa: E402
+from morag_worker.core.acl import create_provisioned_key  # noqa: E402
 from morag_worker.core.hub_client import HubClient  # noqa: E402
 from morag_worker.core.local_stack import RedisServer, free_port, python_argv, wait_for  # noqa: E402
 from morag_worker.core.naming import WorkerType  # noqa: E402
@@ -116,14 +113,7 @@ class Child:
 
 
 def create_key(redis_url: str) -> str:
-    async def create() -> str:
-        client = aioredis.Redis.from_url(redis_url)
-        try:
-            return await APIKeyService(client, access_hook=RedisAclHook(client)).create_api_key(USER, "bench")
-        finally:
-            await client.aclose()
-
-    return asyncio.run(create())
+    return create_provisioned_key(redis_url, USER, "bench")
 
 
 def timed(n: int, round_trip: Callable[[int], Any]) -> list[float]:

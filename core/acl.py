@@ -207,3 +207,27 @@ class RedisAclHook:
         await self._redis.execute_command("ACL", "SETUSER", MARKER_USER, "reset", "off")
         log.info("acl.synced_all", users=count)
         return count
+
+
+def create_provisioned_key(
+    redis_url: str, user_id: str, description: str = "", expires_days: int | None = None
+) -> str:
+    """Create a key for ``user_id`` and its broker access, from synchronous code (demo, tests, benches).
+
+    Opens its own admin connection and event loop; not for use inside a running event loop.
+    """
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from .auth import APIKeyService
+
+    async def create() -> str:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            service = APIKeyService(client, access_hook=RedisAclHook(client))
+            return await service.create_api_key(user_id, description, expires_days)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(create())

@@ -6,7 +6,6 @@ refused, or the hub answered with an error. The API key is sent only to the hub'
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,8 +192,3 @@ def _error_text(response: requests.Response) -> str:
     if isinstance(data, dict):
         return str(data.get("error") or data.get("detail") or data)[:300]
     return str(data)[:300]
-
-
-def hub_url_from_env(env: dict[str, str] | None = None) -> str | None:
-    env = env if env is not None else dict(os.environ)
-    return env.get("MAIN_SERVER_URL") or None

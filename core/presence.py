@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -138,7 +137,3 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def info(self, worker: Any) -> Mapping[str, Any]:
         return {"presence": self._key if self.enabled else None}
-
-
-def default_hostname() -> str:
-    return socket.gethostname()

@@ -7,7 +7,6 @@ with its whole process group.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +14,8 @@ from pathlib import Path
 import keyring.backend
 import keyring.core
 import pytest
-import redis.asyncio as aioredis
 
-from morag_worker.core.acl import RedisAclHook
-from morag_worker.core.auth import APIKeyService
+from morag_worker.core.acl import create_provisioned_key
 from morag_worker.core.celery_config import broker_url_with_credentials
 from morag_worker.core.hub_client import HubClient
 from morag_worker.core.naming import WorkerType
@@ -31,15 +28,7 @@ SAMPLES = RESOURCES / "samples"
 
 
 def create_key(redis_url: str, user_id: str, expires_days: int | None = None) -> str:
-    async def _create() -> str:
-        client = aioredis.Redis.from_url(redis_url)
-        try:
-            service = APIKeyService(client, access_hook=RedisAclHook(client))
-            return await service.create_api_key(user_id, "test", expires_days)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(_create())
+    return create_provisioned_key(redis_url, user_id, "test", expires_days)
 
 
 @dataclass

@@ -9,7 +9,6 @@ markdown, and shuts everything down. Exit status 0 when every sample came back c
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib.resources
 import os
 import shutil
@@ -19,11 +18,9 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-import redis.asyncio as aioredis
 import requests
 
-from morag_worker.core.acl import RedisAclHook
-from morag_worker.core.auth import APIKeyService
+from morag_worker.core.acl import create_provisioned_key
 from morag_worker.core.hub_client import HubClient, TaskView
 from morag_worker.core.local_stack import (
     Proc,
@@ -55,18 +52,6 @@ def _child_env(**extra: str) -> dict[str, str]:
     }
     env.update(extra)
     return env
-
-
-def _create_key(redis_url: str) -> str:
-    async def create() -> str:
-        client = aioredis.Redis.from_url(redis_url)
-        try:
-            service = APIKeyService(client, access_hook=RedisAclHook(client))
-            return await service.create_api_key(DEMO_USER, "morag-worker demo")
-        finally:
-            await client.aclose()
-
-    return asyncio.run(create())
 
 
 def _samples(folder: Path) -> list[Path]:
@@ -109,7 +94,7 @@ def _run(args: argparse.Namespace, tmp: Path, stack: ExitStack) -> int:
     stack.callback(hub.stop)
     wait_for(lambda: requests.get(hub_url + "/healthz", timeout=2).ok, 60, "the hub to start")
 
-    api_key = _create_key(server.url)
+    api_key = create_provisioned_key(server.url, DEMO_USER, "morag-worker demo")
     _say(f"created user {DEMO_USER!r} with a fresh API key (and its Redis ACL user)")
 
     _say("starting a headless worker (morag-worker --no-gui)")
