@@ -12,6 +12,7 @@ declare -A NEEDED=(
   [dbus-daemon]=dbus-daemon             # the private session bus those tests start
   [secret-tool]=libsecret-tools         # checks what the keychain holds
   [curl]=curl                           # the download benchmark's baseline
+  [openssl]=openssl                     # certificates for the TLS tests
 )
 missing=()
 for cmd in "${!NEEDED[@]}"; do
@@ -43,7 +44,15 @@ fi
 
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
+  if ! "$PYTHON" -m venv .venv 2>/dev/null; then
+    # Debian's python3 ships venv/ensurepip separately.
+    rm -rf .venv
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    "$PYTHON" -m venv .venv
+  fi
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
