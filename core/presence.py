@@ -20,9 +20,16 @@ from typing import Any
 import structlog
 from celery import bootsteps
 
-from .naming import namespace_prefix
+from .naming import in_queue_order, namespace_prefix
 
-__all__ = ["PRESENCE_TTL_S", "PresenceRecord", "PresenceStep", "live_workers", "presence_key"]
+__all__ = [
+    "PRESENCE_TTL_S",
+    "PresenceRecord",
+    "PresenceStep",
+    "live_workers",
+    "presence_key",
+    "workers_consuming",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -42,7 +49,8 @@ class PresenceRecord:
     user_id: str
     version: str
     state: str
-    queue: str | None
+    queue: str | None  # the first of ``queues``, for readers written before ``queues``
+    queues: list[str] = field(default_factory=list)  # every queue this worker consumes
     active_tasks: list[str] = field(default_factory=list)
     gpu: str | None = None
     pid: int = 0
@@ -74,6 +82,11 @@ def live_workers(redis_client: Any, user_id: str) -> list[PresenceRecord]:
     return sorted(records, key=lambda r: r.hostname)
 
 
+def workers_consuming(records: list[PresenceRecord], queue: str) -> list[PresenceRecord]:
+    """The live workers among ``records`` that take tasks from ``queue``."""
+    return [r for r in records if queue in (r.queues or ([r.queue] if r.queue else []))]
+
+
 class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]
     """Keeps this worker's presence record alive; enabled in the remote role only."""
 
@@ -97,13 +110,14 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]
         assert self.user_id is not None
         url = worker.app.conf.broker_url
         self._client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=10)
-        queues = [q.name for q in worker.app.amqp.queues.consume_from.values()]
+        queues = in_queue_order(q.name for q in worker.app.amqp.queues.consume_from.values())
         self._record = PresenceRecord(
             hostname=worker.hostname,
             user_id=self.user_id,
             version=__version__,
             state="idle",
             queue=queues[0] if queues else None,
+            queues=queues,
             gpu=os.environ.get("MORAG_WORKER_GPU") or None,
             pid=os.getpid(),
             started_at=time.time(),

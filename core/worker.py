@@ -19,7 +19,7 @@ from celery.exceptions import Reject
 
 from .celery_config import base_config, reliability_summary, remote_worker_config
 from .deliveries import DeliveryCounter, max_starts_from_env
-from .naming import namespace_prefix, user_id_from_queue, validate_user_id
+from .naming import in_queue_order, namespace_prefix, user_id_from_queue, validate_user_id
 from .pipeline import InfrastructureError, TaskCancelledError
 from .processing import TaskCancelled
 from .results import TaskResult
@@ -260,7 +260,7 @@ def _announce_ready(sender: Any = None, **_: Any) -> None:
     log.info("worker.ready", hostname=hostname, user_id=runtime.own_user_id)
     app = getattr(sender, "app", None) or celery_app
     try:
-        queues = sorted(app.amqp.queues.consume_from)
+        queues = in_queue_order(app.amqp.queues.consume_from)
     except Exception:  # noqa: BLE001 - the queue list is informative only
         queues = []
     runtime.announce_ready(hostname=hostname, queues=queues, config=reliability_summary(app.conf))

@@ -61,7 +61,7 @@ def status_texts(status: WorkerStatus, tasks: Sequence[TaskProgress], now: float
     state = status.state
     who = " · ".join(
         part
-        for part in (f"Signed in as {status.user_id}" if status.user_id else "", status.queue or "")
+        for part in (f"Signed in as {status.user_id}" if status.user_id else "", ", ".join(status.queues))
         if part
     )
     if state is WorkerState.STOPPED:
