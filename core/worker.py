@@ -23,6 +23,9 @@ from .naming import in_queue_order, namespace_prefix, user_id_from_queue, valida
 from .pipeline import InfrastructureError, TaskCancelledError
 from .processing import TaskCancelled
 from .results import TaskResult
+
+# The seed defines its queue helpers in its worker module; a server written to it imports them from here.
+from .routing import get_task_for_user, submit_task_for_user
 from .runtime import WorkerRuntime, get_runtime
 from .task_args import MalformedTask, bind_arguments
 from .transfer import sweep_stale_workspaces
@@ -30,10 +33,12 @@ from .worker_state import TaskOutcome
 
 __all__ = [
     "celery_app",
+    "get_task_for_user",
     "process_file_task",
     "process_file_task_remote",
     "process_url_task",
     "process_url_task_remote",
+    "submit_task_for_user",
 ]
 
 log = structlog.get_logger(__name__)
