@@ -369,11 +369,10 @@ class ProgressWindow(QWidget):
             self.header.icon.setPixmap(self._icons.pixmap(look, 48))
         self.empty_label.setVisible(not self.rows)
         if not self.rows:
-            self.empty_label.setText(
-                "No task right now. Waiting for work from your queue…"
-                if status.state is WorkerState.RUNNING
-                else "No task in progress."
-            )
+            waiting = "No task right now. Waiting for work from your queues…"
+            if status.notice:
+                waiting += "\n" + status.notice
+            self.empty_label.setText(waiting if status.state is WorkerState.RUNNING else "No task in progress.")
         self.setWindowTitle(f"{title} · {DISPLAY_NAME}")
 
     def bring_to_front(self) -> None:
