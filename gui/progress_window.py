@@ -372,7 +372,8 @@ class ProgressWindow(QWidget):
             waiting = "No task right now. Waiting for work from your queues…"
             if status.notice:
                 waiting += "\n" + status.notice
-            self.empty_label.setText(waiting if status.state is WorkerState.RUNNING else "No task in progress.")
+            running = status.state is WorkerState.RUNNING
+            self.empty_label.setText(waiting if running else "No task in progress.")
         self.setWindowTitle(f"{title} · {DISPLAY_NAME}")
 
     def bring_to_front(self) -> None:

@@ -321,7 +321,8 @@ class FakeChild:
         self.callbacks.on_message(line)
 
     def ready(self) -> None:
-        self.send("ready", hostname="fake@test", queues=["gpu-tasks-u1", "cpu-tasks-u1"], config={"task_acks_late": True})
+        queues = ["gpu-tasks-u1", "cpu-tasks-u1"]
+        self.send("ready", hostname="fake@test", queues=queues, config={"task_acks_late": True})
 
     def heartbeat(
         self,
