@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from morag_worker.core.cli import CliError, ExitCode, build_parser, dispatch
+from morag_worker.core.cli import CliError, ExitCode, build_parser, dispatch, sentence
 from morag_worker.core.logging import configure_logging, redact
 
 
@@ -26,10 +26,10 @@ def main(argv: list[str] | None = None) -> int:
             return _run_gui(args)
         return dispatch(args)
     except CliError as exc:
-        print(f"morag-worker: {redact(str(exc))}", file=sys.stderr)
+        print(f"morag-worker: {sentence(redact(str(exc)))}", file=sys.stderr)
         return int(exc.code)
     except KeyboardInterrupt:
-        print("morag-worker: interrupted", file=sys.stderr)
+        print("morag-worker: Interrupted.", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
 
 

@@ -47,10 +47,10 @@ async def _run(args: argparse.Namespace, url: str) -> int:
         action = args.keys_command
         if action == "create":
             if args.expires_days is not None and args.expires_days <= 0:
-                raise CliError("--expires-days must be a positive number", ExitCode.USAGE)
+                raise CliError("the number of days in --expires-days must be at least 1", ExitCode.USAGE)
             key = await service.create_api_key(args.user, args.description, args.expires_days)
             print(key)
-            print(f"created a key for user {args.user!r}; it is shown only this once", file=sys.stderr)
+            print(f"Created a key for user {args.user!r}; it is shown only this once.", file=sys.stderr)
         elif action == "list":
             for record in await service.list_keys(args.user):
                 expires = record.expires_at.isoformat() if record.expires_at else "never"
@@ -65,10 +65,10 @@ async def _run(args: argparse.Namespace, url: str) -> int:
                 record = await service.revoke(key_or_hash)
             except UnknownKey as exc:
                 raise CliError(str(exc), ExitCode.USAGE) from None
-            print(f"revoked key {record.key_hash[:12]}… of user {record.user_id!r}", file=sys.stderr)
+            print(f"Revoked key {record.key_hash[:12]}… of user {record.user_id!r}.", file=sys.stderr)
         elif action == "sweep":
             removed = await service.sweep_expired()
-            print(f"removed {len(removed)} expired key(s)", file=sys.stderr)
+            print(f"Removed {len(removed)} expired key(s).", file=sys.stderr)
         return int(ExitCode.OK)
     finally:
         await client.aclose()

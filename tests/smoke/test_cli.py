@@ -85,14 +85,14 @@ def test_keys_verbs(tmp_path: Path) -> None:
         assert cli("keys", "revoke", "-", env=env, stdin=key + "\n").returncode == 2
         assert cli("keys", "sweep", env=env).returncode == 0
         bad_user = cli("keys", "create", "--user", "da*ve", env=env)
-        assert bad_user.returncode == 2 and "invalid user id" in bad_user.stderr
+        assert bad_user.returncode == 2 and "Invalid user id" in bad_user.stderr
         assert "Traceback" not in bad_user.stderr
     finally:
         server.stop()
     unreachable = cli(
         "keys", "list", "--user", "dave", env=base_env(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     )
-    assert unreachable.returncode == 6 and "cannot reach Redis" in unreachable.stderr
+    assert unreachable.returncode == 6 and "Cannot reach Redis" in unreachable.stderr
     assert "Traceback" not in unreachable.stderr and len(unreachable.stderr.strip().splitlines()) == 1
 
 
@@ -129,7 +129,7 @@ def test_client_errors_are_one_clear_line(stack: Stack) -> None:
         str(SAMPLES / "sample.txt"),
         env=base_env(MORAG_API_KEY="x" * 43, MAIN_SERVER_URL=f"http://127.0.0.1:{free_port()}"),
     )
-    assert no_hub.returncode == 5 and "cannot reach the hub" in no_hub.stderr
+    assert no_hub.returncode == 5 and "Cannot reach the hub" in no_hub.stderr
     for done in (bad_key, no_hub):
         assert "Traceback" not in done.stderr and "x" * 43 not in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
