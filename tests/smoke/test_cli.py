@@ -111,10 +111,29 @@ def test_submit_wait_prints_markdown_and_json(stack: Stack, tmp_path: Path) -> N
     broken = tmp_path / "broken.pdf"
     broken.write_bytes(b"%PDF-1.4 this is not really a pdf")
     failed = cli("submit", str(broken), "--wait", env=env)
-    assert failed.returncode == 1 and "processing failed" in failed.stderr
-    assert failed.stdout == ""
+    # The task itself ends in Celery's SUCCESS state; its result says success: false.
+    assert failed.returncode == 1 and "morag-worker: Processing failed: " in failed.stderr
+    assert "success" not in failed.stderr.lower() and "converted" not in failed.stderr.lower()
+    assert failed.stderr.rstrip().endswith(".") and failed.stdout == ""
+    failed_json = cli("submit", str(broken), "--wait", "--json", env=env)
+    assert failed_json.returncode == 1 and "Processing failed: " in failed_json.stderr
+    assert json.loads(failed_json.stdout)["success"] is False
     queued = cli("submit", str(SAMPLES / "sample.txt"), env=env)
     assert queued.returncode == 0 and len(queued.stdout.strip()) == 36
+
+
+def test_submit_names_each_mistake_before_asking_the_hub(tmp_path: Path) -> None:
+    env = base_env()  # no hub and no key: the source is checked first
+    mistakes = {
+        str(tmp_path): f"morag-worker: Cannot submit the directory {tmp_path}; submit one file at a time.",
+        "ftp://example.org/report.pdf": "morag-worker: Only http:// and https:// URLs can be submitted",
+        str(tmp_path / "missing.pdf"): f"morag-worker: No such file: {tmp_path / 'missing.pdf'}.",
+    }
+    for source, message in mistakes.items():
+        done = cli("submit", source, "--wait", env=env)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith(message) and len(done.stderr.strip().splitlines()) == 1
+        assert done.stdout == ""
 
 
 def test_client_errors_are_one_clear_line(stack: Stack) -> None:

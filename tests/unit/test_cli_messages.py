@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from morag_worker.core.cli import sentence
+from morag_worker.core.cli import CliError, ExitCode, sentence
+from morag_worker.core.cli.submit import _check_source, failure_of
+from morag_worker.core.hub_client import TaskView
 
 pytestmark = pytest.mark.unit
 
@@ -29,3 +33,35 @@ pytestmark = pytest.mark.unit
 )
 def test_sentence(text: str, expected: str) -> None:
     assert sentence(text) == expected
+
+
+def test_submit_names_each_mistake(tmp_path: Path) -> None:
+    file = tmp_path / "a.txt"
+    file.write_text("hi")
+    assert _check_source(str(file)) == file
+    assert _check_source("https://example.org/a.pdf") == "https://example.org/a.pdf"
+    assert _check_source("HTTP://example.org/a.pdf") == "HTTP://example.org/a.pdf"
+    mistakes = {
+        str(tmp_path): "directory",
+        str(tmp_path / "missing.pdf"): "no such file",
+        "ftp://example.org/a.pdf": "only http:// and https:// URLs",
+        "file:///etc/hosts": "only http:// and https:// URLs",
+    }
+    for source, message in mistakes.items():
+        with pytest.raises(CliError, match=message) as caught:
+            _check_source(source)
+        assert caught.value.code is ExitCode.USAGE
+
+
+def _view(state: str, result: dict[str, object] | None = None, error: str | None = None) -> TaskView:
+    return TaskView(task_id="t", state=state, progress=None, result=result, error=error)
+
+
+def test_a_result_with_success_false_is_a_failure() -> None:
+    assert failure_of(_view("SUCCESS", {"success": True, "content": "x"})) is None
+    assert failure_of(_view("SUCCESS", {"success": False, "error_message": "broken"})) == (
+        "processing failed",
+        "broken",
+    )
+    assert failure_of(_view("SUCCESS", None)) is not None
+    assert failure_of(_view("FAILURE", None, "boom")) == ("the task failed", "boom")
