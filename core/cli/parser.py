@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--keep", action="store_true", help="keep the demo's temporary folder")
     demo.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the results")
+    demo.add_argument(
+        "--samples", type=Path, metavar="DIR", help="submit the files in DIR instead of the bundled samples"
+    )
 
     keys = sub.add_parser("keys", parents=[common], help="server side: manage API keys (needs REDIS_URL)")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)

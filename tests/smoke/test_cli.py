@@ -196,11 +196,30 @@ def test_demo_runs_the_whole_loop_and_leaves_nothing_behind(tmp_path: Path) -> N
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     done = cli("demo", env=base_env(TMPDIR=str(scratch)), timeout=600)
+    samples = sorted(p.name for p in SAMPLES.glob("sample.*") if p.suffix != ".py")
+    assert len(samples) >= 4
+    last_line = done.stdout.rstrip("\n").splitlines()[-1]
+    assert last_line == f"{len(samples)} of {len(samples)} converted", done.stdout[-3000:]
     assert done.returncode == 0, done.stderr[-3000:]
-    for name in ("sample.txt", "sample.html", "sample.docx", "sample.pdf"):
+    for name in samples:
         assert f"===== {name}: converted" in done.stdout
+        assert f"demo: {name}: converted" in done.stderr
+    assert "FAILED" not in done.stdout and "success" not in done.stderr
     assert "# MoRAG Worker" in done.stdout
     assert _processes_mentioning(str(scratch)) == []
     # The demo's own folder is gone (onnxruntime, via markitdown's file-type detection, may leave its
     # telemetry session file ``.ses`` in TMPDIR; that is not ours).
     assert [p.name for p in scratch.iterdir() if p.name.startswith("morag-demo-")] == []
+
+
+def test_demo_says_which_samples_failed_and_exits_non_zero(tmp_path: Path) -> None:
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "good.txt").write_text("hello from the demo\n")
+    (own / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    done = cli("demo", "--samples", str(own), timeout=600)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "===== good.txt: converted" in done.stdout and "===== broken.pdf: FAILED" in done.stdout
+    assert "demo: broken.pdf: failed" in done.stderr and "success" not in done.stderr
+    last_line = done.stdout.rstrip("\n").splitlines()[-1]
+    assert last_line.startswith("1 of 2 converted; failed: broken.pdf (the PDF file is damaged"), last_line

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from morag_worker.core.cli import CliError, ExitCode, sentence
+from morag_worker.core.cli.demo import _summary
 from morag_worker.core.cli.submit import _check_source, failure_of
 from morag_worker.core.hub_client import TaskView
 
@@ -65,3 +66,11 @@ def test_a_result_with_success_false_is_a_failure() -> None:
     )
     assert failure_of(_view("SUCCESS", None)) is not None
     assert failure_of(_view("FAILURE", None, "boom")) == ("the task failed", "boom")
+
+
+def test_demo_summary() -> None:
+    assert _summary(4, {}, 0) == "4 of 4 converted"
+    assert _summary(4, {"sample.xlsx": "the XLSX file is damaged (InvalidFileException: …)"}, 0) == (
+        "3 of 4 converted; failed: sample.xlsx (the XLSX file is damaged)"
+    )
+    assert _summary(2, {}, 1) == "2 of 2 converted; the worker exited with status 1"
