@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from typing import Any
 
@@ -17,23 +16,24 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from morag_worker.core.auth import APIKeyService, UnknownKey
-from morag_worker.core.celery_config import DEFAULT_REDIS_URL, strip_credentials
+from morag_worker.core.celery_config import strip_credentials
 from morag_worker.core.naming import InvalidUserId
 
 from .errors import CliError, ExitCode
+from .redis_url import admin_redis_url
 
 __all__ = ["run"]
 
 
 def run(args: argparse.Namespace) -> int:
-    url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    url = admin_redis_url(args)
     try:
         return asyncio.run(_run(args, url))
     except InvalidUserId as exc:
         raise CliError(str(exc), ExitCode.USAGE) from None
     except RedisConnectionError:
         raise CliError(
-            f"cannot reach Redis at {strip_credentials(url)} (set REDIS_URL to the admin connection)",
+            f"cannot reach Redis at {strip_credentials(url)} (check REDIS_URL or --redis-url)",
             ExitCode.BROKER_UNREACHABLE,
         ) from None
     except RedisError as exc:

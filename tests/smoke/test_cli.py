@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -134,6 +135,55 @@ def test_submit_names_each_mistake_before_asking_the_hub(tmp_path: Path) -> None
         assert done.returncode == 2, done.stderr
         assert done.stderr.startswith(message) and len(done.stderr.strip().splitlines()) == 1
         assert done.stdout == ""
+
+
+def _port_6379_listener() -> socket.socket | None:
+    """A listener on the port the CLI used to assume, to see that nothing connects; None if taken."""
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", 6379))
+    except OSError:
+        sock.close()
+        return None
+    sock.listen(8)
+    sock.setblocking(False)
+    return sock
+
+
+def test_keys_and_hub_refuse_to_start_without_a_redis_url(tmp_path: Path) -> None:
+    listener = _port_6379_listener()
+    try:
+        for args in (
+            ("keys", "list", "--user", "dave"),
+            ("keys", "sweep"),
+            ("hub", "--port", str(free_port())),
+        ):
+            done = cli(*args, "--storage", str(tmp_path / "hub")) if args[0] == "hub" else cli(*args)
+            assert done.returncode == 3, (args, done.stderr)
+            assert done.stderr.startswith("morag-worker: No Redis connection given.")
+            assert "set REDIS_URL" in done.stderr and "--redis-url" in done.stderr
+            assert done.stdout == "" and "Traceback" not in done.stderr
+        if listener is not None:
+            with pytest.raises(BlockingIOError):
+                listener.accept()  # nobody tried the old default
+    finally:
+        if listener is not None:
+            listener.close()
+    assert not (tmp_path / "hub").exists()
+    secret = cli("keys", "list", "--user", "dave", "--redis-url", "redis://:hunter2@127.0.0.1:1/0")
+    assert secret.returncode == 2 and "must not contain a password" in secret.stderr
+    assert "hunter2" not in secret.stderr
+
+
+def test_redis_url_option(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis")
+    try:
+        created = cli("keys", "create", "--user", "ida", "--redis-url", server.url)
+        assert created.returncode == 0, created.stderr
+        listed = cli("keys", "--redis-url", server.url, "list", "--user", "ida")
+        assert listed.returncode == 0 and len(listed.stdout.strip().splitlines()) == 1
+    finally:
+        server.stop()
 
 
 def test_client_errors_are_one_clear_line(stack: Stack) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
 
-from morag_worker.core.cli import CliError, ExitCode, sentence
+from morag_worker.core.cli import CliError, ExitCode, build_parser, sentence
 from morag_worker.core.cli.demo import _summary
+from morag_worker.core.cli.redis_url import admin_redis_url
 from morag_worker.core.cli.submit import _check_source, failure_of
 from morag_worker.core.hub_client import TaskView
 
@@ -34,6 +36,47 @@ pytestmark = pytest.mark.unit
 )
 def test_sentence(text: str, expected: str) -> None:
     assert sentence(text) == expected
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(list(argv))
+
+
+def test_admin_redis_url_is_never_guessed() -> None:
+    with pytest.raises(CliError, match="REDIS_URL") as caught:
+        admin_redis_url(_args("keys", "list", "--user", "u"), {})
+    assert caught.value.code is ExitCode.CONFIG and "--redis-url" in str(caught.value)
+    with pytest.raises(CliError, match="REDIS_URL"):
+        admin_redis_url(_args("hub"), {"REDIS_URL": "  "})
+    assert admin_redis_url(_args("hub"), {"REDIS_URL": "redis://:pw@h:1/0"}) == "redis://:pw@h:1/0"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("keys", "--redis-url", "redis://h:2/0", "list", "--user", "u"),
+        ("keys", "list", "--user", "u", "--redis-url", "redis://h:2/0"),
+        ("hub", "--redis-url", "redis://h:2/0"),
+    ],
+)
+def test_redis_url_option_wins_over_the_environment(argv: tuple[str, ...]) -> None:
+    assert admin_redis_url(_args(*argv), {"REDIS_URL": "redis://h:1/0"}) == "redis://h:2/0"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://:secret@h:1/0", "must not contain a password"),
+        ("redis://admin:secret@h:1/0", "must not contain a password"),
+        ("redis://h:1/0?password=secret", "must not contain a password"),
+        ("http://h:1/0", "redis://, rediss:// or unix://"),
+    ],
+)
+def test_bad_redis_url_options(url: str, message: str) -> None:
+    with pytest.raises(CliError, match=message) as caught:
+        admin_redis_url(_args("hub", "--redis-url", url), {})
+    assert caught.value.code is ExitCode.USAGE
+    assert "secret" not in str(caught.value)
 
 
 def test_submit_names_each_mistake(tmp_path: Path) -> None:
