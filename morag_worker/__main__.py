@@ -1,15 +1,17 @@
 """The ``morag-worker`` entry point: parse arguments, configure logging, then pick a front end.
 
 No toolkit is imported before the arguments are parsed, so ``--help``, ``--version`` and every
-headless verb work without a display.
+headless verb work without a display; the tray app is not started where there is no display.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from morag_worker.core.cli import CliError, ExitCode, build_parser, dispatch, sentence
+from morag_worker.core.cli.display import NO_DISPLAY_MESSAGE, has_display
 from morag_worker.core.logging import configure_logging, redact
 
 
@@ -34,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_gui(args: object) -> int:
+    if not has_display(os.environ):
+        raise CliError(NO_DISPLAY_MESSAGE, ExitCode.USAGE)
     try:
         from morag_worker.gui.app import run
     except ImportError as exc:

@@ -186,6 +186,15 @@ def test_redis_url_option(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_tray_app_without_a_display_says_how_to_run_headless() -> None:
+    for extra in ({}, {"QT_QPA_PLATFORM": "xcb"}):
+        done = cli(env={**headless_env(), **extra}, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert "No display was found" in done.stderr and "morag-worker --no-gui" in done.stderr
+        assert "Reinstalling" not in done.stderr and "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+
+
 def test_client_errors_are_one_clear_line(stack: Stack) -> None:
     bad_key = cli(
         "submit",

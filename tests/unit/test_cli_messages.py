@@ -9,6 +9,7 @@ import pytest
 
 from morag_worker.core.cli import CliError, ExitCode, build_parser, sentence
 from morag_worker.core.cli.demo import _summary
+from morag_worker.core.cli.display import has_display
 from morag_worker.core.cli.redis_url import admin_redis_url
 from morag_worker.core.cli.submit import _check_source, failure_of
 from morag_worker.core.hub_client import TaskView
@@ -36,6 +37,27 @@ pytestmark = pytest.mark.unit
 )
 def test_sentence(text: str, expected: str) -> None:
     assert sentence(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("environ", "platform", "expected"),
+    [
+        ({}, "linux", False),
+        ({"DISPLAY": ":0"}, "linux", True),
+        ({"WAYLAND_DISPLAY": "wayland-0"}, "linux", True),
+        ({"DISPLAY": ""}, "linux", False),
+        ({"QT_QPA_PLATFORM": "offscreen"}, "linux", True),
+        ({"QT_QPA_PLATFORM": "minimal"}, "freebsd14", True),
+        ({"QT_QPA_PLATFORM": "xcb"}, "linux", False),
+        ({"QT_QPA_PLATFORM": "xcb", "DISPLAY": ":1"}, "linux", True),
+        ({"QT_QPA_PLATFORM": "wayland;xcb", "DISPLAY": ":1"}, "linux", True),
+        ({"QT_QPA_PLATFORM": "wayland"}, "linux", False),
+        ({}, "win32", True),
+        ({}, "darwin", True),
+    ],
+)
+def test_has_display(environ: dict[str, str], platform: str, expected: bool) -> None:
+    assert has_display(environ, platform) is expected
 
 
 def _args(*argv: str) -> argparse.Namespace:
