@@ -161,7 +161,7 @@ def _run(args: argparse.Namespace, tmp: Path, stack: ExitStack) -> int:
 
     _say("Stopping the worker (it finishes, then exits).")
     code = worker.stop(timeout=60)
-    _say(f"The worker exited with status {code}.")
+    _say(f"The worker {_ending(code)}.")
     sys.stdout.flush()
     print(_summary(len(tasks), failed, code), flush=True)
     return int(ExitCode.OK if not failed and code == 0 else ExitCode.TASK_FAILED)
@@ -174,8 +174,12 @@ def _summary(total: int, failed: dict[str, str], worker_code: int | None) -> str
         reasons = ", ".join(f"{name} ({_short(reason)})" for name, reason in failed.items())
         line += f"; failed: {reasons}"
     if worker_code != 0:
-        line += f"; the worker exited with status {worker_code}"
+        line += f"; the worker {_ending(worker_code)}"
     return line
+
+
+def _ending(code: int | None) -> str:
+    return "did not stop in time and was killed" if code is None else f"exited with status {code}"
 
 
 def _short(reason: str, limit: int = 100) -> str:

@@ -139,3 +139,4 @@ def test_demo_summary() -> None:
         "3 of 4 converted; failed: sample.xlsx (the XLSX file is damaged)"
     )
     assert _summary(2, {}, 1) == "2 of 2 converted; the worker exited with status 1"
+    assert _summary(1, {}, None) == "1 of 1 converted; the worker did not stop in time and was killed"
