@@ -52,7 +52,10 @@ async def _run(args: argparse.Namespace, url: str) -> int:
             print(key)
             print(f"Created a key for user {args.user!r}; it is shown only this once.", file=sys.stderr)
         elif action == "list":
-            for record in await service.list_keys(args.user):
+            records = await service.list_keys(args.user)
+            if not records:
+                print(f"User {args.user!r} has no keys.", file=sys.stderr)
+            for record in records:
                 expires = record.expires_at.isoformat() if record.expires_at else "never"
                 status = "active" if record.active else "revoked"
                 print(

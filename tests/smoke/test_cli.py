@@ -79,6 +79,9 @@ def test_keys_verbs(tmp_path: Path) -> None:
         key = created.stdout.strip()
         assert created.stdout == key + "\n" and len(key) >= 43
         assert key not in created.stderr
+        nobody = cli("keys", "list", "--user", "nobody", env=env)
+        assert nobody.returncode == 0 and nobody.stdout == ""
+        assert nobody.stderr == "User 'nobody' has no keys.\n"
         listed = cli("keys", "list", "--user", "dave", env=env)
         assert listed.returncode == 0 and "smoke" in listed.stdout and key not in listed.stdout
         revoked = cli("keys", "revoke", "-", env=env, stdin=key + "\n")
