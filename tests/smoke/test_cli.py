@@ -189,6 +189,7 @@ def test_redis_url_option(tmp_path: Path) -> None:
         server.stop()
 
 
+@pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="Windows and macOS always have a display")
 def test_tray_app_without_a_display_says_how_to_run_headless() -> None:
     for extra in ({}, {"QT_QPA_PLATFORM": "xcb"}):
         done = cli(env={**headless_env(), **extra}, timeout=60)
