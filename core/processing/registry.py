@@ -205,7 +205,7 @@ class ProcessorRegistry:
         if wanted and wanted not in _GENERIC_TYPES:
             what = f"content type {wanted!r}"
         elif extension:
-            what = f"files of type {extension!r}"
+            what = f"the file type {extension!r}"
         elif sniffed:
             what = f"this file (it looks like {sniffed})"
         else:

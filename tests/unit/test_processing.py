@@ -133,7 +133,7 @@ def test_unknown_types_are_unsupported_with_the_list_of_formats(
     with pytest.raises(UnsupportedContent, match=r"type 'image/png' is not supported; supported: ") as caught:
         registry.resolve("image/png", "scan.png", png)
     assert "csv, docx, epub, html, json, markdown, pdf, pptx, text" in caught.value.message
-    with pytest.raises(UnsupportedContent, match=r"files of type '\.png' is not supported; .*pdf"):
+    with pytest.raises(UnsupportedContent, match=r"the file type '\.png' is not supported; .*pdf"):
         registry.resolve(None, None, png)
     other_zip = write(tmp_path, "bundle", a_zip({"hello.txt": b"hi"}))
     with pytest.raises(UnsupportedContent, match="not recognised"):
