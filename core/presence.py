@@ -28,7 +28,6 @@ __all__ = [
     "PresenceStep",
     "live_workers",
     "presence_key",
-    "workers_consuming",
 ]
 
 log = structlog.get_logger(__name__)
@@ -60,13 +59,26 @@ class PresenceRecord:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
+    def consumes(self, queue: str) -> bool:
+        """Whether this worker takes tasks from ``queue`` (records older than ``queues`` name one)."""
+        return queue in (self.queues or ([self.queue] if self.queue else []))
+
     @classmethod
     def from_json(cls, raw: str | bytes) -> PresenceRecord | None:
         try:
-            data = json.loads(raw)
-            known = {f for f in cls.__dataclass_fields__}
+            return cls.from_dict(json.loads(raw))
+        except ValueError:
+            return None
+
+    @classmethod
+    def from_dict(cls, data: object) -> PresenceRecord | None:
+        """A record from its JSON object (as ``/api/v1/workers`` lists it); None when malformed."""
+        if not isinstance(data, dict):
+            return None
+        known = set(cls.__dataclass_fields__)
+        try:
             return cls(**{k: v for k, v in data.items() if k in known})
-        except (ValueError, TypeError):
+        except TypeError:
             return None
 
 
@@ -80,11 +92,6 @@ def live_workers(redis_client: Any, user_id: str) -> list[PresenceRecord]:
         if record is not None and record.user_id == user_id:
             records.append(record)
     return sorted(records, key=lambda r: r.hostname)
-
-
-def workers_consuming(records: list[PresenceRecord], queue: str) -> list[PresenceRecord]:
-    """The live workers among ``records`` that take tasks from ``queue``."""
-    return [r for r in records if queue in (r.queues or ([r.queue] if r.queue else []))]
 
 
 class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]

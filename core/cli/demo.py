@@ -51,7 +51,7 @@ def _child_env(**extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("MORAG_", "MAIN_SERVER_URL", "REDIS_URL", "CELERY_"))
+        if not k.startswith(("MORAG_", "MAIN_SERVER_URL", "REDIS_URL", "CELERY_", "WORKER_TYPE"))
     }
     env.update(extra)
     return env
@@ -119,9 +119,7 @@ def _run(args: argparse.Namespace, tmp: Path, stack: ExitStack) -> int:
     _say("Starting a headless worker (morag-worker --no-gui).")
     worker = Proc(
         python_argv("-m", "morag_worker", "--no-gui", "--config-dir", str(tmp / "config")),
-        env=_child_env(
-            MORAG_API_KEY=api_key, MAIN_SERVER_URL=hub_url, TEMP_DIR=str(tmp / "work"), WORKER_TYPE="cpu"
-        ),
+        env=_child_env(MORAG_API_KEY=api_key, MAIN_SERVER_URL=hub_url, TEMP_DIR=str(tmp / "work")),
         name="worker",
     )
     stack.callback(worker.stop, 60)
@@ -133,12 +131,13 @@ def _run(args: argparse.Namespace, tmp: Path, stack: ExitStack) -> int:
         raise CliError(f"the worker did not come up: {exc}", ExitCode.BROKER_UNREACHABLE) from None
     if worker.popen.poll() is not None:
         raise CliError("the worker exited:\n" + worker.output()[-2000:], ExitCode.BROKER_UNREACHABLE)
-    _say("The worker is ready and waiting for work.")
+    queues = ", ".join(client.workers()[0].get("queues") or [])
+    _say(f"The worker is ready and waiting for work on {queues}.")
 
     tasks: dict[str, Path] = {}
     for path in samples:
         uploaded = client.upload(path)
-        created = client.create_task(file_id=uploaded["file_id"], worker_type="cpu")
+        created = client.create_task(file_id=uploaded["file_id"])  # gpu-tasks-{user}, as the seed sends
         tasks[created["task_id"]] = path
         _say(f"Submitted {path.name} as task {created['task_id'][:8]} on {created['queue']}.")
 

@@ -131,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--worker-type", choices=("gpu", "cpu"), default="gpu", help="queue kind")
     submit.add_argument("--local", action="store_true", help="use the server's own workers")
     submit.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait at most")
+    submit.add_argument(
+        "--keep-waiting",
+        action="store_true",
+        help="with --wait: wait even when none of your workers is online for the task's queue",
+    )
     return parser
 
 

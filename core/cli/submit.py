@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from morag_worker.core.hub_client import HubClient, HubError, HubUnreachable, KeyRejected, TaskView
 from morag_worker.core.logging import register_secret
+from morag_worker.core.presence import PresenceRecord
 
 from .errors import CliError, ExitCode, sentence
 from .keysource import resolve_hub_and_key
@@ -25,6 +26,9 @@ from .keysource import resolve_hub_and_key
 __all__ = ["failure_of", "run"]
 
 POLL_S = 0.5
+# A worker writes its presence when it starts and every few seconds; one starting right now shows
+# up within this. Past it, "no worker" is said (within 5 s of the task being queued).
+NO_WORKER_GRACE_S = 4.0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,9 +94,28 @@ def _submit(client: HubClient, source: str | Path, args: argparse.Namespace) -> 
         print(json.dumps(created) if args.json else task_id)
         print(f"Task {task_id} is queued on {created['queue']}.", file=sys.stderr)
         return int(ExitCode.OK)
-    print(f"Task {task_id} is queued on {created['queue']}; waiting for a worker…", file=sys.stderr)
+    queue = created["queue"]
+    print(f"Task {task_id} is queued on {queue}; waiting for a worker…", file=sys.stderr)
+    if not args.local and not args.keep_waiting and not _a_worker_consumes(client, queue):
+        raise CliError(
+            f"no worker of yours is online for {queue}. The task {task_id} stays queued and runs when "
+            "one starts (the tray app, or morag-worker --no-gui); pass --keep-waiting to wait for it here",
+            ExitCode.NO_WORKER,
+        )
     view = _follow(client, task_id, status, args.timeout)
     return _print_outcome(view, as_json=args.json)
+
+
+def _a_worker_consumes(client: HubClient, queue: str) -> bool:
+    """Whether one of the user's online workers takes tasks from ``queue`` (asked for a few seconds)."""
+    deadline = time.monotonic() + NO_WORKER_GRACE_S
+    while True:
+        records = [PresenceRecord.from_dict(w) for w in client.workers()]
+        if any(r is not None and r.consumes(queue) for r in records):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_S)
 
 
 def _follow(client: HubClient, task_id: str, status: _StatusLine, timeout: float) -> TaskView:

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 import morag_worker
+from morag_worker.core.naming import WorkerType
 from tests.conftest import SAMPLES, SecretServiceSession, Stack
-from tests.processes import RedisServer, base_env, free_port
+from tests.processes import RedisServer, base_env, free_port, wait_for
 
 pytestmark = pytest.mark.smoke
 
@@ -124,6 +125,47 @@ def test_submit_wait_prints_markdown_and_json(stack: Stack, tmp_path: Path) -> N
     assert json.loads(failed_json.stdout)["success"] is False
     queued = cli("submit", str(SAMPLES / "sample.txt"), env=env)
     assert queued.returncode == 0 and len(queued.stdout.strip()) == 36
+
+
+def test_submit_wait_says_when_no_worker_serves_the_queue(stack: Stack) -> None:
+    key = stack.key("frank")
+    env = base_env(MORAG_API_KEY=key, MAIN_SERVER_URL=stack.hub_url)
+    alone = cli("submit", str(SAMPLES / "sample.txt"), "--wait", env=env, timeout=60)
+    assert alone.returncode == 8, alone.stderr
+    assert "No worker of yours is online for gpu-tasks-frank." in alone.stderr
+    assert "stays queued" in alone.stderr and "--keep-waiting" in alone.stderr
+    task_id = alone.stderr.split("Task ", 1)[1].split()[0]
+    assert stack.client(key).task(task_id).state == "PENDING"  # nothing lost
+
+    stack.start_worker("frank", key, name="cpu-only-frank@test", worker_type=WorkerType.CPU)
+    gpu = cli("submit", str(SAMPLES / "sample.txt"), "--wait", env=env, timeout=60)
+    assert gpu.returncode == 8 and "for gpu-tasks-frank" in gpu.stderr
+    cpu = cli("submit", str(SAMPLES / "sample.txt"), "--wait", "--worker-type", "cpu", env=env)
+    assert cpu.returncode == 0, cpu.stderr
+
+    waiting = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "morag_worker",
+            "submit",
+            str(SAMPLES / "sample.txt"),
+            "--wait",
+            "--keep-waiting",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        stack.start_worker("frank", key, name="gpu-frank@test")
+        out, err = waiting.communicate(timeout=120)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 0, err
+    assert out.startswith("MoRAG Worker")
+    wait_for(lambda: stack.client(key).task(task_id).done, timeout=120, what="the first task to run")
 
 
 def test_submit_names_each_mistake_before_asking_the_hub(tmp_path: Path) -> None:
