@@ -248,9 +248,10 @@ class ProcessorRegistry:
         return hinted
 
     def _unsupported_message(self, wanted: str, extension: str, sniffed: Sniffed | None) -> str:
+        supported = ", ".join(self.supported())
         if sniffed is not None and sniffed.certain:
-            what = f"this file (it is {describe(sniffed.format)})"
-        elif wanted and wanted not in _GENERIC_TYPES:
+            return f"this file is not supported: it is {describe(sniffed.format)} (supported: {supported})"
+        if wanted and wanted not in _GENERIC_TYPES:
             what = f"content type {wanted!r}"
         elif extension:
             what = f"files of type {extension!r}"
@@ -258,4 +259,4 @@ class ProcessorRegistry:
             what = f"this file (it looks like {describe(sniffed.format)})"
         else:
             what = "this file (its format was not recognised from its name or content)"
-        return f"{what} is not supported; supported: {', '.join(self.supported())}"
+        return f"{what} is not supported; supported: {supported}"

@@ -61,9 +61,9 @@ _OPENDOCUMENT = {
 _DESCRIPTIONS = {
     DAMAGED_ZIP: "a damaged zip archive (a download cut short looks like this)",
     "zip": "a zip archive, but not a DOCX, XLSX, PPTX or EPUB document",
-    "odt": "an OpenDocument text (ODT); save it as DOCX",
-    "ods": "an OpenDocument spreadsheet (ODS); save it as XLSX",
-    "odp": "an OpenDocument presentation (ODP); save it as PPTX",
+    "odt": "an OpenDocument text (ODT); saved as DOCX it would convert",
+    "ods": "an OpenDocument spreadsheet (ODS); saved as XLSX it would convert",
+    "odp": "an OpenDocument presentation (ODP); saved as PPTX it would convert",
 }
 
 

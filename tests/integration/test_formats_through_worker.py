@@ -156,6 +156,9 @@ def libreoffice(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ),
         "stations.xlsx": soffice_convert(soffice, profile, src / "stations.csv", "xlsx", out),
         "survey.pptx": soffice_convert(soffice, profile, src / "survey.fodp", "pptx", out),
+        "report.odt": soffice_convert(
+            soffice, profile, src / "report.html", "odt", out, "--infilter=HTML (StarWriter)"
+        ),
     }
 
 
@@ -271,3 +274,13 @@ def test_a_damaged_office_file_fails_clearly(
     assert result["success"] is False and result["content"] is None
     assert result["error_message"].startswith(match), result["error_message"]
     assert "Traceback" not in result["error_message"]
+
+
+def test_an_opendocument_file_is_refused_with_advice(
+    stack: Stack, key: str, libreoffice: dict[str, Path]
+) -> None:
+    result = submit(stack, key, libreoffice["report.odt"], name="input.bin")
+    assert result["success"] is False and result["content"] is None
+    assert result["error_message"].startswith(
+        "this file is not supported: it is an OpenDocument text (ODT); saved as DOCX it would convert"
+    ), result["error_message"]

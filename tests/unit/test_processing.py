@@ -265,7 +265,7 @@ def test_sniff_reads_a_bounded_amount_of_a_hostile_manifest(tmp_path: Path) -> N
         ),
         (
             a_zip({"mimetype": b"application/vnd.oasis.opendocument.spreadsheet"}),
-            r"it is an OpenDocument spreadsheet \(ODS\); save it as XLSX",
+            r"not supported: it is an OpenDocument spreadsheet \(ODS\); saved as XLSX it would convert",
             UnsupportedContent,
         ),
     ],
