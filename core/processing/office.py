@@ -361,7 +361,8 @@ class DocxProcessor(MarkitdownProcessor):
             html = mammoth.convert_to_html(
                 stream, style_map=style_map, include_embedded_style_map=False
             ).value
-            result = HtmlConverter().convert_string(html)
+            # Word tables have no header cells; without inferring one, every table gets an empty header row.
+            result = HtmlConverter().convert_string(html, table_infer_header=True)
         except Exception as exc:
             raise damaged(self._what, self._kind, exc) from exc
         title = (str(result.title).strip() or None) if result.title else None

@@ -67,7 +67,7 @@ CASES = [
             "seventeen cormorants",
             "## Findings",
             "* Kelp forests",
-            "| Northpoint | 42 |",
+            "| Station | Readings |\n| --- | --- |\n| Northpoint | 42 |",
         ),
         {"title": "Quarterly field report"},
     ),

@@ -669,6 +669,7 @@ def test_docx_converts_whatever_markitdown_pre_processing_does(
     sample_md = run(registry, SAMPLES / "sample.docx").markdown
     for phrase in ("## How a task flows", TABLE_ROW, "* The worker downloads"):  # headings, tables, lists
         assert phrase in sample_md
+    assert "| Format | Processor | Progress unit |\n| --- | --- | --- |\n" in sample_md  # a header row
 
 
 def test_an_equation_markitdown_cannot_read_is_left_out_with_a_note(
