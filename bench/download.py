@@ -68,7 +68,7 @@ def fetch(url: str, dest: Path, method: str, sha256: str) -> None:
     sys.path.insert(0, str(ROOT))
     import requests
 
-    from morag_worker.core.transfer import Downloader, DownloadLimits
+    from morag_worker.core.transfer.downloader import Downloader, DownloadLimits
 
     origin = "/".join(url.split("/", 3)[:3])
     rss_before = _rss_kib()

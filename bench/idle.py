@@ -54,10 +54,10 @@ def _run_scenario(name: str, seconds: float) -> dict[str, float | str]:
 
     tmp = tempfile.TemporaryDirectory()
     if name != "baseline":
-        from morag_worker.core.credentials import CredentialStore
-        from morag_worker.core.history import HistoryStore
-        from morag_worker.core.settings import Settings, SettingsStore
-        from morag_worker.core.worker_state import WorkerState
+        from morag_worker.core.config.credentials import CredentialStore
+        from morag_worker.core.config.history import HistoryStore
+        from morag_worker.core.config.settings import Settings, SettingsStore
+        from morag_worker.core.supervisor.events import WorkerState
         from morag_worker.gui.shell import Services, TrayApp
         from tests.fakes import FakeAutostart, FakeGpuProbe, FakeSupervisor, InMemoryKeyring
 

@@ -35,21 +35,16 @@ sys.path.insert(0, str(ROOT))  # this checkout's morag_worker, not an install
 
 import requests  # noqa: E402
 
-from morag_worker.core.acl import create_provisioned_key  # noqa: E402
-from morag_worker.core.child_process import ChildCallbacks, ChildProcess, SubprocessLauncher  # noqa: E402
+from morag_worker.core.cli.devstack import Proc, RedisServer, free_port, python_argv, wait_for  # noqa: E402
+from morag_worker.core.config.settings import Settings  # noqa: E402
 from morag_worker.core.hub_client import HubClient  # noqa: E402
-from morag_worker.core.local_stack import Proc, RedisServer, free_port, python_argv, wait_for  # noqa: E402
-from morag_worker.core.settings import Settings  # noqa: E402
-from morag_worker.core.supervisor import Supervisor, SupervisorOptions  # noqa: E402
-from morag_worker.core.supervisor_plan import prepare  # noqa: E402
-from morag_worker.core.worker_command import WorkerCommand  # noqa: E402
-from morag_worker.core.worker_state import (  # noqa: E402
-    StopMode,
-    TaskProgress,
-    TaskRecord,
-    WorkerState,
-    WorkerStatus,
-)
+from morag_worker.core.results import TaskRecord  # noqa: E402
+from morag_worker.core.server.acl import create_provisioned_key  # noqa: E402
+from morag_worker.core.supervisor.child_process import ChildCallbacks, ChildProcess, SubprocessLauncher  # noqa: E402
+from morag_worker.core.supervisor.events import StopMode, TaskProgress, WorkerState, WorkerStatus  # noqa: E402
+from morag_worker.core.supervisor.prepare import prepare  # noqa: E402
+from morag_worker.core.supervisor.supervisor import Supervisor, SupervisorOptions  # noqa: E402
+from morag_worker.core.supervisor.worker_command import WorkerCommand  # noqa: E402
 
 USER = "bench"
 
@@ -233,7 +228,7 @@ def main() -> int:
         wait_for(lambda: requests.get(hub_url + "/healthz", timeout=2).ok, 60, "the hub")
         key = create_key(server.url)
         # The bare worker gets the very command the supervisor builds (same queue, pool, env).
-        from morag_worker.core.gpu import NvmlProbe
+        from morag_worker.core.supervisor.gpu import NvmlProbe
 
         options = SupervisorOptions()
         planned = prepare(

@@ -40,12 +40,12 @@ sys.path.insert(0, str(ROOT))
 from celery import Celery, signals  # noqa: E402
 from celery.result import ResultSet  # noqa: E402
 
-from morag_worker.core.celery_config import (  # noqa: E402
+from morag_worker.core.cli.devstack import Proc, RedisServer, free_port, wait_for  # noqa: E402
+from morag_worker.core.execution.celery_config import (  # noqa: E402
     base_config,
     namespaced_config,
     remote_worker_config,
 )
-from morag_worker.core.local_stack import Proc, RedisServer, free_port, wait_for  # noqa: E402
 from morag_worker.core.naming import queue_name  # noqa: E402
 
 TASK = "bench.small"
@@ -66,7 +66,7 @@ def bench_app(mode: str, user: str, redis_url: str) -> Celery:
     elif mode == "reliable":
         app.conf.update(base_config({"REDIS_URL": redis_url}))
     elif mode == "isolated-worker":
-        from morag_worker.core.remote_transport import register
+        from morag_worker.core.execution.contributor_transport import register
 
         register()
         app.conf.update(remote_worker_config({**os.environ, "REDIS_URL": redis_url}, user))
@@ -149,7 +149,7 @@ def create_keys(redis_url: str, users: list[str]) -> dict[str, str]:
 
 
 def _create_keys(redis_url: str, users: list[str]) -> dict[str, str]:
-    from morag_worker.core.acl import create_provisioned_key
+    from morag_worker.core.server.acl import create_provisioned_key
 
     return {user: create_provisioned_key(redis_url, user, "bench") for user in users}
 
@@ -193,7 +193,7 @@ def run_real(redis: RedisServer, tmp: Path, users: list[str], workers: int, task
     from morag_worker.core.hub_client import HubClient
     from morag_worker.core.naming import WorkerType
     from morag_worker.core.routing import app_for_user, submit_task_for_user
-    from morag_worker.core.worker_command import WorkerPlan, build_worker_command
+    from morag_worker.core.supervisor.worker_command import WorkerPlan, build_worker_command
 
     port = free_port()
     hub_url = f"http://127.0.0.1:{port}"

@@ -48,12 +48,12 @@ sys.path.insert(0, str(ROOT))
 
 from celery import Celery  # noqa: E402
 
-from morag_worker.core.acl import create_provisioned_key  # noqa: E402
+from morag_worker.core.cli.devstack import RedisServer, free_port, python_argv, wait_for  # noqa: E402
 from morag_worker.core.hub_client import HubClient  # noqa: E402
-from morag_worker.core.local_stack import RedisServer, free_port, python_argv, wait_for  # noqa: E402
 from morag_worker.core.naming import WorkerType  # noqa: E402
 from morag_worker.core.routing import submit_task_for_user  # noqa: E402
-from morag_worker.core.worker_command import WorkerPlan, build_worker_command  # noqa: E402
+from morag_worker.core.server.acl import create_provisioned_key  # noqa: E402
+from morag_worker.core.supervisor.worker_command import WorkerPlan, build_worker_command  # noqa: E402
 
 USER = "bench"
 BARE_APP = textwrap.dedent(

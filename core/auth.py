@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import redis
 import structlog
 
-from .naming import WorkerType, queue_name, validate_user_id
+from morag_worker.core.naming import WorkerType, queue_name, validate_user_id
 
 __all__ = [
     "APIKeyService",

@@ -1,4 +1,5 @@
-"""The typed shapes that cross the wire: a task's result object and its progress meta.
+"""What a task comes to: the result object and progress meta that cross the wire, and the outcome
+and record of a finished task that the worker reports to its supervisor and the history keeps.
 
 DESIGN §2 fixes the JSON shapes; these dataclasses are the one place that builds and parses them.
 """
@@ -6,10 +7,10 @@ DESIGN §2 fixes the JSON shapes; these dataclasses are the one place that build
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Any
 
-__all__ = ["ProgressMeta", "TaskResult", "TaskStage"]
+__all__ = ["ProgressMeta", "TaskOutcome", "TaskRecord", "TaskResult", "TaskStage"]
 
 
 class TaskStage(StrEnum):
@@ -95,3 +96,26 @@ class TaskResult:
             processing_time=processing_time,
             metadata=metadata or {},
         )
+
+
+class TaskOutcome(Enum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # the result says success: false, or the task raised
+    REQUEUED = "requeued"  # stopped now; back in the queue
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """One finished task, for the history view."""
+
+    task_id: str
+    outcome: TaskOutcome
+    started_at: float
+    finished_at: float
+    filename: str | None = None
+    error: str | None = None
+    metadata: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float:
+        return max(0.0, self.finished_at - self.started_at)

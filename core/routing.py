@@ -17,8 +17,8 @@ from typing import Any
 from celery import Celery
 from celery.result import AsyncResult
 
-from .celery_config import namespaced_config
-from .naming import DEFAULT_QUEUE, WorkerType, queue_name, validate_user_id
+from morag_worker.core.execution.celery_config import namespaced_config
+from morag_worker.core.naming import DEFAULT_QUEUE, WorkerType, queue_name, validate_user_id
 
 __all__ = [
     "REMOTE_SUFFIX",
@@ -41,7 +41,7 @@ def remote_task_name(base_task_name: str) -> str:
 
 
 def _default_app() -> Celery:
-    from .worker import celery_app
+    from morag_worker.core.worker import celery_app
 
     return celery_app
 

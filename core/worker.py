@@ -17,19 +17,18 @@ from celery import Celery, Task, signals
 from celery.app import trace as celery_trace
 from celery.exceptions import Reject
 
-from .celery_config import base_config, reliability_summary, remote_worker_config
-from .deliveries import DeliveryCounter, max_starts_from_env
-from .naming import in_queue_order, namespace_prefix, user_id_from_queue, validate_user_id
-from .pipeline import InfrastructureError, TaskCancelledError
-from .processing import TaskCancelled
-from .results import TaskResult
+from morag_worker.core.execution.celery_config import base_config, reliability_summary, remote_worker_config
+from morag_worker.core.execution.context import WorkerRuntime, get_runtime
+from morag_worker.core.execution.deliveries import DeliveryCounter, max_starts_from_env
+from morag_worker.core.execution.pipeline import InfrastructureError, TaskCancelledError
+from morag_worker.core.execution.task_args import MalformedTask, bind_arguments
+from morag_worker.core.naming import in_queue_order, namespace_prefix, user_id_from_queue, validate_user_id
+from morag_worker.core.processing import TaskCancelled
+from morag_worker.core.results import TaskOutcome, TaskResult
 
 # The seed defines its queue helpers in its worker module; a server written to it imports them from here.
-from .routing import get_task_for_user, submit_task_for_user
-from .runtime import WorkerRuntime, get_runtime
-from .task_args import MalformedTask, bind_arguments
-from .transfer import sweep_stale_workspaces
-from .worker_state import TaskOutcome
+from morag_worker.core.routing import get_task_for_user, submit_task_for_user
+from morag_worker.core.transfer.downloader import sweep_stale_workspaces
 
 __all__ = [
     "celery_app",
@@ -76,7 +75,7 @@ def _select_role(sender: Any = None, conf: Any = None, options: Any = None, **_:
             + ", ".join(sorted(user_ids))
         )
     (user_id,) = user_ids
-    from .remote_transport import register
+    from morag_worker.core.execution.contributor_transport import register
 
     register()  # the remote config names this transport by its alias
     (conf or celery_app.conf).update(remote_worker_config(env, user_id))
@@ -214,8 +213,8 @@ def process_url_task_remote(self: _MoragTask, *args: Any, **kwargs: Any) -> dict
 
 
 def _install_steps() -> None:
-    from .liveness import HeartbeatStep
-    from .presence import PresenceStep
+    from morag_worker.core.execution.liveness import HeartbeatStep
+    from morag_worker.core.execution.presence import PresenceStep
 
     celery_app.steps["worker"].add(PresenceStep)
     celery_app.steps["worker"].add(HeartbeatStep)
@@ -227,7 +226,7 @@ _install_steps()
 @signals.setup_logging.connect
 def _setup_logging(loglevel: Any = None, **_: Any) -> None:
     """The worker child logs through our redacting structlog pipeline (JSON when not a TTY)."""
-    from .logging import configure_logging
+    from morag_worker.core.logging import configure_logging
 
     configure_logging(level=loglevel or "INFO")
 

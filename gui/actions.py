@@ -14,7 +14,7 @@ from PySide6.QtCore import QObject, Slot
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QMenu
 
-from morag_worker.core.worker_state import WorkerState, WorkerStatus
+from morag_worker.core.supervisor.events import WorkerState, WorkerStatus
 
 from .controller import WorkerController
 

@@ -36,17 +36,12 @@ from PySide6.QtCore import (
 from PySide6.QtWidgets import QApplication
 
 from morag_worker import APP_NAME, DISPLAY_NAME, __version__
-from morag_worker.core.autostart import autostart_for_platform, launch_command
-from morag_worker.core.credentials import CredentialStore
-from morag_worker.core.gpu import NvmlProbe
-from morag_worker.core.history import HISTORY_FILE_NAME, HistoryStore, default_history_path
-from morag_worker.core.settings import SettingsStore, default_log_dir
-from morag_worker.core.worker_state import (
-    StopMode,
-    SupervisorListener,
-    WorkerState,
-    WorkerStatus,
-)
+from morag_worker.core.config.autostart import autostart_for_platform, launch_command
+from morag_worker.core.config.credentials import CredentialStore
+from morag_worker.core.config.history import HISTORY_FILE_NAME, HistoryStore, default_history_path
+from morag_worker.core.config.settings import SettingsStore, default_log_dir
+from morag_worker.core.supervisor.events import StopMode, SupervisorListener, WorkerState, WorkerStatus
+from morag_worker.core.supervisor.gpu import NvmlProbe
 
 from .controller import SupervisorFactory, SupervisorLike
 from .shell import Services, TrayApp
@@ -105,13 +100,13 @@ def make_supervisor_factory(
 
     def build(listener: SupervisorListener) -> SupervisorLike:
         try:
-            from morag_worker.core.supervisor import supervisor_for
+            from morag_worker.core.supervisor.supervisor import supervisor_for
         except ImportError as exc:
             log.error("gui.supervisor_missing", error=f"{exc.__class__.__name__}: {exc}")
             return UnavailableSupervisor(
                 listener,
                 "The worker engine is missing from this installation "
-                f"(morag_worker.core.supervisor: {exc}). Reinstall MoRAG Worker.",
+                f"(morag_worker.core.supervisor.supervisor: {exc}). Reinstall MoRAG Worker.",
             )
         try:
             supervisor: SupervisorLike = supervisor_for(

@@ -21,12 +21,11 @@ from typing import Protocol
 import structlog
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
-from morag_worker.core.worker_state import (
+from morag_worker.core.results import TaskOutcome, TaskRecord
+from morag_worker.core.supervisor.events import (
     StopMode,
     SupervisorListener,
-    TaskOutcome,
     TaskProgress,
-    TaskRecord,
     WorkerState,
     WorkerStatus,
 )

@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from morag_worker.core.worker_state import TaskOutcome, TaskRecord
+from morag_worker.core.results import TaskOutcome, TaskRecord
 
 from .format import clock_time, human_duration
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from morag_worker.core.worker_state import TaskOutcome, TaskRecord, WorkerState, WorkerStatus
+from morag_worker.core.results import TaskOutcome, TaskRecord
+from morag_worker.core.supervisor.events import WorkerState, WorkerStatus
 
 __all__ = ["Level", "Notice", "NotificationPolicy"]
 

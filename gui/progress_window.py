@@ -34,7 +34,8 @@ from PySide6.QtWidgets import (
 )
 
 from morag_worker import DISPLAY_NAME
-from morag_worker.core.worker_state import TaskProgress, TaskRecord, WorkerState, WorkerStatus
+from morag_worker.core.results import TaskRecord
+from morag_worker.core.supervisor.events import TaskProgress, WorkerState, WorkerStatus
 
 from .actions import WorkerActions
 from .controller import WorkerController

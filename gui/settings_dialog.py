@@ -36,18 +36,18 @@ from PySide6.QtWidgets import (
 )
 
 from morag_worker import DISPLAY_NAME
-from morag_worker.core.autostart import Autostart, AutostartError
-from morag_worker.core.credentials import CredentialError, CredentialStore
-from morag_worker.core.gpu import GpuInfo, GpuProbe
-from morag_worker.core.hub_client import HubClient, HubError, HubUnreachable, KeyRejected, QueueInfo
-from morag_worker.core.naming import WorkerType, consumed_queues
-from morag_worker.core.settings import (
+from morag_worker.core.config.autostart import Autostart, AutostartError
+from morag_worker.core.config.credentials import CredentialError, CredentialStore
+from morag_worker.core.config.settings import (
     InvalidHubUrl,
     Settings,
     SettingsError,
     SettingsStore,
     normalise_hub_url,
 )
+from morag_worker.core.hub_client import HubClient, HubError, HubUnreachable, KeyRejected, QueueInfo
+from morag_worker.core.naming import WorkerType, consumed_queues
+from morag_worker.core.supervisor.gpu import GpuInfo, GpuProbe
 
 from .background import BackgroundOp, BackgroundRunner
 from .signals import emit

@@ -23,13 +23,14 @@ from PySide6.QtCore import QObject, QTimer, QUrl, Signal, Slot
 from PySide6.QtGui import QDesktopServices, QGuiApplication
 from PySide6.QtWidgets import QSystemTrayIcon
 
-from morag_worker.core.autostart import Autostart
-from morag_worker.core.credentials import CredentialStore, NoApiKey, resolve_api_key
-from morag_worker.core.gpu import GpuProbe
-from morag_worker.core.history import HistoryStore
+from morag_worker.core.config.autostart import Autostart
+from morag_worker.core.config.credentials import CredentialStore, NoApiKey, resolve_api_key
+from morag_worker.core.config.history import HistoryStore
+from morag_worker.core.config.settings import Settings, SettingsStore
 from morag_worker.core.hub_client import HubClient
-from morag_worker.core.settings import Settings, SettingsStore
-from morag_worker.core.worker_state import StopMode, TaskRecord, WorkerState, WorkerStatus
+from morag_worker.core.results import TaskRecord
+from morag_worker.core.supervisor.events import StopMode, WorkerState, WorkerStatus
+from morag_worker.core.supervisor.gpu import GpuProbe
 
 from .actions import WorkerActions
 from .background import BackgroundOp, BackgroundRunner

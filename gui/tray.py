@@ -16,7 +16,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
 from morag_worker import DISPLAY_NAME
-from morag_worker.core.worker_state import TaskProgress, WorkerState, WorkerStatus
+from morag_worker.core.supervisor.events import TaskProgress, WorkerState, WorkerStatus
 
 from .actions import WorkerActions
 from .controller import WorkerController

@@ -25,11 +25,12 @@ from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPalette, QPixmap  # 
 from PySide6.QtSvg import QSvgRenderer  # noqa: E402
 from PySide6.QtWidgets import QApplication, QMenu, QWidget  # noqa: E402
 
-from morag_worker.core.credentials import CredentialStore  # noqa: E402
-from morag_worker.core.history import HistoryStore  # noqa: E402
+from morag_worker.core.config.credentials import CredentialStore  # noqa: E402
+from morag_worker.core.config.history import HistoryStore  # noqa: E402
+from morag_worker.core.config.settings import Settings, SettingsStore  # noqa: E402
 from morag_worker.core.hub_client import KeyRejected, QueueInfo  # noqa: E402
-from morag_worker.core.settings import Settings, SettingsStore  # noqa: E402
-from morag_worker.core.worker_state import TaskOutcome, TaskRecord, WorkerState  # noqa: E402
+from morag_worker.core.results import TaskOutcome, TaskRecord  # noqa: E402
+from morag_worker.core.supervisor.events import WorkerState  # noqa: E402
 from morag_worker.gui.dialogs import QuitDialog  # noqa: E402
 from morag_worker.gui.icons import TrayLook, read_resource  # noqa: E402
 from morag_worker.gui.settings_dialog import SettingsDialog  # noqa: E402

@@ -15,11 +15,11 @@ import keyring.backend
 import keyring.core
 import pytest
 
-from morag_worker.core.acl import create_provisioned_key
-from morag_worker.core.celery_config import broker_url_with_credentials
+from morag_worker.core.execution.celery_config import broker_url_with_credentials
 from morag_worker.core.hub_client import HubClient
 from morag_worker.core.naming import WorkerType
-from morag_worker.core.worker_command import WorkerPlan, build_worker_command
+from morag_worker.core.server.acl import create_provisioned_key
+from morag_worker.core.supervisor.worker_command import WorkerPlan, build_worker_command
 from tests.keychain import SecretServiceSession, skip_reason, start_secret_service
 from tests.processes import Proc, RedisServer, base_env, free_port, python_argv, wait_for
 

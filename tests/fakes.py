@@ -15,20 +15,19 @@ from keyring.backend import KeyringBackend
 from keyring.backends.chainer import ChainerBackend
 from keyring.errors import PasswordDeleteError
 
-from morag_worker.core.child_process import ChildCallbacks
-from morag_worker.core.gpu import GpuInfo
+from morag_worker.core.execution.progress_channel import encode_message
 from morag_worker.core.hub_client import QueueInfo
-from morag_worker.core.progress_channel import encode_message
-from morag_worker.core.worker_command import WorkerCommand
-from morag_worker.core.worker_state import (
+from morag_worker.core.results import TaskOutcome, TaskRecord
+from morag_worker.core.supervisor.child_process import ChildCallbacks
+from morag_worker.core.supervisor.events import (
     StopMode,
     SupervisorListener,
-    TaskOutcome,
     TaskProgress,
-    TaskRecord,
     WorkerState,
     WorkerStatus,
 )
+from morag_worker.core.supervisor.gpu import GpuInfo
+from morag_worker.core.supervisor.worker_command import WorkerCommand
 
 __all__ = [
     "FakeAclHook",
@@ -254,7 +253,7 @@ class FakeWatchdog:
     """Stands in for ``Watchdog.run`` (called from a worker thread)."""
 
     def __init__(self, restored: dict[str, int] | None = None) -> None:
-        from morag_worker.core.watchdog import RestoreReport
+        from morag_worker.core.server.watchdog import RestoreReport
 
         self.report = RestoreReport(restored=dict(restored or {}))
         self.runs = 0

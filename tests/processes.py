@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from morag_worker.core.local_stack import Proc, RedisServer, free_port, python_argv
-from morag_worker.core.local_stack import wait_for as _wait_for
+from morag_worker.core.cli.devstack import Proc, RedisServer, free_port, python_argv
+from morag_worker.core.cli.devstack import wait_for as _wait_for
 
 __all__ = [
     "DEADLINE_S",

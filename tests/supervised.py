@@ -13,12 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from morag_worker.core.child_process import Launcher
+from morag_worker.core.config.settings import Settings
 from morag_worker.core.hub_client import HubClient, TaskView
 from morag_worker.core.naming import namespace_prefix, queue_name
-from morag_worker.core.settings import Settings
-from morag_worker.core.supervisor import Supervisor, SupervisorOptions
-from morag_worker.core.worker_state import TaskProgress, TaskRecord, WorkerState, WorkerStatus
+from morag_worker.core.results import TaskRecord
+from morag_worker.core.supervisor.child_process import Launcher
+from morag_worker.core.supervisor.events import TaskProgress, WorkerState, WorkerStatus
+from morag_worker.core.supervisor.supervisor import Supervisor, SupervisorOptions
 from tests.fakes import FakeGpuProbe, RecordingListener, make_gpu
 from tests.processes import base_env, wait_for
 

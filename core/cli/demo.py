@@ -23,9 +23,7 @@ from typing import Any
 
 import requests
 
-from morag_worker.core.acl import create_provisioned_key
-from morag_worker.core.hub_client import HubClient, TaskView
-from morag_worker.core.local_stack import (
+from morag_worker.core.cli.devstack import (
     Proc,
     RedisServer,
     RedisServerMissing,
@@ -33,9 +31,10 @@ from morag_worker.core.local_stack import (
     python_argv,
     wait_for,
 )
-
-from .errors import CliError, ExitCode, sentence
-from .submit import failure_of
+from morag_worker.core.cli.errors import CliError, ExitCode, sentence
+from morag_worker.core.cli.submit import failure_of
+from morag_worker.core.hub_client import HubClient, TaskView
+from morag_worker.core.server.acl import create_provisioned_key
 
 __all__ = ["run"]
 

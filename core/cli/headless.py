@@ -23,20 +23,13 @@ import threading
 from types import FrameType
 from typing import Any
 
+from morag_worker.core.cli.errors import CliError, ExitCode
+from morag_worker.core.cli.terminal_view import JsonView, TerminalView
+from morag_worker.core.config.settings import InvalidHubUrl, Settings, SettingsError, SettingsStore, apply_env
 from morag_worker.core.hub_client import HubClient
-from morag_worker.core.settings import InvalidHubUrl, Settings, SettingsError, SettingsStore, apply_env
-from morag_worker.core.supervisor import Supervisor, SupervisorOptions
-from morag_worker.core.worker_state import (
-    Problem,
-    StopMode,
-    TaskProgress,
-    TaskRecord,
-    WorkerState,
-    WorkerStatus,
-)
-
-from .errors import CliError, ExitCode
-from .terminal_view import JsonView, TerminalView
+from morag_worker.core.results import TaskRecord
+from morag_worker.core.supervisor.events import Problem, StopMode, TaskProgress, WorkerState, WorkerStatus
+from morag_worker.core.supervisor.supervisor import Supervisor, SupervisorOptions
 
 __all__ = ["exit_code_for", "run"]
 
@@ -108,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     api_key_file = getattr(args, "api_key_file", None)
 
     def resolve_key() -> str:
-        from morag_worker.core.credentials import CredentialStore, resolve_api_key
+        from morag_worker.core.config.credentials import CredentialStore, resolve_api_key
 
         store = CredentialStore()
         return resolve_api_key(

@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from morag_worker.core.celery_config import time_limits_from_env
-
-from .errors import CliError, ExitCode
-from .redis_url import admin_redis_url
+from morag_worker.core.cli.errors import CliError, ExitCode
+from morag_worker.core.cli.redis_url import admin_redis_url
+from morag_worker.core.execution.celery_config import time_limits_from_env
 
 __all__ = ["run"]
 
@@ -18,7 +17,7 @@ def run(args: argparse.Namespace) -> int:
     redis_url = admin_redis_url(args)
     import uvicorn
 
-    from morag_worker.core.hub import HubConfig, create_app
+    from morag_worker.core.server.hub import HubConfig, create_app
 
     try:
         visibility = args.visibility_timeout or float(time_limits_from_env(os.environ).visibility)

@@ -16,11 +16,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from morag_worker.core.auth import APIKeyService, UnknownKey
-from morag_worker.core.celery_config import strip_credentials
+from morag_worker.core.cli.errors import CliError, ExitCode
+from morag_worker.core.cli.redis_url import admin_redis_url
+from morag_worker.core.execution.celery_config import strip_credentials
 from morag_worker.core.naming import InvalidUserId
-
-from .errors import CliError, ExitCode
-from .redis_url import admin_redis_url
 
 __all__ = ["run"]
 
@@ -79,6 +78,6 @@ async def _run(args: argparse.Namespace, url: str) -> int:
 
 async def _access_hook(client: Any) -> Any:
     """The Redis ACL hook (broker credentials follow the keys)."""
-    from morag_worker.core.acl import RedisAclHook
+    from morag_worker.core.server.acl import RedisAclHook
 
     return RedisAclHook(client)

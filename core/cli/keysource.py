@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 
-from morag_worker.core.credentials import (
+from morag_worker.core.cli.errors import CliError, ExitCode
+from morag_worker.core.config.credentials import (
     CredentialError,
     CredentialStore,
     ResolvedKey,
     resolve_api_key,
 )
-from morag_worker.core.settings import InvalidHubUrl, SettingsError, SettingsStore, normalise_hub_url
-
-from .errors import CliError, ExitCode
+from morag_worker.core.config.settings import InvalidHubUrl, SettingsError, SettingsStore, normalise_hub_url
 
 __all__ = ["resolve_hub", "resolve_hub_and_key"]
 

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from morag_worker import DISPLAY_NAME, __version__
-
-from .errors import CliError, ExitCode
+from morag_worker.core.cli.errors import CliError, ExitCode
 
 __all__ = ["build_parser", "dispatch"]
 

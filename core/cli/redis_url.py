@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from urllib.parse import SplitResult, parse_qs, urlsplit
 
-from .errors import CliError, ExitCode
+from morag_worker.core.cli.errors import CliError, ExitCode
 
 __all__ = ["admin_redis_url"]
 

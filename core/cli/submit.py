@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from morag_worker.core.cli.errors import CliError, ExitCode, sentence
+from morag_worker.core.cli.keysource import resolve_hub_and_key
+from morag_worker.core.execution.presence import PresenceRecord
 from morag_worker.core.hub_client import HubClient, HubError, HubUnreachable, KeyRejected, TaskView
 from morag_worker.core.logging import register_secret
-from morag_worker.core.presence import PresenceRecord
-
-from .errors import CliError, ExitCode, sentence
-from .keysource import resolve_hub_and_key
 
 __all__ = ["failure_of", "run"]
 

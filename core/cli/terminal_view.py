@@ -18,7 +18,8 @@ from typing import TextIO
 
 import structlog
 
-from morag_worker.core.worker_state import TaskProgress, TaskRecord, WorkerStatus
+from morag_worker.core.results import TaskRecord
+from morag_worker.core.supervisor.events import TaskProgress, WorkerStatus
 
 __all__ = ["JsonView", "TerminalView", "human_bytes", "progress_line"]
 

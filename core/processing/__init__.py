@@ -14,7 +14,7 @@ when the ``audio`` extra is installed (:mod:`.media`). Third-party processors co
 
 from __future__ import annotations
 
-from .base import (
+from morag_worker.core.processing.base import (
     CorruptInput,
     EmptyContent,
     ProcessedContent,
@@ -25,7 +25,7 @@ from .base import (
     UnsupportedContent,
     no_progress,
 )
-from .registry import PLUGIN_GROUP, ProcessorRegistry, Unavailable
+from morag_worker.core.processing.registry import PLUGIN_GROUP, ProcessorRegistry, Unavailable
 
 __all__ = [
     "PLUGIN_GROUP",

@@ -57,13 +57,25 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base import CorruptInput, EmptyContent, ProcessedContent, ProgressFn, UnsupportedContent, finish
-from .office import DocxProcessor, MarkitdownProcessor, XlsxProcessor, markdown_table
-from .pdf import PdfProcessor
-from .text import declared_charset, decode_text
+from morag_worker.core.processing.base import (
+    CorruptInput,
+    EmptyContent,
+    ProcessedContent,
+    ProgressFn,
+    UnsupportedContent,
+    finish,
+)
+from morag_worker.core.processing.office import (
+    DocxProcessor,
+    MarkitdownProcessor,
+    XlsxProcessor,
+    markdown_table,
+)
+from morag_worker.core.processing.pdf import PdfProcessor
+from morag_worker.core.processing.text import declared_charset, decode_text
 
 if TYPE_CHECKING:
-    from .registry import ProcessorRegistry
+    from morag_worker.core.processing.registry import ProcessorRegistry
 
 __all__ = ["HtmlProcessor", "StructuredTextProcessor", "fenced", "register"]
 

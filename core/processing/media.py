@@ -17,10 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .base import CorruptInput, ProcessedContent, ProgressFn, damaged, finish, guarded
+from morag_worker.core.processing.base import (
+    CorruptInput,
+    ProcessedContent,
+    ProgressFn,
+    damaged,
+    finish,
+    guarded,
+)
 
 if TYPE_CHECKING:
-    from .registry import ProcessorRegistry
+    from morag_worker.core.processing.registry import ProcessorRegistry
 
 __all__ = [
     "AUDIO_EXTRA_MESSAGE",
@@ -170,7 +177,7 @@ class WhisperProcessor:
 
 def register(registry: ProcessorRegistry, transcriber: Transcriber | None = None) -> None:
     """Route audio and video to Whisper, or to a message naming the extra when faster-whisper is missing."""
-    from .registry import Unavailable
+    from morag_worker.core.processing.registry import Unavailable
 
     audio_keys = ("audio", "audio/*")
     video_keys = ("video", "video/*")

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 
 import structlog
 
-from .base import (
+from morag_worker.core.processing.base import (
     CorruptInput,
     ProcessedContent,
     ProgressFn,

@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from .base import (
+from morag_worker.core.processing.base import (
     CorruptInput,
     EmptyContent,
     ProcessedContent,

@@ -42,8 +42,15 @@ from typing import Any, Protocol
 
 import structlog
 
-from .base import CorruptInput, EmptyContent, ProcessedContent, Processor, ProgressFn, UnsupportedContent
-from .sniff import DAMAGED_ZIP, Sniffed, describe, sniff
+from morag_worker.core.processing.base import (
+    CorruptInput,
+    EmptyContent,
+    ProcessedContent,
+    Processor,
+    ProgressFn,
+    UnsupportedContent,
+)
+from morag_worker.core.processing.sniff import DAMAGED_ZIP, Sniffed, describe, sniff
 
 __all__ = ["PLUGIN_GROUP", "EntryPointLike", "ProcessorRegistry", "Unavailable"]
 
@@ -114,7 +121,7 @@ class ProcessorRegistry:
         Args:
             entry_points: The plugins to load; None reads the installed distributions' entry points.
         """
-        from . import documents, media, text
+        from morag_worker.core.processing import documents, media, text
 
         registry = cls()
         for module in (text, documents, media):

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base import CorruptInput, ProcessedContent, ProgressFn, finish
+from morag_worker.core.processing.base import CorruptInput, ProcessedContent, ProgressFn, finish
 
 if TYPE_CHECKING:
-    from .registry import ProcessorRegistry
+    from morag_worker.core.processing.registry import ProcessorRegistry
 
 __all__ = ["DecodedText", "TextProcessor", "decode_text", "declared_charset", "register"]
 

@@ -19,10 +19,10 @@ import pytest  # noqa: E402
 from PySide6.QtCore import QUrl  # noqa: E402
 from pytestqt.qtbot import QtBot  # noqa: E402
 
-from morag_worker.core.credentials import CredentialStore  # noqa: E402
-from morag_worker.core.history import HistoryStore  # noqa: E402
-from morag_worker.core.settings import SettingsStore  # noqa: E402
-from morag_worker.core.worker_state import SupervisorListener  # noqa: E402
+from morag_worker.core.config.credentials import CredentialStore  # noqa: E402
+from morag_worker.core.config.history import HistoryStore  # noqa: E402
+from morag_worker.core.config.settings import SettingsStore  # noqa: E402
+from morag_worker.core.supervisor.events import SupervisorListener  # noqa: E402
 from morag_worker.gui.shell import Services, TrayApp  # noqa: E402
 from tests.fakes import FakeAutostart, FakeGpuProbe, FakeSupervisor, InMemoryKeyring, make_gpu  # noqa: E402
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from morag_worker.core.config.settings import Settings, SettingsStore
 from morag_worker.core.naming import WorkerType
-from morag_worker.core.settings import Settings, SettingsStore
 from tests.conftest import SAMPLES, Stack
 from tests.processes import Proc, base_env, python_argv, wait_for
 

@@ -8,7 +8,8 @@ import pytest
 from PySide6.QtCore import QObject, QThread
 from pytestqt.qtbot import QtBot
 
-from morag_worker.core.worker_state import StopMode, TaskOutcome, WorkerState
+from morag_worker.core.results import TaskOutcome
+from morag_worker.core.supervisor.events import StopMode, WorkerState
 from morag_worker.gui import controller as controller_module
 from morag_worker.gui.background import BackgroundOp, BackgroundRunner
 from morag_worker.gui.controller import WorkerController

@@ -8,7 +8,8 @@ from collections.abc import Callable
 import pytest
 from pytestqt.qtbot import QtBot
 
-from morag_worker.core.worker_state import TaskOutcome, WorkerState
+from morag_worker.core.results import TaskOutcome
+from morag_worker.core.supervisor.events import WorkerState
 from morag_worker.gui.shell import NO_TRAY_NOTICE, TrayApp
 from tests.gui.conftest import NOW, WAIT_MS, Harness
 

@@ -10,7 +10,8 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QMessageBox, QWidget
 from pytestqt.qtbot import QtBot
 
-from morag_worker.core.worker_state import StopMode, TaskOutcome, WorkerState
+from morag_worker.core.results import TaskOutcome
+from morag_worker.core.supervisor.events import StopMode, WorkerState
 from morag_worker.gui.dialogs import QuitChoice, QuitDialog
 from morag_worker.gui.shell import TrayApp
 from morag_worker.gui.signals import emit

@@ -14,9 +14,9 @@ from PySide6.QtWidgets import QLineEdit
 from pytestqt.qtbot import QtBot
 
 from morag_worker.core.auth import APIKeyService
-from morag_worker.core.credentials import CredentialStore
-from morag_worker.core.settings import Settings, SettingsStore, normalise_hub_url
-from morag_worker.core.worker_state import WorkerState
+from morag_worker.core.config.credentials import CredentialStore
+from morag_worker.core.config.settings import Settings, SettingsStore, normalise_hub_url
+from morag_worker.core.supervisor.events import WorkerState
 from morag_worker.gui.background import BackgroundRunner
 from morag_worker.gui.settings_dialog import SettingsDialog
 from tests.conftest import Stack

@@ -10,7 +10,8 @@ from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QApplication, QMenu, QMessageBox
 from pytestqt.qtbot import QtBot
 
-from morag_worker.core.worker_state import StopMode, TaskOutcome, WorkerState, WorkerStatus
+from morag_worker.core.results import TaskOutcome
+from morag_worker.core.supervisor.events import StopMode, WorkerState, WorkerStatus
 from morag_worker.gui.icons import TrayLook
 from morag_worker.gui.notifications import Level
 from morag_worker.gui.shell import TrayApp
@@ -204,7 +205,7 @@ def test_state_sets_icon_tooltip_and_enabled_actions(
 def test_tooltips_for_times_and_many_tasks() -> None:
     snoozed = WorkerStatus(WorkerState.SNOOZED, snoozed_until=NOW + 1800)
     assert tray_tooltip(snoozed, [], NOW).startswith("MoRAG Worker: Snoozed until ")
-    from morag_worker.core.worker_state import TaskProgress
+    from morag_worker.core.supervisor.events import TaskProgress
 
     tasks = [TaskProgress("a", "PROCESSING", 1, 4, 25.0), TaskProgress("b", "DOWNLOADING", 3, 4, 75.0)]
     assert (

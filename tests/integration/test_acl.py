@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from morag_worker.core.acl import ALLOWED_COMMANDS, OPTIONAL_COMMANDS, UNEXERCISED, RedisAclHook
 from morag_worker.core.hub_client import HubClient, TaskView
+from morag_worker.core.server.acl import ALLOWED_COMMANDS, OPTIONAL_COMMANDS, UNEXERCISED, RedisAclHook
 from tests.conftest import Stack
 from tests.processes import Proc, wait_for
 from tests.proxy import CuttingProxy

@@ -9,10 +9,10 @@ import textwrap
 
 import pytest
 
-from morag_worker.core.child_process import ChildCallbacks, SubprocessLauncher
-from morag_worker.core.progress_channel import HeartbeatMessage, parse_line
-from morag_worker.core.worker_command import WorkerCommand
-from morag_worker.core.worker_state import StopMode
+from morag_worker.core.execution.progress_channel import HeartbeatMessage, parse_line
+from morag_worker.core.supervisor.child_process import ChildCallbacks, SubprocessLauncher
+from morag_worker.core.supervisor.events import StopMode
+from morag_worker.core.supervisor.worker_command import WorkerCommand
 from tests.processes import base_env, wait_for
 from tests.supervised import process_group
 
@@ -43,7 +43,7 @@ def command(script: str, pool: str = "prefork") -> WorkerCommand:
 
 FD_CHILD = """
     import os, sys
-    from morag_worker.core.progress_channel import ChannelWriter
+    from morag_worker.core.execution.progress_channel import ChannelWriter
     writer = ChannelWriter.from_env(os.environ)
     print("a log line", flush=True)
     print("an error line", file=sys.stderr, flush=True)
@@ -71,8 +71,8 @@ def test_fd_channel_lines_logs_and_exit_last() -> None:
 
 STDOUT_CHILD = """
     import os, sys
-    from morag_worker.core.winworker import take_channel_from_stdout
-    from morag_worker.core.progress_channel import ChannelWriter
+    from morag_worker.core.execution.windows_wrapper import take_channel_from_stdout
+    from morag_worker.core.execution.progress_channel import ChannelWriter
     take_channel_from_stdout(os.environ)
     print("stray print goes to the log", flush=True)
     ChannelWriter.from_env(os.environ).send("heartbeat", consumer="connected")

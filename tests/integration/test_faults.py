@@ -23,8 +23,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from morag_worker.core.acl import RedisAclHook
 from morag_worker.core.hub_client import HubClient, TaskView
+from morag_worker.core.server.acl import RedisAclHook
 from tests.conftest import Stack, start_hub
 from tests.processes import Proc, RedisServer, wait_for
 from tests.proxy import CuttingProxy

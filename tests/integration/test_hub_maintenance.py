@@ -16,9 +16,9 @@ import pytest
 import redis
 from redis.exceptions import AuthenticationError
 
-from morag_worker.core.acl import HUB_ADMIN_RULES, MARKER_USER
 from morag_worker.core.auth import KEY_PREFIX, hash_api_key
 from morag_worker.core.hub_client import HubClient, TaskView
+from morag_worker.core.server.acl import HUB_ADMIN_RULES, MARKER_USER
 from tests.conftest import Stack, start_hub
 from tests.processes import wait_for
 from tests.proxy import CuttingProxy

@@ -22,9 +22,9 @@ import redis
 import requests
 from redis.exceptions import AuthenticationError, NoPermissionError
 
-from morag_worker.core.acl import ALLOWED_COMMANDS, acl_rules
 from morag_worker.core.auth import KEY_PREFIX, USER_INDEX_PREFIX, hash_api_key
 from morag_worker.core.hub_client import HubClient, TaskView
+from morag_worker.core.server.acl import ALLOWED_COMMANDS, acl_rules
 from tests.conftest import Stack
 from tests.processes import Proc, base_env, python_argv, wait_for
 

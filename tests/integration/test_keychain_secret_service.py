@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from morag_worker.core.credentials import (
+from morag_worker.core.config.credentials import (
     CredentialStore,
     KeychainProblem,
     KeychainUnavailable,

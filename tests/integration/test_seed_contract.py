@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from morag_worker.core.config.settings import Settings
 from morag_worker.core.hub_client import HubClient
-from morag_worker.core.settings import Settings
-from morag_worker.core.supervisor_plan import SupervisorOptions, prepare
+from morag_worker.core.supervisor.options import SupervisorOptions
+from morag_worker.core.supervisor.prepare import prepare
 from tests.conftest import SAMPLES, Stack
 from tests.fakes import FakeGpuProbe
 from tests.processes import Proc, RedisServer, base_env, python_argv

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from morag_worker.core.child_process import SubprocessLauncher
 from morag_worker.core.hub_client import HubClient
-from morag_worker.core.watchdog import Watchdog
-from morag_worker.core.worker_state import Problem, StopMode, TaskOutcome, WorkerState
+from morag_worker.core.results import TaskOutcome
+from morag_worker.core.server.watchdog import Watchdog
+from morag_worker.core.supervisor.child_process import SubprocessLauncher
+from morag_worker.core.supervisor.events import Problem, StopMode, WorkerState
 from tests.conftest import Stack
 from tests.processes import base_env, wait_for
 from tests.proxy import CuttingProxy, ProxyRules

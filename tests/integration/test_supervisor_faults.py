@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from morag_worker.core.acl import RedisAclHook
 from morag_worker.core.hub_client import HubClient
-from morag_worker.core.worker_state import Problem, StopMode, WorkerState
+from morag_worker.core.server.acl import RedisAclHook
+from morag_worker.core.supervisor.events import Problem, StopMode, WorkerState
 from tests.conftest import Stack, create_key, start_hub
 from tests.processes import RedisServer, free_port, wait_for
 from tests.supervised import LiveSupervisor, wait_task

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from morag_worker.core.local_stack import free_port
+from morag_worker.core.cli.devstack import free_port
 from tests.conftest import Stack
 from tests.processes import wait_for
 

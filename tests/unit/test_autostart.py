@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from morag_worker.core.autostart import (
+from morag_worker.core.config.autostart import (
     RUN_VALUE_NAME,
     AutostartError,
     WindowsAutostart,

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from kombu.exceptions import ContentDisallowed
 
-from morag_worker.core.broker_transport import CheckedMessage, MalformedEnvelope, envelope_problem
-from morag_worker.core.celery_config import BROKER_TRANSPORT, base_config
-from morag_worker.core.task_args import MalformedTask
+from morag_worker.core.execution.broker_transport import CheckedMessage, MalformedEnvelope, envelope_problem
+from morag_worker.core.execution.celery_config import BROKER_TRANSPORT, base_config
+from morag_worker.core.execution.task_args import MalformedTask
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from morag_worker.core.celery_config import (
+from morag_worker.core.execution.celery_config import (
     base_config,
     broker_url_with_credentials,
     namespaced_config,
@@ -12,10 +12,10 @@ from morag_worker.core.celery_config import (
     strip_credentials,
     time_limits_from_env,
 )
+from morag_worker.core.execution.task_args import MalformedTask, bind_arguments, parse_task_request
 from morag_worker.core.naming import namespace_prefix, queue_name, user_id_from_queue
-from morag_worker.core.task_args import MalformedTask, bind_arguments, parse_task_request
-from morag_worker.core.transfer_job import DownloadLimits
-from morag_worker.core.worker_command import WorkerPlan, build_worker_command
+from morag_worker.core.supervisor.worker_command import WorkerPlan, build_worker_command
+from morag_worker.core.transfer.download_state import DownloadLimits
 
 pytestmark = pytest.mark.unit
 
@@ -104,7 +104,7 @@ def test_credentials_in_urls() -> None:
 
 
 def test_remote_consumer_leaves_out_shared_channel_steps() -> None:
-    from morag_worker.core.remote_consumer import RemoteConsumer
+    from morag_worker.core.execution.consumer import RemoteConsumer
 
     steps = " ".join(map(str, RemoteConsumer.Blueprint.default_steps))
     for left_out in ("Mingle", "Gossip", "Heart", "Control"):
@@ -178,6 +178,6 @@ def test_worker_command_on_windows_uses_threads_wrapper() -> None:
         cuda_visible_devices="1",
     )
     cmd = build_worker_command(plan, {})
-    assert cmd.argv[:3] == ["C:/py.exe", "-m", "morag_worker.core.winworker"]
+    assert cmd.argv[:3] == ["C:/py.exe", "-m", "morag_worker.core.execution.windows_wrapper"]
     assert cmd.pool == "threads" and cmd.uses_control_pipe
     assert cmd.env["CUDA_VISIBLE_DEVICES"] == "1"

@@ -13,13 +13,13 @@ pytestmark = pytest.mark.unit
 
 # The core modules the GUI calls; each must stay importable on a server without PySide6.
 GUI_FACING_CORE = (
-    "morag_worker.core.autostart",
-    "morag_worker.core.credentials",
-    "morag_worker.core.gpu",
-    "morag_worker.core.history",
+    "morag_worker.core.config.autostart",
+    "morag_worker.core.config.credentials",
+    "morag_worker.core.supervisor.gpu",
+    "morag_worker.core.config.history",
     "morag_worker.core.hub_client",
-    "morag_worker.core.settings",
-    "morag_worker.core.worker_state",
+    "morag_worker.core.config.settings",
+    "morag_worker.core.supervisor.events",
 )
 
 

@@ -14,7 +14,7 @@ import pytest
 import structlog
 from keyring.backends import fail, null
 
-from morag_worker.core.credentials import (
+from morag_worker.core.config.credentials import (
     MAX_SECRET_CHARS,
     SERVICE_NAME,
     ApiKeyFileError,
@@ -27,7 +27,7 @@ from morag_worker.core.credentials import (
     read_api_key_file,
     resolve_api_key,
 )
-from morag_worker.core.settings import InvalidHubUrl
+from morag_worker.core.config.settings import InvalidHubUrl
 from tests.fakes import FakeChainer, FakePlaintextKeyring, InMemoryKeyring, KeyringsAltLookalike
 
 pytestmark = pytest.mark.unit

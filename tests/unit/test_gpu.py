@@ -7,7 +7,9 @@ import sys
 import pytest
 import structlog
 
-from morag_worker.core.gpu import (
+from morag_worker.core.config.settings import Settings
+from morag_worker.core.naming import WorkerType
+from morag_worker.core.supervisor.gpu import (
     GpuInfo,
     GpuProbe,
     NvmlProbe,
@@ -15,8 +17,6 @@ from morag_worker.core.gpu import (
     cuda_visible_devices,
     gpu_for_tasks,
 )
-from morag_worker.core.naming import WorkerType
-from morag_worker.core.settings import Settings
 from tests.fakes import FakeGpuProbe, FakeNvml, make_gpu
 
 pytestmark = pytest.mark.unit

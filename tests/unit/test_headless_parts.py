@@ -10,20 +10,13 @@ import threading
 
 import pytest
 
-from morag_worker.core.child_process import posix_signal_for
 from morag_worker.core.cli.errors import ExitCode
 from morag_worker.core.cli.headless import exit_code_for
 from morag_worker.core.cli.terminal_view import JsonView, TerminalView, human_bytes, progress_line
-from morag_worker.core.winworker import ControlReader
-from morag_worker.core.worker_state import (
-    Problem,
-    StopMode,
-    TaskOutcome,
-    TaskProgress,
-    TaskRecord,
-    WorkerState,
-    WorkerStatus,
-)
+from morag_worker.core.execution.windows_wrapper import ControlReader
+from morag_worker.core.results import TaskOutcome, TaskRecord
+from morag_worker.core.supervisor.child_process import posix_signal_for
+from morag_worker.core.supervisor.events import Problem, StopMode, TaskProgress, WorkerState, WorkerStatus
 
 pytestmark = pytest.mark.unit
 

@@ -7,8 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from morag_worker.core.history import HistoryStore, default_history_path, record_from_json, record_to_json
-from morag_worker.core.worker_state import TaskOutcome, TaskRecord
+from morag_worker.core.config.history import (
+    HistoryStore,
+    default_history_path,
+    record_from_json,
+    record_to_json,
+)
+from morag_worker.core.results import TaskOutcome, TaskRecord
 
 pytestmark = pytest.mark.unit
 

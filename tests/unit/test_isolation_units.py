@@ -11,13 +11,19 @@ import pytest
 import redis.asyncio as aioredis
 from kombu.connection import Connection
 
-from morag_worker.core.acl import ALLOWED_COMMANDS, MARKER_USER, OPTIONAL_COMMANDS, RedisAclHook, acl_rules
-from morag_worker.core.celery_config import base_config, remote_worker_config, tls_options
 from morag_worker.core.cli.parser import build_parser
-from morag_worker.core.hub.maintenance import HubMaintenance
+from morag_worker.core.execution.celery_config import base_config, remote_worker_config, tls_options
+from morag_worker.core.execution.contributor_transport import ALIAS, QoS, Transport, register
 from morag_worker.core.logging import redact
 from morag_worker.core.naming import InvalidUserId
-from morag_worker.core.remote_transport import ALIAS, QoS, Transport, register
+from morag_worker.core.server.acl import (
+    ALLOWED_COMMANDS,
+    MARKER_USER,
+    OPTIONAL_COMMANDS,
+    RedisAclHook,
+    acl_rules,
+)
+from morag_worker.core.server.hub.maintenance import HubMaintenance
 from tests.fakes import FakeAclHook, FakeKeySweeper, FakeWatchdog
 from tests.processes import RedisServer
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from morag_worker.core.progress_channel import (
+from morag_worker.core.execution.progress_channel import (
     MAX_LINE_BYTES,
     ChannelWriter,
     HeartbeatMessage,
@@ -20,9 +20,8 @@ from morag_worker.core.progress_channel import (
     parse_line,
     summarize_metadata,
 )
-from morag_worker.core.results import ProgressMeta
-from morag_worker.core.task_tracker import STARTED_STAGE, TaskTracker
-from morag_worker.core.worker_state import TaskOutcome
+from morag_worker.core.results import ProgressMeta, TaskOutcome
+from morag_worker.core.supervisor.task_tracker import STARTED_STAGE, TaskTracker
 from tests.fakes import FakeClock
 
 pytestmark = pytest.mark.unit

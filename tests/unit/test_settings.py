@@ -15,8 +15,7 @@ import platformdirs
 import pytest
 import structlog
 
-from morag_worker.core.naming import WorkerType
-from morag_worker.core.settings import (
+from morag_worker.core.config.settings import (
     SETTINGS_VERSION,
     InvalidHubUrl,
     Settings,
@@ -28,6 +27,7 @@ from morag_worker.core.settings import (
     migrate,
     normalise_hub_url,
 )
+from morag_worker.core.naming import WorkerType
 
 pytestmark = pytest.mark.unit
 

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from morag_worker.core.credentials import NoApiKey
+from morag_worker.core.config.credentials import NoApiKey
+from morag_worker.core.config.settings import Settings
 from morag_worker.core.hub_client import HubError, HubUnreachable, KeyRejected
 from morag_worker.core.naming import WorkerType
-from morag_worker.core.settings import Settings
-from morag_worker.core.supervisor import Supervisor, SupervisorOptions
-from morag_worker.core.supervisor_plan import backoff_delay
-from morag_worker.core.worker_state import Problem, StopMode, TaskOutcome, WorkerState, WorkerStatus
+from morag_worker.core.results import TaskOutcome
+from morag_worker.core.supervisor.events import Problem, StopMode, WorkerState, WorkerStatus
+from morag_worker.core.supervisor.options import backoff_delay
+from morag_worker.core.supervisor.supervisor import Supervisor, SupervisorOptions
 from tests.fakes import (
     FakeChild,
     FakeClock,
@@ -177,7 +178,7 @@ def test_windows_plan_runs_the_wrapper_with_a_control_pipe() -> None:
     with make_rig(options=SupervisorOptions(platform="win32")) as r:
         r.sup.start()
         command = r.wait_child().command
-        assert command.argv[1:3] == ["-m", "morag_worker.core.winworker"]
+        assert command.argv[1:3] == ["-m", "morag_worker.core.execution.windows_wrapper"]
         assert command.pool == "threads" and command.uses_control_pipe
 
 
@@ -469,8 +470,8 @@ def test_close_stops_the_child_now_and_joins() -> None:
 
 
 def test_settings_source_is_read_at_each_attempt_and_its_errors_are_clear(tmp_path: Path) -> None:
-    from morag_worker.core.settings import SettingsStore
-    from morag_worker.core.supervisor import supervisor_for
+    from morag_worker.core.config.settings import SettingsStore
+    from morag_worker.core.supervisor.supervisor import supervisor_for
 
     store = SettingsStore(tmp_path)
     store.save(Settings(hub_url="http://127.0.0.1:1"))

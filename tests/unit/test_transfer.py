@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import structlog.testing
 
-from morag_worker.core import transfer_job
-from morag_worker.core.transfer import (
+from morag_worker.core.transfer import download_state as transfer_job
+from morag_worker.core.transfer.downloader import (
     DownloadCancelled,
     Downloader,
     DownloadFailed,

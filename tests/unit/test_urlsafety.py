@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from morag_worker.core.urlsafety import (
+from morag_worker.core.transfer.url_policy import (
     Origin,
     UnsafeURL,
     UrlPolicy,

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from morag_worker.core.watchdog import Watchdog
+from morag_worker.core.server.watchdog import Watchdog
 from tests.processes import RedisServer
 
 pytestmark = pytest.mark.unit

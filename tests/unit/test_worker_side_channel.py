@@ -8,20 +8,21 @@ from types import SimpleNamespace
 
 import pytest
 
-from morag_worker.core.hub_client import HubUnreachable
-from morag_worker.core.liveness import consumer_health
-from morag_worker.core.progress_channel import (
+from morag_worker.core.config.settings import Settings
+from morag_worker.core.execution.context import WorkerRuntime
+from morag_worker.core.execution.liveness import consumer_health
+from morag_worker.core.execution.progress_channel import (
     ProgressMessage,
     ReadyMessage,
     TaskEndMessage,
     TaskStartMessage,
     parse_line,
 )
-from morag_worker.core.results import ProgressMeta
-from morag_worker.core.runtime import WorkerRuntime
-from morag_worker.core.settings import Settings
-from morag_worker.core.supervisor_plan import PrepareFailed, SupervisorOptions, prepare
-from morag_worker.core.worker_state import Problem, TaskOutcome
+from morag_worker.core.hub_client import HubUnreachable
+from morag_worker.core.results import ProgressMeta, TaskOutcome
+from morag_worker.core.supervisor.events import Problem
+from morag_worker.core.supervisor.options import SupervisorOptions
+from morag_worker.core.supervisor.prepare import PrepareFailed, prepare
 from tests.fakes import FakeGpuProbe, FakeHub, make_gpu, queue_info
 
 pytestmark = pytest.mark.unit

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from morag_worker.core.workspace import TaskWorkspace, safe_display_name, sweep_stale_workspaces
+from morag_worker.core.transfer.workspace import TaskWorkspace, safe_display_name, sweep_stale_workspaces
 
 pytestmark = pytest.mark.unit
 

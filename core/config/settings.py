@@ -1,0 +1,364 @@
+"""Settings: the typed, versioned, non-secret configuration of a worker, and where it is saved.
+
+This module owns ``settings.json`` under the platform's config folder (``platformdirs``), its
+format version and migrations, the environment overrides of MoRAG's worker config
+(``MAIN_SERVER_URL``, ``WORKER_TYPE``, ``WORKER_CONCURRENCY``, ``TEMP_DIR``) and the hub URL's
+normal form. It never holds a secret: the API key lives in the keychain (``credentials``).
+
+Plain functions without threads; ``SettingsStore.load``/``save`` do file I/O and may run on any
+thread. Nothing touches the file system at import or construction; only ``save`` creates folders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import platformdirs
+import structlog
+
+from morag_worker.core.naming import WorkerType
+
+__all__ = [
+    "APP_DIR_NAME",
+    "SETTINGS_FILE_NAME",
+    "SETTINGS_VERSION",
+    "InvalidHubUrl",
+    "Settings",
+    "SettingsError",
+    "SettingsStore",
+    "apply_env",
+    "default_log_dir",
+    "default_temp_dir",
+    "migrate",
+    "normalise_hub_url",
+]
+
+SETTINGS_VERSION = 1
+SETTINGS_FILE_NAME = "settings.json"
+APP_DIR_NAME = "morag-worker"
+DEFAULT_HUB_URL = "http://127.0.0.1:8700"
+
+log = structlog.get_logger(__name__)
+
+
+class SettingsError(Exception):
+    """Settings that cannot be read or a value that is not allowed; ``str()`` says what to do.
+
+    Attributes:
+        message: What is wrong.
+        path: The settings file concerned, when there is one.
+        advice: What the user can do about it.
+    """
+
+    def __init__(self, message: str, *, path: Path | None = None, advice: str = "") -> None:
+        self.message = message
+        self.path = path
+        self.advice = advice
+        where = f" ({path})" if path is not None else ""
+        super().__init__(f"{message}{where}" + (f": {advice}" if advice else ""))
+
+
+class InvalidHubUrl(ValueError):
+    """A hub URL that is not a plain ``http(s)://host[:port][/path]``."""
+
+
+def normalise_hub_url(url: str) -> str:
+    """Return the canonical form of a hub URL, the one used as keychain account and in settings.
+
+    Lower-cases scheme and host, drops a default port and trailing slashes. A URL with
+    credentials, a query string or a fragment is refused, so no secret can ride along in it.
+
+    Args:
+        url: What the user typed or the environment gave, e.g. ``"HTTPS://Hub.Example:443/"``.
+
+    Returns:
+        The normal form, e.g. ``"https://hub.example"``.
+
+    Raises:
+        InvalidHubUrl: The URL is not an ``http``/``https`` URL with a host, or carries
+            credentials, a query or a fragment.
+    """
+    text = url.strip() if isinstance(url, str) else ""
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidHubUrl(f"hub URL {text!r} must look like http://host:port or https://host")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidHubUrl("hub URL must not contain a user name or password")
+    if parts.query or parts.fragment or text.endswith(("?", "#")):
+        raise InvalidHubUrl("hub URL must not contain a query string or fragment")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidHubUrl(f"hub URL {text!r} has an invalid port") from exc
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default_port = 80 if scheme == "http" else 443
+    netloc = host if port in (None, default_port) else f"{host}:{port}"
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a worker is configured to do. Only non-secret values; validated on construction.
+
+    Attributes:
+        hub_url: The hub's base URL, in ``normalise_hub_url`` form.
+        worker_type: Which queue family to consume (``gpu-tasks-*`` or ``cpu-tasks-*``).
+        concurrency: Tasks run at once (at least 1; one per GPU is the recommended setting).
+        gpu_index: NVML index of the GPU to use; None means the first one.
+        start_working_on_launch: Start consuming as soon as the app starts.
+        start_at_login: Launch the app when the user logs in.
+        temp_dir: Absolute folder for task downloads; None means ``default_temp_dir()``.
+        snooze_until: Epoch seconds until which the worker stays paused; None when not snoozed.
+    """
+
+    hub_url: str = DEFAULT_HUB_URL
+    worker_type: WorkerType = WorkerType.GPU
+    concurrency: int = 1
+    gpu_index: int | None = None
+    start_working_on_launch: bool = False
+    start_at_login: bool = False
+    temp_dir: str | None = None
+    snooze_until: float | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            normal = normalise_hub_url(self.hub_url)
+        except InvalidHubUrl as exc:
+            raise SettingsError(str(exc), advice="use a URL like http://127.0.0.1:8700") from exc
+        object.__setattr__(self, "hub_url", normal)
+        try:
+            object.__setattr__(self, "worker_type", WorkerType(self.worker_type))
+        except ValueError as exc:
+            raise SettingsError(f"worker_type must be 'gpu' or 'cpu', not {self.worker_type!r}") from exc
+        if not _is_int(self.concurrency) or self.concurrency < 1:
+            raise SettingsError(f"concurrency must be a whole number of at least 1, not {self.concurrency!r}")
+        if self.gpu_index is not None and (not _is_int(self.gpu_index) or self.gpu_index < 0):
+            raise SettingsError(f"gpu_index must be a GPU number (0, 1, ...) or null, not {self.gpu_index!r}")
+        for name in ("start_working_on_launch", "start_at_login"):
+            if not isinstance(getattr(self, name), bool):
+                raise SettingsError(f"{name} must be true or false, not {getattr(self, name)!r}")
+        if self.temp_dir is not None and (
+            not isinstance(self.temp_dir, str) or not os.path.isabs(self.temp_dir)
+        ):
+            raise SettingsError(f"temp_dir must be an absolute folder path or null, not {self.temp_dir!r}")
+        if self.snooze_until is not None:
+            if not isinstance(self.snooze_until, int | float) or isinstance(self.snooze_until, bool):
+                raise SettingsError(
+                    f"snooze_until must be a time in seconds or null, not {self.snooze_until!r}"
+                )
+            if not math.isfinite(self.snooze_until):
+                raise SettingsError("snooze_until must be a finite time in seconds or null")
+            object.__setattr__(self, "snooze_until", float(self.snooze_until))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object saved to disk, ``version`` included."""
+        data: dict[str, Any] = {"version": SETTINGS_VERSION}
+        data.update(dataclasses.asdict(self))
+        data["worker_type"] = self.worker_type.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Settings:
+        """Build settings from a current-version mapping; unknown keys are ignored with a warning.
+
+        Raises:
+            SettingsError: A value has the wrong type or is out of range.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in data if k not in known and k != "version")
+        if unknown:
+            log.warning("settings.unknown_keys_ignored", keys=unknown)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _migrate_0_to_1(data: dict[str, Any]) -> dict[str, Any]:
+    # Version 0: the unversioned file that used MoRAG's worker-config names.
+    renames = {"main_server_url": "hub_url", "worker_concurrency": "concurrency"}
+    return {renames.get(k, k): v for k, v in data.items()}
+
+
+_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _migrate_0_to_1}
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Upgrade a settings mapping of any older version to ``SETTINGS_VERSION``; pure.
+
+    A mapping without ``version`` is version 0. Each step ``n -> n+1`` runs in turn.
+
+    Args:
+        data: The decoded JSON object.
+
+    Returns:
+        A new mapping with ``version == SETTINGS_VERSION``.
+
+    Raises:
+        SettingsError: The version is not a number, or newer than this program knows.
+    """
+    version = data.get("version", 0)
+    if not _is_int(version) or version < 0:
+        raise SettingsError(f"settings version must be a whole number, not {version!r}")
+    if version > SETTINGS_VERSION:
+        raise SettingsError(
+            f"settings were written by a newer MoRAG Worker (format {version}, this one reads up to "
+            f"{SETTINGS_VERSION})",
+            advice="update MoRAG Worker, or delete the file to start from defaults",
+        )
+    out = {k: v for k, v in data.items() if k != "version"}
+    for step in range(version, SETTINGS_VERSION):
+        out = _MIGRATIONS[step](out)
+    out["version"] = SETTINGS_VERSION
+    return out
+
+
+class SettingsStore:
+    """Loads and saves ``Settings`` as ``settings.json`` in one config folder.
+
+    Args:
+        config_dir: The folder (``--config-dir``); defaults to the platform's per-user config
+            folder for ``morag-worker``. Nothing is created until ``save``.
+    """
+
+    def __init__(self, config_dir: Path | None = None) -> None:
+        self.config_dir = (
+            Path(config_dir) if config_dir is not None else platformdirs.user_config_path(APP_DIR_NAME)
+        )
+
+    @property
+    def path(self) -> Path:
+        """The settings file."""
+        return self.config_dir / SETTINGS_FILE_NAME
+
+    def load(self) -> Settings:
+        """Read the settings file; defaults when there is none.
+
+        Raises:
+            SettingsError: The file cannot be read, is not valid JSON, or holds an invalid value.
+                The error names the file and what to do.
+        """
+        path = self.path
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            log.debug("settings.defaults", path=str(path))
+            return Settings()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(
+                f"cannot read the settings file: {exc.__class__.__name__}: {exc}",
+                path=path,
+                advice="check its permissions, or delete it to start from defaults",
+            ) from exc
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SettingsError(
+                f"the settings file is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
+                path=path,
+                advice="fix it, or delete it to start from defaults",
+            ) from exc
+        if not isinstance(data, dict):
+            raise SettingsError(
+                "the settings file must hold a JSON object",
+                path=path,
+                advice="fix it, or delete it to start from defaults",
+            )
+        try:
+            settings = Settings.from_dict(migrate(data))
+        except SettingsError as exc:
+            raise SettingsError(
+                f"invalid settings: {exc.message}",
+                path=path,
+                advice=exc.advice or "fix the value, or delete the file to start from defaults",
+            ) from exc
+        log.debug("settings.loaded", path=str(path), version=data.get("version", 0))
+        return settings
+
+    def save(self, settings: Settings) -> None:
+        """Write ``settings`` atomically (temp file + ``os.replace``), mode 0600, folder 0700.
+
+        Raises:
+            SettingsError: The folder or file cannot be written.
+        """
+        path = self.path
+        payload = json.dumps(settings.to_dict(), indent=2, sort_keys=True) + "\n"
+        tmp_name: str | None = None
+        try:
+            self.config_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=".settings-", suffix=".tmp", dir=self.config_dir)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp_name, 0o600)
+            os.replace(tmp_name, path)
+            tmp_name = None
+        except OSError as exc:
+            raise SettingsError(
+                f"cannot save the settings: {exc.__class__.__name__}: {exc}",
+                path=path,
+                advice="check that the folder is writable and the disk is not full",
+            ) from exc
+        finally:
+            if tmp_name is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp_name)
+        log.info("settings.saved", path=str(path))
+
+
+def apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
+    """Return ``settings`` overridden by MoRAG's worker environment variables; pure.
+
+    ``MAIN_SERVER_URL`` (hub URL), ``WORKER_TYPE`` (``gpu``/``cpu``), ``WORKER_CONCURRENCY``
+    (whole number >= 1) and ``TEMP_DIR`` (absolute path). Empty values count as unset.
+
+    Raises:
+        SettingsError: A variable holds a value that is not allowed; the message names it.
+    """
+    changes: dict[str, Any] = {}
+    if url := env.get("MAIN_SERVER_URL", "").strip():
+        try:
+            changes["hub_url"] = normalise_hub_url(url)
+        except InvalidHubUrl as exc:
+            raise SettingsError(f"MAIN_SERVER_URL: {exc}") from exc
+    if worker_type := env.get("WORKER_TYPE", "").strip():
+        try:
+            changes["worker_type"] = WorkerType(worker_type.lower())
+        except ValueError as exc:
+            raise SettingsError(f"WORKER_TYPE must be 'gpu' or 'cpu', not {worker_type!r}") from exc
+    if concurrency := env.get("WORKER_CONCURRENCY", "").strip():
+        if not concurrency.isdecimal() or int(concurrency) < 1:
+            raise SettingsError(
+                f"WORKER_CONCURRENCY must be a whole number of at least 1, not {concurrency!r}"
+            )
+        changes["concurrency"] = int(concurrency)
+    if temp_dir := env.get("TEMP_DIR", "").strip():
+        if not os.path.isabs(temp_dir):
+            raise SettingsError(f"TEMP_DIR must be an absolute folder path, not {temp_dir!r}")
+        changes["temp_dir"] = temp_dir
+    return dataclasses.replace(settings, **changes) if changes else settings
+
+
+def default_log_dir() -> Path:
+    """The per-user log folder (``platformdirs``); not created here."""
+    return platformdirs.user_log_path(APP_DIR_NAME)
+
+
+def default_temp_dir() -> Path:
+    """The per-user folder for task downloads (under the cache folder, not ``/tmp``); not created here."""
+    return platformdirs.user_cache_path(APP_DIR_NAME) / "tasks"

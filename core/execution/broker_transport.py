@@ -1,0 +1,110 @@
+"""kombu's Redis transport, hardened against queue entries that are not messages.
+
+A queue in Redis is a list anyone with write access can push anything into. With kombu 5.7's own
+transport, one entry that is not JSON, or JSON that is not a kombu envelope (a list, a string, an
+object without ``properties``...), raises out of the consumer's event loop and Celery stops the
+worker with "Unrecoverable error". Here such an entry is logged (``broker.message_dropped``, with
+the reason, never the content) and dropped; it was already popped off the queue and never reached
+the unacked set, so nothing is restored later. Entries that are envelopes go on to Celery, which
+refuses bad bodies (pickle, undecodable JSON, unknown tasks) on its own.
+
+Selected by ``broker_transport`` in :func:`~morag_worker.core.execution.celery_config.base_config`; URL
+parsing, TLS and the key prefix are kombu's. Runs on the worker's consumer (event loop) thread.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+from kombu.transport import redis, virtual
+from kombu.transport.virtual import Empty
+
+__all__ = ["CheckedMessage", "MalformedEnvelope", "Transport", "envelope_problem"]
+
+log = structlog.get_logger(__name__)
+
+
+class MalformedEnvelope(ValueError):
+    """A queue entry that is not a kombu message; the message says what is wrong with it."""
+
+
+def _kind(value: object) -> str:
+    return {dict: "an object", list: "a list", str: "a string", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def envelope_problem(payload: object) -> str | None:
+    """What makes ``payload`` (a decoded queue entry) unusable as a kombu message, or None."""
+    if not isinstance(payload, Mapping):
+        return f"it is {_kind(payload)}, not a message envelope"
+    properties = payload.get("properties")
+    if not isinstance(properties, Mapping):
+        return "it has no properties"
+    if not isinstance(properties.get("delivery_tag"), str):
+        return "it has no delivery tag"
+    info = properties.get("delivery_info")
+    if not isinstance(info, Mapping) or not all(
+        isinstance(info.get(key), str) for key in ("exchange", "routing_key")
+    ):
+        return "it has no delivery info"
+    fields: tuple[tuple[str, type], ...] = (
+        ("body", str),
+        ("headers", Mapping),
+        ("content-type", str),
+        ("content-encoding", str),
+    )
+    for name, allowed in fields:
+        value = payload.get(name)
+        if value is not None and not isinstance(value, allowed):
+            return f"its {name} is {_kind(value)}"
+    return None
+
+
+class CheckedMessage(virtual.Message):
+    """A kombu message built only from a well-formed envelope; MalformedEnvelope otherwise."""
+
+    def __init__(self, payload: Any, channel: Any = None, **kwargs: Any) -> None:
+        problem = envelope_problem(payload)
+        if problem is not None:
+            raise MalformedEnvelope(problem)
+        try:
+            super().__init__(payload, channel=channel, **kwargs)  # type: ignore[no-untyped-call]
+        except (ValueError, TypeError, LookupError, AttributeError) as exc:  # the body's transfer encoding
+            raise MalformedEnvelope(f"its body cannot be decoded ({type(exc).__name__})") from None
+
+
+class Channel(redis.Channel):
+    """A Redis channel that drops (and logs) entries that are not messages instead of failing."""
+
+    Message = CheckedMessage
+
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        result = super().basic_consume(queue, *args, **kwargs)  # type: ignore[no-untyped-call]
+        deliver: Callable[[Any], Any] = self.connection._callbacks[queue]
+
+        def checked(raw_message: Any) -> Any:
+            try:
+                return deliver(raw_message)
+            except MalformedEnvelope as exc:
+                log.error("broker.message_dropped", queue=queue, reason=str(exc))
+                return None
+
+        self.connection._callbacks[queue] = checked
+        return result
+
+    def _brpop_read(self, **options: Any) -> Any:
+        try:
+            return super()._brpop_read(**options)  # type: ignore[no-untyped-call]
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:  # the entry is not (UTF-8) JSON
+            log.error("broker.message_dropped", reason=f"it is not a JSON message ({type(exc).__name__})")
+            raise Empty() from None
+
+
+class Transport(redis.Transport):
+    """kombu's Redis transport with :class:`Channel`."""
+
+    Channel = Channel

@@ -1,0 +1,137 @@
+"""Per-process state of a worker: its role, its pipeline and the sinks of task progress.
+
+Built lazily on first use inside the worker (after ``celeryd_init`` chose the role), so importing
+the Celery app stays free of side effects. Prefork children inherit it when they fork.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from morag_worker.core.execution.pipeline import Pipeline
+from morag_worker.core.execution.progress_channel import ChannelWriter, summarize_metadata
+from morag_worker.core.execution.progress_reporter import ProgressReporter, ProgressSink
+from morag_worker.core.logging import register_secret
+from morag_worker.core.processing import ProcessorRegistry, TaskCancelled
+from morag_worker.core.results import ProgressMeta, TaskOutcome, TaskResult
+from morag_worker.core.transfer.downloader import Downloader, DownloadLimits
+
+__all__ = ["WorkerRuntime", "get_runtime"]
+
+log = structlog.get_logger(__name__)
+
+
+class WorkerRuntime:
+    """The worker's role and collaborators, configured once from the environment."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self._env = env if env is not None else os.environ
+        self.own_user_id: str | None = None
+        self.hub_url = self._env.get("MAIN_SERVER_URL") or None
+        self.api_key = self._env.get("MORAG_API_KEY") or None
+        register_secret(self.api_key)
+        # Read once, so a bad value stops the worker at start-up rather than failing every task.
+        self.download_limits = DownloadLimits.from_env(self._env)
+        self.cancel_event = threading.Event()
+        self.extra_sinks: list[ProgressSink] = []
+        # The supervisor's progress channel (MORAG_PROGRESS_FD), when one was handed down.
+        self.channel: ChannelWriter | None = ChannelWriter.from_env(self._env)
+        if self.channel is not None:
+            self.extra_sinks.append(self.channel.progress_sink)
+        self._pipeline: Pipeline | None = None
+        self._lock = threading.Lock()
+
+    def configure(self, *, own_user_id: str | None) -> None:
+        self.own_user_id = own_user_id
+        self._pipeline = None
+
+    @property
+    def temp_root(self) -> Path:
+        configured = self._env.get("TEMP_DIR")
+        return Path(configured) if configured else Path(tempfile.gettempdir()) / "morag-worker"
+
+    def pipeline(self) -> Pipeline:
+        with self._lock:
+            if self._pipeline is None:
+                self._pipeline = Pipeline(
+                    downloader_factory=self._downloader,
+                    registry=ProcessorRegistry.default(),
+                    temp_root=self.temp_root,
+                    own_user_id=self.own_user_id,
+                    cancel_event=self.cancel_event,
+                )
+            return self._pipeline
+
+    def _downloader(self) -> Downloader:
+        return Downloader(limits=self.download_limits, hub_origin=self.hub_url, api_key=self.api_key)
+
+    def reporter(self, task: Any) -> ProgressReporter:
+        """A progress reporter that updates the task's state in the result backend."""
+        task_id = str(task.request.id)
+
+        def backend_sink(tid: str, meta: ProgressMeta) -> None:
+            task.update_state(task_id=tid, state=meta.stage, meta=meta.to_dict())
+
+        return ProgressReporter(task_id, [backend_sink, *self.extra_sinks], checkpoint=self.checkpoint)
+
+    def checkpoint(self) -> None:
+        """Raise the cancellation error when the contributor asked to stop now."""
+        if self.cancel_event.is_set():
+            raise TaskCancelled("stopped by the contributor")
+
+    def task_started(self, task_id: str | None, *, name: str, filename: str | None = None) -> None:
+        """Hook for the local progress channel when a task starts (runs in the pool process)."""
+        if self.channel is not None and task_id:
+            self.channel.send("task_start", task_id=task_id, name=name, filename=filename)
+
+    def task_finished(
+        self,
+        task_id: str | None,
+        outcome: TaskOutcome | None = None,
+        *,
+        error: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        processing_time: float | None = None,
+    ) -> None:
+        """Hook for the local progress channel when a task ends (runs in the pool process)."""
+        if self.channel is not None and task_id and outcome is not None:
+            self.channel.send(
+                "task_end",
+                task_id=task_id,
+                outcome=outcome.value,
+                error=error,
+                metadata=summarize_metadata(metadata),
+                processing_time=processing_time,
+            )
+
+    def announce_ready(self, *, hostname: str | None, queues: list[str], config: dict[str, Any]) -> None:
+        """Tell the supervisor that the consumer is ready (runs in the worker's main process)."""
+        if self.channel is not None:
+            self.channel.send("ready", hostname=hostname or "", queues=queues, config=config)
+
+    def refuse_local(self, task_id: str | None, task_name: str) -> dict[str, Any]:
+        log.warning("task.refused_local", task_id=task_id, task=task_name)
+        return TaskResult.failure(
+            f"{task_name} reads files on the worker's own machine and is not accepted by a "
+            "contributor's worker; send the _remote task instead",
+            user_id=self.own_user_id,
+        ).to_dict()
+
+
+_runtime: WorkerRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> WorkerRuntime:
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = WorkerRuntime()
+        return _runtime

@@ -1,0 +1,148 @@
+"""Validation of what a task message carries, before any work is done (DESIGN §2, issue 5).
+
+Task arguments arrive from the broker as JSON; anything may be in them. They are checked for type
+and size here and turned into a typed ``TaskRequest``; unknown ``task_options`` are dropped with a
+warning rather than passed into processors.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from morag_worker.core.naming import InvalidUserId, validate_user_id
+
+__all__ = ["KNOWN_OPTIONS", "MalformedTask", "TaskRequest", "parse_task_request"]
+
+MAX_URL_LENGTH = 8192
+MAX_CONTENT_TYPE_LENGTH = 255
+MAX_OPTION_STRING = 1024
+_SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+
+KNOWN_OPTIONS: dict[str, type | tuple[type, ...]] = {
+    "sha256": str,
+    "size": int,
+    "filename": str,
+    "language": str,
+    "title": str,
+    "max_bytes": int,
+}
+
+
+class MalformedTask(ValueError):
+    """The task's arguments are of the wrong type, too large or inconsistent."""
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    """The validated arguments of one task."""
+
+    source: str
+    user_id: str | None
+    content_type: str | None
+    options: dict[str, Any] = field(default_factory=dict)
+    ignored_options: tuple[str, ...] = ()
+
+    @property
+    def sha256(self) -> str | None:
+        value = self.options.get("sha256")
+        return value.lower() if isinstance(value, str) else None
+
+    @property
+    def size(self) -> int | None:
+        value = self.options.get("size")
+        return value if isinstance(value, int) else None
+
+    @property
+    def filename(self) -> str | None:
+        value = self.options.get("filename")
+        return value if isinstance(value, str) else None
+
+
+def parse_task_request(
+    source: object,
+    user_id: object = None,
+    content_type: object = None,
+    task_options: object = None,
+    *,
+    source_name: str = "file_url",
+    require_user: bool = False,
+) -> TaskRequest:
+    """Check one task's arguments; raise MalformedTask with a message naming the bad argument."""
+    if not isinstance(source, str) or not source.strip():
+        raise MalformedTask(f"{source_name} must be a non-empty string, got {type(source).__name__}")
+    if len(source) > MAX_URL_LENGTH:
+        raise MalformedTask(f"{source_name} is longer than {MAX_URL_LENGTH} characters")
+    uid: str | None = None
+    if user_id is not None or require_user:
+        try:
+            uid = validate_user_id(user_id)
+        except InvalidUserId as exc:
+            raise MalformedTask(str(exc)) from None
+    if content_type is not None and (
+        not isinstance(content_type, str) or len(content_type) > MAX_CONTENT_TYPE_LENGTH
+    ):
+        raise MalformedTask("content_type must be a short string or null")
+    options, ignored = _parse_options(task_options)
+    return TaskRequest(
+        source=source.strip(),
+        user_id=uid,
+        content_type=content_type or None,
+        options=options,
+        ignored_options=ignored,
+    )
+
+
+def _parse_options(task_options: object) -> tuple[dict[str, Any], tuple[str, ...]]:
+    if task_options is None:
+        return {}, ()
+    if not isinstance(task_options, Mapping):
+        raise MalformedTask(f"task_options must be an object, got {type(task_options).__name__}")
+    options: dict[str, Any] = {}
+    ignored: list[str] = []
+    for key, value in task_options.items():
+        expected = KNOWN_OPTIONS.get(str(key))
+        if expected is None:
+            ignored.append(str(key)[:64])
+            continue
+        if value is None:
+            continue
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise MalformedTask(f"task option {key!r} has the wrong type ({type(value).__name__})")
+        if isinstance(value, str) and len(value) > MAX_OPTION_STRING:
+            raise MalformedTask(f"task option {key!r} is too long")
+        if isinstance(value, int) and value < 0:
+            raise MalformedTask(f"task option {key!r} must not be negative")
+        options[str(key)] = value
+    sha = options.get("sha256")
+    if sha is not None and not _SHA256_RE.fullmatch(sha):
+        raise MalformedTask("task option 'sha256' must be 64 hexadecimal characters")
+    return options, tuple(ignored)
+
+
+def bind_arguments(
+    params: tuple[str, ...], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> tuple[Any, ...]:
+    """Map a message's positional and keyword arguments onto ``params`` (all optional after 1st).
+
+    Returns the positional tuple trimmed of trailing unset values; raises MalformedTask for extra
+    positional arguments, unknown keyword arguments or one given twice.
+    """
+    if len(args) > len(params):
+        raise MalformedTask(f"too many arguments: expected at most {len(params)} ({', '.join(params)})")
+    values: list[Any] = list(args) + [_UNSET] * (len(params) - len(args))
+    for key, value in kwargs.items():
+        if key not in params:
+            raise MalformedTask(f"unexpected argument {str(key)[:64]!r}")
+        index = params.index(key)
+        if values[index] is not _UNSET:
+            raise MalformedTask(f"argument {key!r} given twice")
+        values[index] = value
+    while values and values[-1] is _UNSET:
+        values.pop()
+    return tuple(None if v is _UNSET else v for v in values)
+
+
+_UNSET: Any = object()

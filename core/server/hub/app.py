@@ -1,0 +1,305 @@
+"""The hub's routes (DESIGN §4). Every route but /healthz needs a live API key (Bearer or
+X-API-Key) and only ever shows the key's own user's files, tasks and workers (404 otherwise).
+
+Runs on uvicorn's event loop; Celery and blocking Redis calls go through the thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import redis
+import redis.asyncio as aioredis
+import structlog
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, Field
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+from starlette.concurrency import run_in_threadpool
+
+from morag_worker.core.auth import ApiKeyRecord, APIKeyService
+from morag_worker.core.execution.celery_config import (
+    DEFAULT_REDIS_URL,
+    TimeLimits,
+    base_config,
+    strip_credentials,
+    tls_options,
+)
+from morag_worker.core.execution.presence import live_workers
+from morag_worker.core.naming import DEFAULT_QUEUE, WorkerType, acl_username, namespace_prefix, queue_name
+from morag_worker.core.results import ProgressMeta, TaskResult, TaskStage
+from morag_worker.core.routing import result_for_user, submit_task_for_user
+from morag_worker.core.server.acl import RedisAclHook
+from morag_worker.core.server.hub.maintenance import HubMaintenance
+from morag_worker.core.server.hub.storage import FileStore, UploadTooLarge
+from morag_worker.core.server.hub.uploads import receive_upload
+from morag_worker.core.server.watchdog import Watchdog
+
+__all__ = ["HubConfig", "create_app"]
+
+log = structlog.get_logger(__name__)
+
+TASK_INDEX_PREFIX = "morag:hub:tasks:"
+TASK_INDEX_TTL_S = 7 * 24 * 3600
+
+
+@dataclass
+class HubConfig:
+    """How the hub is reached and what it serves."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    storage_dir: Path = field(default_factory=lambda: Path("hub-storage"))
+    max_upload_bytes: int = 2 * 1024**3
+    public_url: str | None = None  # how workers reach the hub; default: the request's base URL
+    worker_broker_url: str | None = None  # what workers are told to connect to (no credentials)
+    # Maintenance (core/hub/maintenance.py): ACL users, expired keys, the watchdog.
+    maintenance_interval_s: float = 60.0
+    # Deliveries older than this are put back in their queue; the workers' visibility timeout.
+    visibility_timeout_s: float = float(TimeLimits.visibility)
+
+
+class TaskCreate(BaseModel):
+    file_id: str | None = Field(default=None, max_length=64)
+    url: str | None = Field(default=None, max_length=8192)
+    content_type: str | None = Field(default=None, max_length=255)
+    task_options: dict[str, Any] | None = None
+    remote: bool = True
+    worker_type: WorkerType = WorkerType.GPU
+
+
+def _api_key_from(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip() or None
+    return request.headers.get("x-api-key") or None
+
+
+async def current_key(request: Request) -> ApiKeyRecord:
+    """The live key record of the request's API key; 401 with a JSON error otherwise."""
+    api_key = _api_key_from(request)
+    if not api_key:
+        raise HTTPException(
+            401, "missing API key (Authorization: Bearer <key>)", headers={"WWW-Authenticate": "Bearer"}
+        )
+    record: ApiKeyRecord | None = await request.app.state.keys.lookup(api_key)
+    if record is None:
+        raise HTTPException(
+            401, "invalid, revoked or expired API key", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return record
+
+
+Key = Annotated[ApiKeyRecord, Depends(current_key)]
+
+
+def create_app(config: HubConfig) -> FastAPI:
+    """Build the hub's ASGI app; Redis connections open in its lifespan."""
+    store = FileStore(config.storage_dir, config.max_upload_bytes)
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # A Redis restart drops every pooled connection: retry a command on a fresh one rather
+        # than answering 500 to the first request after it.
+        tls = tls_options(config.redis_url, os.environ) or {}
+        state["aredis"] = aioredis.Redis.from_url(
+            config.redis_url,
+            retry=AsyncRetry(ExponentialBackoff(cap=2.0, base=0.1), 3),
+            health_check_interval=15,
+            **tls,
+        )
+        state["redis"] = redis.Redis.from_url(
+            config.redis_url,
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), 3),
+            health_check_interval=15,
+            **tls,
+        )
+        acl = RedisAclHook(state["aredis"])
+        state["keys"] = APIKeyService(state["aredis"], access_hook=acl)
+        _app.state.keys = state["keys"]
+        config.storage_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        watchdog = Watchdog(
+            config.redis_url,
+            config.visibility_timeout_s,
+            transport_options=base_config({"REDIS_URL": config.redis_url})["broker_transport_options"],
+            ssl_options=tls or None,
+        )
+        maintenance = HubMaintenance(state["keys"], acl, watchdog, config.maintenance_interval_s)
+        _app.state.maintenance = maintenance
+        loop_task = asyncio.create_task(maintenance.run(), name="hub-maintenance")
+        log.info(
+            "hub.started",
+            storage=str(config.storage_dir),
+            maintenance_interval_s=config.maintenance_interval_s,
+            visibility_timeout_s=config.visibility_timeout_s,
+        )
+        try:
+            yield
+        finally:
+            loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop_task
+            await asyncio.to_thread(watchdog.close)
+            await state["aredis"].aclose()
+            state["redis"].close()
+
+    app = FastAPI(title="MoRAG Worker hub", lifespan=lifespan)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )
+
+    def base_url(request: Request) -> str:
+        return (config.public_url or str(request.base_url)).rstrip("/")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/api/v1/auth/queue-info")
+    async def queue_info(key: Key) -> dict[str, Any]:
+        broker = config.worker_broker_url or strip_credentials(config.redis_url)
+        return {
+            "authenticated": True,
+            "user_id": key.user_id,
+            "gpu_queue": queue_name(key.user_id, WorkerType.GPU),
+            "cpu_queue": queue_name(key.user_id, WorkerType.CPU),
+            "default_queue": DEFAULT_QUEUE,
+            "broker": {
+                "url": strip_credentials(broker),
+                "username": acl_username(key.user_id),
+                "key_prefix": namespace_prefix(key.user_id),
+            },
+            "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+        }
+
+    @app.post("/api/v1/files", status_code=201)
+    async def upload(request: Request, key: Key) -> dict[str, Any]:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > config.max_upload_bytes + 64 * 1024:
+            raise HTTPException(
+                413, f"the file is larger than this hub accepts ({config.max_upload_bytes} bytes)"
+            )
+        try:
+            stored = await receive_upload(request, store, key.user_id)
+        except UploadTooLarge as exc:
+            raise HTTPException(413, str(exc)) from None
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        log.info("hub.file_stored", user_id=key.user_id, file_id=stored.file_id, size=stored.size)
+        return {
+            "file_id": stored.file_id,
+            "url": f"{base_url(request)}/api/v1/files/{stored.file_id}",
+            "sha256": stored.sha256,
+            "size": stored.size,
+            "filename": stored.filename,
+        }
+
+    @app.get("/api/v1/files/{file_id}")
+    async def download(file_id: str, key: Key) -> FileResponse:
+        found = store.get(key.user_id, file_id)
+        if found is None:
+            raise HTTPException(404, "no such file")
+        stored, path = found
+        return FileResponse(
+            path,
+            media_type="application/octet-stream",
+            headers={
+                "etag": f'"{stored.sha256}"',
+                "x-checksum-sha256": stored.sha256,
+                "cache-control": "no-store",
+            },
+        )
+
+    @app.post("/api/v1/tasks", status_code=201)
+    async def create_task(body: TaskCreate, request: Request, key: Key) -> dict[str, Any]:
+        if (body.file_id is None) == (body.url is None):
+            raise HTTPException(422, "give exactly one of file_id and url")
+        options = dict(body.task_options or {})
+        if body.file_id is not None:
+            found = store.get(key.user_id, body.file_id)
+            if found is None:
+                raise HTTPException(404, "no such file")
+            stored, path = found
+            options.update(sha256=stored.sha256, size=stored.size)
+            if stored.filename:
+                options.setdefault("filename", stored.filename)
+            source = f"{base_url(request)}/api/v1/files/{stored.file_id}" if body.remote else str(path)
+            task_name = "morag.worker.process_file_task"
+            content_type = body.content_type or stored.content_type
+        else:
+            assert body.url is not None
+            parts = urlsplit(body.url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise HTTPException(422, "url must be an absolute http(s) URL")
+            source, task_name, content_type = body.url, "morag.worker.process_url_task", body.content_type
+        user = key.user_id if body.remote else None
+        result = await run_in_threadpool(
+            submit_task_for_user,
+            task_name,
+            [source, content_type, options],
+            None,
+            key.user_id,
+            body.remote,
+            body.worker_type,
+        )
+        queue = queue_name(key.user_id, body.worker_type) if body.remote else DEFAULT_QUEUE
+        index = json.dumps({"user_id": key.user_id, "remote": body.remote, "queue": queue})
+        await state["aredis"].set(TASK_INDEX_PREFIX + result.id, index, ex=TASK_INDEX_TTL_S)
+        log.info(
+            "hub.task_created",
+            user_id=key.user_id,
+            task_id=result.id,
+            queue=queue,
+            namespaced=user is not None,
+        )
+        return {"task_id": result.id, "queue": queue}
+
+    @app.get("/api/v1/tasks/{task_id}")
+    async def task_status(task_id: str, key: Key) -> dict[str, Any]:
+        raw = await state["aredis"].get(TASK_INDEX_PREFIX + task_id[:64])
+        entry = json.loads(raw) if raw else None
+        if not entry or entry.get("user_id") != key.user_id:
+            raise HTTPException(404, "no such task")
+        namespace_user = key.user_id if entry.get("remote") else None
+        return await run_in_threadpool(_task_view, task_id, namespace_user)
+
+    @app.get("/api/v1/workers")
+    async def workers(key: Key) -> dict[str, Any]:
+        records = await run_in_threadpool(live_workers, state["redis"], key.user_id)
+        return {"user_id": key.user_id, "workers": [asdict(r) for r in records]}
+
+    return app
+
+
+def _task_view(task_id: str, user_id: str | None) -> dict[str, Any]:
+    """The task's state, progress (while DOWNLOADING/PROCESSING) and result (once done)."""
+    async_result = result_for_user(task_id, user_id)
+    state = async_result.state
+    info = async_result.info
+    view: dict[str, Any] = {"task_id": task_id, "state": state, "progress": None, "result": None}
+    if state in (TaskStage.DOWNLOADING, TaskStage.PROCESSING):
+        meta = ProgressMeta.from_dict(info)
+        view["progress"] = meta.to_dict() if meta else None
+    elif state == "SUCCESS":
+        try:
+            view["result"] = TaskResult.from_dict(info).to_dict()
+        except ValueError:
+            view["result"] = None
+            view["error"] = "the worker returned something that is not a result object"
+    elif state == "FAILURE":
+        view["error"] = str(info) if info is not None else "the task failed"
+    return view

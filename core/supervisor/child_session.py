@@ -1,0 +1,89 @@
+"""One worker child as the supervisor sees it: its handle, what it said, and how it is being stopped.
+
+A ``ChildSession`` lives from launch to exit. It holds the child's last log lines, its active
+tasks (``TaskTracker``), its ready message and latest heartbeat, and the stop requested of it,
+and answers the questions the supervisor's decisions need (is it ready, reconnecting, busy; what
+does a person read). Owned by the supervisor's loop thread; not thread-safe.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+from morag_worker.core.execution.progress_channel import HeartbeatMessage, ReadyMessage
+from morag_worker.core.supervisor.child_process import ChildProcess
+from morag_worker.core.supervisor.events import StopMode, WorkerState
+from morag_worker.core.supervisor.task_tracker import TaskTracker
+
+__all__ = ["ChildSession", "stop_status"]
+
+_RANK = {StopMode.FINISH: 1, StopMode.NOW: 2, StopMode.KILL: 3}
+_INTERRUPTED = {
+    StopMode.NOW: "stopped now; the task went back to the queue",
+    StopMode.KILL: "the worker was killed; the task returns to the queue after the visibility timeout",
+    None: "the worker stopped unexpectedly; the task returns to the queue after the visibility timeout",
+}
+
+USER = "user"  # stop reasons: asked by the front end (stop, snooze, close) ...
+RESTART = "restart"  # ... or by the supervisor itself (start deadline, silence, stall)
+
+
+@dataclass
+class ChildSession:
+    child: ChildProcess
+    gen: int
+    tracker: TaskTracker
+    output: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=40))
+    ready_at: float | None = None  # monotonic
+    ready_info: ReadyMessage | None = None
+    heartbeat: HeartbeatMessage | None = None
+    stop_mode: StopMode | None = None
+    stop_reason: str | None = None  # USER or RESTART
+    connecting_since: float | None = None  # monotonic: first of the beats saying "connecting" in a row
+
+    @property
+    def ready(self) -> bool:
+        return self.ready_at is not None
+
+    @property
+    def busy(self) -> bool:
+        return len(self.tracker) > 0
+
+    def connecting(self) -> bool:
+        """The latest heartbeat says the consumer has no broker connection."""
+        return self.heartbeat is not None and self.heartbeat.consumer == "connecting"
+
+    def reconnecting(self) -> bool:
+        """The consumer lost its broker connection after it was ready (a beat from before is stale)."""
+        ready = self.ready_info
+        return self.connecting() and (ready is None or self.heartbeat is None or self.heartbeat.ts > ready.ts)
+
+    def running_message(self) -> str:
+        if self.reconnecting():
+            return "Reconnecting to the broker"
+        count = len(self.tracker)
+        if count:
+            return f"Working on {count} task" + ("s" if count > 1 else "")
+        return "Waiting for work"
+
+    def escalates_to(self, mode: StopMode) -> bool:
+        """True when ``mode`` is harsher than the stop already asked (a stop never softens)."""
+        return self.stop_mode is None or _RANK[mode] > _RANK[self.stop_mode]
+
+    def interrupted_reason(self) -> str:
+        """Why a task that never reported its end is over, given how the child was stopped."""
+        return _INTERRUPTED.get(self.stop_mode, _INTERRUPTED[None])
+
+
+def stop_status(mode: StopMode, *, busy: bool, restart: bool, snoozing: bool) -> tuple[WorkerState, str]:
+    """The state and sentence shown while a stop in ``mode`` is under way."""
+    if mode is StopMode.FINISH:
+        then = "snoozing" if snoozing else "stopping"
+        return WorkerState.FINISHING, (
+            f"Finishing the current task, then {then}" if busy else then.capitalize()
+        )
+    if mode is StopMode.NOW:
+        text = "Restarting the worker" if restart else "Stopping now"
+        return WorkerState.STOPPING, text + ("; the current task goes back to the queue" if busy else "")
+    return WorkerState.STOPPING, "Killing the worker"

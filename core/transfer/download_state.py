@@ -1,0 +1,414 @@
+"""One download's state across its attempts, and what it does with each response.
+
+:class:`TransferJob` owns the open ``input.bin``, the running SHA-256 and the byte count. For each
+response the downloader hands it, it decides (:meth:`TransferJob.accept`) whether the status and
+headers let it store a body (206 resumes at our offset, 200 restarts, 416 may mean complete), then
+copies the body (:meth:`TransferJob.stream`) under the size cap, the deadline and the minimum rate,
+and finally checks the bytes (:meth:`TransferJob.verified`). Failures worth another attempt raise
+:class:`RetryableFailure`; the downloader (``transfer.py``) owns the retry loop.
+
+Runs on the downloading thread, which hands file writes to one writer thread of its own (joined
+by :meth:`TransferJob.close`); ``cancel`` may be set from any thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import hmac
+import io
+import shutil
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import structlog
+import urllib3
+from urllib3.response import HTTPResponse
+
+from morag_worker.core.transfer import headers as hh
+from morag_worker.core.transfer.errors import (
+    DownloadCancelled,
+    DownloadFailed,
+    InsufficientDiskSpace,
+    IntegrityError,
+    TooLarge,
+)
+
+__all__ = [
+    "LIMIT_ENV",
+    "DownloadLimits",
+    "ProgressCallback",
+    "RetryableFailure",
+    "TransferJob",
+    "check_disk_space",
+]
+
+log = structlog.get_logger(__name__)
+
+MiB = 1024 * 1024
+_WRITE_AHEAD = 2
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+ProgressCallback = Callable[[int, int | None], None]
+
+
+@dataclass(frozen=True)
+class DownloadLimits:
+    """Every bound a download runs under. Tests shrink them; production keeps the defaults."""
+
+    chunk_size: int = MiB
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    deadline_s: float = 3600.0
+    min_rate_bps: float = 1024.0
+    min_rate_window_s: float = 30.0
+    max_bytes: int = 2 * 1024 * MiB
+    max_attempts: int = 5
+    backoff_base: float = 1.0
+    backoff_max: float = 30.0
+    retry_after_max: float = 60.0
+    disk_reserve_bytes: int = 256 * MiB
+    max_redirects: int = 5
+    progress_interval_s: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.chunk_size <= 0 or self.max_bytes < 0 or self.max_attempts < 1 or self.max_redirects < 0:
+            raise ValueError("DownloadLimits: chunk_size and max_attempts must be positive")
+        if min(self.connect_timeout, self.read_timeout, self.deadline_s, self.min_rate_window_s) <= 0:
+            raise ValueError("DownloadLimits: timeouts, deadline and rate window must be positive")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> DownloadLimits:
+        """The production defaults, with any of :data:`LIMIT_ENV` set in ``env`` applied.
+
+        Raises:
+            ValueError: A variable is not a positive number (its name is in the message).
+        """
+        changes: dict[str, Any] = {}
+        for name, (attribute, scale, whole) in LIMIT_ENV.items():
+            raw = env.get(name, "").strip()
+            if not raw:
+                continue
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be a number, not {raw[:40]!r}") from None
+            if not value > 0 or value == float("inf"):
+                raise ValueError(f"{name} must be a positive number, not {raw[:40]!r}")
+            if whole and not value.is_integer():
+                raise ValueError(f"{name} must be a whole number, not {raw[:40]!r}")
+            changes[attribute] = int(value * scale) if whole or scale != 1 else value
+        return replace(cls(), **changes)
+
+
+LIMIT_ENV: dict[str, tuple[str, int, bool]] = {
+    # variable: (DownloadLimits field, multiplier, whole number only)
+    "MORAG_MAX_INPUT_MB": ("max_bytes", MiB, False),
+    "MORAG_DOWNLOAD_DEADLINE_S": ("deadline_s", 1, False),
+    "MORAG_DOWNLOAD_MIN_RATE": ("min_rate_bps", 1, False),
+    "MORAG_DOWNLOAD_MIN_RATE_WINDOW_S": ("min_rate_window_s", 1, False),
+    "MORAG_DOWNLOAD_ATTEMPTS": ("max_attempts", 1, True),
+}
+"""Environment variables a worker reads into its :class:`DownloadLimits` (README lists them)."""
+
+
+def check_disk_space(dest_dir: Path, need: int, reserve: int, host: str) -> None:
+    """Raise InsufficientDiskSpace unless ``dest_dir``'s disk has ``need`` bytes plus ``reserve`` free."""
+    free = shutil.disk_usage(dest_dir).free
+    if free < need + reserve:
+        raise InsufficientDiskSpace(
+            f"Not enough disk space for the file from {host}: it needs {hh.human_size(need)} "
+            f"plus a {hh.human_size(reserve)} reserve, and {hh.human_size(free)} is free."
+        )
+
+
+class RetryableFailure(Exception):
+    """A failure worth another attempt: connection trouble, 408/429/5xx, too slow, a bad resume."""
+
+    def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+
+
+@dataclass
+class _Throttle:
+    callback: ProgressCallback | None
+    clock: Callable[[], float]
+    interval: float
+    last: float = float("-inf")
+
+    def __call__(self, done: int, total: int | None, *, final: bool = False) -> None:
+        if self.callback is not None:
+            now = self.clock()
+            if final or now - self.last >= self.interval:
+                self.last = now
+                self.callback(done, total)
+
+
+@dataclass
+class TransferJob:
+    """One download's mutable state across its attempts (see the module docstring)."""
+
+    host: str
+    is_hub: bool
+    dest_dir: Path
+    fh: io.FileIO
+    limits: DownloadLimits
+    clock: Callable[[], float]
+    deadline: float
+    want_sha: str | None = None
+    expected_size: int | None = None
+    progress_callback: ProgressCallback | None = None
+    cancel: threading.Event | None = None
+    have: int = 0
+    hasher: Any = field(default_factory=hashlib.sha256)
+    total: int | None = None
+    encoded: bool = False
+    validator: str | None = None
+    server_sha: str | None = None
+    content_type: str | None = None
+    filename_hint: str | None = None
+    attempts: int = 0
+    failures: int = 0
+    resumes: int = 0
+    redownloaded: bool = False
+    progress: _Throttle = field(init=False)
+    _writer: ThreadPoolExecutor = field(init=False, repr=False)
+    _pending: deque[Future[None]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.progress = _Throttle(self.progress_callback, self.clock, self.limits.progress_interval_s)
+        # One writer thread, so hashing a chunk overlaps writing the previous one (both release
+        # the GIL); it keeps the order of writes and at most _WRITE_AHEAD chunks in flight.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="download-writer")
+        self._pending = deque()
+
+    def close(self) -> None:
+        """Wait for writes in flight (their errors no longer matter) and stop the writer thread."""
+        self._pending.clear()
+        self._writer.shutdown(wait=True)
+
+    @property
+    def can_resume(self) -> bool:
+        """True when a next request should ask for the rest with ``Range``."""
+        return self.have > 0 and not self.encoded
+
+    def restart(self) -> None:
+        """Forget every byte: truncate the file and start a fresh hash."""
+        self.flush()
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.hasher = hashlib.sha256()
+        self.have = 0
+        self.total = None
+        self.encoded = False
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise DownloadCancelled(f"The download from {self.host} was cancelled.")
+
+    def failed(self, what: str, *, status: int | None = None) -> DownloadFailed:
+        return DownloadFailed(
+            f"Download from {self.host} failed: {what}.", status=status, attempts=self.attempts
+        )
+
+    def too_slow(self) -> DownloadFailed:
+        return self.failed(f"it was too slow to finish within its {self.limits.deadline_s:g} s limit")
+
+    def accept(self, status: int, headers: Mapping[str, str], url: str, ranged: bool) -> bool:
+        """Check a response's status and headers; True when a body to store follows."""
+        if status == 416 and ranged:
+            return self._unsatisfiable(hh.unsatisfied_range_total(headers.get("Content-Range")))
+        if status in RETRY_STATUSES:
+            after = hh.retry_after(headers.get("Retry-After"))
+            raise RetryableFailure(f"the server answered HTTP {status}", status=status, retry_after=after)
+        if status not in (200, 206):
+            raise self.failed(_status_text(status, self.is_hub), status=status)
+        codings = hh.content_codings(headers)
+        if hh.unsupported_codings(codings):
+            raise self.failed("the server sent an unsupported content encoding", status=status)
+        length = hh.content_length(headers)
+        if status == 206:
+            self._resume(hh.content_range(headers.get("Content-Range")), ranged and not codings)
+        else:
+            if self.have:
+                log.info("download.restart", host=self.host, discarded=self.have)
+                self.restart()
+            self.encoded = bool(codings)
+            self.total = None if codings else length
+            self.validator = hh.range_validator(headers)
+            self.server_sha = hh.checksum_header(headers)
+            self.content_type = headers.get("Content-Type")
+            self.filename_hint = hh.filename_hint(headers, url)
+            if self.want_sha and self.server_sha and self.server_sha != self.want_sha:
+                raise IntegrityError(
+                    f"The server at {self.host} announces a different SHA-256 ({self.server_sha[:12]}…) "
+                    f"than the task expects ({self.want_sha[:12]}…)."
+                )
+        self._check_size(length if codings else None)
+        return True
+
+    def _resume(self, content_range: hh.ContentRange | None, ranged: bool) -> None:
+        if not ranged or content_range is None or content_range.start != self.have:
+            self.restart()
+            raise RetryableFailure("the server resumed at the wrong offset", status=206)
+        total = content_range.total
+        if self.total is not None and total is not None and total != self.total:
+            self.restart()
+            raise RetryableFailure("the file changed on the server during the download", status=206)
+        self.total = total if total is not None else self.total
+        self.resumes += 1
+        log.info("download.resume", host=self.host, offset=self.have, total=self.total)
+
+    def _unsatisfiable(self, server_total: int | None) -> bool:
+        """HTTP 416 to our Range: complete if we already hold the whole file, else start over."""
+        known = next((n for n in (self.expected_size, self.total, server_total) if n is not None), None)
+        if known is not None and self.have == known:
+            log.info("download.already_complete", host=self.host, bytes=self.have)
+            return False
+        self.restart()
+        raise RetryableFailure("the server refused to resume (HTTP 416)", status=416)
+
+    def _check_size(self, encoded_length: int | None) -> None:
+        cap = self.limits.max_bytes
+        if encoded_length is not None and encoded_length > cap:
+            raise TooLarge(f"The file at {self.host} is over the {hh.human_size(cap)} limit even compressed.")
+        if self.total is not None:
+            if self.total > cap:
+                size = hh.human_size(self.total)
+                raise TooLarge(f"The file at {self.host} is {size}, over the {hh.human_size(cap)} limit.")
+            if self.expected_size is not None and self.total != self.expected_size:
+                raise IntegrityError(
+                    f"The file at {self.host} is {self.total} bytes; the task expects {self.expected_size}."
+                )
+        known = self.total if self.total is not None else self.expected_size
+        if known is not None:
+            check_disk_space(self.dest_dir, known - self.have, self.limits.disk_reserve_bytes, self.host)
+
+    def stream(self, raw: HTTPResponse) -> None:
+        """Copy the body to the file, hashing, counting decoded bytes, watching deadline and rate."""
+        try:
+            self._copy(raw)
+        finally:
+            self.flush()
+
+    def _copy(self, raw: HTTPResponse) -> None:
+        limits, clock = self.limits, self.clock
+        window_start, window_bytes = clock(), self.have
+        while True:
+            self.check_cancel()
+            try:
+                # read1 returns after one socket read, so a trickle cannot keep us inside a read for
+                # longer than read_timeout: the deadline and rate checks below keep running.
+                piece = raw.read1(limits.chunk_size, decode_content=True)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise RetryableFailure(_read_failure(exc)) from exc
+            if not piece:
+                if self.total is not None and self.have < self.total:
+                    # A legal short 206 (the server may send less than the range we asked for).
+                    raise RetryableFailure("the server ended the response before the end of the file")
+                return
+            if self.total is not None and self.have + len(piece) > self.total:
+                raise IntegrityError(
+                    f"The server at {self.host} sent more than the {self.total} bytes it announced."
+                )
+            if self.have + len(piece) > limits.max_bytes:
+                raise TooLarge(
+                    f"The file at {self.host} is over the {hh.human_size(limits.max_bytes)} limit."
+                )
+            if self.expected_size is not None and self.have + len(piece) > self.expected_size:
+                raise IntegrityError(
+                    f"The file at {self.host} is larger than the {self.expected_size} bytes expected."
+                )
+            self._write(piece)
+            now = clock()
+            if now > self.deadline:
+                raise self.too_slow()
+            if now - window_start >= limits.min_rate_window_s:
+                rate = (self.have - window_bytes) / (now - window_start)
+                if rate < limits.min_rate_bps:
+                    minimum = f"{limits.min_rate_bps:g} B/s over {limits.min_rate_window_s:g} s"
+                    raise RetryableFailure(f"the transfer was too slow ({rate:.0f} B/s, under {minimum})")
+                window_start, window_bytes = now, self.have
+            self.progress(self.have, self.total if self.total is not None else self.expected_size)
+
+    def _write(self, data: bytes) -> None:
+        if len(self._pending) >= _WRITE_AHEAD:
+            self._settle(self._pending.popleft())
+        self._pending.append(self._writer.submit(write_all, self.fh, data))
+        self.hasher.update(data)  # while the writer thread writes
+        self.have += len(data)
+
+    def flush(self) -> None:
+        """Wait until every byte counted in ``have`` is written; raise the first write error."""
+        while self._pending:
+            self._settle(self._pending.popleft())
+
+    def _settle(self, write: Future[None]) -> None:
+        try:
+            write.result()
+        except OSError as exc:
+            for later in self._pending:  # let them finish; after a failed write they prove nothing
+                later.exception()
+            self._pending.clear()
+            if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+                done = hh.human_size(self.have)
+                raise InsufficientDiskSpace(
+                    f"The disk ran out of space after {done} of the file from {self.host}."
+                ) from None
+            raise self.failed(f"the file could not be written ({exc.strerror})") from None
+
+    def verified(self) -> bool:
+        """True if the bytes are right; on the first mismatch, restart for one fresh download."""
+        if self.expected_size is not None and self.have != self.expected_size:
+            problem = f"it is {self.have} bytes, not the {self.expected_size} expected"
+        else:
+            want = self.want_sha or self.server_sha
+            digest = self.hasher.hexdigest()
+            if want is None or hmac.compare_digest(digest, want):
+                return True
+            problem = f"its SHA-256 is {digest[:12]}…, not the expected {want[:12]}…"
+        if self.redownloaded:
+            raise IntegrityError(
+                f"The file from {self.host} is corrupt even after a fresh download: {problem}."
+            )
+        self.redownloaded = True
+        log.warning("download.integrity_retry", host=self.host, problem=problem)
+        self.restart()
+        return False
+
+
+def write_all(fh: io.FileIO, data: bytes) -> None:
+    """Write every byte of ``data`` to an unbuffered file (raw writes may be short)."""
+    view = memoryview(data)
+    while view:
+        written = fh.write(view)
+        view = view[written or 0 :]
+
+
+def _read_failure(exc: BaseException) -> str:
+    if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
+        return "the server stopped sending (read timed out)"
+    if isinstance(exc, urllib3.exceptions.DecodeError):
+        return "the compressed body could not be decoded"
+    return "the connection was cut"
+
+
+def _status_text(status: int, is_hub: bool) -> str:
+    if status in (401, 403):
+        return (
+            f"the hub rejected the API key (HTTP {status})"
+            if is_hub
+            else f"the server refused access (HTTP {status})"
+        )
+    if status in (404, 410):
+        return f"the file was not found (HTTP {status})"
+    if 300 <= status < 400:
+        return f"the server answered with a redirect without a location (HTTP {status})"
+    return f"the server answered HTTP {status}"

@@ -1,0 +1,401 @@
+"""HTTP download of a task's input: streamed, capped, resumable, verified, and cleaned up on failure.
+
+:class:`Downloader` fetches one URL into ``<dest_dir>/input.bin`` (created 0600, never a name the
+server chose) in chunks of about 1 MiB, hashing SHA-256 on the fly. It bounds everything a hostile
+or broken server could stretch: connect and read timeouts, an overall deadline and a minimum rate
+(a server trickling a byte a second is cut off), the decoded size (a small gzip body can expand a
+thousandfold), retries (capped exponential backoff with full jitter; a ``Retry-After`` of hours is
+capped and reported) and redirects (followed by hand, each hop re-checked by
+:mod:`~morag_worker.core.transfer.url_policy`). A dropped connection resumes with ``Range``/``If-Range``.
+The API key goes only to the hub's exact origin, which is never redirected away from.
+
+Runs on the calling (task) thread, plus one writer thread per download that lives only inside
+``download()``. A Downloader and its ``requests.Session`` serve one thread at a time; ``cancel``
+may be set from any thread.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import urljoin
+
+import requests
+import structlog
+
+from morag_worker.core.logging import register_secret
+from morag_worker.core.transfer.download_state import (
+    DownloadLimits,
+    ProgressCallback,
+    RetryableFailure,
+    TransferJob,
+    check_disk_space,
+)
+from morag_worker.core.transfer.errors import (
+    DownloadCancelled,
+    DownloadFailed,
+    InsufficientDiskSpace,
+    IntegrityError,
+    TooLarge,
+    TransferError,
+    UnsafeURL,
+)
+from morag_worker.core.transfer.headers import SHA256_HEX, human_size
+from morag_worker.core.transfer.url_policy import (
+    PeerCheckingAdapter,
+    Resolver,
+    UrlPolicy,
+    check_url,
+    normalise_url,
+    origin_of,
+    system_resolver,
+)
+from morag_worker.core.transfer.workspace import TaskWorkspace, sweep_stale_workspaces
+
+__all__ = [
+    "INPUT_NAME",
+    "DownloadCancelled",
+    "DownloadFailed",
+    "DownloadLimits",
+    "DownloadedFile",
+    "Downloader",
+    "InsufficientDiskSpace",
+    "IntegrityError",
+    "ProgressCallback",
+    "TaskWorkspace",
+    "TooLarge",
+    "TransferError",
+    "UnsafeURL",
+    "UrlPolicy",
+    "check_url",
+    "sweep_stale_workspaces",
+]
+
+log = structlog.get_logger(__name__)
+
+MiB = 1024 * 1024
+INPUT_NAME = "input.bin"
+
+
+@dataclass(frozen=True)
+class DownloadedFile:
+    """A completed download. ``filename_hint`` is a sanitised display name, never a path.
+
+    ``verified`` is True when the SHA-256 was checked against the task's or the server's value.
+    """
+
+    path: Path
+    size: int
+    sha256: str
+    content_type: str | None
+    filename_hint: str | None
+    resumes: int
+    attempts: int
+    verified: bool
+
+
+class Downloader:
+    """Downloads task inputs under :class:`DownloadLimits` and the URL policy.
+
+    Args:
+        session: A requests session to use (its ``trust_env`` is turned off, its proxies cleared
+            and a peer-checking adapter mounted); one is created and owned when None.
+        limits: The bounds; ``DownloadLimits()`` when None.
+        hub_origin: The hub's URL. Only requests to exactly this origin carry the API key, and they
+            follow no redirects. Also the one origin exempt from the address rules.
+        api_key: Sent as ``Authorization: Bearer`` to the hub only; registered for log redaction.
+        sleep: Waits between attempts. None waits on ``cancel`` (so cancelling interrupts a wait),
+            or with ``time.sleep`` when there is no cancel event. Tests inject a recorder.
+        clock: Monotonic seconds, for the deadline, the rate check and progress throttling.
+        resolver: Resolves host names for the URL policy.
+        trusted_origins: Origins exempt from the address rules like the hub, but never given the
+            key. Tests only (loopback servers); production leaves it empty.
+        ca_bundle: A CA bundle to verify TLS against instead of the default one (a hub with a
+            private CA). Certificates are always verified; there is no way to turn that off.
+    """
+
+    def __init__(
+        self,
+        session: requests.Session | None = None,
+        limits: DownloadLimits | None = None,
+        hub_origin: str | None = None,
+        api_key: str | None = None,
+        sleep: Callable[[float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        resolver: Resolver = system_resolver,
+        trusted_origins: Iterable[str] = (),
+        ca_bundle: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.limits = limits if limits is not None else DownloadLimits()
+        self.policy = UrlPolicy(
+            hub_origin=hub_origin, resolver=resolver, trusted_origins=frozenset(trusted_origins)
+        )
+        self._api_key = api_key
+        self._verify: str | bool = os.fspath(ca_bundle) if ca_bundle is not None else True
+        register_secret(api_key)
+        self._sleep = sleep
+        self._clock = clock
+        self._owns_session = session is None
+        self.session = session if session is not None else requests.Session()
+        self.session.trust_env = False  # no proxy variables, no .netrc credentials
+        self.session.proxies.clear()  # a proxy would hide the peer address we check
+        adapter = PeerCheckingAdapter(self.policy)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def close(self) -> None:
+        """Close the session if this downloader created it."""
+        if self._owns_session:
+            self.session.close()
+
+    def __enter__(self) -> Downloader:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def download(
+        self,
+        url: str,
+        dest_dir: Path,
+        *,
+        expected_sha256: str | None = None,
+        expected_size: int | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+        notice: Callable[[str], None] | None = None,
+    ) -> DownloadedFile:
+        """Download ``url`` into ``dest_dir/input.bin`` and return what was fetched.
+
+        Args:
+            url: An http(s) URL; checked against the URL policy, as is every redirect hop.
+            dest_dir: An existing private directory (see TaskWorkspace) without an ``input.bin``.
+            expected_sha256: Hex SHA-256 the file must have; otherwise the server's
+                ``X-Checksum-SHA256`` is checked when it sends one.
+            expected_size: Exact size in bytes the file must have.
+            progress: Called with ``(done_bytes, total_or_None)`` at most every
+                ``progress_interval_s`` and once at the end.
+            cancel: Checked between reads and while waiting to retry.
+            notice: Called with one line a person can read whenever the download waits to retry
+                (server busy, a capped ``Retry-After``, a cut connection).
+
+        Raises:
+            UnsafeURL, TooLarge, IntegrityError, InsufficientDiskSpace, DownloadCancelled,
+            DownloadFailed (all TransferError); ValueError for a malformed ``expected_sha256`` or a
+            negative ``expected_size``; FileExistsError if ``input.bin`` already exists.
+        """
+        want_sha = None
+        if expected_sha256 is not None:
+            want_sha = expected_sha256.strip().lower()
+            if not SHA256_HEX.fullmatch(want_sha):
+                raise ValueError("expected_sha256 must be 64 hexadecimal digits")
+        if expected_size is not None and expected_size < 0:
+            raise ValueError("expected_size must not be negative")
+        url = normalise_url(url)
+        host, is_hub, cap = origin_of(url).display, self.policy.is_hub(url), self.limits.max_bytes
+        if expected_size is not None and expected_size > cap:
+            size = human_size(expected_size)
+            raise TooLarge(f"The file at {host} is {size}, over the {human_size(cap)} limit.")
+        if expected_size is not None:  # refuse before connecting; checked again once the server answers
+            check_disk_space(Path(dest_dir), expected_size, self.limits.disk_reserve_bytes, host)
+        path = Path(dest_dir) / INPUT_NAME
+        flags = (
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+        )
+        fd = os.open(path, flags, 0o600)
+        started = self._clock()
+        log.info("download.start", host=host, hub=is_hub, expected_size=expected_size)
+        complete = False
+        try:
+            with os.fdopen(fd, "wb", buffering=0) as fh:
+                job = TransferJob(
+                    host=host,
+                    is_hub=is_hub,
+                    dest_dir=Path(dest_dir),
+                    fh=fh,
+                    limits=self.limits,
+                    clock=self._clock,
+                    deadline=started + self.limits.deadline_s,
+                    want_sha=want_sha,
+                    expected_size=expected_size,
+                    progress_callback=progress,
+                    cancel=cancel,
+                )
+                try:
+                    self._run(job, url, notice)
+                finally:
+                    job.close()
+            complete = True
+        except TransferError as exc:
+            log.warning("download.failed", host=host, error=type(exc).__name__, message=str(exc))
+            raise
+        finally:
+            if not complete:
+                path.unlink(missing_ok=True)
+        elapsed = max(self._clock() - started, 1e-9)
+        log.info(
+            "download.done",
+            host=host,
+            bytes=job.have,
+            seconds=round(elapsed, 3),
+            mib_per_s=round(job.have / MiB / elapsed, 1),
+            attempts=job.attempts,
+            resumes=job.resumes,
+        )
+        return DownloadedFile(
+            path=path,
+            size=job.have,
+            sha256=job.hasher.hexdigest(),
+            content_type=job.content_type,
+            filename_hint=job.filename_hint,
+            resumes=job.resumes,
+            attempts=job.attempts,
+            verified=(job.want_sha or job.server_sha) is not None,
+        )
+
+    def _run(self, job: TransferJob, url: str, notice: Callable[[str], None] | None) -> None:
+        while True:
+            job.check_cancel()
+            have_before = job.have
+            job.attempts += 1
+            try:
+                self._attempt(job, url)
+            except RetryableFailure as exc:
+                # A cut after real progress starts the count again; a server that cannot deliver
+                # even a chunk per attempt runs out of attempts (and the deadline bounds the rest).
+                progressed = job.have - have_before >= self.limits.chunk_size
+                job.failures = 1 if progressed else job.failures + 1
+                self._wait_before_retry(job, exc, notice)
+                continue
+            if job.verified():
+                job.progress(job.have, job.have, final=True)
+                return
+
+    def _wait_before_retry(
+        self, job: TransferJob, exc: RetryableFailure, notice: Callable[[str], None] | None
+    ) -> None:
+        limits = self.limits
+        if job.failures >= limits.max_attempts:
+            raise DownloadFailed(
+                f"Download from {job.host} failed after {job.attempts} attempts: {exc.reason}.",
+                status=exc.status,
+                attempts=job.attempts,
+            )
+        if exc.retry_after is not None:
+            wait = min(exc.retry_after, limits.retry_after_max)
+        else:  # capped exponential backoff with full jitter
+            wait = random.uniform(
+                0, min(limits.backoff_max, limits.backoff_base * 2 ** min(job.failures - 1, 30))
+            )
+        if self._clock() + wait > job.deadline:
+            raise job.failed(
+                f"{exc.reason}, and waiting to retry would pass its {limits.deadline_s:g} s time limit"
+            )
+        capped = exc.retry_after is not None and exc.retry_after > limits.retry_after_max
+        log.warning(
+            "download.retry",
+            host=job.host,
+            reason=exc.reason,
+            attempt=job.attempts,
+            wait_s=round(wait, 2),
+            retry_after_s=exc.retry_after,
+            retry_after_capped=capped,
+        )
+        if notice is not None:
+            asked = f" (the server asked for {exc.retry_after:.0f} s)" if capped else ""
+            notice(f"Download from {job.host}: {exc.reason}; retrying in {wait:.0f} s{asked}.")
+        if self._sleep is not None:
+            self._sleep(wait)
+        elif job.cancel is not None:
+            job.cancel.wait(wait)
+        else:
+            time.sleep(wait)
+
+    def _attempt(self, job: TransferJob, url: str) -> None:
+        ranged = job.can_resume
+        if job.have and not ranged:
+            job.restart()  # a content-encoded body cannot be resumed by byte offset
+        headers = {"Accept-Encoding": "identity"}
+        if job.is_hub and self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        if ranged:
+            headers["Range"] = f"bytes={job.have}-"
+            if job.validator:
+                headers["If-Range"] = job.validator
+        response = self._open(job, url, headers)
+        try:
+            if job.accept(response.status_code, response.headers, response.url, ranged):
+                job.stream(response.raw)
+        finally:
+            response.close()
+
+    def _open(self, job: TransferJob, url: str, headers: dict[str, str]) -> requests.Response:
+        """GET ``url``, following redirects by hand (none for the hub), each hop re-checked."""
+        limits = self.limits
+        for _hop in range(limits.max_redirects + 1):
+            try:
+                self.policy.check(url)
+            except OSError as exc:
+                raise RetryableFailure(f"the name {origin_of(url).host} could not be resolved") from exc
+            remaining = job.deadline - self._clock()
+            if remaining <= 0:
+                raise job.too_slow()
+            try:
+                response = self.session.get(
+                    url,
+                    headers=headers,
+                    stream=True,
+                    allow_redirects=False,
+                    verify=self._verify,
+                    timeout=(limits.connect_timeout, min(limits.read_timeout, remaining)),
+                )
+            except requests.exceptions.SSLError as exc:
+                if _certificate_error(exc):
+                    raise job.failed("the server's TLS certificate could not be verified") from None
+                raise RetryableFailure("the TLS connection failed") from exc
+            except requests.exceptions.ConnectTimeout as exc:
+                raise RetryableFailure("connecting timed out") from exc
+            except requests.exceptions.Timeout as exc:
+                raise RetryableFailure("the server did not answer in time") from exc
+            except requests.exceptions.ConnectionError as exc:
+                raise RetryableFailure("could not connect") from exc
+            except requests.exceptions.RequestException as exc:
+                raise job.failed(f"the request could not be made ({type(exc).__name__})") from None
+            if not response.is_redirect:
+                return response
+            status, location = response.status_code, response.headers["Location"]
+            response.close()
+            if job.is_hub:
+                raise job.failed(
+                    f"the hub answered with a redirect (HTTP {status}), and hub downloads follow none",
+                    status=status,
+                )
+            url = normalise_url(urljoin(url, location))
+            log.info("download.redirect", host=job.host, to_host=origin_of(url).display, status=status)
+        raise job.failed(f"more than {limits.max_redirects} redirects")
+
+
+def _certificate_error(exc: BaseException) -> bool:
+    """True when a TLS failure is about the certificate (retrying cannot help), not the connection."""
+    seen: set[int] = set()
+    pending: list[object] = [exc]
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return True
+        seen.add(id(current))
+        pending.extend(
+            [*current.args, getattr(current, "reason", None), current.__cause__, current.__context__]
+        )
+    return False
