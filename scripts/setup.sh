@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a fresh Debian/Ubuntu machine (or a developer checkout) for MoRAG Worker:
 # the system packages the tests and the demo use, then a virtual environment in .venv with the
-# project installed in editable mode with its dev extras. Safe to run again.
+# project installed in editable mode: exactly the versions in requirements/dev.lock (hash-checked).
+# Safe to run again: it brings an existing .venv back to the lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,6 +55,9 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
   fi
 fi
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]'
+# Every dependency from the lock, hash-checked, wheels only (nothing is compiled here); then the
+# project itself, built by the locked setuptools, without looking at its ranges again (quiet about
+# setuptools' generic note on editable installs).
+.venv/bin/python -m pip install -q --require-hashes --only-binary :all: -r requirements/dev.lock
+PYTHONWARNINGS=ignore::UserWarning .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 echo "setup: ready (.venv)" >&2
