@@ -2,7 +2,8 @@
 # Regenerate requirements/dev.lock: every package that scripts/setup.sh installs (the project's
 # dependencies, its `dev` extra and the build backend that installs the project itself), each pinned
 # with the hashes of its files on PyPI. One lock for Python 3.11 and newer on every platform
-# (uv's universal resolution; markers pick the right pins).
+# (uv's universal resolution; markers pick the right pins). Only versions with wheels: setup.sh
+# installs with --only-binary :all:, so nothing is compiled on a contributor's machine or in CI.
 #
 #   scripts/lock.sh                           # after editing pyproject.toml: keep every pin that still fits
 #   scripts/lock.sh --upgrade                 # move everything to the newest allowed versions
@@ -32,7 +33,7 @@ fi
 "${PYTHON:-python3}" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))' |
   "$UV" pip compile pyproject.toml - --extra dev \
     --universal --python-version 3.11 \
-    --generate-hashes \
+    --generate-hashes --only-binary :all: \
     --custom-compile-command scripts/lock.sh \
     --quiet \
     --output-file requirements/dev.lock \
