@@ -117,8 +117,12 @@ def test_the_loop_sweeps_expired_keys_and_their_broker_access(stack: Stack) -> N
         record = json.loads(admin.get(record_key))
         record["expires_at"] = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
         admin.set(record_key, json.dumps(record))
-        wait_for(lambda: admin.get(record_key) is None, what="the hub's loop to sweep the expired key")
-    assert "worker-old" not in acl_users(stack) and not can_log_in(stack, "old", key)
+        # The sweep deletes the record, then the broker access: wait for both.
+        wait_for(
+            lambda: admin.get(record_key) is None and "worker-old" not in acl_users(stack),
+            what="the hub's loop to sweep the expired key and its ACL user",
+        )
+    assert not can_log_in(stack, "old", key)
 
 
 @pytest.fixture
