@@ -1,6 +1,8 @@
 """API keys: creation, validation, revocation and expiry, stored hashed in Redis (DESIGN §3).
 
-The seed's interface is kept (``async create_api_key / validate_api_key``, ``get_user_queue_name``).
+The seed's interface is kept (``async create_api_key / validate_api_key``, ``get_user_queue_name``),
+for a synchronous ``redis.Redis`` (as the seed's own test snippet passes) and a ``redis.asyncio.Redis``
+alike: the service talks to Redis only through ``_KeyStore``, which hides which of the two it got.
 Only ``sha256(key)`` is stored: ``morag:api_keys:{hash}`` holds the JSON record and
 ``morag:users:{user_id}`` indexes a user's hashes. A key without expiry never expires (the seed gave
 every key a 365-day TTL). Expired keys stop validating at once; ``sweep_expired`` removes them and,
@@ -18,6 +20,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import redis
 import structlog
 
 from .naming import WorkerType, queue_name, validate_user_id
@@ -98,8 +101,58 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+class _KeyStore:
+    """The five Redis operations the service needs, awaitable whatever client it was given.
+
+    A synchronous client's calls block the event loop for one round trip each, as the seed's own
+    code does; the hub passes an asyncio client.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._sync = isinstance(client, redis.Redis | redis.RedisCluster)
+
+    async def _result(self, value: Any) -> Any:
+        return value if self._sync else await value
+
+    async def get(self, key: str) -> bytes | str | None:
+        result: bytes | str | None = await self._result(self._client.get(key))
+        return result
+
+    async def members(self, key: str) -> set[bytes | str]:
+        result: set[bytes | str] = await self._result(self._client.smembers(key))
+        return result
+
+    async def keys_matching(self, pattern: str) -> list[bytes | str]:
+        if self._sync:
+            return list(self._client.scan_iter(match=pattern, count=500))
+        return [key async for key in self._client.scan_iter(match=pattern, count=500)]
+
+    async def add(self, record: ApiKeyRecord) -> None:
+        """The record and its entry in the user's index, in one transaction."""
+        pipe = self._client.pipeline(transaction=True)
+        pipe.set(KEY_PREFIX + record.key_hash, record.to_json())
+        pipe.sadd(USER_INDEX_PREFIX + record.user_id, record.key_hash)
+        await self._execute(pipe)
+
+    async def remove(self, record: ApiKeyRecord) -> None:
+        pipe = self._client.pipeline(transaction=True)
+        pipe.delete(KEY_PREFIX + record.key_hash)
+        pipe.srem(USER_INDEX_PREFIX + record.user_id, record.key_hash)
+        await self._execute(pipe)
+
+    async def _execute(self, pipe: Any) -> None:
+        if self._sync:
+            with pipe:
+                pipe.execute()
+        else:
+            async with pipe:
+                await pipe.execute()
+
+
 class APIKeyService:
-    """Creates and checks API keys. ``redis_client`` is a ``redis.asyncio.Redis`` (admin rights)."""
+    """Creates and checks API keys. ``redis_client``: ``redis.Redis`` or ``redis.asyncio.Redis``
+    with admin rights."""
 
     def __init__(
         self,
@@ -108,7 +161,7 @@ class APIKeyService:
         access_hook: KeyAccessHook | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._redis = redis_client
+        self._store = _KeyStore(redis_client)
         self._hook = access_hook
         self._now = clock
 
@@ -129,10 +182,7 @@ class APIKeyService:
             expires_at=now + timedelta(days=expires_days) if expires_days else None,
             active=True,
         )
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(KEY_PREFIX + record.key_hash, record.to_json())
-            pipe.sadd(USER_INDEX_PREFIX + user_id, record.key_hash)
-            await pipe.execute()
+        await self._store.add(record)
         if self._hook is not None:
             await self._hook.key_added(user_id, record.key_hash)
         log.info(
@@ -173,7 +223,7 @@ class APIKeyService:
     async def list_keys(self, user_id: str) -> list[ApiKeyRecord]:
         """All stored keys of ``user_id`` (expired ones included until swept), oldest first."""
         validate_user_id(user_id)
-        hashes = sorted(_text(h) for h in await self._redis.smembers(USER_INDEX_PREFIX + user_id))
+        hashes = sorted(_text(h) for h in await self._store.members(USER_INDEX_PREFIX + user_id))
         records = [r for r in [await self._get(h) for h in hashes] if r is not None]
         return sorted(records, key=lambda r: r.created_at)
 
@@ -181,7 +231,7 @@ class APIKeyService:
         """Remove every expired key (record, index entry, broker access); return what was removed."""
         now = self._now()
         removed: list[ApiKeyRecord] = []
-        async for raw_key in self._redis.scan_iter(match=KEY_PREFIX + "*", count=500):
+        for raw_key in await self._store.keys_matching(KEY_PREFIX + "*"):
             key_hash = _text(raw_key)[len(KEY_PREFIX) :]
             record = await self._get(key_hash)
             if record is not None and (record.expired(now) or not record.active):
@@ -192,7 +242,7 @@ class APIKeyService:
         return removed
 
     async def _get(self, key_hash: str) -> ApiKeyRecord | None:
-        raw = await self._redis.get(KEY_PREFIX + key_hash)
+        raw = await self._store.get(KEY_PREFIX + key_hash)
         if raw is None:
             return None
         try:
@@ -202,10 +252,7 @@ class APIKeyService:
             return None
 
     async def _remove(self, record: ApiKeyRecord) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(KEY_PREFIX + record.key_hash)
-            pipe.srem(USER_INDEX_PREFIX + record.user_id, record.key_hash)
-            await pipe.execute()
+        await self._store.remove(record)
         if self._hook is not None:
             await self._hook.key_removed(record.user_id, record.key_hash)
 

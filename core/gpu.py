@@ -1,8 +1,9 @@
-"""GPUs: what NVIDIA GPUs this machine has, which kind of worker to run, and which GPU it gets.
+"""GPUs: what NVIDIA GPUs this machine has, and which one the worker's tasks may use.
 
 ``NvmlProbe`` asks NVML (``pynvml`` from the ``nvidia-ml-py`` package, an optional extra) and
 answers ``[]`` with a logged reason when the library, the driver or the device is missing: a
-probe never raises at the user. ``choose_worker_type`` and ``cuda_visible_devices`` are pure.
+probe never raises at the user. ``gpu_for_tasks`` and ``cuda_visible_devices`` are pure. Which
+queues a worker consumes never depends on them (``naming.consumed_queues``).
 
 A probe call blocks briefly (driver calls); run it off the GUI thread.
 """
@@ -24,8 +25,8 @@ __all__ = [
     "GpuProbe",
     "NvmlProbe",
     "choose_gpu",
-    "choose_worker_type",
     "cuda_visible_devices",
+    "gpu_for_tasks",
 ]
 
 log = structlog.get_logger(__name__)
@@ -151,11 +152,12 @@ def choose_gpu(settings: Settings, gpus: Sequence[GpuInfo]) -> GpuInfo | None:
     return None
 
 
-def choose_worker_type(gpus: Sequence[GpuInfo], settings: Settings) -> WorkerType:
-    """``gpu`` when the settings ask for it and the chosen GPU is present, else ``cpu``."""
-    if settings.worker_type is WorkerType.GPU and choose_gpu(settings, gpus) is not None:
-        return WorkerType.GPU
-    return WorkerType.CPU
+def gpu_for_tasks(gpus: Sequence[GpuInfo], settings: Settings) -> GpuInfo | None:
+    """The GPU the worker's tasks may use: None when the contributor chose CPU work only, or
+    when the chosen GPU is not there (transcription then runs on the CPU)."""
+    if settings.worker_type is WorkerType.CPU:
+        return None
+    return choose_gpu(settings, gpus)
 
 
 def cuda_visible_devices(settings: Settings, gpus: Sequence[GpuInfo]) -> str | None:
@@ -164,13 +166,13 @@ def cuda_visible_devices(settings: Settings, gpus: Sequence[GpuInfo]) -> str | N
     - A GPU worker gets its chosen GPU by UUID (NVML's index order is PCI order while CUDA's
       default order is fastest first, so an index could name another GPU); by index when NVML
       gave no UUID.
-    - A CPU worker on a machine with GPUs gets ``""``, which hides them all from the child.
+    - A worker that may not use a GPU (CPU work only, or the configured GPU is missing) on a
+      machine with GPUs gets ``""``, which hides them all from the child.
     - With no GPU detected, None: there is nothing to choose or hide.
     """
     if not gpus:
         return None
-    if choose_worker_type(gpus, settings) is WorkerType.CPU:
+    gpu = gpu_for_tasks(gpus, settings)
+    if gpu is None:
         return ""
-    gpu = choose_gpu(settings, gpus)
-    assert gpu is not None
     return gpu.uuid or str(gpu.index)

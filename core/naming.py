@@ -7,6 +7,7 @@ strictly here and everywhere else takes a validated id from these helpers.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from enum import StrEnum
 
 __all__ = [
@@ -14,6 +15,8 @@ __all__ = [
     "InvalidUserId",
     "WorkerType",
     "acl_username",
+    "consumed_queues",
+    "in_queue_order",
     "namespace_prefix",
     "queue_name",
     "user_id_from_queue",
@@ -35,8 +38,10 @@ class InvalidUserId(ValueError):
 
 
 class WorkerType(StrEnum):
-    GPU = "gpu"
-    CPU = "cpu"
+    """Which queues a contributor's worker consumes (see ``consumed_queues``)."""
+
+    GPU = "gpu"  # gpu-tasks-{user_id} and cpu-tasks-{user_id}: the default, on every machine
+    CPU = "cpu"  # cpu-tasks-{user_id} only
 
 
 def validate_user_id(user_id: object) -> str:
@@ -49,6 +54,25 @@ def validate_user_id(user_id: object) -> str:
 def queue_name(user_id: str, worker_type: WorkerType | str = WorkerType.GPU) -> str:
     """``{worker_type}-tasks-{user_id}``, the queue a user's own workers consume."""
     return f"{WorkerType(worker_type).value}-tasks-{validate_user_id(user_id)}"
+
+
+def consumed_queues(user_id: str, worker_type: WorkerType | str = WorkerType.GPU) -> tuple[str, ...]:
+    """The queues a worker of ``user_id`` consumes, most specific first.
+
+    The seed's ``get_task_for_user`` sends every remote task to ``gpu-tasks-{user_id}``, so the
+    default worker serves that queue and ``cpu-tasks-{user_id}`` whether or not the machine has a
+    GPU (documents need none; transcription falls back to the CPU). ``cpu`` is the contributor's
+    choice to take only CPU work. Detecting a GPU never changes this.
+    """
+    if WorkerType(worker_type) is WorkerType.CPU:
+        return (queue_name(user_id, WorkerType.CPU),)
+    return (queue_name(user_id, WorkerType.GPU), queue_name(user_id, WorkerType.CPU))
+
+
+def in_queue_order(names: Iterable[str]) -> list[str]:
+    """Queue names as people read them: ``gpu-tasks-*`` before ``cpu-tasks-*``, then the rest."""
+    rank = {"gpu": 0, "cpu": 1}
+    return sorted(names, key=lambda n: (rank.get(n.split("-", 1)[0], 2), n))
 
 
 def namespace_prefix(user_id: str) -> str:

@@ -125,7 +125,10 @@ class Pipeline:
             )
             filename = request.filename or downloaded.filename_hint
             content_type = request.content_type or downloaded.content_type
-            result = self._convert(reporter, request, downloaded.path, content_type, filename)
+            # The file is saved as input.bin: only the task's or the server's name for it is a hint.
+            result = self._convert(
+                reporter, request, downloaded.path, content_type, filename, name_from_path=False
+            )
             result.metadata.update(
                 source_size=downloaded.size,
                 source_sha256=downloaded.sha256,
@@ -148,9 +151,11 @@ class Pipeline:
         path: Path,
         content_type: str | None,
         filename: str | None,
+        *,
+        name_from_path: bool = True,
     ) -> TaskResult:
         reporter.report(TaskStage.PROCESSING, 0, None, "converting to markdown", force=True)
-        processor = self.registry.resolve(content_type, filename, path)
+        processor = self.registry.resolve(content_type, filename, path, name_from_path=name_from_path)
         processed = processor.process(path, request.options, reporter.processing)
         metadata = dict(processed.metadata)
         metadata.setdefault("processor", processor.name)

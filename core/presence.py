@@ -20,9 +20,15 @@ from typing import Any
 import structlog
 from celery import bootsteps
 
-from .naming import namespace_prefix
+from .naming import in_queue_order, namespace_prefix
 
-__all__ = ["PRESENCE_TTL_S", "PresenceRecord", "PresenceStep", "live_workers", "presence_key"]
+__all__ = [
+    "PRESENCE_TTL_S",
+    "PresenceRecord",
+    "PresenceStep",
+    "live_workers",
+    "presence_key",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -42,7 +48,8 @@ class PresenceRecord:
     user_id: str
     version: str
     state: str
-    queue: str | None
+    queue: str | None  # the first of ``queues``, for readers written before ``queues``
+    queues: list[str] = field(default_factory=list)  # every queue this worker consumes
     active_tasks: list[str] = field(default_factory=list)
     gpu: str | None = None
     pid: int = 0
@@ -52,13 +59,26 @@ class PresenceRecord:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
+    def consumes(self, queue: str) -> bool:
+        """Whether this worker takes tasks from ``queue`` (records older than ``queues`` name one)."""
+        return queue in (self.queues or ([self.queue] if self.queue else []))
+
     @classmethod
     def from_json(cls, raw: str | bytes) -> PresenceRecord | None:
         try:
-            data = json.loads(raw)
-            known = {f for f in cls.__dataclass_fields__}
+            return cls.from_dict(json.loads(raw))
+        except ValueError:
+            return None
+
+    @classmethod
+    def from_dict(cls, data: object) -> PresenceRecord | None:
+        """A record from its JSON object (as ``/api/v1/workers`` lists it); None when malformed."""
+        if not isinstance(data, dict):
+            return None
+        known = set(cls.__dataclass_fields__)
+        try:
             return cls(**{k: v for k, v in data.items() if k in known})
-        except (ValueError, TypeError):
+        except TypeError:
             return None
 
 
@@ -97,13 +117,14 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]
         assert self.user_id is not None
         url = worker.app.conf.broker_url
         self._client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=10)
-        queues = [q.name for q in worker.app.amqp.queues.consume_from.values()]
+        queues = in_queue_order(q.name for q in worker.app.amqp.queues.consume_from.values())
         self._record = PresenceRecord(
             hostname=worker.hostname,
             user_id=self.user_id,
             version=__version__,
             state="idle",
             queue=queues[0] if queues else None,
+            queues=queues,
             gpu=os.environ.get("MORAG_WORKER_GPU") or None,
             pid=os.getpid(),
             started_at=time.time(),

@@ -95,7 +95,8 @@ class SupervisorMachine:
         self._failures = 0
         self._snooze_until: float | None = None
         self._user_id: str | None = None
-        self._queue: str | None = None
+        self._queues: tuple[str, ...] = ()
+        self._notice: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -211,7 +212,9 @@ class SupervisorMachine:
             else:
                 self._give_up(result.problem, result.message)
             return
-        self._user_id, self._queue = result.user_id, result.queue
+        self._user_id, self._queues, self._notice = result.user_id, result.queues, result.notice
+        if result.notice:
+            log.info("supervisor.notice", notice=result.notice)
         callbacks = ChildCallbacks(
             on_message=lambda line: self._post("message", line, gen),
             on_output=lambda line: self._post("output", line, gen),
@@ -229,8 +232,11 @@ class SupervisorMachine:
             collections.deque(maxlen=self.options.last_output_lines),
         )
         self.timers["ready"] = self._clock.monotonic() + self.options.start_timeout_s
-        log.info("supervisor.child_started", pid=child.pid, queue=result.queue, pool=result.command.pool)
-        self._set_status(WorkerState.STARTING, f"Starting the worker for {result.queue}")
+        queues = ", ".join(result.queues)
+        log.info(
+            "supervisor.child_started", pid=child.pid, queues=list(result.queues), pool=result.command.pool
+        )
+        self._set_status(WorkerState.STARTING, f"Starting the worker for {queues}")
 
     def _retry_later(self, problem: Problem, message: str, last_output: tuple[str, ...] = ()) -> None:
         self._failures += 1
@@ -305,6 +311,8 @@ class SupervisorMachine:
         self.timers.pop("ready", None)
         self.timers["liveness"] = session.ready_at + self.options.heartbeat_timeout_s
         log.info("supervisor.child_ready", hostname=msg.hostname, queues=list(msg.queues), config=msg.config)
+        if msg.queues:
+            self._queues = tuple(msg.queues)  # what the child really consumes
         if session.stop_mode is None:
             self._set_status(WorkerState.RUNNING, session.running_message())
 
@@ -472,7 +480,8 @@ class SupervisorMachine:
         busy = len(self.session.tracker) if self.session is not None else 0
         fields: dict[str, Any] = {
             "user_id": self._user_id,
-            "queue": self._queue,
+            "queues": self._queues,
+            "notice": self._notice,
             "attempt": self._failures,
             "active_tasks": busy,
             **extra,

@@ -17,10 +17,10 @@ from typing import Protocol
 import structlog
 
 from .credentials import CredentialError
-from .gpu import GpuProbe, choose_gpu, choose_worker_type, cuda_visible_devices
+from .gpu import GpuProbe, cuda_visible_devices, gpu_for_tasks
 from .hub_client import HubError, HubUnreachable, KeyRejected, QueueInfo
 from .logging import redact, register_secret
-from .naming import InvalidUserId, WorkerType, queue_name
+from .naming import InvalidUserId, WorkerType, consumed_queues
 from .progress_channel import HEARTBEAT_ENV
 from .settings import Settings
 from .worker_command import WorkerCommand, WorkerPlan, build_worker_command
@@ -101,8 +101,9 @@ HubClientFactory = Callable[[str, str], HubClientLike]
 class Prepared:
     command: WorkerCommand
     user_id: str
-    queue: str
+    queues: tuple[str, ...]
     gpu_name: str | None
+    notice: str | None = None  # something a person should know that does not stop the worker
 
 
 class PrepareFailed(Exception):
@@ -130,8 +131,8 @@ def prepare(
     register_secret(api_key)
     info = _queue_info(hub_client_factory, settings.hub_url, api_key)
     gpus = gpu_probe.list_gpus()
-    worker_type = choose_worker_type(gpus, settings)
-    gpu = choose_gpu(settings, gpus) if worker_type is WorkerType.GPU else None
+    worker_type = settings.worker_type  # the GPU probe never changes which queues are served
+    gpu = gpu_for_tasks(gpus, settings)
     broker_url = (env.get("REDIS_URL") or "").strip() or info.broker_url
     if not broker_url:
         raise PrepareFailed(Problem.CONFIG, "the hub did not say where the broker is", retry=True)
@@ -149,14 +150,29 @@ def prepare(
     )
     try:
         command = build_worker_command(plan, env)
-        queue = queue_name(info.user_id, worker_type)
+        queues = consumed_queues(info.user_id, worker_type)
     except (InvalidUserId, ValueError) as exc:
         raise PrepareFailed(Problem.CONFIG, str(exc), retry=False) from None
     extra = {HEARTBEAT_ENV: f"{options.heartbeat_s:g}"}
     if gpu is not None:
         extra["MORAG_WORKER_GPU"] = gpu.name
     command = dataclasses.replace(command, env={**command.env, **extra})
-    return Prepared(command=command, user_id=info.user_id, queue=queue, gpu_name=gpu.name if gpu else None)
+    return Prepared(
+        command=command,
+        user_id=info.user_id,
+        queues=queues,
+        gpu_name=gpu.name if gpu else None,
+        notice=_no_gpu_notice(worker_type, gpu is not None),
+    )
+
+
+def _no_gpu_notice(worker_type: WorkerType, has_gpu: bool) -> str | None:
+    if worker_type is WorkerType.CPU or has_gpu:
+        return None
+    return (
+        "No usable NVIDIA GPU found: documents convert as usual; "
+        "audio and video are transcribed on the CPU, more slowly."
+    )
 
 
 def prepare_outcome(

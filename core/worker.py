@@ -19,10 +19,13 @@ from celery.exceptions import Reject
 
 from .celery_config import base_config, reliability_summary, remote_worker_config
 from .deliveries import DeliveryCounter, max_starts_from_env
-from .naming import namespace_prefix, user_id_from_queue, validate_user_id
+from .naming import in_queue_order, namespace_prefix, user_id_from_queue, validate_user_id
 from .pipeline import InfrastructureError, TaskCancelledError
 from .processing import TaskCancelled
 from .results import TaskResult
+
+# The seed defines its queue helpers in its worker module; a server written to it imports them from here.
+from .routing import get_task_for_user, submit_task_for_user
 from .runtime import WorkerRuntime, get_runtime
 from .task_args import MalformedTask, bind_arguments
 from .transfer import sweep_stale_workspaces
@@ -30,10 +33,12 @@ from .worker_state import TaskOutcome
 
 __all__ = [
     "celery_app",
+    "get_task_for_user",
     "process_file_task",
     "process_file_task_remote",
     "process_url_task",
     "process_url_task_remote",
+    "submit_task_for_user",
 ]
 
 log = structlog.get_logger(__name__)
@@ -260,7 +265,7 @@ def _announce_ready(sender: Any = None, **_: Any) -> None:
     log.info("worker.ready", hostname=hostname, user_id=runtime.own_user_id)
     app = getattr(sender, "app", None) or celery_app
     try:
-        queues = sorted(app.amqp.queues.consume_from)
+        queues = in_queue_order(app.amqp.queues.consume_from)
     except Exception:  # noqa: BLE001 - the queue list is informative only
         queues = []
     runtime.announce_ready(hostname=hostname, queues=queues, config=reliability_summary(app.conf))

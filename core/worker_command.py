@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .celery_config import strip_credentials
-from .naming import WorkerType, queue_name, validate_user_id
+from .naming import WorkerType, consumed_queues, validate_user_id
 
 __all__ = ["WorkerCommand", "WorkerPlan", "build_worker_command"]
 
@@ -29,7 +29,7 @@ class WorkerPlan:
     hub_url: str
     broker_url: str
     api_key: str = field(repr=False)
-    worker_type: WorkerType = WorkerType.GPU
+    worker_type: WorkerType = WorkerType.GPU  # which queues (``consumed_queues``), not the hardware
     concurrency: int = 1
     hostname: str | None = None
     cuda_visible_devices: str | None = None
@@ -56,7 +56,7 @@ def build_worker_command(plan: WorkerPlan, base_env: Mapping[str, str]) -> Worke
     validate_user_id(plan.user_id)
     if plan.concurrency < 1:
         raise ValueError("concurrency must be at least 1")
-    queue = queue_name(plan.user_id, plan.worker_type)
+    queues = consumed_queues(plan.user_id, plan.worker_type)
     hostname = plan.hostname or f"morag-{plan.user_id}@%h"
     windows = plan.platform.startswith("win")
     pool = "threads" if windows else "prefork"
@@ -66,7 +66,7 @@ def build_worker_command(plan: WorkerPlan, base_env: Mapping[str, str]) -> Worke
         argv = [plan.python, "-m", "celery", "-A", "morag_worker.core.worker", "worker"]
     argv += [
         "-Q",
-        queue,
+        ",".join(queues),
         "-P",
         pool,
         "-c",

@@ -61,7 +61,8 @@ class WorkerStatus:
     state: WorkerState
     message: str = ""  # a sentence for a person: "Waiting for work", "Hub unreachable: ..."
     user_id: str | None = None
-    queue: str | None = None
+    queues: tuple[str, ...] = ()  # the queues the worker consumes, most specific first
+    notice: str | None = None  # e.g. no GPU: transcription runs on the CPU
     retry_at: float | None = None  # epoch seconds of the next restart attempt (BACKOFF)
     snoozed_until: float | None = None  # epoch seconds, or None for "until I resume" (SNOOZED)
     last_output: tuple[str, ...] = ()  # the child's last lines, for a CRASHED state

@@ -61,7 +61,7 @@ def status_texts(status: WorkerStatus, tasks: Sequence[TaskProgress], now: float
     state = status.state
     who = " · ".join(
         part
-        for part in (f"Signed in as {status.user_id}" if status.user_id else "", status.queue or "")
+        for part in (f"Signed in as {status.user_id}" if status.user_id else "", ", ".join(status.queues))
         if part
     )
     if state is WorkerState.STOPPED:
@@ -369,11 +369,11 @@ class ProgressWindow(QWidget):
             self.header.icon.setPixmap(self._icons.pixmap(look, 48))
         self.empty_label.setVisible(not self.rows)
         if not self.rows:
-            self.empty_label.setText(
-                "No task right now. Waiting for work from your queue…"
-                if status.state is WorkerState.RUNNING
-                else "No task in progress."
-            )
+            waiting = "No task right now. Waiting for work from your queues…"
+            if status.notice:
+                waiting += "\n" + status.notice
+            running = status.state is WorkerState.RUNNING
+            self.empty_label.setText(waiting if running else "No task in progress.")
         self.setWindowTitle(f"{title} · {DISPLAY_NAME}")
 
     def bring_to_front(self) -> None:

@@ -40,7 +40,7 @@ from morag_worker.core.autostart import Autostart, AutostartError
 from morag_worker.core.credentials import CredentialError, CredentialStore
 from morag_worker.core.gpu import GpuInfo, GpuProbe
 from morag_worker.core.hub_client import HubClient, HubError, HubUnreachable, KeyRejected, QueueInfo
-from morag_worker.core.naming import WorkerType
+from morag_worker.core.naming import WorkerType, consumed_queues
 from morag_worker.core.settings import (
     InvalidHubUrl,
     Settings,
@@ -369,9 +369,12 @@ class SettingsDialog(QDialog):
                 return
             self._set_busy(False)
             self._verified = (hub, key, info)
-            queue = info.cpu_queue if self._chosen_worker()[0] is WorkerType.CPU else info.gpu_queue
+            queues = consumed_queues(info.user_id, self._chosen_worker()[0])
+            label = "queue" if len(queues) == 1 else "queues"
             self.status_label.setStyleSheet(_OK_STYLE)
-            self.status_label.setText(f"✓ Key accepted: user <b>{info.user_id}</b>, queue <b>{queue}</b>")
+            self.status_label.setText(
+                f"✓ Key accepted: user <b>{info.user_id}</b>, {label} <b>{' and '.join(queues)}</b>"
+            )
             log.info("settings.key_checked", hub=hub, user_id=info.user_id)
             emit(self.checked, True)
             if then is not None:

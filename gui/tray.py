@@ -84,7 +84,7 @@ def tray_tooltip(status: WorkerStatus, tasks: Sequence[TaskProgress], now: float
         text = (
             _working_text(tasks)
             if tasks
-            else "Waiting for work" + (f" on {status.queue}" if status.queue else "")
+            else "Waiting for work" + (f" on {', '.join(status.queues)}" if status.queues else "")
         )
     elif state is WorkerState.FINISHING:
         text = "Finishing the current task, then pausing"

@@ -1,15 +1,17 @@
 """The ``morag-worker`` entry point: parse arguments, configure logging, then pick a front end.
 
 No toolkit is imported before the arguments are parsed, so ``--help``, ``--version`` and every
-headless verb work without a display.
+headless verb work without a display; the tray app is not started where there is no display.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
-from morag_worker.core.cli import CliError, ExitCode, build_parser, dispatch
+from morag_worker.core.cli import CliError, ExitCode, build_parser, dispatch, sentence
+from morag_worker.core.cli.display import NO_DISPLAY_MESSAGE, has_display
 from morag_worker.core.logging import configure_logging, redact
 
 
@@ -26,14 +28,16 @@ def main(argv: list[str] | None = None) -> int:
             return _run_gui(args)
         return dispatch(args)
     except CliError as exc:
-        print(f"morag-worker: {redact(str(exc))}", file=sys.stderr)
+        print(f"morag-worker: {sentence(redact(str(exc)))}", file=sys.stderr)
         return int(exc.code)
     except KeyboardInterrupt:
-        print("morag-worker: interrupted", file=sys.stderr)
+        print("morag-worker: Interrupted.", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
 
 
 def _run_gui(args: object) -> int:
+    if not has_display(os.environ):
+        raise CliError(NO_DISPLAY_MESSAGE, ExitCode.USAGE)
     try:
         from morag_worker.gui.app import run
     except ImportError as exc:

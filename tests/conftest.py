@@ -57,6 +57,7 @@ class Stack:
         broker_url: str | None = None,
         hub_url: str | None = None,
         temp_dir: Path | None = None,
+        worker_type: WorkerType = WorkerType.GPU,
         **env: str,
     ) -> Proc:
         """A worker child for ``user_id``; ``broker_url`` / ``hub_url`` default to the stack's own."""
@@ -65,7 +66,7 @@ class Stack:
             hub_url=hub_url or self.hub_url,
             broker_url=broker_url or self.redis.url,
             api_key=api_key,
-            worker_type=WorkerType.GPU,
+            worker_type=worker_type,
             hostname=name or f"w{len(self.workers)}-{user_id}@test",
             temp_dir=str(temp_dir or self.tmp / "worker-tmp"),
         )

@@ -321,7 +321,8 @@ class FakeChild:
         self.callbacks.on_message(line)
 
     def ready(self) -> None:
-        self.send("ready", hostname="fake@test", queues=["gpu-tasks-u1"], config={"task_acks_late": True})
+        queues = ["gpu-tasks-u1", "cpu-tasks-u1"]
+        self.send("ready", hostname="fake@test", queues=queues, config={"task_acks_late": True})
 
     def heartbeat(
         self,
@@ -498,13 +499,13 @@ class FakeSupervisor:
         *,
         auto: bool = True,
         user_id: str = "alice",
-        queue: str = "gpu-tasks-alice",
+        queues: tuple[str, ...] = ("gpu-tasks-alice", "cpu-tasks-alice"),
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.listener = listener
         self.auto = auto
         self.user_id = user_id
-        self.queue = queue
+        self.queues = queues
         self.clock = clock or (lambda: 1_700_000_000.0)
         self.calls: list[tuple[str, Any]] = []
         self.errors: dict[str, Exception] = {}
@@ -551,7 +552,7 @@ class FakeSupervisor:
             return [arg for call, arg in self.calls if call == name]
 
     def emit_status(self, state: WorkerState, message: str = "", **extra: Any) -> WorkerStatus:
-        status = WorkerStatus(state, message, user_id=self.user_id, queue=self.queue, **extra)
+        status = WorkerStatus(state, message, user_id=self.user_id, queues=self.queues, **extra)
         self.state = state
         self._from_thread(lambda: self.listener.on_status(status))
         return status

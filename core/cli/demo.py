@@ -3,7 +3,9 @@
 Starts a private redis-server on a free port in a temporary folder, the hub, a demo user with a
 fresh key (and its Redis ACL user), and a headless worker (``morag-worker --no-gui``, the same
 program a contributor runs); then submits the bundled samples, shows their progress, prints the
-markdown, and shuts everything down. Exit status 0 when every sample came back converted.
+markdown, and shuts everything down. Its last line says how many samples converted ("4 of 4
+converted", or "3 of 4 converted; failed: sample.xlsx (reason)"); the exit status is 0 only when
+every sample converted and the worker stopped cleanly.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -31,12 +34,12 @@ from morag_worker.core.local_stack import (
     wait_for,
 )
 
-from .errors import CliError, ExitCode
+from .errors import CliError, ExitCode, sentence
+from .submit import failure_of
 
 __all__ = ["run"]
 
 DEMO_USER = "demo"
-SAMPLE_NAMES = ("sample.txt", "sample.html", "sample.docx", "sample.pdf")
 POLL_S = 0.25
 
 
@@ -48,19 +51,34 @@ def _child_env(**extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("MORAG_", "MAIN_SERVER_URL", "REDIS_URL", "CELERY_"))
+        if not k.startswith(("MORAG_", "MAIN_SERVER_URL", "REDIS_URL", "CELERY_", "WORKER_TYPE"))
     }
     env.update(extra)
     return env
 
 
-def _samples(folder: Path) -> list[Path]:
-    source = importlib.resources.files("morag_worker.resources") / "samples"
+def _samples(folder: Path, own: Path | None = None) -> list[Path]:
+    """Copies of the documents to submit, in name order: every bundled ``sample.*``, or every file
+    in ``own`` (``--samples DIR``)."""
+    if own is not None:
+        if not own.is_dir():
+            raise CliError(f"the --samples option needs a folder, and {own} is not one", ExitCode.USAGE)
+        entries: list[Any] = [p for p in own.iterdir() if p.is_file() and not p.name.startswith(".")]
+    else:
+        bundled = importlib.resources.files("morag_worker.resources") / "samples"
+        entries = [
+            e
+            for e in bundled.iterdir()
+            if e.is_file() and e.name.startswith("sample.") and not e.name.endswith(".py")
+        ]
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name in SAMPLE_NAMES:
-        target = folder / name
-        target.write_bytes(source.joinpath(name).read_bytes())
+    for entry in sorted(entries, key=lambda e: e.name):
+        target = folder / entry.name
+        target.write_bytes(entry.read_bytes())
         paths.append(target)
+    if not paths:
+        raise CliError(f"there are no files to submit in {own or 'the bundled samples'}", ExitCode.USAGE)
     return paths
 
 
@@ -73,19 +91,20 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(exc), ExitCode.CONFIG) from None
     finally:
         if args.keep:
-            _say(f"kept {tmp}")
+            _say(f"Kept {tmp}.")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _run(args: argparse.Namespace, tmp: Path, stack: ExitStack) -> int:
-    _say("starting a private redis-server")
+    samples = _samples(tmp / "samples", getattr(args, "samples", None))
+    _say("Starting a private redis-server.")
     server = RedisServer(tmp / "redis")
     stack.callback(server.stop)
 
     port = free_port()
     hub_url = f"http://127.0.0.1:{port}"
-    _say(f"starting the hub on {hub_url}")
+    _say(f"Starting the hub on {hub_url}.")
     hub = Proc(
         python_argv("-m", "morag_worker", "hub", "--port", str(port), "--storage", str(tmp / "hub")),
         env=_child_env(REDIS_URL=server.url),
@@ -95,14 +114,12 @@ def _run(args: argparse.Namespace, tmp: Path, stack: ExitStack) -> int:
     wait_for(lambda: requests.get(hub_url + "/healthz", timeout=2).ok, 60, "the hub to start")
 
     api_key = create_provisioned_key(server.url, DEMO_USER, "morag-worker demo")
-    _say(f"created user {DEMO_USER!r} with a fresh API key (and its Redis ACL user)")
+    _say(f"Created user {DEMO_USER!r} with a fresh API key (and its Redis ACL user).")
 
-    _say("starting a headless worker (morag-worker --no-gui)")
+    _say("Starting a headless worker (morag-worker --no-gui).")
     worker = Proc(
         python_argv("-m", "morag_worker", "--no-gui", "--config-dir", str(tmp / "config")),
-        env=_child_env(
-            MORAG_API_KEY=api_key, MAIN_SERVER_URL=hub_url, TEMP_DIR=str(tmp / "work"), WORKER_TYPE="cpu"
-        ),
+        env=_child_env(MORAG_API_KEY=api_key, MAIN_SERVER_URL=hub_url, TEMP_DIR=str(tmp / "work")),
         name="worker",
     )
     stack.callback(worker.stop, 60)
@@ -114,38 +131,65 @@ def _run(args: argparse.Namespace, tmp: Path, stack: ExitStack) -> int:
         raise CliError(f"the worker did not come up: {exc}", ExitCode.BROKER_UNREACHABLE) from None
     if worker.popen.poll() is not None:
         raise CliError("the worker exited:\n" + worker.output()[-2000:], ExitCode.BROKER_UNREACHABLE)
-    _say("worker is ready and waiting for work")
+    queues = ", ".join(client.workers()[0].get("queues") or [])
+    _say(f"The worker is ready and waiting for work on {queues}.")
 
     tasks: dict[str, Path] = {}
-    for path in _samples(tmp):
+    for path in samples:
         uploaded = client.upload(path)
-        created = client.create_task(file_id=uploaded["file_id"], worker_type="cpu")
+        created = client.create_task(file_id=uploaded["file_id"])  # gpu-tasks-{user}, as the seed sends
         tasks[created["task_id"]] = path
-        _say(f"submitted {path.name} → task {created['task_id'][:8]} on {created['queue']}")
+        _say(f"Submitted {path.name} as task {created['task_id'][:8]} on {created['queue']}.")
 
     views = _follow(client, tasks, args.timeout)
-    failures = 0
+    failed: dict[str, str] = {}
     for task_id, path in tasks.items():
-        view = views[task_id]
-        result = view.result or {}
-        ok = view.state == "SUCCESS" and result.get("success")
+        view = views.get(task_id)
+        result = (view.result if view else None) or {}
+        failure = failure_of(view) if view else ("no result", f"none came within {args.timeout:.0f} s")
         print(
-            f"\n===== {path.name}: {'converted' if ok else 'FAILED'} "
-            f"({result.get('processing_time', 0):.2f} s) ====="
+            f"\n===== {path.name}: {'converted' if failure is None else 'FAILED'} "
+            f"({float(result.get('processing_time') or 0):.2f} s) ====="
         )
-        if ok:
+        if failure is None:
             print((result.get("content") or "").strip()[:1500])
         else:
-            failures += 1
-            print(view.error or result.get("error_message") or view.state)
+            what, why = failure
+            failed[path.name] = why
+            print(sentence(f"{what}: {why}"))
 
-    _say("stopping the worker (finish, then exit)")
+    _say("Stopping the worker (it finishes, then exits).")
     code = worker.stop(timeout=60)
-    _say(f"worker exited with status {code}")
-    return int(ExitCode.OK if failures == 0 and code == 0 else ExitCode.TASK_FAILED)
+    _say(f"The worker {_ending(code)}.")
+    sys.stdout.flush()
+    print(_summary(len(tasks), failed, code), flush=True)
+    return int(ExitCode.OK if not failed and code == 0 else ExitCode.TASK_FAILED)
+
+
+def _summary(total: int, failed: dict[str, str], worker_code: int | None) -> str:
+    """The demo's last line: "4 of 4 converted", or which samples failed and why."""
+    line = f"{total - len(failed)} of {total} converted"
+    if failed:
+        reasons = ", ".join(f"{name} ({_short(reason)})" for name, reason in failed.items())
+        line += f"; failed: {reasons}"
+    if worker_code != 0:
+        line += f"; the worker {_ending(worker_code)}"
+    return line
+
+
+def _ending(code: int | None) -> str:
+    return "did not stop in time and was killed" if code is None else f"exited with status {code}"
+
+
+def _short(reason: str, limit: int = 100) -> str:
+    """The gist of a failure for the summary line (the details are printed above it)."""
+    text = " ".join(reason.split())
+    gist = text.split(" (", 1)[0] or text
+    return gist if len(gist) <= limit else gist[: limit - 1] + "…"
 
 
 def _follow(client: HubClient, tasks: dict[str, Path], timeout: float) -> dict[str, TaskView]:
+    """Show progress until every task is done or ``timeout`` passed; the views of the done ones."""
     deadline = time.monotonic() + timeout
     views: dict[str, TaskView] = {}
     last: dict[str, str] = {}
@@ -162,12 +206,15 @@ def _follow(client: HubClient, tasks: dict[str, Path], timeout: float) -> dict[s
                     if pct is not None
                     else str(view.progress.get("stage"))
                 )
+            if view.done:
+                line = "converted" if failure_of(view) is None else "failed"
             if last.get(task_id) != line:
                 _say(f"{path.name}: {line.lower()}")
                 last[task_id] = line
             if view.done:
                 views[task_id] = view
         if time.monotonic() > deadline:
-            raise CliError(f"gave up after {timeout:.0f} s waiting for results", ExitCode.TASK_FAILED)
+            _say(f"Gave up after {timeout:.0f} s waiting for results.")
+            break
         time.sleep(POLL_S)
     return views

@@ -1,18 +1,21 @@
-"""``morag-worker hub``: serve the HTTP hub with uvicorn over the admin Redis connection."""
+"""``morag-worker hub``: serve the HTTP hub with uvicorn over the admin Redis connection
+(``--redis-url`` or ``REDIS_URL``; there is no default)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-from morag_worker.core.celery_config import DEFAULT_REDIS_URL, time_limits_from_env
+from morag_worker.core.celery_config import time_limits_from_env
 
 from .errors import CliError, ExitCode
+from .redis_url import admin_redis_url
 
 __all__ = ["run"]
 
 
 def run(args: argparse.Namespace) -> int:
+    redis_url = admin_redis_url(args)
     import uvicorn
 
     from morag_worker.core.hub import HubConfig, create_app
@@ -22,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc), ExitCode.CONFIG) from None
     config = HubConfig(
-        redis_url=os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
+        redis_url=redis_url,
         storage_dir=args.storage,
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,
         public_url=args.public_url or os.environ.get("MORAG_HUB_PUBLIC_URL"),

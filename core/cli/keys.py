@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from typing import Any
 
@@ -17,23 +16,24 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from morag_worker.core.auth import APIKeyService, UnknownKey
-from morag_worker.core.celery_config import DEFAULT_REDIS_URL, strip_credentials
+from morag_worker.core.celery_config import strip_credentials
 from morag_worker.core.naming import InvalidUserId
 
 from .errors import CliError, ExitCode
+from .redis_url import admin_redis_url
 
 __all__ = ["run"]
 
 
 def run(args: argparse.Namespace) -> int:
-    url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    url = admin_redis_url(args)
     try:
         return asyncio.run(_run(args, url))
     except InvalidUserId as exc:
         raise CliError(str(exc), ExitCode.USAGE) from None
     except RedisConnectionError:
         raise CliError(
-            f"cannot reach Redis at {strip_credentials(url)} (set REDIS_URL to the admin connection)",
+            f"cannot reach Redis at {strip_credentials(url)} (check REDIS_URL or --redis-url)",
             ExitCode.BROKER_UNREACHABLE,
         ) from None
     except RedisError as exc:
@@ -47,12 +47,15 @@ async def _run(args: argparse.Namespace, url: str) -> int:
         action = args.keys_command
         if action == "create":
             if args.expires_days is not None and args.expires_days <= 0:
-                raise CliError("--expires-days must be a positive number", ExitCode.USAGE)
+                raise CliError("the number of days in --expires-days must be at least 1", ExitCode.USAGE)
             key = await service.create_api_key(args.user, args.description, args.expires_days)
             print(key)
-            print(f"created a key for user {args.user!r}; it is shown only this once", file=sys.stderr)
+            print(f"Created a key for user {args.user!r}; it is shown only this once.", file=sys.stderr)
         elif action == "list":
-            for record in await service.list_keys(args.user):
+            records = await service.list_keys(args.user)
+            if not records:
+                print(f"User {args.user!r} has no keys.", file=sys.stderr)
+            for record in records:
                 expires = record.expires_at.isoformat() if record.expires_at else "never"
                 status = "active" if record.active else "revoked"
                 print(
@@ -65,10 +68,10 @@ async def _run(args: argparse.Namespace, url: str) -> int:
                 record = await service.revoke(key_or_hash)
             except UnknownKey as exc:
                 raise CliError(str(exc), ExitCode.USAGE) from None
-            print(f"revoked key {record.key_hash[:12]}… of user {record.user_id!r}", file=sys.stderr)
+            print(f"Revoked key {record.key_hash[:12]}… of user {record.user_id!r}.", file=sys.stderr)
         elif action == "sweep":
             removed = await service.sweep_expired()
-            print(f"removed {len(removed)} expired key(s)", file=sys.stderr)
+            print(f"Removed {len(removed)} expired key(s).", file=sys.stderr)
         return int(ExitCode.OK)
     finally:
         await client.aclose()

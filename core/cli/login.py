@@ -16,7 +16,7 @@ from morag_worker.core.hub_client import HubClient, HubError, HubUnreachable, Ke
 from morag_worker.core.logging import register_secret
 from morag_worker.core.settings import SettingsError, SettingsStore
 
-from .errors import CliError, ExitCode
+from .errors import CliError, ExitCode, sentence
 from .keysource import resolve_hub
 
 __all__ = ["run_login", "run_logout"]
@@ -67,7 +67,7 @@ def run_login(args: argparse.Namespace) -> int:
         if settings.hub_url != hub_url:
             settings_store.save(replace(settings, hub_url=hub_url))
     except SettingsError as exc:
-        print(f"morag-worker: warning: could not save the hub URL: {exc}", file=sys.stderr)
+        print(f"morag-worker: {sentence(f'warning: could not save the hub URL: {exc}')}", file=sys.stderr)
     expiry = f", expires {info.expires_at}" if info.expires_at else ""
     print(
         f"Logged in to {hub_url} as user {info.user_id!r} (queues {info.gpu_queue} / "

@@ -68,22 +68,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--keep", action="store_true", help="keep the demo's temporary folder")
     demo.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the results")
+    demo.add_argument(
+        "--samples", type=Path, metavar="DIR", help="submit the files in DIR instead of the bundled samples"
+    )
 
-    keys = sub.add_parser("keys", parents=[common], help="server side: manage API keys (needs REDIS_URL)")
+    # The server-side verbs need the admin Redis connection; it is never guessed.
+    admin = argparse.ArgumentParser(add_help=False)
+    admin.add_argument(
+        "--redis-url",
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help="the admin Redis connection, without a password (default: REDIS_URL, which is required "
+        "when this is not given and is where a password belongs)",
+    )
+    server_side = [common, admin]
+    keys = sub.add_parser(
+        "keys", parents=server_side, help="server side: manage API keys (needs REDIS_URL or --redis-url)"
+    )
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    create = keys_sub.add_parser("create", parents=[common], help="create a key; prints it once on stdout")
+    create = keys_sub.add_parser("create", parents=server_side, help="create a key; prints it once on stdout")
     create.add_argument("--user", required=True, help="user id")
     create.add_argument("--description", default="")
     create.add_argument("--expires-days", type=int)
-    listing = keys_sub.add_parser("list", parents=[common], help="list a user's keys (hashes, never keys)")
+    listing = keys_sub.add_parser("list", parents=server_side, help="list a user's keys (hashes, never keys)")
     listing.add_argument("--user", required=True)
     revoke = keys_sub.add_parser(
-        "revoke", parents=[common], help="revoke a key, given as the key or its hash"
+        "revoke", parents=server_side, help="revoke a key, given as the key or its hash"
     )
     revoke.add_argument("key_or_hash", help="the key, '-' to read it from stdin, or its hash")
-    keys_sub.add_parser("sweep", parents=[common], help="remove expired keys and their broker access")
+    keys_sub.add_parser("sweep", parents=server_side, help="remove expired keys and their broker access")
 
-    hub = sub.add_parser("hub", parents=[common], help="server side: run the HTTP hub")
+    hub = sub.add_parser(
+        "hub", parents=server_side, help="server side: run the HTTP hub (needs REDIS_URL or --redis-url)"
+    )
     hub.add_argument("--host", default="127.0.0.1")
     hub.add_argument("--port", type=int, default=8700)
     hub.add_argument("--storage", type=Path, default=Path("hub-storage"))
@@ -114,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--worker-type", choices=("gpu", "cpu"), default="gpu", help="queue kind")
     submit.add_argument("--local", action="store_true", help="use the server's own workers")
     submit.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait at most")
+    submit.add_argument(
+        "--keep-waiting",
+        action="store_true",
+        help="with --wait: wait even when none of your workers is online for the task's queue",
+    )
     return parser
 
 

@@ -9,28 +9,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from morag_worker.core.hub_client import HubClient, HubError, HubUnreachable, KeyRejected, TaskView
 from morag_worker.core.logging import register_secret
+from morag_worker.core.presence import PresenceRecord
 
-from .errors import CliError, ExitCode
+from .errors import CliError, ExitCode, sentence
 from .keysource import resolve_hub_and_key
 
-__all__ = ["run"]
+__all__ = ["failure_of", "run"]
 
 POLL_S = 0.5
+# A worker writes its presence when it starts and every few seconds; one starting right now shows
+# up within this. Past it, "no worker" is said (within 5 s of the task being queued).
+NO_WORKER_GRACE_S = 4.0
 
 
 def run(args: argparse.Namespace) -> int:
+    source = _check_source(args.source)  # a mistake in the source is told before anything else
     hub_url, api_key = resolve_hub_and_key(args)
     register_secret(api_key)
     client = HubClient(hub_url, api_key)
     try:
-        return _submit(client, args)
+        return _submit(client, source, args)
     except KeyRejected as exc:
         raise CliError(f"{exc}; run `morag-worker login` with a valid key", ExitCode.KEY_REJECTED) from None
     except HubUnreachable as exc:
@@ -41,20 +48,41 @@ def run(args: argparse.Namespace) -> int:
         client.close()
 
 
-def _submit(client: HubClient, args: argparse.Namespace) -> int:
-    source: str = args.source
+def _check_source(source: str) -> str | Path:
+    """The URL (``str``) or the file (``Path``) to submit; a CliError that names the mistake."""
+    if "://" in source:
+        scheme = urlsplit(source).scheme.lower()
+        if scheme in ("http", "https"):
+            return source
+        raise CliError(
+            f"only http:// and https:// URLs can be submitted, not {scheme or 'this'}:// ones "
+            "(to send a file on this computer, give its path)",
+            ExitCode.USAGE,
+        )
+    path = Path(source)
+    if path.is_dir():
+        raise CliError(f"cannot submit the directory {source}; submit one file at a time", ExitCode.USAGE)
+    if not path.exists():
+        raise CliError(f"no such file: {source}", ExitCode.USAGE)
+    if not path.is_file():
+        raise CliError(f"cannot submit {source}: it is not a regular file", ExitCode.USAGE)
+    if not os.access(path, os.R_OK):
+        raise CliError(f"cannot read {source}: permission denied", ExitCode.USAGE)
+    return path
+
+
+def _submit(client: HubClient, source: str | Path, args: argparse.Namespace) -> int:
     status = _StatusLine()
     client.queue_info()  # a rejected key fails here, before a large upload
-    if source.startswith(("http://", "https://")):
+    if isinstance(source, str):
         created = client.create_task(
             url=source, content_type=args.content_type, remote=not args.local, worker_type=args.worker_type
         )
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise CliError(f"no such file: {source}", ExitCode.USAGE)
-        uploaded = client.upload(path, progress=lambda done, total: status.show("uploading", done, total))
-        status.finish(f"uploaded {path.name} ({uploaded['size']} bytes, sha256 {uploaded['sha256'][:12]}…)")
+        uploaded = client.upload(source, progress=lambda done, total: status.show("uploading", done, total))
+        status.finish(
+            f"Uploaded {source.name} ({uploaded['size']} bytes, sha256 {uploaded['sha256'][:12]}…)."
+        )
         created = client.create_task(
             file_id=uploaded["file_id"],
             content_type=args.content_type,
@@ -64,19 +92,39 @@ def _submit(client: HubClient, args: argparse.Namespace) -> int:
     task_id = created["task_id"]
     if not args.wait:
         print(json.dumps(created) if args.json else task_id)
-        print(f"task {task_id} queued on {created['queue']}", file=sys.stderr)
+        print(f"Task {task_id} is queued on {created['queue']}.", file=sys.stderr)
         return int(ExitCode.OK)
-    print(f"task {task_id} queued on {created['queue']}; waiting for a worker…", file=sys.stderr)
+    queue = created["queue"]
+    print(f"Task {task_id} is queued on {queue}; waiting for a worker…", file=sys.stderr)
+    if not args.local and not args.keep_waiting and not _a_worker_consumes(client, queue):
+        raise CliError(
+            f"no worker of yours is online for {queue}. The task {task_id} stays queued and runs when "
+            "one starts (the tray app, or morag-worker --no-gui); pass --keep-waiting to wait for it here",
+            ExitCode.NO_WORKER,
+        )
     view = _follow(client, task_id, status, args.timeout)
     return _print_outcome(view, as_json=args.json)
 
 
+def _a_worker_consumes(client: HubClient, queue: str) -> bool:
+    """Whether one of the user's online workers takes tasks from ``queue`` (asked for a few seconds)."""
+    deadline = time.monotonic() + NO_WORKER_GRACE_S
+    while True:
+        records = [PresenceRecord.from_dict(w) for w in client.workers()]
+        if any(r is not None and r.consumes(queue) for r in records):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_S)
+
+
 def _follow(client: HubClient, task_id: str, status: _StatusLine, timeout: float) -> TaskView:
+    """Show the task's progress until it is done; says nothing about its outcome (the result does)."""
     deadline = time.monotonic() + timeout
     while True:
         view = client.task(task_id)
         if view.done:
-            status.finish(f"task {view.state.lower()}")
+            status.finish("")
             return view
         if view.progress:
             p = view.progress
@@ -94,23 +142,39 @@ def _follow(client: HubClient, task_id: str, status: _StatusLine, timeout: float
         time.sleep(POLL_S)
 
 
+def failure_of(view: TaskView) -> tuple[str, str] | None:
+    """What failed and why, or None when the task converted its document.
+
+    A task that ended in Celery's SUCCESS state has still failed when its result says
+    ``success: false`` (the worker ran, but could not convert the document).
+    """
+    if view.state != "SUCCESS":
+        return "the task failed", view.error or f"it ended in state {view.state}"
+    if view.result is None:
+        return "the task failed", "it ended without a result"
+    if not view.result.get("success"):
+        return "processing failed", str(view.result.get("error_message") or "no reason was given")
+    return None
+
+
 def _print_outcome(view: TaskView, *, as_json: bool) -> int:
-    if view.state != "SUCCESS" or view.result is None:
-        error = view.error or f"the task ended in state {view.state}"
-        if as_json:
-            print(json.dumps({"task_id": view.task_id, "state": view.state, "error": error}))
-        print(f"morag-worker: task failed: {error}", file=sys.stderr)
-        return int(ExitCode.TASK_FAILED)
-    result: dict[str, Any] = view.result
+    failure = failure_of(view)
+    result: dict[str, Any] | None = view.result
     if as_json:
-        print(json.dumps(result, indent=2))
-    elif result.get("success"):
-        sys.stdout.write(result.get("content") or "")
-        if not (result.get("content") or "").endswith("\n"):
-            sys.stdout.write("\n")
-    if not result.get("success"):
-        print(f"morag-worker: processing failed: {result.get('error_message')}", file=sys.stderr)
+        if result is not None:
+            print(json.dumps(result, indent=2))
+        else:
+            error = failure[1] if failure else None
+            print(json.dumps({"task_id": view.task_id, "state": view.state, "error": error}))
+    if failure is not None:
+        what, why = failure
+        print(f"morag-worker: {sentence(f'{what}: {why}')}", file=sys.stderr)
         return int(ExitCode.TASK_FAILED)
+    assert result is not None
+    content = result.get("content") or ""
+    if not as_json:
+        sys.stdout.write(content if content.endswith("\n") else content + "\n")
+    print(f"Converted in {float(result.get('processing_time') or 0):.2f} s.", file=sys.stderr)
     return int(ExitCode.OK)
 
 

@@ -177,7 +177,8 @@ class JsonView:
             problem=status.problem.value if status.problem else None,
             attempt=status.attempt,
             retry_at=status.retry_at,
-            queue=status.queue,
+            queues=", ".join(status.queues) or None,
+            notice=status.notice,
             last_output=list(status.last_output[-10:]) if status.state.value == "crashed" else None,
         )
 

@@ -29,8 +29,14 @@ Decisions:
 - **XLSX: openpyxl read-only** (:mod:`.office`): markitdown goes through pandas and HTML, 7-10x slower,
   writes ``NaN`` into every empty cell, leaves ``|`` unescaped (breaking the table), turns 7 into 7.0 and
   dates into ``2026-01-02 00:00:00``. Read-only openpyxl also allows progress per sheet and 1,000 rows.
-- **DOCX, PPTX, EPUB: markitdown's DocxConverter (mammoth), PptxConverter, EpubConverter**, called directly:
-  headings, lists and tables come through (3,000 DOCX paragraphs in 3.7 s).
+- **PPTX, EPUB: markitdown's PptxConverter, EpubConverter**, called directly: headings, lists and tables come
+  through.
+- **DOCX: mammoth and markitdown's HTML converter**, the two steps of markitdown's DocxConverter (3,000
+  paragraphs in 3.7 s), called by :class:`.office.DocxProcessor` itself: markitdown 0.1.9's pre-processing
+  (equations to LaTeX) breaks every document with lxml 6.2, so its output is used only when the document
+  body survived, and equations are otherwise converted namespace-aware here.
+- **XLSX is handed to openpyxl as an open file**: given a path, openpyxl refuses any name but ``.xlsx``,
+  and a download is saved as ``input.bin``.
 - **HTML: markitdown's HtmlConverter** on text we decoded ourselves (charset from the task or ``<meta>``):
   clean words, headings, links and tables kept, scripts and styles dropped. A page nested too deeply for
   its recursive markdownify (socat.html, under pytest's deeper stack) becomes plain text with a note.
@@ -52,7 +58,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .base import CorruptInput, EmptyContent, ProcessedContent, ProgressFn, UnsupportedContent, finish
-from .office import MarkitdownProcessor, XlsxProcessor, markdown_table
+from .office import DocxProcessor, MarkitdownProcessor, XlsxProcessor, markdown_table
 from .pdf import PdfProcessor
 from .text import declared_charset, decode_text
 
@@ -213,7 +219,7 @@ _FORMATS: list[tuple[str, Callable[[], Any], tuple[str, ...], tuple[str, ...]]] 
     ("pdf", PdfProcessor, ("application/pdf", "application/x-pdf"), (".pdf",)),
     (
         "docx",
-        lambda: MarkitdownProcessor("docx", "DocxConverter", ".docx", "word/document.xml"),
+        DocxProcessor,
         (_OOXML + "wordprocessingml.document",),
         (".docx",),
     ),

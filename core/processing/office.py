@@ -15,6 +15,7 @@ Why XLSX skips markitdown: see :mod:`.documents`. Runs on the calling task's thr
 from __future__ import annotations
 
 import datetime as dt
+import io
 import re
 import struct
 import zipfile
@@ -23,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+
+import structlog
 
 from .base import (
     CorruptInput,
@@ -37,6 +40,7 @@ from .base import (
 
 __all__ = [
     "MAX_RATIO",
+    "DocxProcessor",
     "MAX_UNPACKED_BYTES",
     "MarkitdownProcessor",
     "XlsxProcessor",
@@ -58,6 +62,8 @@ _CHECK_STEP = 1 << 20
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # a zip member's local file header (APPNOTE 4.3.7)
 
 _ROWS_PER_CHECKPOINT = 1000
+
+log = structlog.get_logger(__name__)
 
 
 def _core_title(zf: zipfile.ZipFile) -> str | None:
@@ -195,15 +201,17 @@ class MarkitdownProcessor:
         """Check the zip, convert with markitdown, and add the facts the zip gave (title, slides)."""
         facts = check_zip(path, self._what, self._kind, self._required)
         progress(0, 1, f"converting the {self._label} document")
-        markdown, title = self._convert(path)
+        markdown, title, notes = self._convert(path)
         metadata: dict[str, Any] = {"title": title or facts.title}
         if self.name == "pptx":
             metadata["slides"] = sum(1 for n in facts.names if re.fullmatch(r"ppt/slides/slide\d+\.xml", n))
-        result = finish(markdown, processor=self.name, fmt=self.name, what=self._what, metadata=metadata)
+        result = finish(
+            markdown, processor=self.name, fmt=self.name, what=self._what, metadata=metadata, notes=notes
+        )
         progress(1, 1, f"{self._label} document converted")
         return result
 
-    def _convert(self, path: Path) -> tuple[str, str | None]:
+    def _convert(self, path: Path) -> tuple[str, str | None, list[str]]:
         import markitdown.converters
         from markitdown import MissingDependencyException, StreamInfo
 
@@ -216,7 +224,149 @@ class MarkitdownProcessor:
             raise UnsupportedContent(f"{self._what} needs a markitdown extra that is not installed") from exc
         except Exception as exc:
             raise damaged(self._what, self._kind, exc) from exc
-        return str(result.markdown), (str(result.title).strip() or None) if result.title else None
+        return str(result.markdown), (str(result.title).strip() or None) if result.title else None, []
+
+
+_W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
+_M = "{http://schemas.openxmlformats.org/officeDocument/2006/math}"
+_DOCX_MATH_PARTS = ("word/document.xml", "word/footnotes.xml", "word/endnotes.xml")
+_UNDERLINE_STYLE_MAP = "u => u"  # markitdown's addition: keep underlines as <u>
+
+
+def _xml_root(data: bytes) -> Any:
+    """Parse a document part with lxml: no entities, no network, namespace-aware."""
+    from lxml import etree
+
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
+    return etree.fromstring(data, parser=parser)
+
+
+def _has_body(docx: bytes) -> bool:
+    """Whether ``word/document.xml`` in ``docx`` still has a namespaced ``w:body`` (what mammoth needs)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(docx)) as zf:
+            root = _xml_root(zf.read("word/document.xml"))
+    except Exception:
+        return False
+    return bool(root.tag == _W + "document" and root.find(_W + "body") is not None)
+
+
+def _latex(element: Any) -> str | None:
+    """The LaTeX of one ``m:oMath`` element, or None when markitdown's OMML converter cannot read it."""
+    from xml.etree import ElementTree
+
+    from lxml import etree
+    from markitdown.converter_utils.docx.math.omml import oMath2Latex
+
+    try:
+        return str(oMath2Latex(ElementTree.fromstring(etree.tostring(element))).latex)  # type: ignore[no-untyped-call]
+    except Exception as exc:
+        log.info("processing.docx_equation_failed", error=repr(exc))
+        return None
+
+
+def _run_with_text(text: str) -> Any:
+    from lxml import etree
+
+    run = etree.Element(_W + "r")
+    etree.SubElement(run, _W + "t").text = text
+    return run
+
+
+def _math_to_latex(part: bytes) -> tuple[bytes, int]:
+    """Replace OMML equations in one document part by ``$latex$`` runs, namespace-aware.
+
+    The same result markitdown's pre-processing gives, without BeautifulSoup's ``"xml"`` parser (which drops
+    namespace prefixes with lxml 6.2). Returns the part and how many equations could not be converted (they
+    stay OMML, which mammoth skips).
+    """
+    from lxml import etree
+
+    failed = 0
+    root = _xml_root(part)
+    for para in list(root.iter(_M + "oMathPara")):
+        latex = [_latex(math) for math in para.iter(_M + "oMath")]
+        failed += latex.count(None)
+        paragraph = etree.Element(_W + "p")
+        for text in latex:
+            if text is not None:
+                paragraph.append(_run_with_text(f"$${text}$$"))
+        para.getparent().replace(para, paragraph)
+    for math in list(root.iter(_M + "oMath")):
+        text = _latex(math)
+        if text is None:
+            failed += 1
+        else:
+            math.getparent().replace(math, _run_with_text(f"${text}$"))
+    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", standalone=True)), failed
+
+
+def _prepare_docx(data: bytes) -> tuple[bytes, list[str]]:
+    """The DOCX bytes to give mammoth: markitdown's pre-processing (equations to LaTeX, repairs) if sound.
+
+    markitdown 0.1.9 rewrites ``word/document.xml`` through BeautifulSoup's ``"xml"`` parser; with lxml 6.2
+    that parser drops namespace prefixes, the part becomes ``<document><body>`` and mammoth finds no body.
+    So its output is used only when the body survived; otherwise the original file is used, with equations
+    converted here instead.
+    """
+    from markitdown.converter_utils.docx.pre_process import pre_process_docx
+
+    try:
+        prepared = pre_process_docx(io.BytesIO(data)).read()
+    except Exception as exc:  # markitdown's repairs are a nicety; the original file may still convert
+        log.info("processing.docx_preprocess_failed", error=repr(exc))
+        prepared = b""
+    if prepared and _has_body(prepared):
+        return prepared, []
+    log.info("processing.docx_preprocess_unusable", fallback="namespace-aware equations")
+    notes: list[str] = []
+    failed = 0
+    with zipfile.ZipFile(io.BytesIO(data)) as zin:
+        infos = zin.infolist()
+        if not any(i.filename in _DOCX_MATH_PARTS and b"oMath" in zin.read(i) for i in infos):
+            return data, notes
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zout:
+            for info in infos:
+                content = zin.read(info)
+                if info.filename in _DOCX_MATH_PARTS and b"oMath" in content:
+                    content, part_failed = _math_to_latex(content)
+                    failed += part_failed
+                zout.writestr(info, content)
+    if failed:
+        notes.append(f"{failed} equation(s) could not be converted to LaTeX and were left out")
+    return out.getvalue(), notes
+
+
+class DocxProcessor(MarkitdownProcessor):
+    """DOCX through mammoth (to HTML) and markitdown's HTML converter, as markitdown's DocxConverter does.
+
+    Called directly rather than through DocxConverter so that a markitdown pre-processing step that breaks
+    the document (see :func:`_prepare_docx`) costs at most the equations, never the whole file.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("docx", "DocxConverter", ".docx", "word/document.xml")
+
+    def _convert(self, path: Path) -> tuple[str, str | None, list[str]]:
+        import mammoth
+        from markitdown.converters import HtmlConverter
+
+        try:
+            prepared, notes = _prepare_docx(path.read_bytes())
+            stream = io.BytesIO(prepared)
+            embedded = mammoth.read_embedded_style_map(stream)
+            stream.seek(0)
+            style_map = "\n".join(part for part in (embedded, _UNDERLINE_STYLE_MAP) if part)
+            html = mammoth.convert_to_html(
+                stream, style_map=style_map, include_embedded_style_map=False
+            ).value
+            # Word tables have no header cells; without inferring one, every table gets an empty header row.
+            result = HtmlConverter().convert_string(html, table_infer_header=True)
+        except Exception as exc:
+            raise damaged(self._what, self._kind, exc) from exc
+        title = (str(result.title).strip() or None) if result.title else None
+        return str(result.markdown), title, notes
 
 
 def _cell(value: Any) -> str:
@@ -268,10 +418,16 @@ class XlsxProcessor:
         from openpyxl import load_workbook
 
         facts = check_zip(path, self._what, self._kind, "xl/workbook.xml")
-        try:
-            workbook = load_workbook(path, read_only=True, data_only=True)
-        except Exception as exc:
-            raise damaged(self._what, self._kind, exc) from exc
+        # A file object, not the path: openpyxl refuses a path by its extension, and downloads are saved as
+        # ``input.bin``. Read-only mode reads from it lazily, so it stays open until the workbook closes.
+        with path.open("rb") as stream:
+            try:
+                workbook = load_workbook(stream, read_only=True, data_only=True)
+            except Exception as exc:
+                raise damaged(self._what, self._kind, exc) from exc
+            return self._convert(workbook, facts, progress)
+
+    def _convert(self, workbook: Any, facts: ZipFacts, progress: ProgressFn) -> ProcessedContent:
         try:
             sheets = list(workbook.worksheets)
             parts: list[str] = []

@@ -1,14 +1,23 @@
 """Which processor handles a file: content types, extensions, content sniffing, and plugins.
 
-:meth:`ProcessorRegistry.resolve` decides in this order:
+:meth:`ProcessorRegistry.resolve` decides by content; names and types are hints (DESIGN §7):
 
-1. the task's content type, when the registry knows it: a MIME type (``application/pdf``; parameters such as
-   ``; charset=`` are ignored; ``audio/*`` style entries match a whole family) or a short name (``pdf``,
-   ``text``, ``audio``). The generic names MoRAG sends for a family of formats (``document``, ``web``) and
-   ``application/octet-stream`` do not choose a processor: the next steps do (and for ``web``, a page
-   that sniffs as plain text or as nothing known is taken for HTML without a doctype);
-2. the extension of the file name the task gave (the original name), else of the local path;
-3. the file's first bytes (:func:`.sniff.sniff_format`).
+1. the file's content is sniffed (:func:`.sniff.sniff`): a PDF header, the main part an Office zip names, an
+   EPUB's ``mimetype``, media signatures; or, for text, what it looks like (HTML, XML, JSON, CSV, text);
+2. the hint: the task's content type, when the registry knows it (a MIME type such as ``application/pdf``,
+   parameters such as ``; charset=`` ignored, ``audio/*`` style entries matching a whole family, or a short
+   name: ``pdf``, ``text``, ``audio``), else the extension of the file name the task gave (the original
+   name), else of the local path. The generic names MoRAG sends for a family of formats (``document``,
+   ``web``) and ``application/octet-stream`` give no hint (and for ``web``, a page that sniffs as plain
+   text or as nothing known is taken for HTML without a doctype);
+3. the hint's processor is used, unless the content is *certainly* a format of another kind that has a
+   processor (XLSX content named ``report.docx`` or sent as ``text/plain`` goes to the XLSX processor).
+   Where content is only a judgement (the text formats) or a plugin claimed the hint, the hint stands, so a
+   file that is not what it claims fails in that parser with a message that says so. Without a hint, the
+   sniffed format decides.
+
+A download is saved as ``input.bin``; the pipeline resolves it with ``name_from_path=False``, so that name
+is no hint at all.
 
 Plugins: a distribution declares entry points in the group ``morag_worker.processors``. **Each entry point
 must load to a callable ``register(registry: ProcessorRegistry) -> None``** that calls
@@ -33,8 +42,8 @@ from typing import Any, Protocol
 
 import structlog
 
-from .base import EmptyContent, ProcessedContent, Processor, ProgressFn, UnsupportedContent
-from .sniff import sniff_format
+from .base import CorruptInput, EmptyContent, ProcessedContent, Processor, ProgressFn, UnsupportedContent
+from .sniff import DAMAGED_ZIP, Sniffed, describe, sniff
 
 __all__ = ["PLUGIN_GROUP", "EntryPointLike", "ProcessorRegistry", "Unavailable"]
 
@@ -43,6 +52,13 @@ log = structlog.get_logger(__name__)
 PLUGIN_GROUP = "morag_worker.processors"
 _GENERIC_TYPES = {"document", "web", "file", "url", "application/octet-stream", "binary/octet-stream"}
 _FALLBACK = {"web": "html"}
+# The built-in processors' names by the kind of content they read. Content that is certainly of another kind
+# overrides a hint naming one of these; plugins' processors are not listed, so their claims always stand.
+_FAMILIES = {
+    **{name: name for name in ("pdf", "docx", "xlsx", "pptx", "epub")},
+    **{name: "text" for name in ("text", "markdown", "html", "xml", "json", "csv")},
+    **{name: "media" for name in ("audio", "video", "whisper")},
+}
 
 
 class EntryPointLike(Protocol):
@@ -169,45 +185,78 @@ class ProcessorRegistry:
             found = self._by_type.get(content_type.split("/", 1)[0] + "/*")
         return found
 
-    def resolve(self, content_type: str | None, filename: str | None, path: Path) -> Processor:
+    def resolve(
+        self, content_type: str | None, filename: str | None, path: Path, *, name_from_path: bool = True
+    ) -> Processor:
         """The processor for the file at ``path``; see the module docstring for the order of the rules.
 
         Args:
             content_type: The task's content type (MIME type or short name), or None.
             filename: The file's original name (its extension is used), or None to use ``path``'s.
-            path: The local file, read for sniffing when type and name do not decide.
+            path: The local file, whose content is sniffed (and overrides the hints, see above).
+            name_from_path: False where ``path``'s name is ours, not the file's (a download's ``input.bin``):
+                then only ``filename`` is a hint, and no message names ``.bin``.
 
         Raises:
             UnsupportedContent: No processor handles it, or the one that would needs a missing extra.
+            CorruptInput: Nothing decides and the content is a damaged container (a truncated zip).
             EmptyContent: Nothing decides and the file is empty.
         """
         wanted = _normalize_type(content_type)
-        found = None if not wanted or wanted in _GENERIC_TYPES else self._lookup_type(wanted)
-        extension = PurePath(filename or path.name).suffix.lower()
-        if found is None and extension:
-            found = self._by_extension.get(extension)
-        sniffed = None
-        if found is None:
-            if path.stat().st_size == 0:
-                raise EmptyContent("the file is empty (0 bytes)")
-            sniffed = sniff_format(path)
-            found = self._by_type.get(sniffed) if sniffed else None
-        if wanted in _FALLBACK and (found is None or sniffed == "text"):
+        hinted = None if not wanted or wanted in _GENERIC_TYPES else self._lookup_type(wanted)
+        name = filename or (path.name if name_from_path else "")
+        extension = PurePath(name).suffix.lower()
+        if hinted is None and extension:
+            hinted = self._by_extension.get(extension)
+        empty = path.stat().st_size == 0
+        sniffed = None if empty else sniff(path)
+        found = self._weigh(hinted, sniffed)
+        if wanted in _FALLBACK and (found is None or (sniffed is not None and sniffed.format == "text")):
             found = self._by_type.get(_FALLBACK[wanted]) or found
         if found is None:
+            if empty:
+                raise EmptyContent("the file is empty (0 bytes)")
+            if sniffed is not None and sniffed.format == DAMAGED_ZIP:
+                raise CorruptInput(f"the file is {describe(DAMAGED_ZIP)}")
             raise UnsupportedContent(self._unsupported_message(wanted, extension, sniffed))
         if isinstance(found, Unavailable):
             raise UnsupportedContent(found.reason)
-        log.debug("processing.resolved", processor=found.name, content_type=wanted, extension=extension)
+        log.debug(
+            "processing.resolved",
+            processor=found.name,
+            content_type=wanted,
+            extension=extension,
+            sniffed=sniffed.format if sniffed else None,
+        )
         return found
 
-    def _unsupported_message(self, wanted: str, extension: str, sniffed: str | None) -> str:
+    def _weigh(
+        self, hinted: Processor | Unavailable | None, sniffed: Sniffed | None
+    ) -> Processor | Unavailable | None:
+        """The hint's processor unless the content is certainly another format that a parser would refuse.
+
+        A hint stands where content cannot be certain (text formats look alike: a ``.md`` file is "text",
+        a ``.json`` file that fails to parse should fail as JSON) and where a plugin claimed it.
+        """
+        content = self._by_type.get(sniffed.format) if sniffed else None
+        if hinted is None or content is None or content is hinted or sniffed is None:
+            return hinted or content
+        hinted_family = _FAMILIES.get(hinted.name)
+        if sniffed.certain and hinted_family is not None and hinted_family != _FAMILIES.get(sniffed.format):
+            log.info("processing.content_overrides_hint", hinted=hinted.name, content=sniffed.format)
+            return content
+        return hinted
+
+    def _unsupported_message(self, wanted: str, extension: str, sniffed: Sniffed | None) -> str:
+        supported = ", ".join(self.supported())
+        if sniffed is not None and sniffed.certain:
+            return f"this file is not supported: it is {describe(sniffed.format)} (supported: {supported})"
         if wanted and wanted not in _GENERIC_TYPES:
             what = f"content type {wanted!r}"
         elif extension:
-            what = f"files of type {extension!r}"
+            what = f"the file type {extension!r}"
         elif sniffed:
-            what = f"this file (it looks like {sniffed})"
+            what = f"this file (it looks like {describe(sniffed.format)})"
         else:
             what = "this file (its format was not recognised from its name or content)"
-        return f"{what} is not supported; supported: {', '.join(self.supported())}"
+        return f"{what} is not supported; supported: {supported}"

@@ -1,7 +1,7 @@
 """Build the demo sample inputs in this folder, and PDFs of any size for tests.
 
-Run ``python resources/samples/make_samples.py [DEST]`` to (re)write ``sample.{txt,html,csv,pdf,docx,pptx,
-xlsx,epub}``. The text is the same in every format, so a test can look for the same phrases in each.
+Run ``python resources/samples/make_samples.py [DEST]`` to (re)write ``sample.{txt,md,html,csv,json,pdf,docx,
+pptx,xlsx,epub}``. The text is the same in every format, so a test can look for the same phrases in each.
 
 The PDF writer is hand-made (no reportlab): it lays out lines of Helvetica text and writes the objects with a
 correct cross-reference table. :func:`build_pdf` and :func:`multi_page_pdf` are imported by the tests to make
@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 import re
 import sys
 import textwrap
@@ -143,6 +144,27 @@ def sample_txt() -> str:
     for heading, lines in SECTIONS:
         parts += [heading, "-" * len(heading), *lines, ""]
     return "\n".join(parts)
+
+
+def sample_md() -> str:
+    parts = [f"# {TITLE}", ""]
+    for heading, lines in SECTIONS:
+        if heading == "Supported inputs":
+            lines = [f"| {' | '.join(TABLE[0])} |", "|" + " --- |" * len(TABLE[0])]
+            lines += [f"| {' | '.join(row)} |" for row in TABLE[1:]]
+        parts += [f"## {heading}", "", *lines, ""]
+    return "\n".join(parts)
+
+
+def sample_json() -> str:
+    document = {
+        "title": TITLE,
+        "sections": [{"heading": heading, "paragraphs": lines} for heading, lines in SECTIONS],
+        "flow": FLOW,
+        "formats": [dict(zip(TABLE[0], row, strict=True)) for row in TABLE[1:]],
+        "privacy": PRIVACY,
+    }
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
 def sample_csv() -> str:
@@ -310,8 +332,10 @@ def write_samples(dest: Path) -> list[Path]:
     dest.mkdir(parents=True, exist_ok=True)
     made: dict[str, str | bytes] = {
         "sample.txt": sample_txt(),
+        "sample.md": sample_md(),
         "sample.html": sample_html(),
         "sample.csv": sample_csv(),
+        "sample.json": sample_json(),
         "sample.pdf": sample_pdf(),
         "sample.epub": sample_epub(),
         "sample.docx": sample_docx(),

@@ -76,11 +76,11 @@ def test_tray_app_runs_the_real_worker_end_to_end(stack: Stack, tmp_path: Path) 
         app.wait_output('"event": "gui.ready"', timeout=60)
         workers = wait_for(client.workers, timeout=120, what="the tray app's worker in /api/v1/workers")
         assert workers[0]["user_id"] == "tina"
-        # No GPU on this machine: the worker serves cpu-tasks-tina (a GPU machine: gpu-tasks-tina).
-        queue = workers[0]["queue"]
+        # No GPU on this machine, and still the worker serves the queue the seed sends to.
+        assert workers[0]["queues"] == ["gpu-tasks-tina", "cpu-tasks-tina"]
         uploaded = client.upload(SAMPLES / "sample.txt")
-        created = client.create_task(file_id=uploaded["file_id"], worker_type=queue.split("-")[0])
-        assert created["queue"] == queue
+        created = client.create_task(file_id=uploaded["file_id"])
+        assert created["queue"] == "gpu-tasks-tina"
         view = wait_for(lambda: (v := client.task(created["task_id"])).done and v, 120, "the task")
         assert view.result is not None and view.result["success"] is True
         app.signal(signal.SIGTERM)

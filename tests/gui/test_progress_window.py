@@ -201,3 +201,15 @@ def test_a_tray_that_appears_later_takes_over_from_the_window(harness: Harness, 
     qtbot.waitUntil(lambda: app.tray is not None, timeout=WAIT_MS)
     assert not app.window.quit_on_close and not app.window.banner.isVisible()
     assert app.window.isVisible()  # left open: the user may be looking at it
+
+
+def test_the_window_shows_the_queues_consumed_and_a_cpu_notice(
+    started: Callable[..., TrayApp], harness: Harness, qtbot: QtBot
+) -> None:
+    app = started()
+    _running(app, qtbot)
+    notice = "No usable NVIDIA GPU found: audio and video are transcribed on the CPU, more slowly."
+    with qtbot.waitSignal(app.controller.state_changed, timeout=WAIT_MS):
+        harness.supervisor.emit_status(WorkerState.RUNNING, "Waiting for work", notice=notice)
+    assert "gpu-tasks-alice, cpu-tasks-alice" in app.window.header.detail.text()
+    assert notice in app.window.empty_label.text()

@@ -135,7 +135,7 @@ def test_app_menu_actions_open_windows_and_the_log_folder(
             WorkerState.RUNNING,
             False,
             TrayLook.WAITING,
-            "Waiting for work on gpu-tasks-alice",
+            "Waiting for work on gpu-tasks-alice, cpu-tasks-alice",
             {"finish", "stop_now", "snooze"},
         ),
         (

@@ -186,6 +186,7 @@ def test_queue_info_and_presence(stack: Stack, alice: str) -> None:
     assert "@" not in info.broker_url
     workers = wait_for(client.workers, what="the worker to show up in /api/v1/workers")
     assert workers[0]["user_id"] == USER and workers[0]["queue"] == f"gpu-tasks-{USER}"
+    assert workers[0]["queues"] == [f"gpu-tasks-{USER}", f"cpu-tasks-{USER}"]
 
 
 def test_a_user_never_sees_another_users_files_or_tasks(stack: Stack, alice: str, tmp_path: Path) -> None:

@@ -491,7 +491,7 @@ def test_keys_sweep_of_an_expired_key_does_the_same(stack: Stack) -> None:
     admin.set(record_key, json.dumps(record))
     assert hub_status(stack, key) == 401  # expired keys stop validating before any sweep
     done = keys_cli(stack, "sweep")
-    assert done.returncode == 0 and "removed 1" in done.stderr, done.stderr
+    assert done.returncode == 0 and "Removed 1" in done.stderr, done.stderr
     assert admin.get(record_key) is None and not admin.exists(USER_INDEX_PREFIX + user)
     assert not can_log_in(stack, user, key)
     wait_refused(worker)

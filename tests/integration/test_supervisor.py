@@ -80,7 +80,7 @@ def test_running_only_after_ready_then_serving_with_progress(
         states = [s.state for s in live.listener.statuses]
         assert states.index(WorkerState.STARTING) < states.index(WorkerState.RUNNING)
         info = live.supervisor.child_info
-        assert info is not None and info.queues == (f"gpu-tasks-{USER}",)
+        assert info is not None and info.queues == (f"gpu-tasks-{USER}", f"cpu-tasks-{USER}")
         # The reliability settings reached the remote role after celeryd_init switched it.
         assert info.config["task_acks_late"] is True and info.config["task_reject_on_worker_lost"] is True
         assert info.config["worker_prefetch_multiplier"] == 1

@@ -12,8 +12,8 @@ from morag_worker.core.gpu import (
     GpuProbe,
     NvmlProbe,
     choose_gpu,
-    choose_worker_type,
     cuda_visible_devices,
+    gpu_for_tasks,
 )
 from morag_worker.core.naming import WorkerType
 from morag_worker.core.settings import Settings
@@ -116,16 +116,16 @@ def test_real_nvml_probe_never_raises() -> None:
 TWO_GPUS = [make_gpu(0, uuid="GPU-zero"), make_gpu(1, uuid="GPU-one")]
 
 
-def test_no_gpu_means_cpu_and_nothing_to_set() -> None:
+def test_no_gpu_means_no_gpu_for_tasks_and_nothing_to_set() -> None:
     settings = Settings(worker_type=WorkerType.GPU)
-    assert choose_worker_type([], settings) is WorkerType.CPU
+    assert gpu_for_tasks([], settings) is None
     assert choose_gpu(settings, []) is None
     assert cuda_visible_devices(settings, []) is None
 
 
 def test_gpu_worker_gets_the_first_gpu_by_uuid() -> None:
     settings = Settings()
-    assert choose_worker_type(TWO_GPUS, settings) is WorkerType.GPU
+    assert gpu_for_tasks(TWO_GPUS, settings) == TWO_GPUS[0]
     assert choose_gpu(settings, list(reversed(TWO_GPUS))) == TWO_GPUS[0]
     assert cuda_visible_devices(settings, TWO_GPUS) == "GPU-zero"
 
@@ -143,12 +143,12 @@ def test_index_when_nvml_gave_no_uuid() -> None:
 def test_configured_gpu_missing_falls_back_to_cpu() -> None:
     settings = Settings(gpu_index=3)
     with structlog.testing.capture_logs() as events:
-        assert choose_worker_type(TWO_GPUS, settings) is WorkerType.CPU
+        assert gpu_for_tasks(TWO_GPUS, settings) is None
     assert events[0]["event"] == "gpu.configured_gpu_missing"
     assert cuda_visible_devices(settings, TWO_GPUS) == ""
 
 
 def test_cpu_worker_hides_the_gpus() -> None:
     settings = Settings(worker_type=WorkerType.CPU)
-    assert choose_worker_type(TWO_GPUS, settings) is WorkerType.CPU
+    assert gpu_for_tasks(TWO_GPUS, settings) is None
     assert cuda_visible_devices(settings, TWO_GPUS) == ""

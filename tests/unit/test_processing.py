@@ -28,6 +28,7 @@ from morag_worker.core.processing import (
     media,
     no_progress,
     office,
+    sniff,
 )
 from morag_worker.core.processing.documents import fenced
 from morag_worker.resources.samples.make_samples import build_pdf, multi_page_pdf
@@ -48,7 +49,8 @@ def registry() -> ProcessorRegistry:
 def run(registry: ProcessorRegistry, path: Path, **kw: Any) -> ProcessedContent:
     options = kw.pop("options", {})
     progress = kw.pop("progress", no_progress)
-    return registry.resolve(kw.get("content_type"), kw.get("filename"), path).process(path, options, progress)
+    processor = registry.resolve(kw.get("content_type"), kw.get("filename"), path, **kw.get("resolve", {}))
+    return processor.process(path, options, progress)
 
 
 def write(tmp_path: Path, name: str, data: bytes | str) -> Path:
@@ -108,6 +110,9 @@ def test_resolve_uses_the_path_name_without_a_filename_hint(
         ("sample.epub", "epub"),
         ("sample.html", "html"),
         ("sample.txt", "text"),
+        ("sample.md", "text"),  # markdown is text that a name or type calls markdown
+        ("sample.csv", "csv"),
+        ("sample.json", "json"),
     ],
 )
 def test_resolve_by_sniffing_content(
@@ -126,6 +131,203 @@ def test_sniffing_xml_and_web_pages_without_doctype(registry: ProcessorRegistry,
     assert registry.resolve("web", None, fragment).name == "html"
 
 
+# --- Content decides: sniffing, and hints that disagree with it ---------------------------------------
+
+
+CERTAIN = {"pdf", "docx", "xlsx", "pptx", "epub"}
+
+
+@pytest.mark.parametrize(
+    ("sample", "expected"),
+    [
+        ("sample.pdf", "pdf"),
+        ("sample.docx", "docx"),
+        ("sample.pptx", "pptx"),
+        ("sample.xlsx", "xlsx"),
+        ("sample.epub", "epub"),
+        ("sample.html", "html"),
+        ("sample.txt", "text"),
+        ("sample.md", "text"),
+        ("sample.csv", "csv"),
+        ("sample.json", "json"),
+    ],
+)
+def test_sniff_each_format_from_content_alone(tmp_path: Path, sample: str, expected: str) -> None:
+    saved = tmp_path / "input.bin"
+    shutil.copyfile(SAMPLES / sample, saved)
+    assert sniff.sniff(saved) == sniff.Sniffed(expected, certain=expected in CERTAIN)
+
+
+def opc(main_part: str, main_type: str, *, extra_defaults: str = "", rels: bool = True) -> dict[str, bytes]:
+    """The manifest members of an Office Open XML package whose main part is ``main_part``."""
+    types = (
+        '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+        '<Default Extension="xml" ContentType="application/xml"/>'
+        f"{extra_defaults}"
+        f'<Override PartName="/{main_part}" ContentType="{main_type}"/></Types>'
+    )
+    members = {"[Content_Types].xml": types.encode(), main_part: b"<x/>"}
+    if rels:
+        members["_rels/.rels"] = (
+            '<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/'
+            'relationships"><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/'
+            f'2006/relationships/officeDocument" Target="{main_part}"/></Relationships>'
+        ).encode()
+    return members
+
+
+OOXML = "application/vnd.openxmlformats-officedocument."
+XLSX_TYPE = OOXML + "spreadsheetml.sheet"
+
+
+@pytest.mark.parametrize(
+    ("members", "expected"),
+    [
+        # the main part decides, wherever it lives and whatever else the manifest lists
+        (opc("word/body.xml", OOXML + "wordprocessingml.document.main+xml"), "docx"),
+        (
+            opc(
+                "word/document.xml",
+                OOXML + "wordprocessingml.document.main+xml",
+                extra_defaults=f'<Default Extension="xlsx" ContentType="{XLSX_TYPE}"/>',
+            ),
+            "docx",  # a Word file with an embedded spreadsheet is a Word file
+        ),
+        (opc("xl/book.xml", "application/vnd.ms-excel.sheet.macroEnabled.main+xml"), "xlsx"),
+        (opc("ppt/presentation.xml", OOXML + "presentationml.presentation.main+xml"), "pptx"),
+        (opc("xl/workbook.xml", "application/xml", rels=False), "xlsx"),  # no .rels: the usual part names
+        ({"mimetype": b"application/epub+zip", "META-INF/container.xml": b"<c/>"}, "epub"),
+        ({"mimetype": b"application/vnd.oasis.opendocument.text", "content.xml": b"<x/>"}, "odt"),
+        # zips that are not documents are not mistaken for one
+        ({"hello.txt": b"hi"}, "zip"),
+        ({"word/document.xml": b"<w/>"}, "zip"),  # Office part names without an OPC manifest
+        ({"mimetype": b"application/zip", "xl/workbook.xml": b"<w/>"}, "zip"),
+        ({}, "zip"),  # an empty archive
+    ],
+)
+def test_sniff_zip_containers_by_what_they_declare(
+    tmp_path: Path, members: dict[str, bytes], expected: str
+) -> None:
+    found = sniff.sniff(write(tmp_path, "input.bin", a_zip(members)))
+    assert found == sniff.Sniffed(expected, certain=True)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b'{"a": [1, 2, {"b": null}]}', "json"),
+        (b"  [1, 2, 3]\n", "json"),
+        (b"{not json, just braces}", "text"),
+        (b"[" + b'{"row": 1}, ' * 5000 + b'{"row": 2}]', "json"),  # longer than the head: parsed whole
+        (b"name;amount\nalice;3\nbob;4\n", "csv"),
+        (b"a\tb\tc\n1\t2\t3\n", "csv"),
+        (b"Dear Bob, hello.\nThanks, and bye.\n", "csv"),  # a guess: one comma on each line
+        (b"Dear Bob, hello.\nThanks and bye.\n", "text"),
+        (b"# Notes\n\na, b\nc, d\n", "text"),  # a markdown heading is not a CSV header
+        (b"| a | b |\n| --- | --- |\n| 1 | 2 |\n", "text"),  # a markdown table is not CSV
+        (b"<!DOCTYPE html><title>t</title>", "html"),
+        (b'<?xml version="1.0"?><r/>', "xml"),
+        (b"just words\n", "text"),
+        ("Grüße".encode("utf-16"), "text"),
+    ],
+)
+def test_sniff_text_formats(tmp_path: Path, data: bytes, expected: str) -> None:
+    assert sniff.sniff(write(tmp_path, "input.bin", data)) == sniff.Sniffed(expected, certain=False)
+
+
+def test_sniff_damaged_unknown_and_empty(tmp_path: Path) -> None:
+    cut = (SAMPLES / "sample.docx").read_bytes()[:20000]
+    assert sniff.sniff(write(tmp_path, "cut", cut)) == sniff.Sniffed(sniff.DAMAGED_ZIP, certain=False)
+    assert sniff.sniff(write(tmp_path, "noise", bytes(range(256)) * 4)) is None
+    assert sniff.sniff(write(tmp_path, "empty", b"")) is None
+    assert sniff.sniff_format(SAMPLES / "sample.pdf") == "pdf"
+
+
+def test_sniff_reads_a_bounded_amount_of_a_hostile_manifest(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("[Content_Types].xml", b"<" * (64 << 20))  # 64 MiB of one byte: 64 KiB stored
+    started = time.monotonic()
+    assert sniff.sniff(write(tmp_path, "bomb", buf.getvalue())) == sniff.Sniffed("zip", certain=True)
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("data", "match", "error"),
+    [
+        (b"", "the file is empty", EmptyContent),
+        ((SAMPLES / "sample.xlsx").read_bytes()[:3000], "damaged zip archive .*cut short", CorruptInput),
+        (bytes(range(256)) * 4, "not recognised from its name or content", UnsupportedContent),
+        (
+            a_zip({"a.txt": b"a"}),
+            "it is a zip archive, but not a DOCX, XLSX, PPTX or EPUB",
+            UnsupportedContent,
+        ),
+        (
+            a_zip({"mimetype": b"application/vnd.oasis.opendocument.spreadsheet"}),
+            r"not supported: it is an OpenDocument spreadsheet \(ODS\); saved as XLSX it would convert",
+            UnsupportedContent,
+        ),
+    ],
+)
+def test_a_download_without_hints_that_is_no_supported_format_fails_clearly(
+    registry: ProcessorRegistry, tmp_path: Path, data: bytes, match: str, error: type[ProcessingError]
+) -> None:
+    with pytest.raises(error, match=match):
+        run(registry, write(tmp_path, "input.bin", data), resolve={"name_from_path": False})
+
+
+@pytest.mark.parametrize(
+    ("sample", "content_type", "filename", "expected"),
+    [
+        ("sample.xlsx", XLSX_TYPE, None, "xlsx"),  # the worker's own case: a type, saved as input.bin
+        ("sample.xlsx", None, None, "xlsx"),
+        ("sample.xlsx", None, "report.docx", "xlsx"),  # content certainly disagrees: content decides
+        ("sample.docx", "text/plain", "notes.txt", "docx"),
+        ("sample.pdf", "text/html", "page.html", "pdf"),
+        ("sample.pptx", "application/pdf", None, "pptx"),
+        ("sample.epub", "csv", None, "epub"),
+        ("sample.json", None, "data.txt", "text"),  # text formats look alike: the hint stands
+        ("sample.md", "markdown", None, "markdown"),
+        ("sample.csv", None, "table.csv", "csv"),
+    ],
+)
+def test_content_decides_where_a_hint_would_break_the_parser(
+    registry: ProcessorRegistry,
+    tmp_path: Path,
+    sample: str,
+    content_type: str | None,
+    filename: str | None,
+    expected: str,
+) -> None:
+    saved = tmp_path / "input.bin"
+    shutil.copyfile(SAMPLES / sample, saved)
+    assert registry.resolve(content_type, filename, saved).name == expected
+    content = run(registry, saved, content_type=content_type, filename=filename)
+    assert content.metadata["format"] == expected
+    assert "pypdf" in content.markdown  # a cell of the table every sample holds
+
+
+def test_a_hint_stands_where_content_is_not_certain_and_the_parser_says_what_is_wrong(
+    registry: ProcessorRegistry, tmp_path: Path
+) -> None:
+    words = write(tmp_path, "input.bin", "hello, this is not JSON\n")
+    with pytest.raises(CorruptInput, match="the JSON file is not valid JSON"):
+        run(registry, words, content_type="application/json")
+    with pytest.raises(CorruptInput, match="the PDF file is not a PDF"):
+        run(registry, words, filename="report.pdf")
+    with pytest.raises(CorruptInput, match="the DOCX file is not a DOCX file: it is a zip archive without"):
+        run(registry, write(tmp_path, "other.bin", a_zip({"a.txt": b"a"})), filename="report.docx")
+
+
+def test_content_does_not_override_a_plugin_claim(tmp_path: Path) -> None:
+    registry = ProcessorRegistry.default(entry_points=[plugin("better_pdf", ["application/pdf"])])
+    pdf = tmp_path / "input.bin"
+    shutil.copyfile(SAMPLES / "sample.pdf", pdf)
+    assert registry.resolve("application/pdf", None, pdf).name == "better_pdf"
+    assert registry.resolve(None, None, pdf).name == "pdf"
+
+
 def test_unknown_types_are_unsupported_with_the_list_of_formats(
     registry: ProcessorRegistry, tmp_path: Path
 ) -> None:
@@ -133,11 +335,13 @@ def test_unknown_types_are_unsupported_with_the_list_of_formats(
     with pytest.raises(UnsupportedContent, match=r"type 'image/png' is not supported; supported: ") as caught:
         registry.resolve("image/png", "scan.png", png)
     assert "csv, docx, epub, html, json, markdown, pdf, pptx, text" in caught.value.message
-    with pytest.raises(UnsupportedContent, match=r"files of type '\.png' is not supported; .*pdf"):
+    with pytest.raises(UnsupportedContent, match=r"the file type '\.png' is not supported; .*pdf"):
         registry.resolve(None, None, png)
     other_zip = write(tmp_path, "bundle", a_zip({"hello.txt": b"hi"}))
-    with pytest.raises(UnsupportedContent, match="not recognised"):
+    with pytest.raises(UnsupportedContent, match=r"it is a zip archive, but not a DOCX, XLSX, PPTX or EPUB"):
         registry.resolve(None, None, other_zip)
+    with pytest.raises(UnsupportedContent, match="not recognised"):
+        registry.resolve(None, None, write(tmp_path, "noise", b"\x00\x01\x02 not a format" * 10))
 
 
 def test_an_empty_file_without_hints_is_empty_content(registry: ProcessorRegistry, tmp_path: Path) -> None:
@@ -258,6 +462,8 @@ def test_default_reads_the_entry_point_group(monkeypatch: pytest.MonkeyPatch) ->
         ("sample.html", ["## How a task flows", INTRO, "* The worker downloads", TABLE_ROW], {}),
         ("sample.epub", ["## Privacy", INTRO, TABLE_ROW], {}),
         ("sample.csv", ["| Format | Processor | Progress unit |", TABLE_ROW], {"rows": 4}),
+        ("sample.md", ["## How a task flows", INTRO, TABLE_ROW], {}),
+        ("sample.json", ['"title": "MoRAG Worker: contributing', INTRO], {"json_type": "dict"}),
     ],
 )
 def test_samples_convert_to_markdown(
@@ -266,12 +472,12 @@ def test_samples_convert_to_markdown(
     content = run(registry, SAMPLES / sample)
     for phrase in phrases:
         assert phrase in content.markdown
-    fmt = sample.rsplit(".", 1)[1].replace("txt", "text")
+    fmt = {"txt": "text", "md": "markdown"}.get(sample.rsplit(".", 1)[1], sample.rsplit(".", 1)[1])
     meta = content.metadata
     assert meta["format"] == fmt and meta["processor"] == fmt
     assert meta["word_count"] > 15
     assert extra.items() <= meta.items()
-    if fmt not in ("text", "csv"):
+    if fmt not in ("text", "csv", "json"):
         assert meta["title"] == "MoRAG Worker: contributing a GPU to a MoRAG server"
     assert "scripts are not content" not in content.markdown
     assert (SAMPLES / sample).stat().st_size < 100_000
@@ -399,6 +605,88 @@ def test_corrupt_inputs_fail_with_a_clear_message(
     with pytest.raises(CorruptInput, match=match) as caught:
         run(registry, write(tmp_path, name, data))
     assert isinstance(caught.value, ProcessingError) and caught.value.message == str(caught.value)
+
+
+MATH_NS = 'xmlns:m="http://schemas.openxmlformats.org/officeDocument/2006/math"'
+
+
+def docx_with_equations(path: Path) -> Path:
+    """A DOCX with a heading, a list, an inline equation (x squared) and a display one (a over b)."""
+    import docx
+    from docx.oxml import parse_xml
+
+    doc = docx.Document()
+    doc.add_heading("Equations here", level=1)
+    doc.add_paragraph("First point", style="List Bullet")
+    inline = doc.add_paragraph("Inline: ")
+    inline._p.append(
+        parse_xml(
+            f"<m:oMath {MATH_NS}><m:sSup><m:e><m:r><m:t>x</m:t></m:r></m:e>"
+            "<m:sup><m:r><m:t>2</m:t></m:r></m:sup></m:sSup></m:oMath>"
+        )
+    )
+    doc.add_paragraph()._p.append(
+        parse_xml(
+            f"<m:oMathPara {MATH_NS}><m:oMath><m:f><m:fPr/><m:num><m:r><m:t>a</m:t></m:r></m:num>"
+            "<m:den><m:r><m:t>b</m:t></m:r></m:den></m:f></m:oMath></m:oMathPara>"
+        )
+    )
+    doc.add_paragraph("The end.")
+    doc.save(path)
+    return path
+
+
+def lxml_62_pre_processing(stream: io.BytesIO) -> io.BytesIO:
+    """What markitdown 0.1.9's DOCX pre-processing gives with lxml 6.2: namespace prefixes dropped."""
+    import re
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(stream) as zin, zipfile.ZipFile(out, "w") as zout:
+        for name in zin.namelist():
+            data = zin.read(name)
+            if name == "word/document.xml":
+                data = re.sub(rb"<(/?)[A-Za-z0-9]+:", rb"<\1", data)
+            zout.writestr(name, data)
+    out.seek(0)
+    return out
+
+
+@pytest.mark.parametrize("pre_processing", ["markitdown's, as installed", "broken as with lxml 6.2"])
+def test_docx_converts_whatever_markitdown_pre_processing_does(
+    monkeypatch: pytest.MonkeyPatch, registry: ProcessorRegistry, tmp_path: Path, pre_processing: str
+) -> None:
+    from markitdown.converter_utils.docx import pre_process
+
+    if pre_processing.startswith("broken"):
+        monkeypatch.setattr(pre_process, "pre_process_docx", lxml_62_pre_processing)
+    for sample in (SAMPLES / "sample.docx", docx_with_equations(tmp_path / "eq.docx")):
+        saved = tmp_path / "input.bin"
+        shutil.copyfile(sample, saved)
+        content = run(registry, saved, content_type="document")
+        assert content.metadata["format"] == "docx" and "notes" not in content.metadata
+    assert "# Equations here" in content.markdown and "* First point" in content.markdown
+    assert "Inline: $x^{2}$" in content.markdown and "$$\\frac{a}{b}$$" in content.markdown
+    sample_md = run(registry, SAMPLES / "sample.docx").markdown
+    for phrase in ("## How a task flows", TABLE_ROW, "* The worker downloads"):  # headings, tables, lists
+        assert phrase in sample_md
+    assert "| Format | Processor | Progress unit |\n| --- | --- | --- |\n" in sample_md  # a header row
+
+
+def test_an_equation_markitdown_cannot_read_is_left_out_with_a_note(
+    monkeypatch: pytest.MonkeyPatch, registry: ProcessorRegistry, tmp_path: Path
+) -> None:
+    from markitdown.converter_utils.docx import pre_process
+
+    monkeypatch.setattr(pre_process, "pre_process_docx", lxml_62_pre_processing)
+    path = docx_with_equations(tmp_path / "eq.docx")
+    data = path.read_bytes()
+    with zipfile.ZipFile(io.BytesIO(data)) as zin, zipfile.ZipFile(path, "w") as zout:
+        for name in zin.namelist():
+            part = zin.read(name)
+            zout.writestr(name, part.replace(b"<m:fPr/>", b"") if name == DOCUMENT else part)
+    content = run(registry, path)
+    assert "$x^{2}$" in content.markdown and "The end." in content.markdown
+    assert content.metadata["notes"] == ["1 equation(s) could not be converted to LaTeX and were left out"]
 
 
 def test_zip_bombs_are_refused(monkeypatch: pytest.MonkeyPatch, registry: ProcessorRegistry) -> None:

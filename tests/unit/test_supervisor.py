@@ -16,6 +16,7 @@ import pytest
 
 from morag_worker.core.credentials import NoApiKey
 from morag_worker.core.hub_client import HubError, HubUnreachable, KeyRejected
+from morag_worker.core.naming import WorkerType
 from morag_worker.core.settings import Settings
 from morag_worker.core.supervisor import Supervisor, SupervisorOptions
 from morag_worker.core.supervisor_plan import backoff_delay
@@ -45,6 +46,7 @@ class Rig:
         options: SupervisorOptions | None = None,
         gpus: list | None = None,
         key_error: Exception | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self.clock = FakeClock()
         self.launcher = FakeLauncher()
@@ -52,7 +54,7 @@ class Rig:
         self.listener = RecordingListener()
         self.key_error = key_error
         self.sup = Supervisor(
-            Settings(hub_url="http://hub.test:8700"),
+            settings or Settings(hub_url="http://hub.test:8700"),
             key_resolver=self.resolve_key,
             hub_client_factory=self.hub,
             listener=self.listener,
@@ -133,7 +135,7 @@ def test_running_only_after_the_child_says_ready(rig: Rig) -> None:
     child.ready()
     status = rig.wait_state(WorkerState.RUNNING)
     assert status.message == "Waiting for work"
-    assert status.user_id == "u1" and status.queue == "gpu-tasks-u1"
+    assert status.user_id == "u1" and status.queues == ("gpu-tasks-u1", "cpu-tasks-u1")
     assert rig.hub.calls == [("http://hub.test:8700", KEY)]
 
 
@@ -145,16 +147,30 @@ def test_the_key_reaches_the_child_only_through_its_environment(rig: Rig) -> Non
     assert command.env["MORAG_HEARTBEAT_S"] == "5"
     assert command.env["CUDA_VISIBLE_DEVICES"].startswith("GPU-")
     assert command.env["MORAG_WORKER_GPU"] == "NVIDIA Fake 24GB"
-    assert command.pool == "prefork" and "gpu-tasks-u1" in command.argv
+    assert command.pool == "prefork"
+    assert command.argv[command.argv.index("-Q") + 1] == "gpu-tasks-u1,cpu-tasks-u1"
     assert KEY not in repr(command)
 
 
-def test_no_gpu_runs_a_cpu_worker() -> None:
+def test_no_gpu_still_serves_the_gpu_queue_and_says_transcription_runs_on_the_cpu() -> None:
+    """The seed sends every remote task to gpu-tasks-{uid}: a machine without a GPU serves it too."""
     with make_rig(gpus=[]) as r:
         r.sup.start()
         command = r.wait_child().command
-        assert "cpu-tasks-u1" in command.argv
-        assert "CUDA_VISIBLE_DEVICES" not in command.env
+        assert command.argv[command.argv.index("-Q") + 1] == "gpu-tasks-u1,cpu-tasks-u1"
+        assert "CUDA_VISIBLE_DEVICES" not in command.env and "MORAG_WORKER_GPU" not in command.env
+        status = r.wait_state(WorkerState.STARTING)
+        assert status.queues == ("gpu-tasks-u1", "cpu-tasks-u1")
+        assert status.notice is not None and "transcribed on the CPU" in status.notice
+
+
+def test_worker_type_cpu_serves_only_the_cpu_queue_and_hides_the_gpus() -> None:
+    with make_rig(settings=Settings(hub_url="http://hub.test:8700", worker_type=WorkerType.CPU)) as r:
+        r.sup.start()
+        command = r.wait_child().command
+        assert command.argv[command.argv.index("-Q") + 1] == "cpu-tasks-u1"
+        assert command.env["CUDA_VISIBLE_DEVICES"] == ""
+        assert r.wait_state(WorkerState.STARTING).notice is None
 
 
 def test_windows_plan_runs_the_wrapper_with_a_control_pipe() -> None:
