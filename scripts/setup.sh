@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Prepare a fresh Debian/Ubuntu machine (or a developer checkout) for MoRAG Worker:
-# the system packages the tests and the demo use, then a virtual environment in .venv with the
-# project installed in editable mode with its dev extras. Safe to run again.
+# the system packages the tests and the demo use, then a virtual environment in .venv with exactly
+# the versions in requirements/dev.lock (hash-checked) and the project installed in editable mode.
+# Safe to run again: it brings an existing .venv back to the lock. scripts/lock.sh refreshes the lock;
+# scripts/check-latest.sh tries the newest allowed versions instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,10 +20,53 @@ missing=()
 for cmd in "${!NEEDED[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEEDED[$cmd]}")
 done
-# Libraries Qt needs to run offscreen (the tray app's tests).
+# Libraries Qt needs to run offscreen (the tray app's tests). The cache is read once: piped straight
+# into `grep -q`, ldconfig can die of SIGPIPE when grep stops early, and pipefail reads that as missing.
+ldcache=$(ldconfig -p 2>/dev/null || true)
 for lib in libEGL.so.1 libxkbcommon.so.0 libfontconfig.so.1 libGL.so.1 libdbus-1.so.3; do
-  ldconfig -p 2>/dev/null | grep -q "$lib" || missing+=("qtlibs")
+  grep -qF "$lib" <<<"$ldcache" || missing+=("qtlibs")
 done
+# LibreOffice, headless: the format tests make office documents with `soffice --convert-to`. Each
+# module is checked by the registry file that tells soffice it is there, which Debian's full
+# (desktop) packages provide too: the -nogui packages conflict with those, so a desktop's
+# LibreOffice is left alone.
+soffice_registry=/usr/lib/libreoffice/share/registry
+if command -v soffice >/dev/null 2>&1; then
+  soffice_registry="$(dirname "$(readlink -f "$(command -v soffice)")")/../share/registry"
+fi
+for module in writer calc impress; do
+  [ -e "$soffice_registry/$module.xcd" ] || missing+=("libreoffice-$module-nogui")
+done
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+# apt-get, waiting up to 5 minutes for another apt/dpkg (an unattended upgrade, a second setup) to
+# let go of its locks instead of failing at once. /proc/locks shows who holds one without taking it;
+# DPkg::Lock::Timeout covers a lock taken between that look and apt-get's own.
+APT_LOCKS=(/var/lib/dpkg/lock-frontend /var/lib/dpkg/lock /var/lib/apt/lists/lock /var/cache/apt/archives/lock)
+apt_busy() {
+  local lock inode
+  for lock in "${APT_LOCKS[@]}"; do
+    inode=$(stat -c %i "$lock" 2>/dev/null) || continue
+    grep -q ":$inode " /proc/locks 2>/dev/null && return 0
+  done
+  return 1
+}
+apt_get() {
+  if apt_busy; then
+    echo "setup: waiting for another package manager to finish (up to 5 min)…" >&2
+    local deadline=$((SECONDS + 300))
+    while apt_busy; do
+      if [ "$SECONDS" -ge "$deadline" ]; then
+        echo "setup: another package manager still holds the apt/dpkg lock after 5 minutes; run setup again when it has finished" >&2
+        exit 1
+      fi
+      sleep 1
+    done
+  fi
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "$@"
+}
+
 if [ ${#missing[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null 2>&1; then
     echo "setup: please install: ${missing[*]} (no apt-get here)" >&2
@@ -35,11 +80,9 @@ if [ ${#missing[@]} -gt 0 ]; then
       packages+=("$p")
     fi
   done
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "setup: installing ${packages[*]}" >&2
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+  apt_get update -qq
+  apt_get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
 
 PYTHON=${PYTHON:-python3}
@@ -47,13 +90,14 @@ if [ ! -x .venv/bin/python ]; then
   if ! "$PYTHON" -m venv .venv 2>/dev/null; then
     # Debian's python3 ships venv/ensurepip separately.
     rm -rf .venv
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    apt_get update -qq
+    apt_get install -y -qq --no-install-recommends python3-venv >/dev/null
     "$PYTHON" -m venv .venv
   fi
 fi
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]'
+# Every dependency from the lock, hash-checked, wheels only (nothing is compiled here); then the
+# project itself, built by the locked setuptools, without looking at its ranges again (quiet about
+# setuptools' generic note on editable installs).
+.venv/bin/python -m pip install -q --require-hashes --only-binary :all: -r requirements/dev.lock
+PYTHONWARNINGS=ignore::UserWarning .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 echo "setup: ready (.venv)" >&2

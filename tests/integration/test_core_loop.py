@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -205,8 +206,17 @@ def test_a_user_never_sees_another_users_files_or_tasks(stack: Stack, alice: str
     assert bob.workers() == []
 
 
-def test_the_worker_ran_everything_above_with_an_empty_acl_log(stack: Stack, alice: str) -> None:
-    """Run last in this module: every task above ran as worker-alice under the production ACL."""
+@pytest.fixture(autouse=True)
+def acl_log_stays_empty(stack: Stack) -> Iterator[None]:
+    """After each test, in any order: Redis refused nothing to anyone under the production ACL."""
+    yield
+    with stack.redis.client() as admin:
+        log = admin.execute_command("ACL", "LOG")
+    assert log == [], log
+
+
+def test_the_worker_runs_as_its_users_acl_user_with_an_empty_acl_log(stack: Stack, alice: str) -> None:
+    """Alice's worker is logged in as worker-alice; every test here ends with an empty ACL LOG."""
     admin = stack.redis.client()
     users = {u.decode() for u in admin.execute_command("ACL", "USERS")}
     assert "worker-alice" in users

@@ -61,20 +61,44 @@ class Users:
         )
 
 
-@pytest.fixture(scope="module")
-def users(stack: Stack) -> Iterator[Users]:
-    keys = {user: stack.key(user) for user in (A, B, "u1", "u12")}
-    admin = stack.redis.client()
-    # B's namespace as a busy B leaves it: a queued task, an in-flight one, a result, presence.
+B_PLANTED = (B_QUEUE, NS_B + "unacked", NS_B + "unacked_index", NS_B + "unacked_mutex", B_RESULT, B_PRESENCE)
+
+
+def plant_bs_namespace(admin: redis.Redis) -> None:
+    """B's namespace as a busy B leaves it: a queued task, an in-flight one, a result, presence."""
+    admin.delete(*B_PLANTED)
     message = json.dumps({"body": "e30=", "headers": {"id": B_TASK_ID}, "properties": {}})
     admin.rpush(B_QUEUE, message)
     admin.hset(NS_B + "unacked", "tag-b", json.dumps([json.loads(message), "", f"gpu-tasks-{B}"]))
     admin.zadd(NS_B + "unacked_index", {"tag-b": 1.0})
     admin.set(B_RESULT, json.dumps({"status": "SUCCESS", "result": {"content": "b's private text"}}))
     admin.set(B_PRESENCE, json.dumps({"hostname": "w-b@test"}))
+
+
+def assert_bs_namespace_as_planted(admin: redis.Redis) -> None:
+    assert admin.llen(B_QUEUE) == 1
+    assert admin.hkeys(NS_B + "unacked") == [b"tag-b"]
+    assert admin.zrange(NS_B + "unacked_index", 0, -1) == [b"tag-b"]
+    assert b"b's private text" in admin.get(B_RESULT)
+    assert not admin.exists(NS_B + "unacked_mutex")
+
+
+@pytest.fixture(scope="module")
+def users(stack: Stack) -> Iterator[Users]:
+    keys = {user: stack.key(user) for user in (A, B, "u1", "u12")}
+    admin = stack.redis.client()
+    plant_bs_namespace(admin)
     yield Users(keys, admin)
-    admin.delete(B_QUEUE, NS_B + "unacked", NS_B + "unacked_index", B_RESULT, B_PRESENCE)
+    admin.delete(*B_PLANTED)
     admin.close()
+
+
+@pytest.fixture
+def b_untouched(users: Users) -> Iterator[None]:
+    """The test attacks B's namespace with A's credentials: afterwards it is exactly as planted."""
+    assert_bs_namespace_as_planted(users.admin)
+    yield
+    assert_bs_namespace_as_planted(users.admin)
 
 
 def refused(client: redis.Redis, *args: Any) -> str:
@@ -188,12 +212,14 @@ SERVER_COMMANDS = {
 }
 
 
+@pytest.mark.usefixtures("b_untouched")
 @pytest.mark.parametrize("args", list(CROSS_NAMESPACE.values()), ids=list(CROSS_NAMESPACE))
 def test_a_cannot_touch_bs_namespace_or_the_key_store(users: Users, args: tuple[Any, ...]) -> None:
     with users.login(A) as client:
         refused(client, *args)
 
 
+@pytest.mark.usefixtures("b_untouched")
 @pytest.mark.parametrize("args", list(SERVER_COMMANDS.values()), ids=list(SERVER_COMMANDS))
 def test_a_cannot_run_server_wide_commands(users: Users, args: tuple[Any, ...]) -> None:
     if args[0] == "DEBUG":  # redis-server refuses DEBUG to everyone unless enabled; ask the ACL itself
@@ -204,21 +230,20 @@ def test_a_cannot_run_server_wide_commands(users: Users, args: tuple[Any, ...]) 
         refused(client, *args)
 
 
-def test_bs_namespace_is_untouched_and_a_still_works_in_its_own(users: Users) -> None:
-    admin = users.admin
-    assert admin.llen(B_QUEUE) == 1
-    assert admin.hkeys(NS_B + "unacked") == [b"tag-b"]
-    assert admin.zrange(NS_B + "unacked_index", 0, -1) == [b"tag-b"]
-    assert b"b's private text" in admin.get(B_RESULT)
-    assert not admin.exists(NS_B + "unacked_mutex")
-    with users.login(A) as client:  # the refusals above were about B, not a broken login
+@pytest.mark.usefixtures("b_untouched")
+def test_a_still_works_in_its_own_namespace_and_its_refusals_are_logged(users: Users) -> None:
+    users.admin.execute_command("ACL", "LOG", "RESET")
+    with users.login(A) as client:  # the refusals are about B, not a broken login
         assert client.ping()
         assert client.llen(f"{NS_A}gpu-tasks-{A}") == 0
         assert client.set(NS_A + "workers:w-a@test", "{}", ex=5)
         assert client.publish(NS_A + "celery-task-meta-x", "{}") == 0
-    assert users.admin.execute_command("ACL", "LOG", 100) != []  # the refusals were logged
+        refused(client, "LLEN", B_QUEUE)
+    log = users.admin.acl_log(count=100)
+    assert any(e.get("username") == f"worker-{A}" and e.get("object") == B_QUEUE for e in log), log
 
 
+@pytest.mark.usefixtures("b_untouched")
 def test_scripts_loaded_by_someone_else_cannot_be_run_either(users: Users) -> None:
     sha = users.admin.script_load(f"return redis.call('GET', '{B_RESULT}')")
     with users.login(A) as client:
@@ -227,6 +252,7 @@ def test_scripts_loaded_by_someone_else_cannot_be_run_either(users: Users) -> No
         refused(client, "EVALSHA_RO", sha, 0)
 
 
+@pytest.mark.usefixtures("b_untouched")
 def test_inside_a_script_the_key_patterns_still_apply(users: Users) -> None:
     """Defence in depth: even a namespace user *given* Lua could not reach B's keys from it."""
     key = str(uuid.uuid4())
@@ -256,6 +282,7 @@ def test_inside_a_script_the_key_patterns_still_apply(users: Users) -> None:
         users.admin.execute_command("ACL", "DELUSER", probe)
 
 
+@pytest.mark.usefixtures("b_untouched")
 def test_prefix_collision_u1_does_not_reach_u12(users: Users) -> None:
     with users.login("u1") as u1, users.login("u12") as u12:
         for key in ("morag:ns:u12:gpu-tasks-u12", "morag:ns:u12:unacked", "morag:ns:u12:celery-task-meta-x"):
@@ -318,18 +345,23 @@ def test_a_forged_delivery_for_b_is_refused_and_b_never_runs_it(
         with pytest.raises(redis.ResponseError):
             pipe.execute()
     assert users.admin.hget(NS_B + "unacked", "forged") is None
-    # B's worker starts afterwards and runs only B's own, real task.
+    # B's worker starts afterwards and runs only B's own, real task. Then B's namespace is planted
+    # again for the other tests here.
     users.admin.delete(B_QUEUE, NS_B + "unacked", NS_B + "unacked_index")
     worker = stack.start_worker(B, users.keys[B], name="w-b@test")
-    client = stack.client(users.keys[B])
-    note = tmp_path / "b.txt"
-    note.write_text("b's real task\n")
-    task_id = client.create_task(file_id=client.upload(note)["file_id"])["task_id"]
-    view = wait_for(lambda: (v := client.task(task_id)).done and v, 120, "b's task to finish")
-    assert view.result is not None and view.result["success"] and "real task" in view.result["content"]
-    assert view.result["metadata"]["worker_hostname"] == "w-b@test"
-    assert forged_id not in worker.output()
-    assert worker.output().count("task.done") == 1, worker.output()[-3000:]
+    try:
+        client = stack.client(users.keys[B])
+        note = tmp_path / "b.txt"
+        note.write_text("b's real task\n")
+        task_id = client.create_task(file_id=client.upload(note)["file_id"])["task_id"]
+        view = wait_for(lambda: (v := client.task(task_id)).done and v, 120, "b's task to finish")
+        assert view.result is not None and view.result["success"] and "real task" in view.result["content"]
+        assert view.result["metadata"]["worker_hostname"] == "w-b@test"
+        assert forged_id not in worker.output()
+        assert worker.output().count("task.done") == 1, worker.output()[-3000:]
+    finally:
+        worker.stop()
+        plant_bs_namespace(users.admin)
 
 
 def test_a_running_worker_exposes_nothing_shared(stack: Stack, tmp_path: Path) -> None:
