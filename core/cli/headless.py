@@ -26,10 +26,9 @@ from typing import Any
 from morag_worker.core.cli.errors import CliError, ExitCode
 from morag_worker.core.cli.terminal_view import JsonView, TerminalView
 from morag_worker.core.config.settings import InvalidHubUrl, Settings, SettingsError, SettingsStore, apply_env
-from morag_worker.core.hub_client import HubClient
 from morag_worker.core.results import TaskRecord
 from morag_worker.core.supervisor.events import Problem, StopMode, TaskProgress, WorkerState, WorkerStatus
-from morag_worker.core.supervisor.supervisor import Supervisor, SupervisorOptions
+from morag_worker.core.supervisor.supervisor import SupervisorOptions, supervisor_for
 
 __all__ = ["exit_code_for", "run"]
 
@@ -98,22 +97,14 @@ def run(args: argparse.Namespace) -> int:
         # The live view owns the terminal; our own info events would break its in-place redraw.
         logging.getLogger("morag_worker").setLevel(logging.WARNING)
     ending = _Ending(TerminalView(sys.stderr, verbose=verbose) if tty else JsonView(verbose=verbose))
-    api_key_file = getattr(args, "api_key_file", None)
-
-    def resolve_key() -> str:
-        from morag_worker.core.config.credentials import CredentialStore, resolve_api_key
-
-        store = CredentialStore()
-        return resolve_api_key(
-            env=os.environ, api_key_file=api_key_file, store=store, hub_url=settings.hub_url
-        ).key
+    from morag_worker.core.config.credentials import CredentialStore
 
     retries = getattr(args, "retries", 6)
-    supervisor = Supervisor(
-        settings,
-        key_resolver=resolve_key,
-        hub_client_factory=HubClient,
-        listener=ending,
+    supervisor = supervisor_for(
+        ending,
+        settings_loader=lambda: settings,
+        credentials=CredentialStore(),
+        api_key_file=getattr(args, "api_key_file", None),
         options=SupervisorOptions(max_attempts=retries or None, log_level="DEBUG" if verbose else "INFO"),
     )
     interrupts = 0

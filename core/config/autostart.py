@@ -12,18 +12,18 @@ may run on any thread (the GUI runs them through its background helper).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Protocol
 
 import structlog
+
+from morag_worker.core.config.atomic_file import write_atomically
 
 __all__ = [
     "AUTOSTART_FILE_NAME",
@@ -219,24 +219,14 @@ class XdgAutostart:
         template = self._template if self._template is not None else load_desktop_template()
         text = autostart_entry(template, desktop_exec(command))
         path = self.path
-        tmp_name: str | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=".morag-worker-", suffix=".tmp", dir=path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.chmod(tmp_name, 0o644)
-            os.replace(tmp_name, path)
-            tmp_name = None
+            write_atomically(path, text, mode=0o644)
         except OSError as exc:
             raise AutostartError(
                 f"cannot write the autostart entry {path} ({exc.__class__.__name__}: {exc}); "
                 "check that the folder is writable"
             ) from exc
-        finally:
-            if tmp_name is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp_name)
         log.info("autostart.enabled", path=str(path))
 
     def disable(self) -> None:

@@ -11,10 +11,8 @@ calls them through its background helper. Nothing touches the disk at import or 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import platformdirs
 import structlog
 
+from morag_worker.core.config.atomic_file import write_atomically
 from morag_worker.core.config.settings import APP_DIR_NAME
 from morag_worker.core.results import TaskOutcome, TaskRecord
 
@@ -163,17 +162,6 @@ class HistoryStore:
                 continue
         keep.sort(key=lambda item: item[0])
         keep = keep[-self.max_records :]
-        tmp_name: str | None = None
-        try:
-            fd, tmp_name = tempfile.mkstemp(prefix=".history-", suffix=".tmp", dir=self.path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.writelines(line + "\n" for _, line in keep)
-            os.chmod(tmp_name, 0o600)
-            os.replace(tmp_name, self.path)
-            tmp_name = None
-        finally:
-            if tmp_name is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp_name)
+        write_atomically(self.path, "".join(line + "\n" for _, line in keep), mode=0o600)
         self._lines_on_disk = len(keep)
         log.debug("history.compacted", path=str(self.path), kept=len(keep))

@@ -11,12 +11,10 @@ thread. Nothing touches the file system at import or construction; only ``save``
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from urllib.parse import urlsplit
 import platformdirs
 import structlog
 
+from morag_worker.core.config.atomic_file import write_atomically
 from morag_worker.core.naming import WorkerType
 
 __all__ = [
@@ -297,27 +296,14 @@ class SettingsStore:
         """
         path = self.path
         payload = json.dumps(settings.to_dict(), indent=2, sort_keys=True) + "\n"
-        tmp_name: str | None = None
         try:
-            self.config_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=".settings-", suffix=".tmp", dir=self.config_dir)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp_name, 0o600)
-            os.replace(tmp_name, path)
-            tmp_name = None
+            write_atomically(path, payload, mode=0o600, folder_mode=0o700)
         except OSError as exc:
             raise SettingsError(
                 f"cannot save the settings: {exc.__class__.__name__}: {exc}",
                 path=path,
                 advice="check that the folder is writable and the disk is not full",
             ) from exc
-        finally:
-            if tmp_name is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp_name)
         log.info("settings.saved", path=str(path))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable, Mapping
+from enum import Enum
 from typing import Any
 
 import structlog
@@ -42,11 +43,43 @@ from morag_worker.core.supervisor.prepare import (
 )
 from morag_worker.core.supervisor.task_tracker import TaskTracker
 
-__all__ = ["SupervisorMachine"]
+__all__ = ["Event", "Intent", "SupervisorMachine", "Timer"]
 
 log = structlog.get_logger("morag_worker.core.supervisor.supervisor")
 
-Post = Callable[[str, Any, int], None]
+
+class Event(Enum):
+    """What the loop thread hands the machine: a front end's command, or news from elsewhere."""
+
+    TICK = "tick"  # nothing happened; check the timers (a fake clock moved)
+    SETTINGS = "settings"
+    START = "start"
+    STOP = "stop"
+    SNOOZE = "snooze"
+    CLOSE = "close"
+    PREPARED = "prepared"  # a start attempt's outcome, from its prepare thread
+    OUTPUT = "output"  # a line the child printed
+    MESSAGE = "message"  # a line on the child's progress channel
+    EXIT = "exit"  # the child exited
+
+
+class Timer(Enum):
+    RETRY = "retry"  # the next start attempt after a failure
+    SNOOZE = "snooze"  # the end of a snooze
+    READY = "ready"  # the child's start deadline
+    LIVENESS = "liveness"  # the child's heartbeat deadline
+    ESCALATE = "escalate"  # the next, harsher stop
+
+
+class Intent(Enum):
+    """What the person asked for last; decides what follows when the child exits."""
+
+    RUN = "run"
+    STOP = "stop"
+    SNOOZE = "snooze"
+
+
+Post = Callable[[Event, Any, int], None]
 Notify = Callable[[str, Any], None]
 
 
@@ -83,10 +116,10 @@ class SupervisorMachine:
         self._notify = notify
         self.status = WorkerStatus(WorkerState.STOPPED, "Stopped")
         self.active: tuple[TaskProgress, ...] = ()
-        self.timers: dict[str, float] = {}  # name -> monotonic deadline; _timer_<name> fires it
+        self.timers: dict[Timer, float] = {}  # timer -> monotonic deadline
         self.prepare_threads: list[threading.Thread] = []
         self.session: ChildSession | None = None
-        self._want = "stop"  # run, stop, snooze
+        self._want = Intent.STOP
         self._closing = False
         self._gen = 0
         self._preparing: int | None = None
@@ -96,14 +129,33 @@ class SupervisorMachine:
         self._user_id: str | None = None
         self._queues: tuple[str, ...] = ()
         self._notice: str | None = None
+        self._handlers: dict[Event, Callable[[int, Any], None]] = {
+            Event.TICK: self._on_tick,
+            Event.SETTINGS: self._on_settings,
+            Event.START: self._on_start,
+            Event.STOP: self._on_stop,
+            Event.SNOOZE: self._on_snooze,
+            Event.CLOSE: self._on_close,
+            Event.PREPARED: self._on_prepared,
+            Event.OUTPUT: self._on_output,
+            Event.MESSAGE: self._on_message,
+            Event.EXIT: self._on_exit,
+        }
+        self._timer_handlers: dict[Timer, Callable[[], None]] = {
+            Timer.RETRY: self._timer_retry,
+            Timer.SNOOZE: self._timer_snooze,
+            Timer.READY: self._timer_ready,
+            Timer.LIVENESS: self._timer_liveness,
+            Timer.ESCALATE: self._timer_escalate,
+        }
 
     @property
     def finished(self) -> bool:
         """Closed, and no child left: the loop may end."""
         return self._closing and self.session is None
 
-    def handle(self, kind: str, gen: int, payload: Any) -> None:
-        getattr(self, f"_on_{kind}")(gen, payload)
+    def handle(self, event: Event, gen: int, payload: Any) -> None:
+        self._handlers[event](gen, payload)
 
     def next_timeout(self) -> float | None:
         if not self.timers:
@@ -112,10 +164,10 @@ class SupervisorMachine:
 
     def fire_timers(self) -> None:
         now = self._clock.monotonic()
-        for name, deadline in sorted(self.timers.items(), key=lambda item: item[1]):
-            if deadline <= now and self.timers.get(name) == deadline:
-                del self.timers[name]
-                getattr(self, f"_timer_{name}")()
+        for timer, deadline in sorted(self.timers.items(), key=lambda item: item[1]):
+            if deadline <= now and self.timers.get(timer) == deadline:
+                del self.timers[timer]
+                self._timer_handlers[timer]()
 
     def closed(self) -> None:
         self._set_status(WorkerState.STOPPED, "Stopped")
@@ -130,17 +182,17 @@ class SupervisorMachine:
     def _on_start(self, _gen: int, _payload: None) -> None:
         if self._closing:
             return
-        self._want, self._snooze_until = "run", None
-        self.timers.pop("snooze", None)
+        self._want, self._snooze_until = Intent.RUN, None
+        self.timers.pop(Timer.SNOOZE, None)
         if self.session is not None or self._preparing is not None:
             return  # running or starting; a stopping child is started again when it has exited
         if self.status.state in (WorkerState.STOPPED, WorkerState.CRASHED, WorkerState.SNOOZED):
             self._failures = 0
-        self.timers.pop("retry", None)
+        self.timers.pop(Timer.RETRY, None)
         self._begin_attempt()
 
     def _on_stop(self, _gen: int, mode: StopMode) -> None:
-        self._want = "stop"
+        self._want = Intent.STOP
         self._cancel_plans()
         if self.session is not None:
             self._send_stop(mode, USER)
@@ -150,11 +202,11 @@ class SupervisorMachine:
     def _on_snooze(self, _gen: int, until: float | None) -> None:
         if self._closing:
             return
-        self._want = "snooze"
+        self._want = Intent.SNOOZE
         self._cancel_plans()
         self._snooze_until = until
         if until is not None:
-            self.timers["snooze"] = self._clock.monotonic() + max(0.0, until - self._clock.time())
+            self.timers[Timer.SNOOZE] = self._clock.monotonic() + max(0.0, until - self._clock.time())
         if self.session is not None:
             self._send_stop(StopMode.FINISH, USER)
         else:
@@ -162,15 +214,15 @@ class SupervisorMachine:
 
     def _on_close(self, _gen: int, _payload: None) -> None:
         self._closing = True
-        self._want = "stop"
+        self._want = Intent.STOP
         self._cancel_plans()
         if self.session is not None:
             self._send_stop(StopMode.NOW, USER)
 
     def _cancel_plans(self) -> None:
         self._preparing = None
-        self.timers.pop("retry", None)
-        self.timers.pop("snooze", None)
+        self.timers.pop(Timer.RETRY, None)
+        self.timers.pop(Timer.SNOOZE, None)
 
     # ---- start attempts ----------------------------------------------------------------
     def _begin_attempt(self) -> None:
@@ -189,7 +241,7 @@ class SupervisorMachine:
             try:
                 settings = self._settings_source()
             except Exception as exc:  # noqa: BLE001 - SettingsError and the like: the user must act
-                self._post("prepared", PrepareFailed(Problem.CONFIG, str(exc), retry=False), gen)
+                self._post(Event.PREPARED, PrepareFailed(Problem.CONFIG, str(exc), retry=False), gen)
                 return
         outcome = prepare_outcome(
             settings,
@@ -199,7 +251,7 @@ class SupervisorMachine:
             env=self._env,
             options=self.options,
         )
-        self._post("prepared", outcome, gen)
+        self._post(Event.PREPARED, outcome, gen)
 
     def _on_prepared(self, gen: int, result: Prepared | PrepareFailed) -> None:
         if gen != self._preparing:
@@ -215,9 +267,9 @@ class SupervisorMachine:
         if result.notice:
             log.info("supervisor.notice", notice=result.notice)
         callbacks = ChildCallbacks(
-            on_message=lambda line: self._post("message", line, gen),
-            on_output=lambda line: self._post("output", line, gen),
-            on_exit=lambda code: self._post("exit", code, gen),
+            on_message=lambda line: self._post(Event.MESSAGE, line, gen),
+            on_output=lambda line: self._post(Event.OUTPUT, line, gen),
+            on_exit=lambda code: self._post(Event.EXIT, code, gen),
         )
         try:
             child = self._launcher.launch(result.command, callbacks)
@@ -230,7 +282,7 @@ class SupervisorMachine:
             TaskTracker(self._clock.monotonic, self._clock.time),
             collections.deque(maxlen=self.options.last_output_lines),
         )
-        self.timers["ready"] = self._clock.monotonic() + self.options.start_timeout_s
+        self.timers[Timer.READY] = self._clock.monotonic() + self.options.start_timeout_s
         queues = ", ".join(result.queues)
         log.info(
             "supervisor.child_started", pid=child.pid, queues=list(result.queues), pool=result.command.pool
@@ -245,7 +297,7 @@ class SupervisorMachine:
             self._give_up(problem, f"{message} (gave up after {tries})", last_output)
             return
         delay = backoff_delay(self._failures, self.options, self._rng)
-        self.timers["retry"] = self._clock.monotonic() + delay
+        self.timers[Timer.RETRY] = self._clock.monotonic() + delay
         self._set_status(
             WorkerState.BACKOFF,
             f"{sentence(message)}; retrying in {delay:.0f} s (attempt {self._failures + 1})",
@@ -255,18 +307,18 @@ class SupervisorMachine:
         )
 
     def _give_up(self, problem: Problem, message: str, last_output: tuple[str, ...] = ()) -> None:
-        self._want = "stop"
+        self._want = Intent.STOP
         log.warning("supervisor.gave_up", problem=problem.value, message=message)
         self._set_status(WorkerState.CRASHED, sentence(message), problem=problem, last_output=last_output)
 
     def _timer_retry(self) -> None:
-        if self._want == "run" and self.session is None and self._preparing is None:
+        if self._want is Intent.RUN and self.session is None and self._preparing is None:
             self._begin_attempt()
 
     def _timer_snooze(self) -> None:
-        if self._want != "snooze":
+        if self._want is not Intent.SNOOZE:
             return
-        self._want, self._snooze_until, self._failures = "run", None, 0
+        self._want, self._snooze_until, self._failures = Intent.RUN, None, 0
         if self.session is None:
             self._begin_attempt()
 
@@ -307,8 +359,8 @@ class SupervisorMachine:
         if session.ready:
             return
         session.ready_at, session.ready_info = self._clock.monotonic(), msg
-        self.timers.pop("ready", None)
-        self.timers["liveness"] = session.ready_at + self.options.heartbeat_timeout_s
+        self.timers.pop(Timer.READY, None)
+        self.timers[Timer.LIVENESS] = session.ready_at + self.options.heartbeat_timeout_s
         log.info("supervisor.child_ready", hostname=msg.hostname, queues=list(msg.queues), config=msg.config)
         if msg.queues:
             self._queues = tuple(msg.queues)  # what the child really consumes
@@ -330,7 +382,7 @@ class SupervisorMachine:
             elif msg.consumer == "connecting":
                 self._set_status(WorkerState.STARTING, "Connecting to the broker")
             return
-        self.timers["liveness"] = now + self.options.heartbeat_timeout_s
+        self.timers[Timer.LIVENESS] = now + self.options.heartbeat_timeout_s
         if (
             msg.consumer == "connecting"
             and session.connecting_since is not None
@@ -363,8 +415,8 @@ class SupervisorMachine:
         for record in records:
             self._notify("on_task_finished", record)
         self._tasks_changed(session)
-        if session.stop_mode is StopMode.FINISH and not session.busy and "escalate" not in self.timers:
-            self.timers["escalate"] = self._clock.monotonic() + self.options.idle_finish_timeout_s
+        if session.stop_mode is StopMode.FINISH and not session.busy and Timer.ESCALATE not in self.timers:
+            self.timers[Timer.ESCALATE] = self._clock.monotonic() + self.options.idle_finish_timeout_s
 
     def _tasks_changed(self, session: ChildSession) -> None:
         self.active = tuple(session.tracker.active())
@@ -372,7 +424,7 @@ class SupervisorMachine:
         if state is WorkerState.RUNNING:
             self._set_status(state, session.running_message())
         elif state is WorkerState.FINISHING and not session.busy:
-            self._set_status(state, "Snoozing" if self._want == "snooze" else "Stopping")
+            self._set_status(state, "Snoozing" if self._want is Intent.SNOOZE else "Stopping")
         elif state in (WorkerState.FINISHING, WorkerState.STOPPING):
             self._set_status(state, self.status.message)
 
@@ -382,8 +434,8 @@ class SupervisorMachine:
             return
         session.child.close(timeout=1.0)
         self.session = None
-        for name in ("ready", "liveness", "escalate"):
-            self.timers.pop(name, None)
+        for timer in (Timer.READY, Timer.LIVENESS, Timer.ESCALATE):
+            self.timers.pop(timer, None)
         for record in session.tracker.interrupt_all(session.interrupted_reason()):
             self._notify("on_task_finished", record)
         self.active = ()
@@ -401,17 +453,17 @@ class SupervisorMachine:
             self._failures = 0
         if self._closing:
             return
-        if reason == RESTART and self._want == "run":
+        if reason == RESTART and self._want is Intent.RUN:
             self._retry_later(*self._restart_problem, output)
-        elif reason is None and self._want == "run":
+        elif reason is None and self._want is Intent.RUN:
             early = not session.ready
             problem = Problem.BROKER_UNREACHABLE if early and session.connecting() else Problem.CRASHED
             when = " before it was ready" if early else ""
             self._retry_later(problem, f"the worker stopped unexpectedly{when} (exit status {code})", output)
-        elif self._want == "run":
+        elif self._want is Intent.RUN:
             self._failures = 0
             self._begin_attempt()
-        elif self._want == "snooze":
+        elif self._want is Intent.SNOOZE:
             self._set_snoozed()
         else:
             self._set_status(WorkerState.STOPPED, "Stopped")
@@ -426,7 +478,7 @@ class SupervisorMachine:
         if not session.escalates_to(mode):
             return
         session.stop_mode = mode
-        self.timers.pop("escalate", None)
+        self.timers.pop(Timer.ESCALATE, None)
         session.child.control(mode)
         if mode is StopMode.FINISH:
             wait = self.options.finish_timeout_s if session.busy else self.options.idle_finish_timeout_s
@@ -435,9 +487,9 @@ class SupervisorMachine:
         else:
             wait = None
         if wait is not None:
-            self.timers["escalate"] = self._clock.monotonic() + wait
+            self.timers[Timer.ESCALATE] = self._clock.monotonic() + wait
         state, message = stop_status(
-            mode, busy=session.busy, restart=reason == RESTART, snoozing=self._want == "snooze"
+            mode, busy=session.busy, restart=reason == RESTART, snoozing=self._want is Intent.SNOOZE
         )
         self._set_status(state, message)
 

@@ -27,13 +27,13 @@ from typing import Any
 import structlog
 
 from morag_worker.core.config.credentials import CredentialStore, resolve_api_key
-from morag_worker.core.config.settings import Settings, SettingsStore, apply_env
+from morag_worker.core.config.settings import Settings, SettingsError, SettingsStore, apply_env
 from morag_worker.core.execution.progress_channel import ReadyMessage
 from morag_worker.core.hub_client import HubClient
 from morag_worker.core.supervisor.child_process import Launcher, SubprocessLauncher
 from morag_worker.core.supervisor.events import StopMode, SupervisorListener, TaskProgress, WorkerStatus
 from morag_worker.core.supervisor.gpu import GpuProbe, NvmlProbe
-from morag_worker.core.supervisor.machine import SupervisorMachine
+from morag_worker.core.supervisor.machine import Event, SupervisorMachine
 from morag_worker.core.supervisor.options import Clock, SupervisorOptions, SystemClock
 from morag_worker.core.supervisor.prepare import HubClientFactory, KeyResolver
 
@@ -76,7 +76,7 @@ class Supervisor:
         settings_source: Callable[[], Settings] | None = None,
     ) -> None:
         self._listener = listener
-        self._events: queue.SimpleQueue[tuple[str, int, Any]] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[tuple[Event, int, Any]] = queue.SimpleQueue()
         self.options = options or SupervisorOptions()
         self._machine = SupervisorMachine(
             settings,
@@ -119,33 +119,33 @@ class Supervisor:
 
     def start(self) -> None:
         """Start working (also ends a snooze, and retries at once from BACKOFF or CRASHED)."""
-        self._post("start")
+        self._post(Event.START)
 
     def stop(self, mode: StopMode = StopMode.FINISH) -> None:
         """Stop the child: FINISH its task first, NOW (the task is requeued at once) or KILL it."""
-        self._post("stop", mode)
+        self._post(Event.STOP, mode)
 
     def snooze(self, until: float | None) -> None:
         """Finish the current task, then stay SNOOZED until epoch ``until`` (None: until ``start``)."""
-        self._post("snooze", until)
+        self._post(Event.SNOOZE, until)
 
     def update_settings(self, settings: Settings) -> None:
         """Use ``settings`` from the next start attempt on."""
-        self._post("settings", settings)
+        self._post(Event.SETTINGS, settings)
 
     def tick(self) -> None:
         """Re-check timers now (after advancing a fake clock)."""
-        self._post("tick")
+        self._post(Event.TICK)
 
     def close(self, timeout: float | None = None) -> None:
         """Stop the child now (its task goes back to the queue) if one runs, and join all threads."""
-        self._post("close")
+        self._post(Event.CLOSE)
         self._thread.join(timeout if timeout is not None else self.options.now_timeout_s + 30)
         for thread in list(self._machine.prepare_threads):
             thread.join(timeout=15)
 
-    def _post(self, kind: str, payload: Any = None, gen: int = 0) -> None:
-        self._events.put((kind, gen, payload))
+    def _post(self, event: Event, payload: Any = None, gen: int = 0) -> None:
+        self._events.put((event, gen, payload))
 
     # ---- the loop thread ---------------------------------------------------------------
     def _loop(self) -> None:
@@ -154,12 +154,12 @@ class Supervisor:
             try:
                 kind, gen, payload = self._events.get(timeout=machine.next_timeout())
             except queue.Empty:
-                kind, gen, payload = "tick", 0, None
+                kind, gen, payload = Event.TICK, 0, None
             try:
                 machine.handle(kind, gen, payload)
                 machine.fire_timers()
             except Exception:  # noqa: BLE001 - the loop must survive its own bugs
-                log.exception("supervisor.loop_error", event=kind)
+                log.exception("supervisor.loop_error", event=kind.value)
             if machine.finished:
                 machine.closed()
                 return
@@ -174,19 +174,28 @@ class Supervisor:
 def supervisor_for(
     listener: SupervisorListener,
     *,
-    settings_store: SettingsStore,
+    settings_store: SettingsStore | None = None,
+    settings_loader: Callable[[], Settings] | None = None,
     credentials: CredentialStore | None,
     api_key_file: Path | None = None,
     env: Mapping[str, str] | None = None,
     options: SupervisorOptions | None = None,
 ) -> Supervisor:
-    """The production wiring, for the tray app: settings from ``settings_store`` (with the
-    environment's overrides) read again at every start attempt, the key from ``api_key_file``,
-    ``MORAG_API_KEY`` or the keychain, and the real hub client, launcher and GPU probe.
+    """The production wiring, for the tray app and ``--no-gui`` alike.
+
+    Settings come from ``settings_loader``, or from ``settings_store`` with the environment's
+    overrides, and are read again at every start attempt (what a settings dialog saved applies
+    at the next start). The key comes from ``api_key_file``, ``MORAG_API_KEY`` or the keychain;
+    the hub client, launcher and GPU probe are the real ones.
     """
     environ = dict(env if env is not None else os.environ)
+    if (settings_store is None) == (settings_loader is None):
+        raise TypeError("give exactly one of settings_store and settings_loader")
 
     def load() -> Settings:
+        if settings_loader is not None:
+            return settings_loader()
+        assert settings_store is not None
         return apply_env(settings_store.load(), environ)
 
     def resolve_key() -> str:
@@ -195,8 +204,12 @@ def supervisor_for(
         )
         return resolved.key
 
+    try:
+        first = load()  # so that the first status names the configured hub
+    except SettingsError:
+        first = Settings()  # the same error is reported by the first start attempt
     return Supervisor(
-        Settings(),
+        first,
         key_resolver=resolve_key,
         hub_client_factory=HubClient,
         listener=listener,

@@ -484,6 +484,8 @@ def test_settings_source_is_read_at_each_attempt_and_its_errors_are_clear(tmp_pa
         sup.start()
         wait_for(lambda: sup.status.state is WorkerState.CRASHED, timeout=30)
         assert "127.0.0.1:1" in sup.status.message and sup.status.problem is Problem.HUB_UNREACHABLE
+        starting = [s.message for s in listener.statuses if s.state is WorkerState.STARTING]
+        assert starting[0] == "Connecting to the hub at http://127.0.0.1:1"  # not the default hub
         (tmp_path / "settings.json").write_text("{not json")
         sup.start()
         wait_for(lambda: sup.status.problem is Problem.CONFIG, timeout=30)
