@@ -21,7 +21,7 @@ from morag_worker.core.execution.celery_config import base_config, reliability_s
 from morag_worker.core.execution.context import WorkerRuntime, get_runtime
 from morag_worker.core.execution.deliveries import DeliveryCounter, max_starts_from_env
 from morag_worker.core.execution.pipeline import InfrastructureError, TaskCancelledError
-from morag_worker.core.execution.task_args import MalformedTask, bind_arguments
+from morag_worker.core.execution.task_args import MalformedTask, read_task
 from morag_worker.core.naming import in_queue_order, namespace_prefix, user_id_from_queue, validate_user_id
 from morag_worker.core.processing import TaskCancelled
 from morag_worker.core.results import TaskOutcome, TaskResult
@@ -105,7 +105,7 @@ def _sweep_workspaces() -> None:
 class _MoragTask(Task):  # type: ignore[misc]
     """Base of the four tasks: maps pipeline outcomes onto Celery's."""
 
-    typing = False  # arguments are validated by the pipeline, with clear messages
+    typing = False  # arguments are checked by task_args.read_task, with clear messages
 
     def _run(
         self,
@@ -122,7 +122,7 @@ class _MoragTask(Task):  # type: ignore[misc]
             # A contributor's worker never reads its own machine's files for a task.
             return runtime.refuse_local(task_id, self.name)
         try:
-            bound = bind_arguments(params, args, kwargs)
+            request = read_task(params, args, kwargs, remote=remote, own_user_id=runtime.own_user_id)
         except MalformedTask as exc:
             log.warning("task.malformed", task_id=task_id, error=str(exc))
             return TaskResult.failure(f"malformed task: {exc}", user_id=runtime.own_user_id).to_dict()
@@ -141,10 +141,11 @@ class _MoragTask(Task):  # type: ignore[misc]
             log.error("task.gave_up", task_id=task_id, starts=starts)
             runtime.task_finished(task_id, TaskOutcome.FAILED, error=message)
             return TaskResult.failure(message, user_id=runtime.own_user_id).to_dict()
-        runtime.task_started(task_id, name=self.name, filename=_filename(params, bound))
+        filename = request.filename[:200] if request.filename else None
+        runtime.task_started(task_id, name=self.name, filename=filename)
         reporter = runtime.reporter(self)
         try:
-            result = runtime.pipeline().run_file(reporter, bound, remote=remote, url_task=url_task)
+            result = runtime.pipeline().run_file(reporter, request, remote=remote, url_task=url_task)
         except (TaskCancelledError, TaskCancelled):
             log.info("task.requeued", task_id=task_id)
             runtime.task_finished(task_id, TaskOutcome.REQUEUED, error="stopped by the contributor")
@@ -169,16 +170,6 @@ class _MoragTask(Task):  # type: ignore[misc]
             processing_time=result.processing_time,
         )
         return result.to_dict()
-
-
-def _filename(params: tuple[str, ...], bound: tuple[Any, ...]) -> str | None:
-    """The input's display name: the ``filename`` task option (the hub sets it), if any."""
-    try:
-        options = bound[params.index("task_options")]
-    except (ValueError, IndexError):
-        return None
-    name = options.get("filename") if isinstance(options, dict) else None
-    return name[:200] if isinstance(name, str) else None
 
 
 @celery_app.task(bind=True, base=_MoragTask, name="morag.worker.process_file_task")

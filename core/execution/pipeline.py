@@ -13,12 +13,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from morag_worker.core.execution.progress_reporter import ProgressReporter
-from morag_worker.core.execution.task_args import MalformedTask, TaskRequest, parse_task_request
+from morag_worker.core.execution.task_args import TaskRequest
 from morag_worker.core.processing import ProcessingError, ProcessorRegistry, TaskCancelled
 from morag_worker.core.results import TaskResult, TaskStage
 from morag_worker.core.transfer.downloader import (
@@ -57,15 +56,10 @@ class Pipeline:
     cancel_event: threading.Event | None = None
 
     def run_file(
-        self, reporter: ProgressReporter, args: tuple[Any, ...], *, remote: bool, url_task: bool
+        self, reporter: ProgressReporter, request: TaskRequest, *, remote: bool, url_task: bool
     ) -> TaskResult:
-        """Run a ``process_*_task[_remote]``; ``args`` are the task's own positional arguments."""
+        """Run a ``process_*_task[_remote]`` whose arguments ``task_args.read_task`` checked."""
         started = time.monotonic()
-        try:
-            request = self._parse(args, remote=remote, url_task=url_task)
-        except MalformedTask as exc:
-            log.warning("task.malformed", task_id=reporter.task_id, error=str(exc))
-            return TaskResult.failure(f"malformed task: {exc}", user_id=self.own_user_id)
         if request.ignored_options:
             log.warning(
                 "task.options_ignored", task_id=reporter.task_id, options=list(request.ignored_options)
@@ -90,26 +84,6 @@ class Pipeline:
         if request.ignored_options:
             result.metadata["ignored_options"] = list(request.ignored_options)
         return result
-
-    def _parse(self, args: tuple[Any, ...], *, remote: bool, url_task: bool) -> TaskRequest:
-        name = "url" if url_task else ("file_url" if remote else "file_path")
-        if remote:
-            if len(args) < 2:
-                raise MalformedTask(f"missing arguments: expected ({name}, user_id, ...)")
-            if len(args) > 4:
-                raise MalformedTask("too many arguments")
-            request = parse_task_request(*args, source_name=name, require_user=True)
-            if self.own_user_id is not None and request.user_id != self.own_user_id:
-                raise MalformedTask(f"this worker serves user {self.own_user_id!r}, not {request.user_id!r}")
-            return request
-        if len(args) < 1:
-            raise MalformedTask(f"missing argument: {name}")
-        if len(args) > 3:
-            raise MalformedTask("too many arguments")
-        source, *rest = args
-        content_type = rest[0] if rest else None
-        options = rest[1] if len(rest) > 1 else None
-        return parse_task_request(source, None, content_type, options, source_name=name)
 
     def _download_and_process(self, reporter: ProgressReporter, request: TaskRequest) -> TaskResult:
         with TaskWorkspace(self.temp_root, reporter.task_id) as workspace, self.downloader_factory() as dl:

@@ -14,7 +14,14 @@ from typing import Any
 
 from morag_worker.core.naming import InvalidUserId, validate_user_id
 
-__all__ = ["KNOWN_OPTIONS", "MalformedTask", "TaskRequest", "parse_task_request"]
+__all__ = [
+    "KNOWN_OPTIONS",
+    "MalformedTask",
+    "TaskRequest",
+    "bind_arguments",
+    "parse_task_request",
+    "read_task",
+]
 
 MAX_URL_LENGTH = 8192
 MAX_CONTENT_TYPE_LENGTH = 255
@@ -120,6 +127,37 @@ def _parse_options(task_options: object) -> tuple[dict[str, Any], tuple[str, ...
     if sha is not None and not _SHA256_RE.fullmatch(sha):
         raise MalformedTask("task option 'sha256' must be 64 hexadecimal characters")
     return options, tuple(ignored)
+
+
+def read_task(
+    params: tuple[str, ...],
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    *,
+    remote: bool,
+    own_user_id: str | None,
+) -> TaskRequest:
+    """The one check of a task message's arguments, from Celery's ``args``/``kwargs`` to a request.
+
+    ``params`` are the task's parameter names, the source first (``file_url``, ``url`` or
+    ``file_path``); a remote task's second is ``user_id``, which must be ``own_user_id`` when
+    this worker serves one user. Raises MalformedTask with a message naming the bad argument.
+    """
+    bound = bind_arguments(params, args, kwargs)
+    source_name = params[0]
+    if remote:
+        if len(bound) < 2:
+            raise MalformedTask(f"missing arguments: expected ({source_name}, user_id, ...)")
+        request = parse_task_request(*bound, source_name=source_name, require_user=True)
+        if own_user_id is not None and request.user_id != own_user_id:
+            raise MalformedTask(f"this worker serves user {own_user_id!r}, not {request.user_id!r}")
+        return request
+    if not bound:
+        raise MalformedTask(f"missing argument: {source_name}")
+    source, *rest = bound
+    content_type = rest[0] if rest else None
+    options = rest[1] if len(rest) > 1 else None
+    return parse_task_request(source, None, content_type, options, source_name=source_name)
 
 
 def bind_arguments(

@@ -181,3 +181,23 @@ def test_worker_command_on_windows_uses_threads_wrapper() -> None:
     assert cmd.argv[:3] == ["C:/py.exe", "-m", "morag_worker.core.execution.windows_wrapper"]
     assert cmd.pool == "threads" and cmd.uses_control_pipe
     assert cmd.env["CUDA_VISIBLE_DEVICES"] == "1"
+
+
+def test_read_task_is_the_one_check_of_a_messages_arguments() -> None:
+    from morag_worker.core.execution.task_args import read_task
+
+    remote = ("file_url", "user_id", "content_type", "task_options")
+    request = read_task(
+        remote,
+        ("http://hub/f/1", "u1"),
+        {"task_options": {"filename": "a.pdf"}},
+        remote=True,
+        own_user_id="u1",
+    )
+    assert (request.source, request.user_id, request.filename) == ("http://hub/f/1", "u1", "a.pdf")
+    with pytest.raises(MalformedTask, match=r"missing arguments: expected \(file_url, user_id"):
+        read_task(remote, ("http://hub/f/1",), {}, remote=True, own_user_id="u1")
+    with pytest.raises(MalformedTask, match="serves user 'u1', not 'u2'"):
+        read_task(remote, ("http://hub/f/1", "u2"), {}, remote=True, own_user_id="u1")
+    with pytest.raises(MalformedTask, match="missing argument: file_path"):
+        read_task(("file_path", "content_type", "task_options"), (), {}, remote=False, own_user_id=None)
