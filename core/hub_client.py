@@ -9,11 +9,20 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import requests
 
-__all__ = ["HubClient", "HubError", "HubUnreachable", "KeyRejected", "QueueInfo", "TaskView"]
+__all__ = [
+    "HubClient",
+    "HubClientFactory",
+    "HubClientLike",
+    "HubError",
+    "HubUnreachable",
+    "KeyRejected",
+    "QueueInfo",
+    "TaskView",
+]
 
 
 class HubError(Exception):
@@ -90,6 +99,18 @@ class _ProgressReader:
 
     def __len__(self) -> int:
         return self._total
+
+
+class HubClientLike(Protocol):
+    """What checking a key needs from a hub client: the supervisor's prepare and the key dialog use
+    only this, so tests give them a fake hub."""
+
+    def queue_info(self) -> QueueInfo: ...
+
+    def close(self) -> None: ...
+
+
+HubClientFactory = Callable[[str, str], HubClientLike]  # (hub_url, api_key) -> client
 
 
 class HubClient:

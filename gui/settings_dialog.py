@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import structlog
 from PySide6.QtCore import Qt, Signal, Slot
@@ -45,24 +44,23 @@ from morag_worker.core.config.settings import (
     SettingsStore,
     normalise_hub_url,
 )
-from morag_worker.core.hub_client import HubClient, HubError, HubUnreachable, KeyRejected, QueueInfo
+from morag_worker.core.hub_client import (
+    HubClient,
+    HubClientLike,
+    HubError,
+    HubUnreachable,
+    KeyRejected,
+    QueueInfo,
+)
 from morag_worker.core.naming import WorkerType, consumed_queues
 from morag_worker.core.supervisor.gpu import GpuInfo, GpuProbe
 
 from .background import BackgroundOp, BackgroundRunner
 from .signals import emit
 
-__all__ = ["HubClientLike", "Problem", "SettingsDialog", "explain"]
+__all__ = ["Problem", "SettingsDialog", "explain"]
 
 log = structlog.get_logger(__name__)
-
-
-class HubClientLike(Protocol):
-    """The part of ``HubClient`` the dialog uses."""
-
-    def queue_info(self) -> QueueInfo: ...
-
-    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)

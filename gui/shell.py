@@ -27,7 +27,7 @@ from morag_worker.core.config.autostart import Autostart
 from morag_worker.core.config.credentials import CredentialStore, NoApiKey, resolve_api_key
 from morag_worker.core.config.history import HistoryStore
 from morag_worker.core.config.settings import Settings, SettingsStore
-from morag_worker.core.hub_client import HubClient
+from morag_worker.core.hub_client import HubClient, HubClientLike
 from morag_worker.core.results import TaskRecord
 from morag_worker.core.supervisor.events import StopMode, WorkerState, WorkerStatus
 from morag_worker.core.supervisor.gpu import GpuProbe
@@ -40,7 +40,7 @@ from .history_view import HistoryModel
 from .icons import IconSet
 from .notifications import Level, Notice, NotificationPolicy
 from .progress_window import ProgressWindow
-from .settings_dialog import HubClientLike, SettingsDialog, explain
+from .settings_dialog import SettingsDialog, explain
 from .signals import emit
 from .tray import TrayIcon
 

@@ -27,6 +27,7 @@ from morag_worker.core.execution.progress_channel import (
     TaskStartMessage,
     parse_line,
 )
+from morag_worker.core.hub_client import HubClientFactory
 from morag_worker.core.results import TaskRecord
 from morag_worker.core.supervisor.child_process import ChildCallbacks, Launcher
 from morag_worker.core.supervisor.child_session import RESTART, USER, ChildSession, stop_status
@@ -34,7 +35,6 @@ from morag_worker.core.supervisor.events import Problem, StopMode, TaskProgress,
 from morag_worker.core.supervisor.gpu import GpuProbe
 from morag_worker.core.supervisor.options import Clock, SupervisorOptions, backoff_delay
 from morag_worker.core.supervisor.prepare import (
-    HubClientFactory,
     KeyResolver,
     Prepared,
     PrepareFailed,

@@ -10,14 +10,19 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 import structlog
 
 from morag_worker.core.config.credentials import CredentialError
 from morag_worker.core.config.settings import Settings
 from morag_worker.core.execution.progress_channel import HEARTBEAT_ENV
-from morag_worker.core.hub_client import HubError, HubUnreachable, KeyRejected, QueueInfo
+from morag_worker.core.hub_client import (
+    HubClientFactory,
+    HubError,
+    HubUnreachable,
+    KeyRejected,
+    QueueInfo,
+)
 from morag_worker.core.logging import redact, register_secret
 from morag_worker.core.naming import InvalidUserId, WorkerType, consumed_queues
 from morag_worker.core.supervisor.events import Problem
@@ -26,7 +31,6 @@ from morag_worker.core.supervisor.options import SupervisorOptions
 from morag_worker.core.supervisor.worker_command import WorkerCommand, WorkerPlan, build_worker_command
 
 __all__ = [
-    "HubClientFactory",
     "KeyResolver",
     "PrepareFailed",
     "Prepared",
@@ -37,15 +41,7 @@ __all__ = [
 
 log = structlog.get_logger("morag_worker.core.supervisor")
 
-
-class HubClientLike(Protocol):
-    def queue_info(self) -> QueueInfo: ...
-
-    def close(self) -> None: ...
-
-
-KeyResolver = Callable[[], str]
-HubClientFactory = Callable[[str, str], HubClientLike]
+KeyResolver = Callable[[], str]  # returns the API key; raises CredentialError when there is none
 
 
 @dataclass(frozen=True)

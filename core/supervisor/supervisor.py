@@ -29,13 +29,13 @@ import structlog
 from morag_worker.core.config.credentials import CredentialStore, resolve_api_key
 from morag_worker.core.config.settings import Settings, SettingsError, SettingsStore, apply_env
 from morag_worker.core.execution.progress_channel import ReadyMessage
-from morag_worker.core.hub_client import HubClient
+from morag_worker.core.hub_client import HubClient, HubClientFactory
 from morag_worker.core.supervisor.child_process import Launcher, SubprocessLauncher
 from morag_worker.core.supervisor.events import StopMode, SupervisorListener, TaskProgress, WorkerStatus
 from morag_worker.core.supervisor.gpu import GpuProbe, NvmlProbe
 from morag_worker.core.supervisor.machine import Event, SupervisorMachine
 from morag_worker.core.supervisor.options import Clock, SupervisorOptions, SystemClock
-from morag_worker.core.supervisor.prepare import HubClientFactory, KeyResolver
+from morag_worker.core.supervisor.prepare import KeyResolver
 
 __all__ = ["Supervisor", "SupervisorOptions", "supervisor_for"]
 
