@@ -3,7 +3,7 @@
 One ``WorkerActions`` per app: the tray menu and the window's buttons show the same actions, so
 what is enabled always agrees. ``enabled_names`` is the pure rule of what may be asked in which
 state. Worker actions are wired to the controller here; the app-level ones (show progress,
-settings, logs, about, quit) are connected by the app shell.
+settings, logs, about, quit) are connected by ``TrayApp``.
 
 GUI thread only.
 """

@@ -32,7 +32,7 @@ from morag_worker.core.worker_state import (
 )
 
 from .background import BackgroundRunner
-from .signals import emit, emit_steals_true
+from .qt_emit import emit, emit_steals_true
 
 __all__ = ["IDLE_STATES", "SupervisorFactory", "SupervisorLike", "WorkerController"]
 

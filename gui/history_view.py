@@ -1,7 +1,7 @@
 """The history of finished tasks as a table (time, input, outcome, duration) with a details pane.
 
 ``HistoryModel`` holds ``TaskRecord``s newest first; ``HistoryView`` shows them and, for the
-selected row, the task's details and error message. Persistence is not here: the app shell
+selected row, the task's details and error message. Persistence is not here: ``TrayApp``
 loads and appends through ``core.history.HistoryStore`` in the background.
 
 GUI thread only.

@@ -5,7 +5,7 @@ ask for (the worker crashed: the key was revoked or the hub refused it; the hub 
 unreachable; the worker stopped or came back on its own). Never notify a success or a change the
 user just asked for; a run of retries is one notification, not one per attempt.
 
-Pure Python, no Qt: the app shell shows each ``Notice`` (tray balloon, or the window's banner).
+Pure Python, no Qt: ``TrayApp`` shows each ``Notice`` (tray balloon, or the window's banner).
 """
 
 from __future__ import annotations

@@ -42,8 +42,8 @@ from .format import clock_time, human_bytes, human_count, human_duration, human_
 from .history_view import HistoryModel, HistoryView
 from .icons import IconSet, TrayLook
 from .notifications import Level, Notice
-from .signals import emit
-from .tray import overall_percent, task_percent, tray_look
+from .qt_emit import emit
+from .tray_icon import overall_percent, task_percent, tray_look
 
 __all__ = ["ProgressWindow", "TaskRow", "status_texts"]
 
@@ -222,7 +222,7 @@ class ProgressWindow(QWidget):
         controller: The worker's controller.
         actions: The shared actions (buttons in the header).
         icons: Where icons come from.
-        history: The history model (the shell fills it from the store).
+        history: The history model (``TrayApp`` fills it from the store).
         clock: Epoch seconds.
     """
 

@@ -50,7 +50,7 @@ from morag_worker.core.settings import (
 )
 
 from .background import BackgroundOp, BackgroundRunner
-from .signals import emit
+from .qt_emit import emit
 
 __all__ = ["HubClientLike", "Problem", "SettingsDialog", "explain"]
 

@@ -23,7 +23,7 @@ from morag_worker.core.credentials import CredentialStore  # noqa: E402
 from morag_worker.core.history import HistoryStore  # noqa: E402
 from morag_worker.core.settings import SettingsStore  # noqa: E402
 from morag_worker.core.worker_state import SupervisorListener  # noqa: E402
-from morag_worker.gui.shell import Services, TrayApp  # noqa: E402
+from morag_worker.gui.tray_app import Services, TrayApp  # noqa: E402
 from tests.fakes import FakeAutostart, FakeGpuProbe, FakeSupervisor, InMemoryKeyring, make_gpu  # noqa: E402
 
 #: How long a test waits for a signal or condition before failing.
@@ -92,7 +92,7 @@ def _keep_true_alive() -> Iterator[None]:
     """Give back the references to ``True`` that PySide6 6.12's ``SignalInstance.disconnect`` drops.
 
     pytest-qt's ``waitSignal`` disconnects its slots when it ends, and that binding's
-    ``disconnect`` (like its ``emit``, see ``morag_worker.gui.signals``) returns ``True`` without a
+    ``disconnect`` (like its ``emit``, see ``morag_worker.gui.qt_emit``) returns ``True`` without a
     reference. Left alone, a few hundred waits abort the interpreter ("bool_dealloc"). Giving back
     too many is harmless: ``True`` is never freed.
     """

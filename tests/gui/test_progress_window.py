@@ -9,7 +9,7 @@ import pytest
 from pytestqt.qtbot import QtBot
 
 from morag_worker.core.worker_state import TaskOutcome, WorkerState
-from morag_worker.gui.shell import NO_TRAY_NOTICE, TrayApp
+from morag_worker.gui.tray_app import NO_TRAY_NOTICE, TrayApp
 from tests.gui.conftest import NOW, WAIT_MS, Harness
 
 pytestmark = pytest.mark.gui

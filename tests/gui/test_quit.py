@@ -12,8 +12,8 @@ from pytestqt.qtbot import QtBot
 
 from morag_worker.core.worker_state import StopMode, TaskOutcome, WorkerState
 from morag_worker.gui.dialogs import QuitChoice, QuitDialog
-from morag_worker.gui.shell import TrayApp
-from morag_worker.gui.signals import emit
+from morag_worker.gui.qt_emit import emit
+from morag_worker.gui.tray_app import TrayApp
 from tests.gui.conftest import WAIT_MS, Harness
 
 pytestmark = pytest.mark.gui

@@ -13,8 +13,8 @@ from pytestqt.qtbot import QtBot
 from morag_worker.core.worker_state import StopMode, TaskOutcome, WorkerState, WorkerStatus
 from morag_worker.gui.icons import TrayLook
 from morag_worker.gui.notifications import Level
-from morag_worker.gui.shell import TrayApp
-from morag_worker.gui.tray import tray_tooltip
+from morag_worker.gui.tray_app import TrayApp
+from morag_worker.gui.tray_icon import tray_tooltip
 from tests.gui.conftest import NOW, WAIT_MS, Harness
 
 pytestmark = pytest.mark.gui

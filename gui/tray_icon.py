@@ -23,7 +23,7 @@ from .controller import WorkerController
 from .format import clock_time, percent_text
 from .icons import IconSet, TrayLook
 from .notifications import Level, Notice
-from .signals import emit
+from .qt_emit import emit
 
 __all__ = ["TrayIcon", "overall_percent", "task_percent", "tray_look", "tray_tooltip"]
 

@@ -3,7 +3,7 @@
 It creates the ``QApplication``, makes sure one instance runs per user and config folder (a second
 launch asks the first to show its window and exits 0), turns SIGTERM/SIGINT into a clean quit
 (the task in flight is handed back), adds a log file, builds the real collaborators, including
-the core ``Supervisor`` when this installation has it, and runs ``shell.TrayApp``.
+the core ``Supervisor`` when this installation has it, and runs ``tray_app.TrayApp``.
 
 Runs on the main thread; signal handlers only write to a socket that the Qt loop watches.
 """
@@ -49,9 +49,9 @@ from morag_worker.core.worker_state import (
 )
 
 from .controller import SupervisorFactory, SupervisorLike
-from .shell import Services, TrayApp
-from .signals import emit
+from .qt_emit import emit
 from .single_instance import SingleInstance, server_name
+from .tray_app import Services, TrayApp
 
 __all__ = ["AppPaths", "SignalWakeup", "UnavailableSupervisor", "make_supervisor_factory", "run"]
 
@@ -263,22 +263,24 @@ def run(args: object) -> int:
     previous_hook = sys.excepthook
     sys.excepthook = _log_unhandled
     wakeup = SignalWakeup()
-    shell = TrayApp(build_services(config_dir, paths, api_key_file))
-    app.setWindowIcon(shell.icons.app())
-    instance.show_requested.connect(shell.show_window)
-    wakeup.received.connect(lambda _signum: shell.shutdown())
-    shell.finished.connect(app.quit)
-    shell.ready.connect(lambda: log.info("gui.started", tray=shell.tray is not None))
+    tray_app = TrayApp(build_services(config_dir, paths, api_key_file))
+    app.setWindowIcon(tray_app.icons.app())
+    instance.show_requested.connect(tray_app.show_window)
+    wakeup.received.connect(lambda _signum: tray_app.shutdown())
+    tray_app.finished.connect(app.quit)
+    tray_app.ready.connect(lambda: log.info("gui.started", tray=tray_app.tray is not None))
 
     def started() -> None:
-        shell.start()
-        log.info(READY_EVENT, pid=os.getpid(), tray=shell.tray is not None, config_dir=str(config_dir or ""))
+        tray_app.start()
+        log.info(
+            READY_EVENT, pid=os.getpid(), tray=tray_app.tray is not None, config_dir=str(config_dir or "")
+        )
 
     QTimer.singleShot(0, started)
     try:
         code = app.exec()
     finally:
-        shell.dispose()
+        tray_app.dispose()
         wakeup.close()
         instance.close()
         sys.excepthook = previous_hook
