@@ -26,9 +26,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from morag_worker.core.units import human_duration
 from morag_worker.core.worker_state import TaskOutcome, TaskRecord
 
-from .format import clock_time, human_duration
+from .format import clock_time
 
 __all__ = ["OUTCOME_TEXT", "HistoryModel", "HistoryView", "record_details"]
 

@@ -34,11 +34,11 @@ from PySide6.QtWidgets import (
 )
 
 from morag_worker import DISPLAY_NAME
+from morag_worker.core.units import human_bytes, human_count, human_duration, human_rate
 from morag_worker.core.worker_state import TaskProgress, TaskRecord, WorkerStatus
 
 from .actions import WorkerActions
 from .controller import WorkerController
-from .format import human_bytes, human_count, human_duration, human_rate
 from .history_view import HistoryModel, HistoryView
 from .icons import IconSet
 from .qt_emit import emit
@@ -114,7 +114,7 @@ class TaskRow(QFrame):
         amount = human_bytes if in_bytes else human_count
         parts = [f"{amount(p.done)} of {amount(p.total)}" if p.total else amount(p.done)]
         if rate:
-            parts.append(human_rate(rate, unit_bytes=in_bytes))
+            parts.append(human_rate(rate, unit="bytes" if in_bytes else None))
         eta = p.eta_s
         if eta is None and rate and p.total:
             eta = max(0.0, (p.total - p.done) / rate)

@@ -14,7 +14,7 @@ from tests.gui.conftest import NOW, WAIT_MS, Harness
 
 pytestmark = pytest.mark.gui
 
-MB = 1_000_000
+MiB = 2**20
 
 
 def _running(app: TrayApp, qtbot: QtBot) -> None:
@@ -33,7 +33,7 @@ def test_progress_updates_reach_the_row_within_250_ms(
     app.show_window()
     _running(app, qtbot)
     supervisor = harness.supervisor
-    supervisor.emit_progress("t1", done=0, total=40 * MB, percent=0.0, filename="lecture.mp4")
+    supervisor.emit_progress("t1", done=0, total=40 * MiB, percent=0.0, filename="lecture.mp4")
     qtbot.waitUntil(lambda: "t1" in app.window.rows, timeout=WAIT_MS)
     row = app.window.rows["t1"]
     latencies = []
@@ -41,7 +41,7 @@ def test_progress_updates_reach_the_row_within_250_ms(
         started_at = time.perf_counter()
         with qtbot.waitSignal(row.bar.valueChanged, timeout=WAIT_MS):
             supervisor.emit_progress(
-                "t1", done=step * 2 * MB, total=40 * MB, percent=step * 5.0, filename="lecture.mp4"
+                "t1", done=step * 2 * MiB, total=40 * MiB, percent=step * 5.0, filename="lecture.mp4"
             )
         app.window.repaint()  # and painted
         latencies.append(time.perf_counter() - started_at)
@@ -59,11 +59,17 @@ def test_row_shows_bytes_speed_and_time_left(
     supervisor = harness.supervisor
     with qtbot.waitSignal(app.controller.task_progress, timeout=WAIT_MS):
         supervisor.emit_progress(
-            "t1", done=12.3 * MB, total=40 * MB, percent=30.75, speed=4.1 * MB, eta_s=7, filename="report.pdf"
+            "t1",
+            done=12.3 * MiB,
+            total=40 * MiB,
+            percent=30.75,
+            speed=4.1 * MiB,
+            eta_s=7,
+            filename="report.pdf",
         )
     row = app.window.rows["t1"]
     assert row.stage.text() == "Downloading"
-    assert row.detail.text() == "12.3 MB of 40.0 MB · 4.1 MB/s · 7 s left"
+    assert row.detail.text() == "12.3 MiB of 40.0 MiB · 4.1 MiB/s · 7 s left"
     assert row.bar.maximum() == 1000 and row.bar.value() == 307
 
     # Processing in the processor's own units, speed estimated from successive updates.
@@ -84,10 +90,10 @@ def test_row_shows_bytes_speed_and_time_left(
 
     # Unknown total: a busy bar, no percentage.
     with qtbot.waitSignal(app.controller.task_progress, timeout=WAIT_MS):
-        supervisor.emit_progress("t2", stage="DOWNLOADING", done=3 * MB, total=None, filename="stream.wav")
+        supervisor.emit_progress("t2", stage="DOWNLOADING", done=3 * MiB, total=None, filename="stream.wav")
     busy = app.window.rows["t2"]
     assert (busy.bar.minimum(), busy.bar.maximum()) == (0, 0)
-    assert busy.detail.text() == "3.0 MB"
+    assert busy.detail.text() == "3.0 MiB"
     assert app.tray is not None and app.tray.toolTip() == "MoRAG Worker: Working on 2 tasks: 60 %"
 
 
