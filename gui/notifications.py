@@ -1,7 +1,7 @@
 """When to tell the user something they did not ask to hear: the notification policy.
 
 Notify failures (a task failed, a request to the worker failed) and state changes the user did not
-ask for (the worker crashed: the key was revoked or the hub refused it; the hub became
+ask for (the worker crashed: the hub refused the key, ``Problem.KEY_REJECTED``; the hub became
 unreachable; the worker stopped or came back on its own). Never notify a success or a change the
 user just asked for; a run of retries is one notification, not one per attempt.
 
@@ -13,14 +13,11 @@ Pure Python, no Qt: ``TrayApp`` shows each ``Notice`` (tray balloon, or the wind
 
 from __future__ import annotations
 
-from morag_worker.core.worker_state import TaskOutcome, TaskRecord, WorkerState, WorkerStatus
+from morag_worker.core.worker_state import Problem, TaskOutcome, TaskRecord, WorkerState, WorkerStatus
 
 from .state_presentation import Level, Notice, Notify, presentation
 
 __all__ = ["Level", "Notice", "NotificationPolicy"]  # Level and Notice re-exported from state_presentation
-
-
-_KEY_WORDS = ("key", "401", "unauthor", "revoked", "expired", "rejected")
 
 
 class NotificationPolicy:
@@ -43,7 +40,7 @@ class NotificationPolicy:
             return None
         shown = presentation(status.state)
         detail = status.message.strip()
-        if status.state is WorkerState.CRASHED and any(word in detail.lower() for word in _KEY_WORDS):
+        if status.problem is Problem.KEY_REJECTED:
             return Notice(
                 "MoRAG Worker stopped: API key refused",
                 (detail + ". " if detail else "")
