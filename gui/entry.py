@@ -3,7 +3,7 @@
 It creates the ``QApplication``, makes sure one instance runs per user and config folder (a second
 launch asks the first to show its window and exits 0), turns SIGTERM/SIGINT into a clean quit
 (the task in flight is handed back), adds a log file, builds the real collaborators, including
-the core ``Supervisor`` when this installation has it, and runs ``tray_app.TrayApp``.
+the core ``Supervisor``, and runs ``tray_app.TrayApp``.
 
 Runs on the main thread; signal handlers only write to a socket that the Qt loop watches.
 """
@@ -41,19 +41,14 @@ from morag_worker.core.credentials import CredentialStore
 from morag_worker.core.gpu import NvmlProbe
 from morag_worker.core.history import HISTORY_FILE_NAME, HistoryStore, default_history_path
 from morag_worker.core.settings import SettingsStore, default_log_dir
-from morag_worker.core.worker_state import (
-    StopMode,
-    SupervisorListener,
-    WorkerState,
-    WorkerStatus,
-)
+from morag_worker.core.worker_state import SupervisorListener
 
 from .controller import SupervisorFactory, SupervisorLike
 from .qt_emit import emit
 from .single_instance import SingleInstance, server_name
 from .tray_app import Services, TrayApp
 
-__all__ = ["AppPaths", "SignalWakeup", "UnavailableSupervisor", "make_supervisor_factory", "run"]
+__all__ = ["AppPaths", "SignalWakeup", "make_supervisor_factory", "run"]
 
 log = structlog.get_logger(__name__)
 READY_EVENT = "gui.ready"
@@ -78,54 +73,17 @@ class AppPaths:
         return cls(config_dir, config_dir / "state" / HISTORY_FILE_NAME, config_dir / "logs")
 
 
-class UnavailableSupervisor:
-    """Stands in when this installation has no core supervisor: every start reports why, as CRASHED."""
-
-    def __init__(self, listener: SupervisorListener, reason: str) -> None:
-        self._listener = listener
-        self._reason = reason
-
-    def start(self) -> None:
-        self._listener.on_status(WorkerStatus(WorkerState.CRASHED, self._reason))
-
-    def stop(self, mode: StopMode) -> None:
-        self._listener.on_status(WorkerStatus(WorkerState.STOPPED, "Stopped"))
-
-    def snooze(self, until: float | None) -> None:
-        self._listener.on_status(WorkerStatus(WorkerState.SNOOZED, "Snoozed", snoozed_until=until))
-
-    def close(self) -> None:
-        return None
-
-
 def make_supervisor_factory(
     settings_store: SettingsStore, credentials: CredentialStore, api_key_file: Path | None
 ) -> SupervisorFactory:
-    """A factory of the core ``Supervisor``, imported lazily; ``UnavailableSupervisor`` without one."""
+    """A factory of the core ``Supervisor`` in its production wiring (imported when first built)."""
 
     def build(listener: SupervisorListener) -> SupervisorLike:
-        try:
-            from morag_worker.core.supervisor import supervisor_for
-        except ImportError as exc:
-            log.error("gui.supervisor_missing", error=f"{exc.__class__.__name__}: {exc}")
-            return UnavailableSupervisor(
-                listener,
-                "The worker engine is missing from this installation "
-                f"(morag_worker.core.supervisor: {exc}). Reinstall MoRAG Worker.",
-            )
-        try:
-            supervisor: SupervisorLike = supervisor_for(
-                listener,
-                settings_store=settings_store,
-                credentials=credentials,
-                api_key_file=api_key_file,
-            )
-        except TypeError as exc:  # a core whose Supervisor takes other arguments than this GUI knows
-            log.error("gui.supervisor_mismatch", error=str(exc), exc_info=exc)
-            return UnavailableSupervisor(
-                listener, f"The worker engine does not match this tray app ({exc}). Reinstall MoRAG Worker."
-            )
-        return supervisor
+        from morag_worker.core.supervisor import supervisor_for
+
+        return supervisor_for(
+            listener, settings_store=settings_store, credentials=credentials, api_key_file=api_key_file
+        )
 
     return build
 
