@@ -43,3 +43,40 @@ def test_only_running_looks_different_with_a_task() -> None:
     differ = {state for state, shown in PRESENTATION.items() if shown.look is not shown.busy_look}
     assert differ == {WorkerState.RUNNING}
     assert presentation(WorkerState.RUNNING).busy_look is TrayLook.WORKING
+
+
+@pytest.mark.parametrize(
+    ("status", "tooltip", "header"),
+    [
+        (WorkerStatus(WorkerState.STOPPED, "Stopped"), "Stopped", ("Stopped", "Choose Start to work.")),
+        (
+            WorkerStatus(WorkerState.STARTING),
+            "Connecting…",
+            ("Connecting…", "Connecting to the hub and the broker."),
+        ),
+        (
+            WorkerStatus(WorkerState.STOPPING),
+            "Stopping; the task goes back to the queue",
+            ("Stopping", "The task in progress goes back to your queue."),
+        ),
+        (
+            WorkerStatus(WorkerState.BACKOFF, "hub unreachable"),
+            "Cannot connect: hub unreachable",
+            ("Cannot connect", "hub unreachable Retrying soon."),
+        ),
+        (
+            WorkerStatus(WorkerState.CRASHED),
+            "Stopped by an error",
+            ("Stopped by an error", "See the Log tab for details."),
+        ),
+        (
+            WorkerStatus(WorkerState.SNOOZED),
+            "Snoozed until you resume",
+            ("Snoozed until you resume", "Choose Resume to start again now."),
+        ),
+    ],
+)
+def test_texts_without_tasks(status: WorkerStatus, tooltip: str, header: tuple[str, str]) -> None:
+    moment = Moment(status, [], NOW)
+    shown = presentation(status.state)
+    assert (shown.tooltip(moment), shown.header(moment)) == (tooltip, header)
