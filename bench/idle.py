@@ -58,7 +58,7 @@ def _run_scenario(name: str, seconds: float) -> dict[str, float | str]:
         from morag_worker.core.config.history import HistoryStore
         from morag_worker.core.config.settings import Settings, SettingsStore
         from morag_worker.core.supervisor.events import WorkerState
-        from morag_worker.gui.shell import Services, TrayApp
+        from morag_worker.gui.tray_app import Services, TrayApp
         from tests.fakes import FakeAutostart, FakeGpuProbe, FakeSupervisor, InMemoryKeyring
 
         hub = "http://127.0.0.1:8700"

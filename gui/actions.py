@@ -1,9 +1,9 @@
 """The user's commands as ``QAction``s, shared by the tray menu and the progress window.
 
 One ``WorkerActions`` per app: the tray menu and the window's buttons show the same actions, so
-what is enabled always agrees. ``enabled_names`` is the pure rule of what may be asked in which
-state. Worker actions are wired to the controller here; the app-level ones (show progress,
-settings, logs, about, quit) are connected by the app shell.
+what is enabled always agrees. What may be asked in which state is the ``enabled`` column of
+``state_presentation.PRESENTATION``. Worker actions are wired to the controller here; the
+app-level ones (show progress, settings, logs, about, quit) are connected by ``TrayApp``.
 
 GUI thread only.
 """
@@ -17,30 +17,17 @@ from PySide6.QtWidgets import QMenu
 from morag_worker.core.supervisor.events import WorkerState, WorkerStatus
 
 from .controller import WorkerController
+from .state_presentation import WORKER_ACTIONS, presentation
 
 __all__ = ["SNOOZE_30_MIN", "SNOOZE_1_H", "WORKER_ACTIONS", "WorkerActions", "enabled_names"]
 
 SNOOZE_30_MIN = 30 * 60
 SNOOZE_1_H = 60 * 60
 
-#: Actions whose availability depends on the worker's state.
-WORKER_ACTIONS = ("start", "finish", "stop_now", "snooze")
-
-_ENABLED: dict[WorkerState, frozenset[str]] = {
-    WorkerState.STOPPED: frozenset({"start", "snooze"}),
-    WorkerState.STARTING: frozenset({"finish", "stop_now", "snooze"}),
-    WorkerState.RUNNING: frozenset({"finish", "stop_now", "snooze"}),
-    WorkerState.FINISHING: frozenset({"stop_now"}),
-    WorkerState.STOPPING: frozenset(),
-    WorkerState.BACKOFF: frozenset({"start", "stop_now", "snooze"}),
-    WorkerState.CRASHED: frozenset({"start", "snooze"}),
-    WorkerState.SNOOZED: frozenset({"start", "snooze"}),
-}
-
 
 def enabled_names(state: WorkerState) -> frozenset[str]:
     """Which of ``WORKER_ACTIONS`` make sense in ``state``; pure."""
-    return _ENABLED[state]
+    return presentation(state).enabled
 
 
 class WorkerActions(QObject):
@@ -91,7 +78,7 @@ class WorkerActions(QObject):
         enabled = enabled_names(state)
         for name in WORKER_ACTIONS:
             getattr(self, name).setEnabled(name in enabled)
-        self.start.setText("Resume" if state is WorkerState.SNOOZED else "Start")
+        self.start.setText(presentation(state).start_label)
 
     def enabled_worker_actions(self) -> frozenset[str]:
         """The names of the worker actions enabled now (for tests and the window)."""

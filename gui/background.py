@@ -19,7 +19,7 @@ import shiboken6
 import structlog
 from PySide6.QtCore import QObject, Qt, QThreadPool, Signal, Slot
 
-from .signals import emit
+from .qt_emit import emit
 
 __all__ = ["BackgroundOp", "BackgroundRunner"]
 

@@ -31,14 +31,15 @@ from morag_worker.core.supervisor.events import (
 )
 
 from .background import BackgroundRunner
-from .signals import emit, emit_steals_true
+from .qt_emit import emit, emit_steals_true
+from .state_presentation import PRESENTATION
 
 __all__ = ["IDLE_STATES", "SupervisorFactory", "SupervisorLike", "WorkerController"]
 
 log = structlog.get_logger(__name__)
 
-#: States in which no worker child runs: quitting needs no stop first.
-IDLE_STATES = frozenset({WorkerState.STOPPED, WorkerState.CRASHED, WorkerState.SNOOZED})
+#: States in which no worker child runs and none starts on its own: quitting needs no stop first.
+IDLE_STATES = frozenset(state for state, shown in PRESENTATION.items() if shown.idle)
 #: How long "hand the task back now" may take before the supervisor is told to kill.
 HAND_BACK_DEADLINE_MS = 30_000
 
@@ -262,7 +263,7 @@ class WorkerController(QObject):
     @Slot(object)
     def _on_status(self, status: WorkerStatus) -> None:
         self._status = status
-        if status.state in IDLE_STATES or status.state is WorkerState.BACKOFF:
+        if not PRESENTATION[status.state].child_runs:
             # No child runs: whatever was in flight is over (its record may still follow).
             self._tasks.clear()
         emit(self.state_changed, status)

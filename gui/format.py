@@ -1,6 +1,7 @@
-"""Numbers and times in words a contributor reads at a glance: sizes, rates, durations, clock times.
+"""Percentages and clock times in words, as the tray and the window show them.
 
-Pure functions, no Qt; safe on any thread.
+Sizes, rates and durations are ``morag_worker.core.units`` (one formatter for the GUI and the
+terminal); this module keeps what only the GUI shows. Pure functions, no Qt; safe on any thread.
 """
 
 from __future__ import annotations
@@ -8,57 +9,7 @@ from __future__ import annotations
 import math
 import time
 
-__all__ = ["clock_time", "human_bytes", "human_count", "human_duration", "human_rate", "percent_text"]
-
-_UNITS = ("B", "kB", "MB", "GB", "TB")
-
-
-def human_bytes(n: float) -> str:
-    """``"0 B"``, ``"512 B"``, ``"1.5 kB"``, ``"12.3 MB"`` (decimal units, as download tools show)."""
-    if not math.isfinite(n) or n < 0:
-        return "?"
-    value = float(n)
-    for unit in _UNITS:
-        if value < 1000 or unit == _UNITS[-1]:
-            if unit == "B":
-                return f"{int(value)} B"
-            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
-
-
-def human_rate(per_second: float, *, unit_bytes: bool = True, unit: str = "") -> str:
-    """``"4.1 MB/s"`` for bytes, ``"2.5 pages/s"`` (or ``"2.5/s"``) for other units."""
-    if unit_bytes:
-        return f"{human_bytes(per_second)}/s"
-    suffix = f" {unit}/s" if unit else "/s"
-    return f"{human_count(per_second)}{suffix}"
-
-
-def human_count(n: float) -> str:
-    """A count of the processor's own units: ``"3"``, ``"2.5"``, ``"1,204"``."""
-    if not math.isfinite(n):
-        return "?"
-    if abs(n - round(n)) < 1e-9:
-        return f"{int(round(n)):,}"
-    return f"{n:,.1f}"
-
-
-def human_duration(seconds: float) -> str:
-    """``"0 s"``, ``"45 s"``, ``"3 min 20 s"``, ``"1 h 05 min"``, ``"2 d 3 h"``."""
-    if not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s} s"
-    minutes, s = divmod(s, 60)
-    if minutes < 60:
-        return f"{minutes} min {s:02d} s" if s else f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours} h {minutes:02d} min"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h"
+__all__ = ["clock_time", "percent_text"]
 
 
 def percent_text(percent: float | None) -> str:

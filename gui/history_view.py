@@ -1,7 +1,7 @@
 """The history of finished tasks as a table (time, input, outcome, duration) with a details pane.
 
 ``HistoryModel`` holds ``TaskRecord``s newest first; ``HistoryView`` shows them and, for the
-selected row, the task's details and error message. Persistence is not here: the app shell
+selected row, the task's details and error message. Persistence is not here: ``TrayApp``
 loads and appends through ``core.history.HistoryStore`` in the background.
 
 GUI thread only.
@@ -27,8 +27,9 @@ from PySide6.QtWidgets import (
 )
 
 from morag_worker.core.results import TaskOutcome, TaskRecord
+from morag_worker.core.units import human_duration
 
-from .format import clock_time, human_duration
+from .format import clock_time
 
 __all__ = ["OUTCOME_TEXT", "HistoryModel", "HistoryView", "record_details"]
 

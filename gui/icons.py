@@ -1,8 +1,9 @@
 """Tray and app icons, loaded from ``morag_worker.resources`` with ``importlib.resources``.
 
 SVGs are read as bytes (a wheel or a PyInstaller bundle may not give a file path) and rendered
-into pixmaps at the sizes panels ask for. ``TrayLook`` names the seven tray states; which panel
-theme (light or dark) to draw for follows Qt's colour scheme.
+into pixmaps at the sizes panels ask for. ``TrayLook`` (defined in ``state_presentation``,
+re-exported here) names the seven tray looks; which panel theme (light or dark) to draw for
+follows Qt's colour scheme.
 
 GUI thread only (QPixmap); nothing is loaded at import.
 """
@@ -16,22 +17,12 @@ from PySide6.QtCore import QByteArray, QRectF, QSize, Qt
 from PySide6.QtGui import QGuiApplication, QIcon, QPainter, QPixmap
 from PySide6.QtSvg import QSvgRenderer
 
+from .state_presentation import TrayLook
+
 __all__ = ["APP_ICON", "IconSet", "PanelTheme", "TrayLook", "read_resource"]
 
 APP_ICON = "morag-worker.svg"
 _SIZES = (16, 20, 22, 24, 32, 48, 64, 128)
-
-
-class TrayLook(Enum):
-    """What the tray icon shows; each has ``tray-<value>-<theme>.svg``."""
-
-    STOPPED = "stopped"
-    CONNECTING = "connecting"
-    WAITING = "waiting"
-    WORKING = "working"
-    FINISHING = "finishing"
-    SNOOZED = "snoozed"
-    ERROR = "error"
 
 
 class PanelTheme(Enum):

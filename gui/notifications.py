@@ -1,41 +1,24 @@
 """When to tell the user something they did not ask to hear: the notification policy.
 
 Notify failures (a task failed, a request to the worker failed) and state changes the user did not
-ask for (the worker crashed: the key was revoked or the hub refused it; the hub became
+ask for (the worker crashed: the hub refused the key, ``Problem.KEY_REJECTED``; the hub became
 unreachable; the worker stopped or came back on its own). Never notify a success or a change the
 user just asked for; a run of retries is one notification, not one per attempt.
 
-Pure Python, no Qt: the app shell shows each ``Notice`` (tray balloon, or the window's banner).
+Which states notify, and with which words, is in ``state_presentation.PRESENTATION`` (``notify``,
+``notice``, ``recovered``); this module keeps the sequence (the previous state, a run of retries).
+
+Pure Python, no Qt: ``TrayApp`` shows each ``Notice`` (tray balloon, or the window's banner).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import Enum
-
 from morag_worker.core.results import TaskOutcome, TaskRecord
-from morag_worker.core.supervisor.events import WorkerState, WorkerStatus
+from morag_worker.core.supervisor.events import Problem, WorkerState, WorkerStatus
 
-__all__ = ["Level", "Notice", "NotificationPolicy"]
+from .state_presentation import Level, Notice, Notify, presentation
 
-
-class Level(Enum):
-    INFO = "info"
-    WARNING = "warning"
-    ERROR = "error"
-
-
-@dataclass(frozen=True)
-class Notice:
-    """One notification: a short title and a sentence or two."""
-
-    title: str
-    message: str
-    level: Level = Level.INFO
-
-
-_KEY_WORDS = ("key", "401", "unauthor", "revoked", "expired", "rejected")
-_WORKING = frozenset({WorkerState.STARTING, WorkerState.RUNNING, WorkerState.FINISHING, WorkerState.STOPPING})
+__all__ = ["Level", "Notice", "NotificationPolicy"]  # Level and Notice re-exported from state_presentation
 
 
 class NotificationPolicy:
@@ -44,6 +27,7 @@ class NotificationPolicy:
     def __init__(self) -> None:
         self._previous: WorkerState | None = None
         self._outage = False  # BACKOFF was notified and the worker has not run since
+        self._outage_state = WorkerState.BACKOFF  # the state that began it
 
     def on_status(self, status: WorkerStatus, *, expected: bool) -> Notice | None:
         """A notice for this state change, or None.
@@ -55,47 +39,40 @@ class NotificationPolicy:
         previous, self._previous = self._previous, status.state
         if status.state is previous:
             return None
-        state = status.state
+        shown = presentation(status.state)
         detail = status.message.strip()
-        if state is WorkerState.CRASHED:
-            if any(word in detail.lower() for word in _KEY_WORDS):
-                return Notice(
-                    "MoRAG Worker stopped: API key refused",
-                    (detail + ". " if detail else "")
-                    + "Open Settings and paste a valid key from your MoRAG account.",
-                    Level.ERROR,
-                )
+        if status.problem is Problem.KEY_REJECTED:
             return Notice(
-                "MoRAG Worker stopped after an error",
-                (detail or "The worker could not keep running.") + " See the log for details.",
+                "MoRAG Worker stopped: API key refused",
+                (detail + ". " if detail else "")
+                + "Open Settings and paste a valid key from your MoRAG account.",
                 Level.ERROR,
             )
-        if state is WorkerState.BACKOFF:
+        if shown.notify is Notify.ALWAYS and shown.notice is not None:
+            return shown.notice.notice(detail)
+        if shown.notify is Notify.ONCE_PER_OUTAGE and shown.notice is not None:
             if self._outage:
                 return None  # retrying: STARTING and BACKOFF again are the same outage
             self._outage = True
-            return Notice(
-                "MoRAG Worker cannot connect",
-                (detail or "The hub or the broker cannot be reached.")
-                + " It will keep retrying; no action is needed if your network is down.",
-                Level.WARNING,
-            )
+            self._outage_state = status.state
+            return shown.notice.notice(detail)
         was_out = self._outage
-        if state in (WorkerState.RUNNING, WorkerState.STOPPED, WorkerState.SNOOZED):
+        if shown.ends_outage:
             self._outage = False
-        if state is WorkerState.RUNNING and was_out:
+        recovered = presentation(self._outage_state).recovered
+        if shown.works and was_out and recovered is not None:
             # The outage was announced, so its end is too, even when the user pressed Start.
-            return Notice("MoRAG Worker is connected again", detail or "Waiting for work.", Level.INFO)
-        if expected:
+            return recovered.notice(detail)
+        if expected or previous is None:
             return None
-        if state is WorkerState.RUNNING and previous is WorkerState.CRASHED:
-            return Notice("MoRAG Worker is running again", detail or "Waiting for work.", Level.INFO)
-        if state is WorkerState.STOPPED and previous in _WORKING:
-            return Notice(
-                "MoRAG Worker stopped", detail or "The worker stopped. Choose Start to resume.", Level.WARNING
-            )
-        if state is WorkerState.SNOOZED and previous in _WORKING:
-            return Notice("MoRAG Worker paused", detail or "The worker is snoozed.", Level.INFO)
+        if shown.works and (back := presentation(previous).recovered) is not None:
+            return back.notice(detail)
+        if (
+            shown.notify is Notify.UNASKED_FROM_WORK
+            and shown.notice is not None
+            and presentation(previous).child_runs
+        ):
+            return shown.notice.notice(detail)
         return None
 
     @staticmethod

@@ -35,16 +35,15 @@ from PySide6.QtWidgets import (
 
 from morag_worker import DISPLAY_NAME
 from morag_worker.core.results import TaskRecord
-from morag_worker.core.supervisor.events import TaskProgress, WorkerState, WorkerStatus
+from morag_worker.core.supervisor.events import TaskProgress, WorkerStatus
+from morag_worker.core.units import human_bytes, human_count, human_duration, human_rate
 
 from .actions import WorkerActions
 from .controller import WorkerController
-from .format import clock_time, human_bytes, human_count, human_duration, human_rate, percent_text
 from .history_view import HistoryModel, HistoryView
-from .icons import IconSet, TrayLook
-from .notifications import Level, Notice
-from .signals import emit
-from .tray import overall_percent, task_percent, tray_look
+from .icons import IconSet
+from .qt_emit import emit
+from .state_presentation import Level, Moment, Notice, TrayLook, presentation, task_percent
 
 __all__ = ["ProgressWindow", "TaskRow", "status_texts"]
 
@@ -59,33 +58,7 @@ _BANNER_STYLE = {
 
 def status_texts(status: WorkerStatus, tasks: Sequence[TaskProgress], now: float) -> tuple[str, str]:
     """The header's title and detail line for ``status``; pure."""
-    state = status.state
-    who = " · ".join(
-        part
-        for part in (f"Signed in as {status.user_id}" if status.user_id else "", ", ".join(status.queues))
-        if part
-    )
-    if state is WorkerState.STOPPED:
-        return "Stopped", status.message if status.message not in ("", "Stopped") else "Choose Start to work."
-    if state is WorkerState.STARTING:
-        return "Connecting…", status.message or "Connecting to the hub and the broker."
-    if state is WorkerState.RUNNING:
-        if tasks:
-            pct = percent_text(overall_percent(tasks))
-            return (f"Working: {pct}" if pct else "Working"), who
-        return "Waiting for work", who or status.message
-    if state is WorkerState.FINISHING:
-        return "Finishing the current task", "No new task is taken; the worker pauses when this one is done."
-    if state is WorkerState.STOPPING:
-        return "Stopping", "The task in progress goes back to your queue."
-    if state is WorkerState.SNOOZED:
-        until = status.snoozed_until
-        title = f"Snoozed until {clock_time(until, now)}" if until is not None else "Snoozed until you resume"
-        return title, "Choose Resume to start again now."
-    if state is WorkerState.BACKOFF:
-        retry = f" Retrying at {clock_time(status.retry_at, now)}." if status.retry_at else " Retrying soon."
-        return "Cannot connect", (status.message or "The hub or the broker cannot be reached.") + retry
-    return "Stopped by an error", status.message or "See the Log tab for details."
+    return presentation(status.state).header(Moment(status, tasks, now))
 
 
 class TaskRow(QFrame):
@@ -142,7 +115,7 @@ class TaskRow(QFrame):
         amount = human_bytes if in_bytes else human_count
         parts = [f"{amount(p.done)} of {amount(p.total)}" if p.total else amount(p.done)]
         if rate:
-            parts.append(human_rate(rate, unit_bytes=in_bytes))
+            parts.append(human_rate(rate, unit="bytes" if in_bytes else None))
         eta = p.eta_s
         if eta is None and rate and p.total:
             eta = max(0.0, (p.total - p.done) / rate)
@@ -223,7 +196,7 @@ class ProgressWindow(QWidget):
         controller: The worker's controller.
         actions: The shared actions (buttons in the header).
         icons: Where icons come from.
-        history: The history model (the shell fills it from the store).
+        history: The history model (``TrayApp`` fills it from the store).
         clock: Epoch seconds.
     """
 
@@ -325,7 +298,7 @@ class ProgressWindow(QWidget):
 
     @Slot(object)
     def _on_status(self, status: WorkerStatus) -> None:
-        if status.state is not WorkerState.RUNNING and status.state is not WorkerState.FINISHING:
+        if not presentation(status.state).shows_tasks:
             for task_id in [t for t in self.rows if t not in self._controller.tasks]:
                 self._remove_row(task_id)
         self._refresh_header()
@@ -360,21 +333,19 @@ class ProgressWindow(QWidget):
     def _refresh_header(self) -> None:
         status = self._controller.status
         tasks = list(self._controller.tasks.values())
-        title, detail = status_texts(status, tasks, self._clock())
+        moment = Moment(status, tasks, self._clock())
+        shown = presentation(status.state)
+        title, detail = shown.header(moment)
         self.header.title.setText(title)
         self.header.detail.setText(detail)
         self.header.detail.setVisible(bool(detail))
-        look = tray_look(status.state, bool(tasks))
+        look = shown.busy_look if tasks else shown.look
         if look is not self._look:
             self._look = look
             self.header.icon.setPixmap(self._icons.pixmap(look, 48))
         self.empty_label.setVisible(not self.rows)
         if not self.rows:
-            waiting = "No task right now. Waiting for work from your queues…"
-            if status.notice:
-                waiting += "\n" + status.notice
-            running = status.state is WorkerState.RUNNING
-            self.empty_label.setText(waiting if running else "No task in progress.")
+            self.empty_label.setText(shown.empty_text(moment))
         self.setWindowTitle(f"{title} · {DISPLAY_NAME}")
 
     def bring_to_front(self) -> None:

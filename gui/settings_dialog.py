@@ -56,7 +56,7 @@ from morag_worker.core.naming import WorkerType, consumed_queues
 from morag_worker.core.supervisor.gpu import GpuInfo, GpuProbe
 
 from .background import BackgroundOp, BackgroundRunner
-from .signals import emit
+from .qt_emit import emit
 
 __all__ = ["Problem", "SettingsDialog", "explain"]
 

@@ -18,7 +18,7 @@ import structlog
 from PySide6.QtCore import QObject, Signal, Slot
 from PySide6.QtNetwork import QLocalServer, QLocalSocket
 
-from .signals import emit
+from .qt_emit import emit
 
 __all__ = ["SHOW_MESSAGE", "SingleInstance", "server_name"]
 

@@ -39,7 +39,7 @@ def _run_gui(args: object) -> int:
     if not has_display(os.environ):
         raise CliError(NO_DISPLAY_MESSAGE, ExitCode.USAGE)
     try:
-        from morag_worker.gui.app import run
+        from morag_worker.gui.entry import run
     except ImportError as exc:
         raise CliError(
             f"the tray app is not available ({exc.name or exc}); install the 'gui' extra "

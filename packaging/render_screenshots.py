@@ -34,7 +34,7 @@ from morag_worker.core.supervisor.events import WorkerState  # noqa: E402
 from morag_worker.gui.dialogs import QuitDialog  # noqa: E402
 from morag_worker.gui.icons import TrayLook, read_resource  # noqa: E402
 from morag_worker.gui.settings_dialog import SettingsDialog  # noqa: E402
-from morag_worker.gui.shell import NO_TRAY_NOTICE, Services, TrayApp  # noqa: E402
+from morag_worker.gui.tray_app import NO_TRAY_NOTICE, Services, TrayApp  # noqa: E402
 from tests.fakes import FakeAutostart, FakeGpuProbe, FakeSupervisor, InMemoryKeyring, make_gpu  # noqa: E402
 
 NOW = time.mktime((2026, 5, 14, 14, 32, 0, 0, 0, -1))

@@ -8,14 +8,15 @@ from collections.abc import Callable
 import pytest
 from pytestqt.qtbot import QtBot
 
+from morag_worker.core.hub_client import KeyRejected
 from morag_worker.core.results import TaskOutcome
 from morag_worker.core.supervisor.events import WorkerState
-from morag_worker.gui.shell import NO_TRAY_NOTICE, TrayApp
-from tests.gui.conftest import NOW, WAIT_MS, Harness
+from morag_worker.gui.tray_app import NO_TRAY_NOTICE, TrayApp
+from tests.gui.conftest import WAIT_MS, Harness, progress_of
 
 pytestmark = pytest.mark.gui
 
-MB = 1_000_000
+MiB = 2**20
 
 
 def _running(app: TrayApp, qtbot: QtBot) -> None:
@@ -33,17 +34,15 @@ def test_progress_updates_reach_the_row_within_250_ms(
     app = started()
     app.show_window()
     _running(app, qtbot)
-    supervisor = harness.supervisor
-    supervisor.emit_progress("t1", done=0, total=40 * MB, percent=0.0, filename="lecture.mp4")
-    qtbot.waitUntil(lambda: "t1" in app.window.rows, timeout=WAIT_MS)
+    child = harness.child
+    with progress_of(app, qtbot):
+        child.progress("t1", done=0, total=40 * MiB, percent=0.0, filename="lecture.mp4")
     row = app.window.rows["t1"]
     latencies = []
     for step in range(1, 21):
         started_at = time.perf_counter()
         with qtbot.waitSignal(row.bar.valueChanged, timeout=WAIT_MS):
-            supervisor.emit_progress(
-                "t1", done=step * 2 * MB, total=40 * MB, percent=step * 5.0, filename="lecture.mp4"
-            )
+            child.progress("t1", done=step * 2 * MiB, total=40 * MiB, percent=step * 5.0)
         app.window.repaint()  # and painted
         latencies.append(time.perf_counter() - started_at)
     assert max(latencies) < 0.25, latencies
@@ -57,38 +56,34 @@ def test_row_shows_bytes_speed_and_time_left(
 ) -> None:
     app = started()
     _running(app, qtbot)
-    supervisor = harness.supervisor
-    with qtbot.waitSignal(app.controller.task_progress, timeout=WAIT_MS):
-        supervisor.emit_progress(
-            "t1", done=12.3 * MB, total=40 * MB, percent=30.75, speed=4.1 * MB, eta_s=7, filename="report.pdf"
-        )
+    child = harness.child
+    # The supervisor measures the speed between two reports, on its own clock.
+    with progress_of(app, qtbot, done=8.2 * MiB):
+        child.progress("t1", done=8.2 * MiB, total=40 * MiB, percent=20.5, filename="report.pdf")
+    harness.advance(1)
+    with progress_of(app, qtbot, done=12.3 * MiB):
+        child.progress("t1", done=12.3 * MiB, total=40 * MiB, percent=30.75)
     row = app.window.rows["t1"]
     assert row.stage.text() == "Downloading"
-    assert row.detail.text() == "12.3 MB of 40.0 MB · 4.1 MB/s · 7 s left"
+    assert row.detail.text() == "12.3 MiB of 40.0 MiB · 4.1 MiB/s · 7 s left"
     assert row.bar.maximum() == 1000 and row.bar.value() == 307
 
     # Processing in the processor's own units, speed estimated from successive updates.
-    clock = [NOW]
-    supervisor.clock = lambda: clock[0]
-    with qtbot.waitSignal(app.controller.task_progress, timeout=WAIT_MS):
-        supervisor.emit_progress(
-            "t1", stage="PROCESSING", done=2, total=10, message="pages", filename="report.pdf"
-        )
-    clock[0] += 2
-    with qtbot.waitSignal(app.controller.task_progress, timeout=WAIT_MS):
-        supervisor.emit_progress(
-            "t1", stage="PROCESSING", done=6, total=10, message="pages", filename="report.pdf"
-        )
+    with progress_of(app, qtbot, done=2):
+        child.progress("t1", stage="PROCESSING", done=2, total=10, message="pages")
+    harness.advance(2)
+    with progress_of(app, qtbot, done=6):
+        child.progress("t1", stage="PROCESSING", done=6, total=10, message="pages")
     assert row.stage.text() == "Processing · pages"
     assert row.detail.text() == "6 of 10 · 2/s · 2 s left"
     assert row.bar.value() == 600
 
     # Unknown total: a busy bar, no percentage.
-    with qtbot.waitSignal(app.controller.task_progress, timeout=WAIT_MS):
-        supervisor.emit_progress("t2", stage="DOWNLOADING", done=3 * MB, total=None, filename="stream.wav")
+    with progress_of(app, qtbot, "t2"):
+        child.progress("t2", stage="DOWNLOADING", done=3 * MiB, total=None, filename="stream.wav")
     busy = app.window.rows["t2"]
     assert (busy.bar.minimum(), busy.bar.maximum()) == (0, 0)
-    assert busy.detail.text() == "3.0 MB"
+    assert busy.detail.text() == "3.0 MiB"
     assert app.tray is not None and app.tray.toolTip() == "MoRAG Worker: Working on 2 tasks: 60 %"
 
 
@@ -97,14 +92,13 @@ def test_finished_task_leaves_the_list_and_shows_its_error_in_history(
 ) -> None:
     app = started()
     _running(app, qtbot)
-    supervisor = harness.supervisor
-    with qtbot.waitSignal(app.controller.task_progress, timeout=WAIT_MS):
-        supervisor.emit_progress("t1", done=1, total=2, filename="broken.pdf")
+    child = harness.child
+    with progress_of(app, qtbot):
+        child.progress("t1", done=1, total=2, filename="broken.pdf")
     assert not app.window.empty_label.isVisibleTo(app.window)
+    harness.advance(75)
     with qtbot.waitSignal(app.controller.task_finished, timeout=WAIT_MS):
-        supervisor.emit_finished(
-            "t1", TaskOutcome.FAILED, error="PDF has no trailer: the file is damaged", duration=75
-        )
+        child.end_task("t1", TaskOutcome.FAILED, error="PDF has no trailer: the file is damaged")
     assert app.window.rows == {}
     assert app.window.empty_label.isVisibleTo(app.window)
     model = app.history_model
@@ -122,12 +116,10 @@ def test_history_persists_across_a_restart(harness: Harness, qtbot: QtBot) -> No
     with qtbot.waitSignal(first.ready, timeout=WAIT_MS):
         first.start()
     _running(first, qtbot)
-    supervisor = harness.supervisor
+    child = harness.child
     for n, outcome in enumerate([TaskOutcome.SUCCEEDED, TaskOutcome.FAILED, TaskOutcome.REQUEUED]):
         with qtbot.waitSignal(first.controller.task_finished, timeout=WAIT_MS):
-            supervisor.emit_finished(
-                f"t{n}", outcome, filename=f"file{n}.txt", error="boom" if n == 1 else None
-            )
+            child.end_task(f"t{n}", outcome, filename=f"file{n}.txt", error="boom" if n == 1 else None)
     qtbot.waitUntil(lambda: first.runner.pending == 0, timeout=WAIT_MS)
     with qtbot.waitSignal(first.finished, timeout=WAIT_MS):
         first.actions.quit.trigger()
@@ -146,8 +138,9 @@ def test_log_lines_appear_in_the_log_tab(
     started: Callable[..., TrayApp], harness: Harness, qtbot: QtBot
 ) -> None:
     app = started()
+    _running(app, qtbot)
     with qtbot.waitSignal(app.controller.log_line, timeout=WAIT_MS):
-        harness.supervisor.emit_log('{"event": "worker.ready", "level": "info"}\n')
+        harness.child.output('{"event": "worker.ready", "level": "info"}\n')
     assert app.window.log_view.toPlainText() == '{"event": "worker.ready", "level": "info"}'
 
 
@@ -176,8 +169,13 @@ def test_without_a_system_tray_the_window_opens_and_says_why(harness: Harness, q
     ):
         app.window.header.buttons["stop_now"].click()
     # Notices go to the banner; closing the window quits.
-    with qtbot.waitSignal(app.controller.state_changed, timeout=WAIT_MS):
-        harness.supervisor.emit_status(WorkerState.CRASHED, "the hub rejected the API key")
+    harness.fail_hub(KeyRejected("the hub rejected the API key"))
+    with qtbot.waitSignal(
+        app.controller.state_changed,
+        timeout=WAIT_MS,
+        check_params_cb=lambda s: s.state is WorkerState.CRASHED,
+    ):
+        app.window.header.buttons["start"].click()
     assert "API key refused" in app.window.banner.text()
     with qtbot.waitSignal(app.finished, timeout=WAIT_MS):
         app.window.close()
@@ -207,10 +205,9 @@ def test_a_tray_that_appears_later_takes_over_from_the_window(harness: Harness, 
 def test_the_window_shows_the_queues_consumed_and_a_cpu_notice(
     started: Callable[..., TrayApp], harness: Harness, qtbot: QtBot
 ) -> None:
+    harness.gpu_probe.gpus = []
     app = started()
     _running(app, qtbot)
-    notice = "No usable NVIDIA GPU found: audio and video are transcribed on the CPU, more slowly."
-    with qtbot.waitSignal(app.controller.state_changed, timeout=WAIT_MS):
-        harness.supervisor.emit_status(WorkerState.RUNNING, "Waiting for work", notice=notice)
+    notice = "No usable NVIDIA GPU found: documents convert as usual; audio and video are transcribed"
     assert "gpu-tasks-alice, cpu-tasks-alice" in app.window.header.detail.text()
     assert notice in app.window.empty_label.text()

@@ -13,9 +13,9 @@ from pytestqt.qtbot import QtBot
 from morag_worker.core.results import TaskOutcome
 from morag_worker.core.supervisor.events import StopMode, WorkerState
 from morag_worker.gui.dialogs import QuitChoice, QuitDialog
-from morag_worker.gui.shell import TrayApp
-from morag_worker.gui.signals import emit
-from tests.gui.conftest import WAIT_MS, Harness
+from morag_worker.gui.qt_emit import emit
+from morag_worker.gui.tray_app import TrayApp
+from tests.gui.conftest import WAIT_MS, Harness, progress_of
 
 pytestmark = pytest.mark.gui
 
@@ -39,8 +39,8 @@ def _working(app: TrayApp, harness: Harness, qtbot: QtBot) -> None:
         check_params_cb=lambda s: s.state is WorkerState.RUNNING,
     ):
         app.actions.start.trigger()
-    with qtbot.waitSignal(app.controller.task_progress, timeout=WAIT_MS):
-        harness.supervisor.emit_progress("t1", done=10, total=100, percent=10.0)
+    with progress_of(app, qtbot):
+        harness.child.progress("t1", done=10, total=100, percent=10.0)
 
 
 def test_quit_when_idle_does_not_ask(
@@ -75,7 +75,7 @@ def test_quit_during_a_task_and_finish_it_first(
     assert not finished and app.controller.busy
     assert app.notices[-1].title == "MoRAG Worker will quit soon"
     with qtbot.waitSignal(app.finished, timeout=WAIT_MS):
-        harness.supervisor.complete_tasks(TaskOutcome.SUCCEEDED)
+        harness.child.end_task("t1", TaskOutcome.SUCCEEDED)  # the finishing child then exits
     assert harness.supervisor.calls[-1] == ("close", None)
     assert [r.outcome for r in app.history_model.records()] == [TaskOutcome.SUCCEEDED]
 

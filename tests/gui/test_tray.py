@@ -10,13 +10,14 @@ from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QApplication, QMenu, QMessageBox
 from pytestqt.qtbot import QtBot
 
+from morag_worker.core.hub_client import HubUnreachable, KeyRejected
 from morag_worker.core.results import TaskOutcome
-from morag_worker.core.supervisor.events import StopMode, WorkerState, WorkerStatus
+from morag_worker.core.supervisor.events import Problem, StopMode, WorkerState, WorkerStatus
 from morag_worker.gui.icons import TrayLook
 from morag_worker.gui.notifications import Level
-from morag_worker.gui.shell import TrayApp
-from morag_worker.gui.tray import tray_tooltip
-from tests.gui.conftest import NOW, WAIT_MS, Harness
+from morag_worker.gui.tray_app import TrayApp
+from morag_worker.gui.tray_icon import tray_tooltip
+from tests.gui.conftest import NOW, WAIT_MS, Harness, progress_of
 
 pytestmark = pytest.mark.gui
 
@@ -127,6 +128,14 @@ def test_app_menu_actions_open_windows_and_the_log_folder(
     )
 
 
+def _stop_hanging(harness: Harness) -> None:
+    harness.child.obeys.discard(StopMode.NOW)
+
+
+def _ask(app: TrayApp, name: str) -> Callable[[], object]:
+    return getattr(app.actions, name).trigger  # type: ignore[no-any-return]
+
+
 @pytest.mark.parametrize(
     ("state", "busy", "look", "tooltip", "enabled"),
     [
@@ -159,14 +168,15 @@ def test_app_menu_actions_open_windows_and_the_log_folder(
             WorkerState.BACKOFF,
             False,
             TrayLook.ERROR,
-            "Cannot connect: hub unreachable",
+            "Cannot connect; retrying at * The worker stopped unexpectedly (exit status 1); retrying in 1 s"
+            " (attempt 2)",
             {"start", "stop_now", "snooze"},
         ),
         (
             WorkerState.CRASHED,
             False,
             TrayLook.ERROR,
-            "Stopped by an error: hub unreachable",
+            "Stopped by an error: The hub refused the key; log in again with a valid key",
             {"start", "snooze"},
         ),
     ],
@@ -181,19 +191,38 @@ def test_state_sets_icon_tooltip_and_enabled_actions(
     tooltip: str,
     enabled: set[str],
 ) -> None:
+    harness.auto = state is not WorkerState.STARTING
     app = started()
     tray = app.tray
     assert tray is not None
-    supervisor = harness.supervisor
     before = tray.icon().cacheKey()
-    _status(app, qtbot, WorkerState.RUNNING, lambda: supervisor.emit_status(WorkerState.RUNNING))
+    # Each state is reached the way the real supervisor reaches it.
+    if state is WorkerState.STARTING:
+        _status(app, qtbot, state, _ask(app, "start"))
+        qtbot.waitUntil(lambda: len(harness.launcher.children) == 1, timeout=WAIT_MS)
+    else:
+        _status(app, qtbot, WorkerState.RUNNING, _ask(app, "start"))
     if busy:
-        with qtbot.waitSignal(app.controller.task_progress, timeout=WAIT_MS):
-            supervisor.emit_progress("t1", done=42, total=100, percent=42.0)
-    message = "hub unreachable" if state in (WorkerState.BACKOFF, WorkerState.CRASHED) else ""
-    _status(app, qtbot, state, lambda: supervisor.emit_status(state, message))
+        with progress_of(app, qtbot):
+            harness.child.progress("t1", done=42, total=100, percent=42.0)
+    if state is WorkerState.STOPPED:
+        _status(app, qtbot, state, _ask(app, "stop_now"))
+    elif state is WorkerState.FINISHING:
+        _status(app, qtbot, state, _ask(app, "finish"))
+    elif state is WorkerState.STOPPING:
+        _stop_hanging(harness)
+        _status(app, qtbot, state, _ask(app, "stop_now"))
+    elif state is WorkerState.SNOOZED:
+        _status(app, qtbot, state, app.actions.snooze_resume.trigger)
+    elif state is WorkerState.BACKOFF:
+        _status(app, qtbot, state, lambda: harness.child.exit(1))
+    elif state is WorkerState.CRASHED:
+        harness.fail_hub(KeyRejected("the hub refused the key"))
+        _status(app, qtbot, WorkerState.BACKOFF, lambda: harness.child.exit(1))
+        _status(app, qtbot, state, lambda: harness.advance(1))
     assert tray.look is look
-    assert tray.toolTip() == f"MoRAG Worker: {tooltip}"
+    head, _, tail = f"MoRAG Worker: {tooltip}".partition("*")
+    assert tray.toolTip().startswith(head) and tray.toolTip().endswith(tail)
     assert app.actions.enabled_worker_actions() == enabled
     assert not tray.icon().isNull()
     if look is not TrayLook.STOPPED:
@@ -220,49 +249,36 @@ def test_unrequested_changes_and_failures_notify_successes_do_not(
     started: Callable[..., TrayApp], harness: Harness, qtbot: QtBot
 ) -> None:
     app = started()
-    supervisor = harness.supervisor
-    shown: list[tuple[str, str]] = []
     assert app.tray is not None
     app.tray.messageClicked.connect(lambda: None)
     _status(app, qtbot, WorkerState.RUNNING, app.actions.start.trigger)
-    with qtbot.waitSignal(app.controller.task_progress, timeout=WAIT_MS):
-        supervisor.emit_progress("t1", done=1, total=2, filename="ok.pdf")
+    child = harness.child
+    with progress_of(app, qtbot):
+        child.progress("t1", done=1, total=2, filename="ok.pdf")
     with qtbot.waitSignal(app.controller.task_finished, timeout=WAIT_MS):
-        supervisor.emit_finished("t1", TaskOutcome.SUCCEEDED)
+        child.end_task("t1", TaskOutcome.SUCCEEDED)
     assert app.notices == []
 
     with qtbot.waitSignal(app.controller.task_finished, timeout=WAIT_MS):
-        supervisor.emit_finished("t2", TaskOutcome.FAILED, error="corrupt PDF", filename="bad.pdf")
+        child.end_task("t2", TaskOutcome.FAILED, error="corrupt PDF", filename="bad.pdf")
     assert [(n.title, n.level) for n in app.notices] == [("Task failed: bad.pdf", Level.WARNING)]
     assert app.notices[-1].message == "corrupt PDF"
 
-    _status(
-        app,
-        qtbot,
-        WorkerState.BACKOFF,
-        lambda: supervisor.emit_status(WorkerState.BACKOFF, "hub unreachable"),
-    )
-    _status(app, qtbot, WorkerState.STARTING, lambda: supervisor.emit_status(WorkerState.STARTING))
-    _status(
-        app,
-        qtbot,
-        WorkerState.BACKOFF,
-        lambda: supervisor.emit_status(WorkerState.BACKOFF, "hub unreachable"),
-    )
-    _status(app, qtbot, WorkerState.RUNNING, lambda: supervisor.emit_status(WorkerState.RUNNING))
+    # The child dies, and the hub is unreachable for the first retry: one outage, one notice.
+    harness.fail_hub(HubUnreachable("hub unreachable"))
+    _status(app, qtbot, WorkerState.BACKOFF, lambda: child.exit(1))
+    _status(app, qtbot, WorkerState.BACKOFF, lambda: harness.advance(1))  # retry 1: the hub is down
+    assert harness.supervisor.status.problem is Problem.HUB_UNREACHABLE
+    harness.heal_hub()
+    _status(app, qtbot, WorkerState.RUNNING, lambda: harness.advance(2))  # retry 2: a new child
     titles = [n.title for n in app.notices[1:]]
     assert titles == ["MoRAG Worker cannot connect", "MoRAG Worker is connected again"]  # one per outage
 
-    _status(
-        app,
-        qtbot,
-        WorkerState.CRASHED,
-        lambda: supervisor.emit_status(
-            WorkerState.CRASHED, "the hub rejected the API key (unknown, revoked or expired)"
-        ),
-    )
+    # The key is revoked: the next start ends in CRASHED with KEY_REJECTED, even though it was asked.
+    _status(app, qtbot, WorkerState.STOPPED, app.actions.stop_now.trigger)
+    harness.fail_hub(KeyRejected("the hub rejected the API key (unknown, revoked or expired)"))
+    _status(app, qtbot, WorkerState.CRASHED, app.actions.start.trigger)
     crash = app.notices[-1]
     assert crash.title == "MoRAG Worker stopped: API key refused" and crash.level is Level.ERROR
     assert "revoked" in crash.message and "Settings" in crash.message
-    shown.extend((n.title, n.message) for n in app.notices)
-    assert len(shown) == 4
+    assert len(app.notices) == 4

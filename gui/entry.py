@@ -3,7 +3,7 @@
 It creates the ``QApplication``, makes sure one instance runs per user and config folder (a second
 launch asks the first to show its window and exits 0), turns SIGTERM/SIGINT into a clean quit
 (the task in flight is handed back), adds a log file, builds the real collaborators, including
-the core ``Supervisor`` when this installation has it, and runs ``shell.TrayApp``.
+the core ``Supervisor``, and runs ``tray_app.TrayApp``.
 
 Runs on the main thread; signal handlers only write to a socket that the Qt loop watches.
 """
@@ -40,15 +40,15 @@ from morag_worker.core.config.autostart import autostart_for_platform, launch_co
 from morag_worker.core.config.credentials import CredentialStore
 from morag_worker.core.config.history import HISTORY_FILE_NAME, HistoryStore, default_history_path
 from morag_worker.core.config.settings import SettingsStore, default_log_dir
-from morag_worker.core.supervisor.events import StopMode, SupervisorListener, WorkerState, WorkerStatus
+from morag_worker.core.supervisor.events import SupervisorListener
 from morag_worker.core.supervisor.gpu import NvmlProbe
 
 from .controller import SupervisorFactory, SupervisorLike
-from .shell import Services, TrayApp
-from .signals import emit
+from .qt_emit import emit
 from .single_instance import SingleInstance, server_name
+from .tray_app import Services, TrayApp
 
-__all__ = ["AppPaths", "SignalWakeup", "UnavailableSupervisor", "make_supervisor_factory", "run"]
+__all__ = ["AppPaths", "SignalWakeup", "make_supervisor_factory", "run"]
 
 log = structlog.get_logger(__name__)
 READY_EVENT = "gui.ready"
@@ -73,54 +73,17 @@ class AppPaths:
         return cls(config_dir, config_dir / "state" / HISTORY_FILE_NAME, config_dir / "logs")
 
 
-class UnavailableSupervisor:
-    """Stands in when this installation has no core supervisor: every start reports why, as CRASHED."""
-
-    def __init__(self, listener: SupervisorListener, reason: str) -> None:
-        self._listener = listener
-        self._reason = reason
-
-    def start(self) -> None:
-        self._listener.on_status(WorkerStatus(WorkerState.CRASHED, self._reason))
-
-    def stop(self, mode: StopMode) -> None:
-        self._listener.on_status(WorkerStatus(WorkerState.STOPPED, "Stopped"))
-
-    def snooze(self, until: float | None) -> None:
-        self._listener.on_status(WorkerStatus(WorkerState.SNOOZED, "Snoozed", snoozed_until=until))
-
-    def close(self) -> None:
-        return None
-
-
 def make_supervisor_factory(
     settings_store: SettingsStore, credentials: CredentialStore, api_key_file: Path | None
 ) -> SupervisorFactory:
-    """A factory of the core ``Supervisor``, imported lazily; ``UnavailableSupervisor`` without one."""
+    """A factory of the core ``Supervisor`` in its production wiring (imported when first built)."""
 
     def build(listener: SupervisorListener) -> SupervisorLike:
-        try:
-            from morag_worker.core.supervisor.supervisor import supervisor_for
-        except ImportError as exc:
-            log.error("gui.supervisor_missing", error=f"{exc.__class__.__name__}: {exc}")
-            return UnavailableSupervisor(
-                listener,
-                "The worker engine is missing from this installation "
-                f"(morag_worker.core.supervisor.supervisor: {exc}). Reinstall MoRAG Worker.",
-            )
-        try:
-            supervisor: SupervisorLike = supervisor_for(
-                listener,
-                settings_store=settings_store,
-                credentials=credentials,
-                api_key_file=api_key_file,
-            )
-        except TypeError as exc:  # a core whose Supervisor takes other arguments than this GUI knows
-            log.error("gui.supervisor_mismatch", error=str(exc), exc_info=exc)
-            return UnavailableSupervisor(
-                listener, f"The worker engine does not match this tray app ({exc}). Reinstall MoRAG Worker."
-            )
-        return supervisor
+        from morag_worker.core.supervisor.supervisor import supervisor_for
+
+        return supervisor_for(
+            listener, settings_store=settings_store, credentials=credentials, api_key_file=api_key_file
+        )
 
     return build
 
@@ -258,22 +221,24 @@ def run(args: object) -> int:
     previous_hook = sys.excepthook
     sys.excepthook = _log_unhandled
     wakeup = SignalWakeup()
-    shell = TrayApp(build_services(config_dir, paths, api_key_file))
-    app.setWindowIcon(shell.icons.app())
-    instance.show_requested.connect(shell.show_window)
-    wakeup.received.connect(lambda _signum: shell.shutdown())
-    shell.finished.connect(app.quit)
-    shell.ready.connect(lambda: log.info("gui.started", tray=shell.tray is not None))
+    tray_app = TrayApp(build_services(config_dir, paths, api_key_file))
+    app.setWindowIcon(tray_app.icons.app())
+    instance.show_requested.connect(tray_app.show_window)
+    wakeup.received.connect(lambda _signum: tray_app.shutdown())
+    tray_app.finished.connect(app.quit)
+    tray_app.ready.connect(lambda: log.info("gui.started", tray=tray_app.tray is not None))
 
     def started() -> None:
-        shell.start()
-        log.info(READY_EVENT, pid=os.getpid(), tray=shell.tray is not None, config_dir=str(config_dir or ""))
+        tray_app.start()
+        log.info(
+            READY_EVENT, pid=os.getpid(), tray=tray_app.tray is not None, config_dir=str(config_dir or "")
+        )
 
     QTimer.singleShot(0, started)
     try:
         code = app.exec()
     finally:
-        shell.dispose()
+        tray_app.dispose()
         wakeup.close()
         instance.close()
         sys.excepthook = previous_hook

@@ -6,7 +6,7 @@ policy. Its flows: start-up (settings, history, key; first run or start working)
 when a task runs), notifications, history persistence, opening the log folder.
 
 Every collaborator comes in through ``Services``, so tests build a ``TrayApp`` with fakes and a
-temp folder; ``app.run`` builds the real ones. GUI thread only.
+temp folder; ``entry.run`` builds the real ones. GUI thread only.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from .history_view import HistoryModel
 from .icons import IconSet
 from .notifications import Level, Notice, NotificationPolicy
 from .progress_window import ProgressWindow
+from .qt_emit import emit
 from .settings_dialog import SettingsDialog, explain
-from .signals import emit
-from .tray import TrayIcon
+from .tray_icon import TrayIcon
 
 __all__ = ["NO_TRAY_NOTICE", "Services", "TrayApp"]
 
@@ -59,7 +59,7 @@ HISTORY_SHOWN = 500
 
 @dataclass
 class Services:
-    """What the tray app uses; ``app.run`` passes the real ones, tests pass fakes.
+    """What the tray app uses; ``entry.run`` passes the real ones, tests pass fakes.
 
     Attributes:
         settings_store: Loads and saves the settings file.

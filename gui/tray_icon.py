@@ -1,6 +1,7 @@
 """The system tray icon: an icon and a tooltip per state, and the menu of ``WorkerActions``.
 
-``tray_look`` and ``tray_tooltip`` are the pure rules (state + tasks in flight -> what to show);
+``tray_look`` and ``tray_tooltip`` read ``state_presentation.PRESENTATION`` (state + tasks in flight ->
+what to show);
 ``TrayIcon`` applies them on every status and progress event from the controller. A click on
 the icon shows the progress window; the context menu has everything else.
 
@@ -20,90 +21,26 @@ from morag_worker.core.supervisor.events import TaskProgress, WorkerState, Worke
 
 from .actions import WorkerActions
 from .controller import WorkerController
-from .format import clock_time, percent_text
-from .icons import IconSet, TrayLook
-from .notifications import Level, Notice
-from .signals import emit
+from .icons import IconSet
+from .qt_emit import emit
+from .state_presentation import Level, Moment, Notice, TrayLook, presentation
 
-__all__ = ["TrayIcon", "overall_percent", "task_percent", "tray_look", "tray_tooltip"]
+__all__ = ["TrayIcon", "tray_look", "tray_tooltip"]
 
 # Windows truncates tray tooltips at 127 characters.
 _TOOLTIP_MAX = 127
 
-_LOOKS: dict[WorkerState, TrayLook] = {
-    WorkerState.STOPPED: TrayLook.STOPPED,
-    WorkerState.STARTING: TrayLook.CONNECTING,
-    WorkerState.RUNNING: TrayLook.WAITING,
-    WorkerState.FINISHING: TrayLook.FINISHING,
-    WorkerState.STOPPING: TrayLook.FINISHING,
-    WorkerState.BACKOFF: TrayLook.ERROR,
-    WorkerState.CRASHED: TrayLook.ERROR,
-    WorkerState.SNOOZED: TrayLook.SNOOZED,
-}
-
 
 def tray_look(state: WorkerState, busy: bool) -> TrayLook:
-    """The icon for ``state``; RUNNING with a task in flight is WORKING."""
-    if state is WorkerState.RUNNING and busy:
-        return TrayLook.WORKING
-    return _LOOKS[state]
-
-
-def task_percent(progress: TaskProgress) -> float | None:
-    """The task's percentage: as reported, else ``done / total``; None when unknown."""
-    if progress.percent is not None:
-        return progress.percent
-    if progress.total:
-        return 100.0 * progress.done / progress.total
-    return None
-
-
-def overall_percent(tasks: Sequence[TaskProgress]) -> float | None:
-    """The mean of the tasks' known percentages, or None when none is known."""
-    known = [pct for t in tasks if (pct := task_percent(t)) is not None]
-    return sum(known) / len(known) if known else None
-
-
-def _working_text(tasks: Sequence[TaskProgress]) -> str:
-    pct = percent_text(overall_percent(tasks))
-    if len(tasks) == 1:
-        name = tasks[0].filename or "a task"
-        return f"Working on {name}" + (f": {pct}" if pct else "")
-    return f"Working on {len(tasks)} tasks" + (f": {pct}" if pct else "")
+    """The icon for ``state``, with (``busy``) or without a task in flight."""
+    shown = presentation(state)
+    return shown.busy_look if busy else shown.look
 
 
 def tray_tooltip(status: WorkerStatus, tasks: Sequence[TaskProgress], now: float | None = None) -> str:
     """The tooltip for ``status`` with ``tasks`` in flight; at most 127 characters."""
-    now = time.time() if now is None else now
-    state = status.state
-    if state is WorkerState.STOPPED:
-        text = "Stopped"
-    elif state is WorkerState.STARTING:
-        text = "Connecting…"
-    elif state is WorkerState.RUNNING:
-        text = (
-            _working_text(tasks)
-            if tasks
-            else "Waiting for work" + (f" on {', '.join(status.queues)}" if status.queues else "")
-        )
-    elif state is WorkerState.FINISHING:
-        text = "Finishing the current task, then pausing"
-        if tasks and (pct := percent_text(overall_percent(tasks))):
-            text += f" ({pct})"
-    elif state is WorkerState.STOPPING:
-        text = "Stopping; the task goes back to the queue"
-    elif state is WorkerState.SNOOZED:
-        until = status.snoozed_until
-        text = f"Snoozed until {clock_time(until, now)}" if until is not None else "Snoozed until you resume"
-    elif state is WorkerState.BACKOFF:
-        text = "Cannot connect" + (
-            f"; retrying at {clock_time(status.retry_at, now)}" if status.retry_at else ""
-        )
-        if status.message:
-            text += f": {status.message}"
-    else:
-        text = "Stopped by an error" + (f": {status.message}" if status.message else "")
-    full = f"{DISPLAY_NAME}: {text}"
+    moment = Moment(status, tasks, time.time() if now is None else now)
+    full = f"{DISPLAY_NAME}: {presentation(status.state).tooltip(moment)}"
     return full if len(full) <= _TOOLTIP_MAX else full[: _TOOLTIP_MAX - 1] + "…"
 
 

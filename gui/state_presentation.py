@@ -1,0 +1,354 @@
+"""How the GUI shows each ``WorkerState``: one table, ``PRESENTATION``, read by every view.
+
+The tray icon (icon and tooltip), the menu's actions (which are enabled, "Start" or "Resume"),
+the progress window (header title and detail, task rows, the empty-list text), the controller
+(whether a worker child runs) and the notification policy (what to say when a state arrives
+unasked) all look a state up here, so a new ``WorkerState`` is one entry in ``PRESENTATION``;
+``tests/gui/test_state_presentation.py`` fails while a state has none.
+
+Texts that depend on the moment (the tasks in flight, a retry or snooze time) are small pure
+functions of a ``Moment``. ``TrayLook``, ``Level`` and ``Notice`` live here too because the
+table names them; they are plain values.
+
+Pure Python, no Qt: safe on any thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from types import MappingProxyType
+
+from morag_worker.core.supervisor.events import TaskProgress, WorkerState, WorkerStatus
+
+from .format import clock_time, percent_text
+
+__all__ = [
+    "PRESENTATION",
+    "WORKER_ACTIONS",
+    "Level",
+    "Moment",
+    "Notice",
+    "NoticeText",
+    "Notify",
+    "StatePresentation",
+    "TrayLook",
+    "overall_percent",
+    "presentation",
+    "task_percent",
+]
+
+#: Actions whose availability depends on the worker's state (attribute names of ``WorkerActions``).
+WORKER_ACTIONS = ("start", "finish", "stop_now", "snooze")
+
+
+class TrayLook(Enum):
+    """What the tray icon shows; each has ``tray-<value>-<theme>.svg`` in ``resources``."""
+
+    STOPPED = "stopped"
+    CONNECTING = "connecting"
+    WAITING = "waiting"
+    WORKING = "working"
+    FINISHING = "finishing"
+    SNOOZED = "snoozed"
+    ERROR = "error"
+
+
+class Level(Enum):
+    """How serious a notice is (the balloon's icon, the banner's colour)."""
+
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One notification: a short title and a sentence or two."""
+
+    title: str
+    message: str
+    level: Level = Level.INFO
+
+
+@dataclass(frozen=True)
+class NoticeText:
+    """A notice whose message is the status's own sentence, or ``fallback`` when it has none."""
+
+    title: str
+    fallback: str
+    level: Level = Level.INFO
+    suffix: str = ""  # appended to the message either way
+
+    def notice(self, detail: str) -> Notice:
+        return Notice(self.title, (detail or self.fallback) + self.suffix, self.level)
+
+
+class Notify(Enum):
+    """When arriving in a state is worth a notification."""
+
+    NEVER = "never"
+    ALWAYS = "always"  # even when the user's request led here (an error stops the worker)
+    ONCE_PER_OUTAGE = "once_per_outage"  # the first of a run of retries
+    UNASKED_FROM_WORK = "unasked_from_work"  # only when a working worker got here on its own
+
+
+@dataclass(frozen=True)
+class Moment:
+    """What a text may depend on: the status, the tasks in flight, and now (epoch seconds)."""
+
+    status: WorkerStatus
+    tasks: Sequence[TaskProgress]
+    now: float
+
+    @property
+    def who(self) -> str:
+        """``"Signed in as alice · gpu-tasks-alice, cpu-tasks-alice"``; parts left out when unknown."""
+        status = self.status
+        parts = (f"Signed in as {status.user_id}" if status.user_id else "", ", ".join(status.queues))
+        return " · ".join(part for part in parts if part)
+
+
+@dataclass(frozen=True)
+class StatePresentation:
+    """Everything the GUI shows or decides by one ``WorkerState``.
+
+    Attributes:
+        look: The tray icon with no task in flight.
+        busy_look: The tray icon with a task in flight.
+        tooltip: The tray tooltip's text (without the app's name; ``tray_icon`` adds it and truncates).
+        header: The progress window's title and detail line.
+        enabled: Which of ``WORKER_ACTIONS`` may be asked.
+        start_label: The text of the start action ("Resume" while snoozed).
+        idle: No worker child runs and none will start on its own: quitting closes at once, new
+            settings apply at the next start.
+        child_runs: A worker child runs (or is starting): tasks may be in flight. When False the
+            tasks in flight are over.
+        shows_tasks: The window keeps its task rows (they go when the state has none).
+        empty_text: The window's text when no task is in flight.
+        notify: When arriving here is notified.
+        notice: What is said then.
+        recovered: What is said when the worker runs again after this state, unasked.
+        ends_outage: Arriving here closes a run of retries (the next BACKOFF is news again).
+        works: The worker works (again) here: the previous state's ``recovered`` may be said.
+    """
+
+    look: TrayLook
+    busy_look: TrayLook
+    tooltip: Callable[[Moment], str]
+    header: Callable[[Moment], tuple[str, str]]
+    enabled: frozenset[str]
+    idle: bool
+    child_runs: bool
+    start_label: str = "Start"
+    shows_tasks: bool = False
+    empty_text: Callable[[Moment], str] = lambda _m: "No task in progress."
+    notify: Notify = Notify.NEVER
+    notice: NoticeText | None = None
+    recovered: NoticeText | None = None
+    ends_outage: bool = False
+    works: bool = False
+
+
+# -- percentages ---------------------------------------------------------------------
+
+
+def task_percent(progress: TaskProgress) -> float | None:
+    """The task's percentage: as reported, else ``done / total``; None when unknown."""
+    if progress.percent is not None:
+        return progress.percent
+    if progress.total:
+        return 100.0 * progress.done / progress.total
+    return None
+
+
+def overall_percent(tasks: Sequence[TaskProgress]) -> float | None:
+    """The mean of the tasks' known percentages, or None when none is known."""
+    known = [pct for t in tasks if (pct := task_percent(t)) is not None]
+    return sum(known) / len(known) if known else None
+
+
+# -- the texts, state by state ----------------------------------------------------------------------
+
+
+def _snoozed_until(m: Moment) -> str:
+    until = m.status.snoozed_until
+    return f"Snoozed until {clock_time(until, m.now)}" if until is not None else "Snoozed until you resume"
+
+
+def _running_tooltip(m: Moment) -> str:
+    if not m.tasks:
+        queues = m.status.queues
+        return "Waiting for work" + (f" on {', '.join(queues)}" if queues else "")
+    pct = percent_text(overall_percent(m.tasks))
+    if len(m.tasks) == 1:
+        name = m.tasks[0].filename or "a task"
+        return f"Working on {name}" + (f": {pct}" if pct else "")
+    return f"Working on {len(m.tasks)} tasks" + (f": {pct}" if pct else "")
+
+
+def _running_header(m: Moment) -> tuple[str, str]:
+    if m.tasks:
+        pct = percent_text(overall_percent(m.tasks))
+        return (f"Working: {pct}" if pct else "Working"), m.who
+    return "Waiting for work", m.who or m.status.message
+
+
+def _finishing_tooltip(m: Moment) -> str:
+    text = "Finishing the current task, then pausing"
+    if m.tasks and (pct := percent_text(overall_percent(m.tasks))):
+        text += f" ({pct})"
+    return text
+
+
+def _backoff_tooltip(m: Moment) -> str:
+    status = m.status
+    text = "Cannot connect" + (
+        f"; retrying at {clock_time(status.retry_at, m.now)}" if status.retry_at else ""
+    )
+    return text + (f": {status.message}" if status.message else "")
+
+
+def _backoff_header(m: Moment) -> tuple[str, str]:
+    status = m.status
+    retry = f" Retrying at {clock_time(status.retry_at, m.now)}." if status.retry_at else " Retrying soon."
+    return "Cannot connect", (status.message or "The hub or the broker cannot be reached.") + retry
+
+
+def _stopped_header(m: Moment) -> tuple[str, str]:
+    message = m.status.message
+    return "Stopped", message if message not in ("", "Stopped") else "Choose Start to work."
+
+
+def _crashed_tooltip(m: Moment) -> str:
+    return "Stopped by an error" + (f": {m.status.message}" if m.status.message else "")
+
+
+def _waiting_for_work(m: Moment) -> str:
+    text = "No task right now. Waiting for work from your queues…"
+    return text + (f"\n{m.status.notice}" if m.status.notice else "")
+
+
+def _text(text: str) -> Callable[[Moment], str]:
+    return lambda _m: text
+
+
+_WORKING_ACTIONS = frozenset({"finish", "stop_now", "snooze"})
+_IDLE_ACTIONS = frozenset({"start", "snooze"})
+
+_TABLE: dict[WorkerState, StatePresentation] = {
+    WorkerState.STOPPED: StatePresentation(
+        look=TrayLook.STOPPED,
+        busy_look=TrayLook.STOPPED,
+        tooltip=_text("Stopped"),
+        header=_stopped_header,
+        enabled=_IDLE_ACTIONS,
+        idle=True,
+        child_runs=False,
+        notify=Notify.UNASKED_FROM_WORK,
+        notice=NoticeText(
+            "MoRAG Worker stopped", "The worker stopped. Choose Start to resume.", Level.WARNING
+        ),
+        ends_outage=True,
+    ),
+    WorkerState.STARTING: StatePresentation(
+        look=TrayLook.CONNECTING,
+        busy_look=TrayLook.CONNECTING,
+        tooltip=_text("Connecting…"),
+        header=lambda m: ("Connecting…", m.status.message or "Connecting to the hub and the broker."),
+        enabled=_WORKING_ACTIONS,
+        idle=False,
+        child_runs=True,
+    ),
+    WorkerState.RUNNING: StatePresentation(
+        look=TrayLook.WAITING,
+        busy_look=TrayLook.WORKING,
+        tooltip=_running_tooltip,
+        header=_running_header,
+        enabled=_WORKING_ACTIONS,
+        idle=False,
+        child_runs=True,
+        shows_tasks=True,
+        empty_text=_waiting_for_work,
+        ends_outage=True,
+        works=True,
+    ),
+    WorkerState.FINISHING: StatePresentation(
+        look=TrayLook.FINISHING,
+        busy_look=TrayLook.FINISHING,
+        tooltip=_finishing_tooltip,
+        header=lambda _m: (
+            "Finishing the current task",
+            "No new task is taken; the worker pauses when this one is done.",
+        ),
+        enabled=frozenset({"stop_now"}),
+        idle=False,
+        child_runs=True,
+        shows_tasks=True,
+    ),
+    WorkerState.STOPPING: StatePresentation(
+        look=TrayLook.FINISHING,
+        busy_look=TrayLook.FINISHING,
+        tooltip=_text("Stopping; the task goes back to the queue"),
+        header=lambda _m: ("Stopping", "The task in progress goes back to your queue."),
+        enabled=frozenset(),
+        idle=False,
+        child_runs=True,
+    ),
+    WorkerState.BACKOFF: StatePresentation(
+        look=TrayLook.ERROR,
+        busy_look=TrayLook.ERROR,
+        tooltip=_backoff_tooltip,
+        header=_backoff_header,
+        enabled=frozenset({"start", "stop_now", "snooze"}),
+        idle=False,
+        child_runs=False,
+        notify=Notify.ONCE_PER_OUTAGE,
+        notice=NoticeText(
+            "MoRAG Worker cannot connect",
+            "The hub or the broker cannot be reached.",
+            Level.WARNING,
+            suffix=" It will keep retrying; no action is needed if your network is down.",
+        ),
+        recovered=NoticeText("MoRAG Worker is connected again", "Waiting for work.", Level.INFO),
+    ),
+    WorkerState.CRASHED: StatePresentation(
+        look=TrayLook.ERROR,
+        busy_look=TrayLook.ERROR,
+        tooltip=_crashed_tooltip,
+        header=lambda m: ("Stopped by an error", m.status.message or "See the Log tab for details."),
+        enabled=_IDLE_ACTIONS,
+        idle=True,
+        child_runs=False,
+        notify=Notify.ALWAYS,
+        notice=NoticeText(
+            "MoRAG Worker stopped after an error",
+            "The worker could not keep running.",
+            Level.ERROR,
+            suffix=" See the log for details.",
+        ),
+        recovered=NoticeText("MoRAG Worker is running again", "Waiting for work.", Level.INFO),
+    ),
+    WorkerState.SNOOZED: StatePresentation(
+        look=TrayLook.SNOOZED,
+        busy_look=TrayLook.SNOOZED,
+        tooltip=_snoozed_until,
+        header=lambda m: (_snoozed_until(m), "Choose Resume to start again now."),
+        enabled=_IDLE_ACTIONS,
+        idle=True,
+        child_runs=False,
+        start_label="Resume",
+        notify=Notify.UNASKED_FROM_WORK,
+        notice=NoticeText("MoRAG Worker paused", "The worker is snoozed.", Level.INFO),
+        ends_outage=True,
+    ),
+}
+
+#: The presentation of every ``WorkerState`` (read-only).
+PRESENTATION: Mapping[WorkerState, StatePresentation] = MappingProxyType(_TABLE)
+
+
+def presentation(state: WorkerState) -> StatePresentation:
+    """``PRESENTATION[state]``."""
+    return PRESENTATION[state]

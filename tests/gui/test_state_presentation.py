@@ -1,0 +1,82 @@
+"""The one per-state table: every WorkerState has a row, and each row is complete and coherent."""
+
+from __future__ import annotations
+
+import pytest
+
+from morag_worker.core.supervisor.events import TaskProgress, WorkerState, WorkerStatus
+from morag_worker.gui.state_presentation import (
+    PRESENTATION,
+    WORKER_ACTIONS,
+    Moment,
+    Notify,
+    TrayLook,
+    presentation,
+)
+from tests.gui.conftest import NOW
+
+pytestmark = pytest.mark.gui
+
+
+def test_every_worker_state_has_a_presentation() -> None:
+    # A new WorkerState fails here first: add its row to state_presentation._TABLE.
+    assert set(PRESENTATION) == set(WorkerState)
+
+
+@pytest.mark.parametrize("state", list(WorkerState))
+def test_each_row_is_usable(state: WorkerState) -> None:
+    shown = presentation(state)
+    assert isinstance(shown.look, TrayLook) and isinstance(shown.busy_look, TrayLook)
+    assert shown.enabled <= set(WORKER_ACTIONS)
+    assert (shown.notify is Notify.NEVER) == (shown.notice is None)
+    assert not (shown.idle and shown.child_runs)
+    task = TaskProgress("t", "PROCESSING", 1, 2, None, filename="a.pdf")
+    for tasks in ([], [task]):
+        moment = Moment(WorkerStatus(state, "why", user_id="alice", queues=("q",)), tasks, NOW)
+        assert shown.tooltip(moment)
+        title, _detail = shown.header(moment)
+        assert title
+        assert shown.empty_text(moment)
+
+
+def test_only_running_looks_different_with_a_task() -> None:
+    differ = {state for state, shown in PRESENTATION.items() if shown.look is not shown.busy_look}
+    assert differ == {WorkerState.RUNNING}
+    assert presentation(WorkerState.RUNNING).busy_look is TrayLook.WORKING
+
+
+@pytest.mark.parametrize(
+    ("status", "tooltip", "header"),
+    [
+        (WorkerStatus(WorkerState.STOPPED, "Stopped"), "Stopped", ("Stopped", "Choose Start to work.")),
+        (
+            WorkerStatus(WorkerState.STARTING),
+            "Connecting…",
+            ("Connecting…", "Connecting to the hub and the broker."),
+        ),
+        (
+            WorkerStatus(WorkerState.STOPPING),
+            "Stopping; the task goes back to the queue",
+            ("Stopping", "The task in progress goes back to your queue."),
+        ),
+        (
+            WorkerStatus(WorkerState.BACKOFF, "hub unreachable"),
+            "Cannot connect: hub unreachable",
+            ("Cannot connect", "hub unreachable Retrying soon."),
+        ),
+        (
+            WorkerStatus(WorkerState.CRASHED),
+            "Stopped by an error",
+            ("Stopped by an error", "See the Log tab for details."),
+        ),
+        (
+            WorkerStatus(WorkerState.SNOOZED),
+            "Snoozed until you resume",
+            ("Snoozed until you resume", "Choose Resume to start again now."),
+        ),
+    ],
+)
+def test_texts_without_tasks(status: WorkerStatus, tooltip: str, header: tuple[str, str]) -> None:
+    moment = Moment(status, [], NOW)
+    shown = presentation(status.state)
+    assert (shown.tooltip(moment), shown.header(moment)) == (tooltip, header)
