@@ -21,6 +21,7 @@ from morag_worker.core.cli.keysource import resolve_hub_and_key
 from morag_worker.core.execution.presence import PresenceRecord
 from morag_worker.core.hub_client import HubClient, HubError, HubUnreachable, KeyRejected, TaskView
 from morag_worker.core.logging import register_secret
+from morag_worker.core.units import human_bytes
 
 __all__ = ["failure_of", "run"]
 
@@ -187,9 +188,9 @@ class _StatusLine:
 
     def show(self, stage: str, done: float, total: float | None, message: str = "") -> None:
         if total:
-            text = f"{stage}: {100 * done / total:5.1f}% ({_human(done)} of {_human(total)})"
+            text = f"{stage}: {100 * done / total:5.1f}% ({human_bytes(done)} of {human_bytes(total)})"
         elif done:
-            text = f"{stage}: {_human(done)}"
+            text = f"{stage}: {human_bytes(done)}"
         else:
             text = f"{stage}…"
         if message and not total:
@@ -209,11 +210,3 @@ class _StatusLine:
         if text:
             print(text, file=sys.stderr)
         self._last_text = ""
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"

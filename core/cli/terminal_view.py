@@ -20,29 +20,13 @@ import structlog
 
 from morag_worker.core.results import TaskRecord
 from morag_worker.core.supervisor.events import TaskProgress, WorkerStatus
+from morag_worker.core.units import human_bytes, human_count, human_duration, human_rate
 
-__all__ = ["JsonView", "TerminalView", "human_bytes", "progress_line"]
+__all__ = ["JsonView", "TerminalView", "progress_line"]
 
 log = structlog.get_logger("morag_worker.headless")
 
 _LOUD_LEVELS = ("warning", "error", "critical", "exception")
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover - the loop returns at GiB
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def progress_line(p: TaskProgress, width: int = 100) -> str:
@@ -52,15 +36,15 @@ def progress_line(p: TaskProgress, width: int = 100) -> str:
     if p.percent is not None:
         parts.append(f"{p.percent:5.1f}%")
     downloading = p.stage == "DOWNLOADING"
-    fmt: Callable[[float], str] = human_bytes if downloading else (lambda v: f"{v:g}")
+    fmt: Callable[[float], str] = human_bytes if downloading else human_count
     if p.total:
         parts.append(f"{fmt(p.done)} of {fmt(p.total)}")
     elif p.done:
         parts.append(fmt(p.done))
     if p.speed:
-        parts.append(f"{human_bytes(p.speed)}/s" if downloading else f"{p.speed:.1f}/s")
+        parts.append(human_rate(p.speed, unit="bytes" if downloading else None))
     if p.eta_s is not None:
-        parts.append(f"ETA {_duration(p.eta_s)}")
+        parts.append(f"ETA {human_duration(p.eta_s)}")
     if p.message and not downloading:
         parts.append(p.message)
     line = "  ".join(parts)
@@ -77,7 +61,7 @@ def _is_loud(line: str) -> bool:
 
 def _record_line(record: TaskRecord) -> str:
     name = record.filename or record.task_id[:8]
-    text = f"{name}: {record.outcome.value} after {_duration(record.duration_s)}"
+    text = f"{name}: {record.outcome.value} after {human_duration(record.duration_s)}"
     return text + (f" ({record.error})" if record.error else "")
 
 

@@ -38,6 +38,7 @@ from morag_worker.core.transfer.errors import (
     IntegrityError,
     TooLarge,
 )
+from morag_worker.core.units import human_bytes
 
 __all__ = [
     "LIMIT_ENV",
@@ -121,8 +122,8 @@ def check_disk_space(dest_dir: Path, need: int, reserve: int, host: str) -> None
     free = shutil.disk_usage(dest_dir).free
     if free < need + reserve:
         raise InsufficientDiskSpace(
-            f"Not enough disk space for the file from {host}: it needs {hh.human_size(need)} "
-            f"plus a {hh.human_size(reserve)} reserve, and {hh.human_size(free)} is free."
+            f"Not enough disk space for the file from {host}: it needs {human_bytes(need)} "
+            f"plus a {human_bytes(reserve)} reserve, and {human_bytes(free)} is free."
         )
 
 
@@ -278,11 +279,11 @@ class TransferJob:
     def _check_size(self, encoded_length: int | None) -> None:
         cap = self.limits.max_bytes
         if encoded_length is not None and encoded_length > cap:
-            raise TooLarge(f"The file at {self.host} is over the {hh.human_size(cap)} limit even compressed.")
+            raise TooLarge(f"The file at {self.host} is over the {human_bytes(cap)} limit even compressed.")
         if self.total is not None:
             if self.total > cap:
-                size = hh.human_size(self.total)
-                raise TooLarge(f"The file at {self.host} is {size}, over the {hh.human_size(cap)} limit.")
+                size = human_bytes(self.total)
+                raise TooLarge(f"The file at {self.host} is {size}, over the {human_bytes(cap)} limit.")
             if self.expected_size is not None and self.total != self.expected_size:
                 raise IntegrityError(
                     f"The file at {self.host} is {self.total} bytes; the task expects {self.expected_size}."
@@ -319,9 +320,7 @@ class TransferJob:
                     f"The server at {self.host} sent more than the {self.total} bytes it announced."
                 )
             if self.have + len(piece) > limits.max_bytes:
-                raise TooLarge(
-                    f"The file at {self.host} is over the {hh.human_size(limits.max_bytes)} limit."
-                )
+                raise TooLarge(f"The file at {self.host} is over the {human_bytes(limits.max_bytes)} limit.")
             if self.expected_size is not None and self.have + len(piece) > self.expected_size:
                 raise IntegrityError(
                     f"The file at {self.host} is larger than the {self.expected_size} bytes expected."
@@ -358,7 +357,7 @@ class TransferJob:
                 later.exception()
             self._pending.clear()
             if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-                done = hh.human_size(self.have)
+                done = human_bytes(self.have)
                 raise InsufficientDiskSpace(
                     f"The disk ran out of space after {done} of the file from {self.host}."
                 ) from None

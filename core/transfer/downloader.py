@@ -47,7 +47,7 @@ from morag_worker.core.transfer.errors import (
     TransferError,
     UnsafeURL,
 )
-from morag_worker.core.transfer.headers import SHA256_HEX, human_size
+from morag_worker.core.transfer.headers import SHA256_HEX
 from morag_worker.core.transfer.url_policy import (
     PeerCheckingAdapter,
     Resolver,
@@ -58,6 +58,7 @@ from morag_worker.core.transfer.url_policy import (
     system_resolver,
 )
 from morag_worker.core.transfer.workspace import TaskWorkspace, sweep_stale_workspaces
+from morag_worker.core.units import human_bytes
 
 __all__ = [
     "INPUT_NAME",
@@ -203,8 +204,8 @@ class Downloader:
         url = normalise_url(url)
         host, is_hub, cap = origin_of(url).display, self.policy.is_hub(url), self.limits.max_bytes
         if expected_size is not None and expected_size > cap:
-            size = human_size(expected_size)
-            raise TooLarge(f"The file at {host} is {size}, over the {human_size(cap)} limit.")
+            size = human_bytes(expected_size)
+            raise TooLarge(f"The file at {host} is {size}, over the {human_bytes(cap)} limit.")
         if expected_size is not None:  # refuse before connecting; checked again once the server answers
             check_disk_space(Path(dest_dir), expected_size, self.limits.disk_reserve_bytes, host)
         path = Path(dest_dir) / INPUT_NAME

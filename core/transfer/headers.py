@@ -27,7 +27,6 @@ __all__ = [
     "content_length",
     "content_range",
     "filename_hint",
-    "human_size",
     "range_validator",
     "retry_after",
     "unsatisfied_range_total",
@@ -120,14 +119,3 @@ def filename_hint(headers: Mapping[str, str], url: str) -> str | None:
         except (ValueError, LookupError, TypeError):
             name = None
     return safe_display_name(name) or safe_display_name(unquote(urlsplit(url).path.rsplit("/", 1)[-1]))
-
-
-def human_size(size: float) -> str:
-    """``1536`` -> ``"1.5 KiB"``."""
-    if size < 1024:
-        return f"{size:.0f} bytes"
-    for unit in ("KiB", "MiB"):
-        size /= 1024
-        if size < 1024:
-            return f"{size:.1f} {unit}"
-    return f"{size / 1024:.1f} GiB"

@@ -12,11 +12,12 @@ import pytest
 
 from morag_worker.core.cli.errors import ExitCode
 from morag_worker.core.cli.headless import exit_code_for
-from morag_worker.core.cli.terminal_view import JsonView, TerminalView, human_bytes, progress_line
+from morag_worker.core.cli.terminal_view import JsonView, TerminalView, progress_line
 from morag_worker.core.execution.windows_wrapper import ControlReader
 from morag_worker.core.results import TaskOutcome, TaskRecord
 from morag_worker.core.supervisor.child_process import posix_signal_for
 from morag_worker.core.supervisor.events import Problem, StopMode, TaskProgress, WorkerState, WorkerStatus
+from morag_worker.core.units import human_bytes
 
 pytestmark = pytest.mark.unit
 
@@ -54,7 +55,7 @@ def progress(**kw: object) -> TaskProgress:
 
 
 def test_progress_line() -> None:
-    assert progress_line(progress()) == "a.pdf  downloading   50.0%  1.5 MiB of 3.0 MiB  350.0 KiB/s  ETA 4 s"
+    assert progress_line(progress()) == "a.pdf  downloading   50.0%  1.5 MiB of 3.0 MiB  350 KiB/s  ETA 4 s"
     line = progress_line(
         progress(
             stage="PROCESSING",
