@@ -2,8 +2,8 @@
 
 Rows follow ``WorkerController.task_progress`` directly (no timer), so an update is on screen in
 the next paint after the event arrives. Each row shows the file name, the stage, a progress bar,
-bytes or units done, the speed and the time left; speed and time left come from the worker when
-it sends them, else from successive updates.
+bytes or units done, the speed and the time left. Speed and time left are the supervisor's
+(``TaskTracker``, one smoothing for every front end); the window never estimates its own.
 
 The header repeats the tray's state and has buttons for the same ``WorkerActions``, so the window
 alone is enough where there is no system tray. A banner shows notices (why the window opened,
@@ -64,12 +64,9 @@ def status_texts(status: WorkerStatus, tasks: Sequence[TaskProgress], now: float
 class TaskRow(QFrame):
     """One task in flight: name, stage, bar, and ``done of total · speed · time left``."""
 
-    def __init__(self, progress: TaskProgress, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, progress: TaskProgress) -> None:
         super().__init__()
         self.task_id = progress.task_id
-        self._clock = clock
-        self._last: tuple[str, float, float] | None = None  # stage, time, done
-        self._rate: float | None = None
         self.setFrameShape(QFrame.Shape.StyledPanel)
         self.setObjectName("taskRow")
         self.name = QLabel()
@@ -96,12 +93,7 @@ class TaskRow(QFrame):
         self.update_progress(progress)
 
     def update_progress(self, p: TaskProgress) -> None:
-        """Show ``p``; estimate speed and time left when the worker did not send them."""
-        stamp = p.timestamp or self._clock()
-        rate = p.speed
-        if rate is None:
-            rate = self._estimate_rate(p.stage, stamp, p.done)
-        self._last = (p.stage, stamp, p.done)
+        """Show ``p`` with the speed and time left the supervisor computed (none until it can)."""
         self.name.setText(p.filename or p.task_id)
         stage = _STAGE_NAMES.get(p.stage, p.stage.title())
         self.stage.setText(f"{stage} · {p.message}" if p.message else stage)
@@ -114,26 +106,12 @@ class TaskRow(QFrame):
         in_bytes = p.stage == "DOWNLOADING"
         amount = human_bytes if in_bytes else human_count
         parts = [f"{amount(p.done)} of {amount(p.total)}" if p.total else amount(p.done)]
-        if rate:
-            parts.append(human_rate(rate, unit="bytes" if in_bytes else None))
-        eta = p.eta_s
-        if eta is None and rate and p.total:
-            eta = max(0.0, (p.total - p.done) / rate)
-        if eta is not None:
-            parts.append(f"{human_duration(eta)} left")
+        if p.speed:
+            parts.append(human_rate(p.speed, unit="bytes" if in_bytes else None))
+        if p.eta_s is not None:
+            parts.append(f"{human_duration(p.eta_s)} left")
         self.detail.setText(" · ".join(parts))
 
-    def _estimate_rate(self, stage: str, stamp: float, done: float) -> float | None:
-        if self._last is None or self._last[0] != stage:
-            self._rate = None
-            return None
-        _, then, before = self._last
-        elapsed = stamp - then
-        if elapsed <= 0 or done < before:
-            return self._rate
-        instant = (done - before) / elapsed
-        self._rate = instant if self._rate is None else 0.7 * self._rate + 0.3 * instant
-        return self._rate
 
 
 class _StatusHeader(QFrame):
@@ -307,7 +285,7 @@ class ProgressWindow(QWidget):
     def _on_progress(self, progress: TaskProgress) -> None:
         row = self.rows.get(progress.task_id)
         if row is None:
-            row = TaskRow(progress, clock=self._clock)
+            row = TaskRow(progress)
             self.rows[progress.task_id] = row
             self._task_layout.insertWidget(self._task_layout.count() - 1, row)
         else:
