@@ -6,6 +6,11 @@ the deadlines that are due (retry, snooze, start deadline, liveness, stop escala
 back through two callables: ``post`` puts an event on the loop's queue (from the prepare thread
 and the child's reader threads) and ``notify`` calls the listener. Nothing here is thread-safe,
 and nothing needs to be: only the loop thread touches it.
+
+The one thread the machine starts itself is a start attempt's prepare (keychain and HTTP block);
+``spawn`` runs that work, by default on a daemon thread kept in ``prepare_threads``. Unit tests
+pass a ``spawn`` that holds the work and a ``post`` that queues, and drive the machine on their
+own thread.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from morag_worker.core.supervisor.prepare import (
 )
 from morag_worker.core.supervisor.task_tracker import TaskTracker
 
-__all__ = ["Event", "Intent", "SupervisorMachine", "Timer"]
+__all__ = ["Event", "Intent", "Notify", "Post", "Spawn", "SupervisorMachine", "Timer"]
 
 log = structlog.get_logger("morag_worker.core.supervisor.supervisor")
 
@@ -81,10 +86,16 @@ class Intent(Enum):
 
 Post = Callable[[Event, Any, int], None]
 Notify = Callable[[str, Any], None]
+Spawn = Callable[[Callable[[], None]], None]
 
 
 class SupervisorMachine:
-    """States and transitions of one supervised worker (see ``Supervisor`` for the arguments)."""
+    """States and transitions of one supervised worker (see ``Supervisor`` for the arguments).
+
+    ``spawn`` is handed a start attempt's prepare work, which may block (keychain, HTTP) and
+    reports through ``post`` (PREPARED). The default runs it on a daemon thread kept in
+    ``prepare_threads`` (``Supervisor.close`` joins them); a test may hold it and run it later.
+    """
 
     def __init__(
         self,
@@ -101,6 +112,7 @@ class SupervisorMachine:
         post: Post,
         notify: Notify,
         settings_source: Callable[[], Settings] | None = None,
+        spawn: Spawn | None = None,
     ) -> None:
         self.settings = settings
         self._settings_source = settings_source
@@ -114,6 +126,7 @@ class SupervisorMachine:
         self._rng = rng
         self._post = post
         self._notify = notify
+        self._spawn: Spawn = spawn if spawn is not None else self._spawn_thread
         self.status = WorkerStatus(WorkerState.STOPPED, "Stopped")
         self.active: tuple[TaskProgress, ...] = ()
         self.timers: dict[Timer, float] = {}  # timer -> monotonic deadline
@@ -228,12 +241,14 @@ class SupervisorMachine:
     def _begin_attempt(self) -> None:
         self._gen += 1
         self._preparing = gen = self._gen
+        settings = self.settings
+        self._set_status(WorkerState.STARTING, f"Connecting to the hub at {settings.hub_url}")
+        self._spawn(lambda: self._prepare(gen, settings))
+
+    def _spawn_thread(self, work: Callable[[], None]) -> None:
         self.prepare_threads = [t for t in self.prepare_threads if t.is_alive()]
-        thread = threading.Thread(
-            target=self._prepare, args=(gen, self.settings), name="morag-prepare", daemon=True
-        )
+        thread = threading.Thread(target=work, name="morag-prepare", daemon=True)
         self.prepare_threads.append(thread)
-        self._set_status(WorkerState.STARTING, f"Connecting to the hub at {self.settings.hub_url}")
         thread.start()
 
     def _prepare(self, gen: int, settings: Settings) -> None:  # on the prepare thread
