@@ -113,7 +113,6 @@ class TaskRow(QFrame):
         self.detail.setText(" · ".join(parts))
 
 
-
 class _StatusHeader(QFrame):
     def __init__(self, actions: WorkerActions) -> None:
         super().__init__()

@@ -54,63 +54,57 @@ from morag_worker.core.hub_client import (
 )
 from morag_worker.core.naming import WorkerType, consumed_queues
 from morag_worker.core.supervisor.gpu import GpuInfo, GpuProbe
+from morag_worker.core.wording import sentence
 
 from .background import BackgroundOp, BackgroundRunner
 from .qt_emit import emit
 
-__all__ = ["Problem", "SettingsDialog", "explain"]
+__all__ = ["Explanation", "SettingsDialog", "explain"]
 
 log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
-class Problem:
-    """What went wrong and what to do next, for a person."""
+class Explanation:
+    """What went wrong and what to do next, in words for a person (``events.Problem`` says why
+    the supervisor stopped; this says what the key dialog shows)."""
 
     message: str
     advice: str = ""
 
 
-def _sentence(text: str) -> str:
-    text = text.strip()
-    if not text:
-        return text
-    text = text[0].upper() + text[1:]
-    return text if text.endswith((".", "!", "?")) else text + "."
-
-
-def explain(exc: BaseException, hub_url: str = "") -> Problem:
-    """Turn an error from checking or saving into a ``Problem``; pure."""
+def explain(exc: BaseException, hub_url: str = "") -> Explanation:
+    """Turn an error from checking or saving into an ``Explanation``; pure."""
     where = f" at {hub_url}" if hub_url else ""
     if isinstance(exc, KeyRejected):
-        return Problem(
+        return Explanation(
             "The hub did not accept this API key.",
             "Check that you copied the whole key. If it was revoked or has expired, create a new one "
             "in your MoRAG account or ask your MoRAG admin.",
         )
     if isinstance(exc, HubUnreachable):
-        return Problem(
+        return Explanation(
             f"Cannot reach the hub{where}.",
             "Check the address and your network connection. The hub may also be down: try again later.",
         )
     if isinstance(exc, HubError):
-        return Problem(
-            _sentence(f"The hub answered with an error: {exc}"),
+        return Explanation(
+            sentence(f"The hub answered with an error: {exc}"),
             "Try again in a few minutes. If it keeps happening, tell your MoRAG admin.",
         )
     if isinstance(exc, InvalidHubUrl):
-        return Problem(
-            _sentence(f"The hub address is not valid: {exc}"),
+        return Explanation(
+            sentence(f"The hub address is not valid: {exc}"),
             "Use the address your MoRAG admin gave you, such as https://hub.example.org.",
         )
     if isinstance(exc, CredentialError):  # KeychainUnavailable, InvalidApiKey
-        return Problem(_sentence(exc.message), _sentence(exc.advice))
+        return Explanation(sentence(exc.message), sentence(exc.advice))
     if isinstance(exc, SettingsError):
-        return Problem(_sentence(exc.message), _sentence(exc.advice))
+        return Explanation(sentence(exc.message), sentence(exc.advice))
     if isinstance(exc, AutostartError):
-        return Problem(_sentence(str(exc)))
-    return Problem(
-        _sentence(f"Unexpected error: {exc.__class__.__name__}: {exc}"), "See the log for details."
+        return Explanation(sentence(str(exc)))
+    return Explanation(
+        sentence(f"Unexpected error: {exc.__class__.__name__}: {exc}"), "See the log for details."
     )
 
 
@@ -347,7 +341,7 @@ class SettingsDialog(QDialog):
             emit(self.checked, False)
             return
         if not key:
-            self._show_problem(Problem("Paste your API key first.", "You find it in your MoRAG account."))
+            self._show_problem(Explanation("Paste your API key first.", "You find it in your MoRAG account."))
             emit(self.checked, False)
             return
         self._generation += 1
@@ -388,7 +382,7 @@ class SettingsDialog(QDialog):
 
         BackgroundOp(self._runner, ask_hub, accepted, parent=self, label="check key").failure(refused).run()
 
-    def _show_problem(self, problem: Problem) -> None:
+    def _show_problem(self, problem: Explanation) -> None:
         self.status_label.setStyleSheet("")
         advice = f"<br>{_escape(problem.advice)}" if problem.advice else ""
         self.status_label.setText(
@@ -439,7 +433,7 @@ class SettingsDialog(QDialog):
             self._show_problem(explain(exc))
             return
         if not key:
-            self._show_problem(Problem("Paste your API key first.", "You find it in your MoRAG account."))
+            self._show_problem(Explanation("Paste your API key first.", "You find it in your MoRAG account."))
             return
         unchanged = self._stored is not None and self._stored == (hub, key)
         verified = self._verified is not None and self._verified[:2] == (hub, key)

@@ -10,9 +10,10 @@ import logging
 import os
 import sys
 
-from morag_worker.core.cli import CliError, ExitCode, build_parser, dispatch, sentence
+from morag_worker.core.cli import CliError, ExitCode, build_parser, dispatch
 from morag_worker.core.cli.display import NO_DISPLAY_MESSAGE, has_display
 from morag_worker.core.logging import configure_logging, redact
+from morag_worker.core.wording import sentence
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,10 +31,11 @@ from morag_worker.core.cli.devstack import (
     python_argv,
     wait_for,
 )
-from morag_worker.core.cli.errors import CliError, ExitCode, sentence
+from morag_worker.core.cli.errors import CliError, ExitCode
 from morag_worker.core.cli.submit import failure_of
 from morag_worker.core.hub_client import HubClient, TaskView
 from morag_worker.core.server.acl import create_provisioned_key
+from morag_worker.core.wording import sentence
 
 __all__ = ["run"]
 

@@ -11,12 +11,13 @@ import getpass
 import sys
 from dataclasses import replace
 
-from morag_worker.core.cli.errors import CliError, ExitCode, sentence
+from morag_worker.core.cli.errors import CliError, ExitCode
 from morag_worker.core.cli.keysource import resolve_hub
 from morag_worker.core.config.credentials import CredentialError, CredentialStore, read_api_key_file
 from morag_worker.core.config.settings import SettingsError, SettingsStore
 from morag_worker.core.hub_client import HubClient, HubError, HubUnreachable, KeyRejected
 from morag_worker.core.logging import register_secret
+from morag_worker.core.wording import sentence
 
 __all__ = ["run_login", "run_logout"]
 

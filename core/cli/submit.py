@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from morag_worker.core.cli.errors import CliError, ExitCode, sentence
+from morag_worker.core.cli.errors import CliError, ExitCode
 from morag_worker.core.cli.keysource import resolve_hub_and_key
 from morag_worker.core.execution.presence import PresenceRecord
 from morag_worker.core.hub_client import HubClient, HubError, HubUnreachable, KeyRejected, TaskView
 from morag_worker.core.logging import register_secret
 from morag_worker.core.units import human_bytes
+from morag_worker.core.wording import sentence
 
 __all__ = ["failure_of", "run"]
 

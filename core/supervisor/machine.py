@@ -33,6 +33,7 @@ from morag_worker.core.execution.progress_channel import (
     parse_line,
 )
 from morag_worker.core.hub_client import HubClientFactory
+from morag_worker.core.logging import redact
 from morag_worker.core.results import TaskRecord
 from morag_worker.core.supervisor.child_process import ChildCallbacks, Launcher
 from morag_worker.core.supervisor.child_session import RESTART, USER, ChildSession, stop_status
@@ -44,9 +45,9 @@ from morag_worker.core.supervisor.prepare import (
     Prepared,
     PrepareFailed,
     prepare_outcome,
-    sentence,
 )
 from morag_worker.core.supervisor.task_tracker import TaskTracker
+from morag_worker.core.wording import capitalised
 
 __all__ = ["Event", "Intent", "Notify", "Post", "Spawn", "SupervisorMachine", "Timer"]
 
@@ -315,7 +316,7 @@ class SupervisorMachine:
         self.timers[Timer.RETRY] = self._clock.monotonic() + delay
         self._set_status(
             WorkerState.BACKOFF,
-            f"{sentence(message)}; retrying in {delay:.0f} s (attempt {self._failures + 1})",
+            f"{_for_person(message)}; retrying in {delay:.0f} s (attempt {self._failures + 1})",
             retry_at=self._clock.time() + delay,
             problem=problem,
             last_output=last_output,
@@ -324,7 +325,7 @@ class SupervisorMachine:
     def _give_up(self, problem: Problem, message: str, last_output: tuple[str, ...] = ()) -> None:
         self._want = Intent.STOP
         log.warning("supervisor.gave_up", problem=problem.value, message=message)
-        self._set_status(WorkerState.CRASHED, sentence(message), problem=problem, last_output=last_output)
+        self._set_status(WorkerState.CRASHED, _for_person(message), problem=problem, last_output=last_output)
 
     def _timer_retry(self) -> None:
         if self._want is Intent.RUN and self.session is None and self._preparing is None:
@@ -558,3 +559,8 @@ class SupervisorMachine:
         self.status = status
         log.info("supervisor.status", state=state.value, message=message)
         self._notify("on_status", status)
+
+
+def _for_person(text: str) -> str:
+    """A message for a status line: redacted (no key can slip through), with a capital first letter."""
+    return capitalised(redact(text))

@@ -23,7 +23,7 @@ from morag_worker.core.hub_client import (
     KeyRejected,
     QueueInfo,
 )
-from morag_worker.core.logging import redact, register_secret
+from morag_worker.core.logging import register_secret
 from morag_worker.core.naming import InvalidUserId, WorkerType, consumed_queues
 from morag_worker.core.supervisor.events import Problem
 from morag_worker.core.supervisor.gpu import GpuProbe, cuda_visible_devices, gpu_for_tasks
@@ -36,7 +36,6 @@ __all__ = [
     "Prepared",
     "prepare",
     "prepare_outcome",
-    "sentence",
 ]
 
 log = structlog.get_logger("morag_worker.core.supervisor")
@@ -146,12 +145,6 @@ def prepare_outcome(
     except Exception as exc:  # noqa: BLE001 - the prepare thread must always report back
         log.exception("supervisor.prepare_failed")
         return PrepareFailed(Problem.CONFIG, f"cannot prepare the worker: {exc}", retry=False)
-
-
-def sentence(text: str) -> str:
-    """``text`` redacted, as a sentence for a person (capital first letter)."""
-    text = redact(text.strip())
-    return text[:1].upper() + text[1:] if text else text
 
 
 def _queue_info(factory: HubClientFactory, hub_url: str, api_key: str) -> QueueInfo:

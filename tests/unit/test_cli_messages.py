@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from morag_worker.core.cli import CliError, ExitCode, build_parser, sentence
+from morag_worker.core.cli import CliError, ExitCode, build_parser
 from morag_worker.core.cli.demo import _summary
 from morag_worker.core.cli.display import has_display
 from morag_worker.core.cli.redis_url import admin_redis_url
 from morag_worker.core.cli.submit import _check_source, failure_of
 from morag_worker.core.hub_client import TaskView
+from morag_worker.core.wording import sentence
 
 pytestmark = pytest.mark.unit
 
