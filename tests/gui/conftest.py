@@ -378,3 +378,12 @@ def started(harness: Harness, qtbot: QtBot) -> Callable[..., TrayApp]:
         return app
 
     return start
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A GUI test stuck inside Qt's event loop is not reached by pytest-timeout's signal; its
+    thread method dumps every thread's stack and ends the run, so a hang is seen, not waited out."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(300, method="thread"))
