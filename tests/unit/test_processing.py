@@ -100,20 +100,24 @@ def test_resolve_uses_the_path_name_without_a_filename_hint(
     assert registry.resolve(None, None, write(tmp_path, "notes.md", "# Hi")).name == "markdown"
 
 
+# Each bundled sample and the format its content alone says it is.
+SAMPLE_FORMATS = [
+    ("sample.pdf", "pdf"),
+    ("sample.docx", "docx"),
+    ("sample.pptx", "pptx"),
+    ("sample.xlsx", "xlsx"),
+    ("sample.epub", "epub"),
+    ("sample.html", "html"),
+    ("sample.txt", "text"),
+    ("sample.md", "text"),  # markdown is text that a name or type calls markdown
+    ("sample.csv", "csv"),
+    ("sample.json", "json"),
+]
+
+
 @pytest.mark.parametrize(
     ("sample", "expected"),
-    [
-        ("sample.pdf", "pdf"),
-        ("sample.docx", "docx"),
-        ("sample.pptx", "pptx"),
-        ("sample.xlsx", "xlsx"),
-        ("sample.epub", "epub"),
-        ("sample.html", "html"),
-        ("sample.txt", "text"),
-        ("sample.md", "text"),  # markdown is text that a name or type calls markdown
-        ("sample.csv", "csv"),
-        ("sample.json", "json"),
-    ],
+    SAMPLE_FORMATS,
 )
 def test_resolve_by_sniffing_content(
     registry: ProcessorRegistry, tmp_path: Path, sample: str, expected: str
@@ -139,18 +143,7 @@ CERTAIN = {"pdf", "docx", "xlsx", "pptx", "epub"}
 
 @pytest.mark.parametrize(
     ("sample", "expected"),
-    [
-        ("sample.pdf", "pdf"),
-        ("sample.docx", "docx"),
-        ("sample.pptx", "pptx"),
-        ("sample.xlsx", "xlsx"),
-        ("sample.epub", "epub"),
-        ("sample.html", "html"),
-        ("sample.txt", "text"),
-        ("sample.md", "text"),
-        ("sample.csv", "csv"),
-        ("sample.json", "json"),
-    ],
+    SAMPLE_FORMATS,
 )
 def test_sniff_each_format_from_content_alone(tmp_path: Path, sample: str, expected: str) -> None:
     saved = tmp_path / "input.bin"
