@@ -19,10 +19,10 @@ from typing import TextIO
 import structlog
 
 from morag_worker.core.results import TaskRecord
-from morag_worker.core.supervisor.events import TaskProgress, WorkerStatus
+from morag_worker.core.supervisor.events import TaskProgress, WorkerState, WorkerStatus
 from morag_worker.core.units import human_bytes, human_count, human_duration, human_rate
 
-__all__ = ["JsonView", "TerminalView", "progress_line"]
+__all__ = ["JsonView", "TerminalView", "progress_line", "status_text"]
 
 log = structlog.get_logger("morag_worker.headless")
 
@@ -59,6 +59,13 @@ def _is_loud(line: str) -> bool:
     return isinstance(data, dict) and str(data.get("level", "")).lower() in _LOUD_LEVELS
 
 
+def status_text(status: WorkerStatus) -> str:
+    """The status message, with the queues the worker consumes once it runs."""
+    if status.state is WorkerState.RUNNING and status.queues:
+        return f"{status.message} (queues {', '.join(status.queues)})"
+    return status.message
+
+
 def _record_line(record: TaskRecord) -> str:
     name = record.filename or record.task_id[:8]
     text = f"{name}: {record.outcome.value} after {human_duration(record.duration_s)}"
@@ -88,6 +95,7 @@ class TerminalView:
         self._tasks: dict[str, TaskProgress] = {}
         self._drawn = 0
         self._last_draw = float("-inf")
+        self._notice_shown: str | None = None
 
     def _clear(self) -> None:
         if self._drawn:
@@ -111,7 +119,10 @@ class TerminalView:
 
     def on_status(self, status: WorkerStatus) -> None:
         stamp = time.strftime("%H:%M:%S")
-        self._print(f"[{stamp}] {status.state.value}: {status.message}")
+        self._print(f"[{stamp}] {status.state.value}: {status_text(status)}")
+        if status.notice and status.notice != self._notice_shown:
+            self._notice_shown = status.notice
+            self._print(f"  note: {status.notice}")
         if status.last_output and status.state.value == "crashed":
             self._print("  last output of the worker:\n    " + "\n    ".join(status.last_output[-10:]))
 

@@ -128,3 +128,16 @@ def test_control_reader_finish_stop_now_and_eof() -> None:
     )
     reader.run()
     assert cancel.is_set() and stops == [True, True]
+
+
+def test_terminal_view_names_the_queues_consumed_and_the_cpu_notice_once() -> None:
+    out = io.StringIO()
+    view = TerminalView(out, width=lambda: 120)
+    notice = "No usable NVIDIA GPU found: audio and video are transcribed on the CPU, more slowly."
+    queues = ("gpu-tasks-alice", "cpu-tasks-alice")
+    view.on_status(WorkerStatus(WorkerState.STARTING, "Connecting", queues=queues, notice=notice))
+    view.on_status(WorkerStatus(WorkerState.RUNNING, "Waiting for work", queues=queues, notice=notice))
+    text = out.getvalue()
+    assert "running: Waiting for work (queues gpu-tasks-alice, cpu-tasks-alice)" in text
+    assert "starting: Connecting\n" in text  # queues only once they are consumed
+    assert text.count(notice) == 1
