@@ -362,11 +362,11 @@ class SettingsDialog(QDialog):
             self._set_busy(False)
             self._verified = (hub, key, info)
             queues = consumed_queues(info.user_id, self._chosen_worker()[0])
-            label = "queue" if len(queues) == 1 else "queues"
+            label = "Queue" if len(queues) == 1 else "Queues"
+            # Each name on one piece: a queue name wrapped at its hyphen reads as two names.
+            names = " and ".join(f'<b style="white-space:nowrap">{q}</b>' for q in queues)
             self.status_label.setStyleSheet(_OK_STYLE)
-            self.status_label.setText(
-                f"✓ Key accepted: user <b>{info.user_id}</b>, {label} <b>{' and '.join(queues)}</b>"
-            )
+            self.status_label.setText(f"✓ Key accepted: user <b>{info.user_id}</b><br>{label}: {names}")
             log.info("settings.key_checked", hub=hub, user_id=info.user_id)
             emit(self.checked, True)
             if then is not None:

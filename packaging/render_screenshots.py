@@ -77,7 +77,7 @@ def wait_for(condition: object, timeout_s: float = 5.0) -> None:
 def save(widget: QWidget | QPixmap, path: Path) -> None:
     pixmap = widget if isinstance(widget, QPixmap) else widget.grab()
     pixmap.save(str(path), "PNG", 9)
-    print(f"{path.relative_to(ROOT)}  {pixmap.width()}x{pixmap.height()}  {path.stat().st_size // 1024} KiB")
+    print(f"{path}  {pixmap.width()}x{pixmap.height()}  {path.stat().st_size // 1024} KiB")
 
 
 def build_app(tmp: Path) -> tuple[TrayApp, list[FakeSupervisor]]:

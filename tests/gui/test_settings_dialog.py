@@ -94,7 +94,9 @@ def test_good_key_shows_user_and_queue_and_is_stored_in_the_keychain(
 
     text = _check(qtbot, dialog, ok=True)
     assert "Key accepted" in text and "alice-gui" in text
-    assert "queues <b>gpu-tasks-alice-gui and cpu-tasks-alice-gui</b>" in text
+    assert (
+        "Queues: " in text and ">gpu-tasks-alice-gui</b> and " in text and ">cpu-tasks-alice-gui</b>" in text
+    )
 
     dialog.gpu_combo.setCurrentIndex(2)  # GPU 1
     dialog.concurrency.setValue(2)
@@ -178,7 +180,7 @@ def test_gpu_choices_come_from_the_probe(stack: Stack, make_dialog: MakeDialog, 
     dialog.gpu_combo.setCurrentIndex(3)
     qtbot.keyClicks(dialog.key_edit, hub_key(stack, "carol-gui"))
     text = _check(qtbot, dialog, ok=True)
-    assert "queue <b>cpu-tasks-carol-gui</b>" in text and "gpu-tasks" not in text
+    assert "Queue: " in text and ">cpu-tasks-carol-gui</b>" in text and "gpu-tasks" not in text
 
 
 def test_first_run_asks_for_a_key_then_saves_and_starts(stack: Stack, harness: Harness, qtbot: QtBot) -> None:
