@@ -92,6 +92,9 @@ def test_keys_verbs(tmp_path: Path) -> None:
         bad_user = cli("keys", "create", "--user", "da*ve", env=env)
         assert bad_user.returncode == 2 and "Invalid user id" in bad_user.stderr
         assert "Traceback" not in bad_user.stderr
+        for dots in (".", ".."):
+            dotted = cli("keys", "create", "--user", dots, env=env)
+            assert dotted.returncode == 2 and "not only dots" in dotted.stderr, dotted.stderr
     finally:
         server.stop()
     unreachable = cli(

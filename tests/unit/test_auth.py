@@ -155,7 +155,7 @@ def test_list_and_sweep(server: RedisServer) -> None:
     assert ("removed", "alice", swept[0].key_hash) in hook.events
 
 
-@pytest.mark.parametrize("bad", ["", "a" * 65, "a*", "a:b", "a b", "ä", "../x", None, 5])
+@pytest.mark.parametrize("bad", ["", "a" * 65, "a*", "a:b", "a b", "ä", "../x", ".", "..", "...", None, 5])
 def test_invalid_user_ids_are_refused(server: RedisServer, bad: object) -> None:
     async def body(service, client):  # type: ignore[no-untyped-def]
         with pytest.raises(InvalidUserId):
