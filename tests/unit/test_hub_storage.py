@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,20 @@ def test_a_user_folder_that_is_a_symlink_out_of_the_root_is_refused(tmp_path: Pa
     with pytest.raises(OutsideStorage):
         store.new_writer("mallory")
     assert list(outside.iterdir()) == []
+
+
+@posix_only
+def test_the_file_and_its_sidecar_are_private(tmp_path: Path) -> None:
+    old_umask = os.umask(0o022)
+    try:
+        store = FileStore(tmp_path / "hub", 1024)
+        writer = store.new_writer("gina")
+        writer.write(b"hello")
+        stored = writer.commit("a.txt", "text/plain")
+    finally:
+        os.umask(old_umask)
+    user_dir = tmp_path / "hub" / "gina"
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in user_dir.iterdir()}
+    assert modes == {stored.file_id: 0o600, f"{stored.file_id}.json": 0o600}
+    assert json.loads((user_dir / f"{stored.file_id}.json").read_text())["user_id"] == "gina"
+    assert store.get("gina", stored.file_id) is not None

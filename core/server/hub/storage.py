@@ -128,7 +128,10 @@ class FileWriter:
         )
         os.replace(self._partial, self._path)
         meta_tmp = self._path.with_suffix(".json.part")
-        meta_tmp.write_text(json.dumps(asdict(stored)))
+        # 0600 like the file itself: the sidecar names the user's file and its checksum.
+        fd = os.open(meta_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as meta:
+            meta.write(json.dumps(asdict(stored)))
         os.replace(meta_tmp, self._path.with_suffix(".json"))
         return stored
 
