@@ -100,3 +100,13 @@ def test_a_multipart_upload_without_its_closing_boundary_is_refused_and_removed(
     if os.name == "posix":
         for path in user_dir.iterdir():
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
+
+
+def test_the_api_docs_and_schema_are_not_served(stack: Stack) -> None:
+    key = stack.key("vera")
+    for path in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"):
+        for headers in ({}, {"Authorization": f"Bearer {key}"}):
+            response = requests.get(stack.hub_url + path, headers=headers, timeout=10)
+            assert response.status_code in (401, 404), (path, response.status_code)
+            assert "swagger" not in response.text.lower() and "openapi" not in response.text.lower()
+    assert requests.get(stack.hub_url + "/healthz", timeout=10).ok

@@ -154,7 +154,12 @@ def create_app(config: HubConfig) -> FastAPI:
             await state["aredis"].aclose()
             state["redis"].close()
 
-    app = FastAPI(title="MoRAG Worker hub", lifespan=lifespan)
+    # No /docs, /redoc or /openapi.json: every route but /healthz needs a key, a browser cannot send
+    # one to those pages, and Swagger UI would load its scripts from a CDN. The API is DESIGN §4;
+    # its schema, when wanted, is `create_app(HubConfig()).openapi()` offline.
+    app = FastAPI(
+        title="MoRAG Worker hub", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
 
     @app.exception_handler(HTTPException)
     async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
