@@ -14,6 +14,8 @@ import json
 import os
 import socket
 import stat
+import subprocess
+import sys
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -21,13 +23,99 @@ import pytest
 import redis
 import requests
 
-from tests.conftest import Stack
+from morag_worker.core.hub_client import HubForbidden
+from morag_worker.core.server.acl import create_provisioned_key
+from tests.conftest import SAMPLES, Stack
+from tests.processes import base_env
 
 pytestmark = pytest.mark.integration
 
 
 def _admin(stack: Stack) -> redis.Redis:
     return redis.Redis.from_url(stack.redis.url)
+
+
+def _celery_queue_length(stack: Stack) -> int:
+    with _admin(stack) as client:
+        return int(client.llen("celery"))
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "morag_worker", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def _upload(stack: Stack, key: str, body: bytes = b"hello\n") -> dict[str, object]:
+    response = requests.post(
+        stack.hub_url + "/api/v1/files",
+        params={"filename": "a.txt"},
+        data=body,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "text/plain"},
+        timeout=10,
+    )
+    assert response.status_code == 201, response.text
+    data: dict[str, object] = response.json()
+    return data
+
+
+def test_a_user_key_cannot_reach_the_servers_own_workers(stack: Stack) -> None:
+    key = stack.key("ruth")
+    headers = {"Authorization": f"Bearer {key}"}
+    file_id = _upload(stack, key)["file_id"]
+    before = _celery_queue_length(stack)
+    for body in ({"file_id": file_id, "remote": False}, {"url": "https://example.org/x", "remote": False}):
+        refused = requests.post(stack.hub_url + "/api/v1/tasks", json=body, headers=headers, timeout=10)
+        assert refused.status_code == 403, refused.text
+        assert "--role server" in refused.json()["error"]
+    assert _celery_queue_length(stack) == before
+    with pytest.raises(HubForbidden, match="local tasks"):
+        stack.client(key).create_task(url="https://example.org/x", remote=False)
+    assert stack.client(key).queue_info().role == "user"
+    # Its own workers' queue is still open to it.
+    own = requests.post(
+        stack.hub_url + "/api/v1/tasks", json={"file_id": file_id}, headers=headers, timeout=10
+    )
+    assert own.status_code == 201 and own.json()["queue"] == "gpu-tasks-ruth"
+    assert _celery_queue_length(stack) == before
+
+
+def test_a_server_key_may_submit_local_tasks_and_has_only_its_users_broker_access(stack: Stack) -> None:
+    key = create_provisioned_key(stack.redis.url, "sam", "the MoRAG server", role="server")
+    user_key = stack.key("sam")
+    assert stack.client(key).queue_info().role == "server"
+    file_id = _upload(stack, key)["file_id"]
+    before = _celery_queue_length(stack)
+    created = stack.client(key).create_task(file_id=str(file_id), remote=False)
+    assert created["queue"] == "celery"
+    assert _celery_queue_length(stack) == before + 1
+    with _admin(stack) as client:
+        client.delete("celery")  # nothing consumes it here
+        rules = client.acl_getuser("worker-sam")
+    # The same per-user ACL as a user key: the server's own workers use the admin connection.
+    assert sorted(rules["passwords"]) == sorted(
+        hashlib.sha256(k.encode()).hexdigest() for k in (key, user_key)
+    )
+    assert rules["keys"] == ["~morag:ns:sam:*"]
+
+
+def test_submit_local_with_a_user_key_says_why_before_uploading(stack: Stack) -> None:
+    key = stack.key("tess")
+    env = base_env(MORAG_API_KEY=key, MAIN_SERVER_URL=stack.hub_url)
+    refused = _cli("submit", str(SAMPLES / "sample.html"), "--local", env=env)
+    assert refused.returncode == 4, refused.stderr
+    assert "only a server key may use" in refused.stderr and "--role server" in refused.stderr
+    assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert not (stack.tmp / "hub" / "tess").exists()  # refused before the upload
+
+    server_key = create_provisioned_key(stack.redis.url, "tess", "server", role="server")
+    accepted = _cli(
+        "submit", str(SAMPLES / "sample.html"), "--local", env={**env, "MORAG_API_KEY": server_key}
+    )
+    assert accepted.returncode == 0, accepted.stderr
+    assert "queued on celery" in accepted.stderr
+    with _admin(stack) as client:
+        client.delete("celery")
 
 
 def test_a_stored_record_for_a_dot_user_is_no_key_and_writes_nothing(stack: Stack) -> None:
