@@ -7,6 +7,11 @@ Only ``sha256(key)`` is stored: ``morag:api_keys:{hash}`` holds the JSON record 
 ``morag:users:{user_id}`` indexes a user's hashes. A key without expiry never expires (the seed gave
 every key a 365-day TTL). Expired keys stop validating at once; ``sweep_expired`` removes them and,
 through the optional ``KeyAccessHook``, their broker credentials.
+
+A key has a role (``KeyRole``): ``user``, the default and what every record without the field
+reads as, or ``server``, given only explicitly at creation. A server key may additionally submit
+local tasks (``remote: false``) through the hub, which reach the server's own workers on the
+plain ``celery`` queue; its broker access is the same per-user ACL as any key's.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any, Protocol
 
 import redis
@@ -29,6 +35,7 @@ __all__ = [
     "APIKeyService",
     "ApiKeyRecord",
     "KeyAccessHook",
+    "KeyRole",
     "UnknownKey",
     "hash_api_key",
 ]
@@ -39,6 +46,21 @@ KEY_PREFIX = "morag:api_keys:"
 USER_INDEX_PREFIX = "morag:users:"
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_KEY_LENGTH = 256
+
+
+class KeyRole(StrEnum):
+    """What a key may do beyond its own user's work."""
+
+    USER = "user"  # its own user's queues, files, tasks and workers only
+    SERVER = "server"  # also local tasks (the server's own workers), through the hub
+
+    @classmethod
+    def parse(cls, value: object) -> KeyRole:
+        """``value`` as a role; ValueError (naming the choices) for anything else."""
+        if isinstance(value, str) and value in cls._value2member_map_:
+            return cls(value)
+        choices = ", ".join(repr(r.value) for r in cls)
+        raise ValueError(f"unknown key role {str(value)[:40]!r}: use one of {choices}")
 
 
 class UnknownKey(LookupError):
@@ -68,6 +90,7 @@ class ApiKeyRecord:
     created_at: datetime
     expires_at: datetime | None
     active: bool
+    role: KeyRole = KeyRole.USER
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and now >= self.expires_at
@@ -78,6 +101,7 @@ class ApiKeyRecord:
         data.pop("key_hash")
         data["created_at"] = self.created_at.isoformat()
         data["expires_at"] = self.expires_at.isoformat() if self.expires_at else None
+        data["role"] = self.role.value
         return data
 
     def to_json(self) -> str:
@@ -94,6 +118,8 @@ class ApiKeyRecord:
             created_at=_aware(datetime.fromisoformat(data["created_at"])),
             expires_at=_aware(datetime.fromisoformat(expires)) if expires else None,
             active=bool(data.get("active", True)),
+            # Records written before roles existed have no field: they are user keys.
+            role=KeyRole.parse(data.get("role", KeyRole.USER)),
         )
 
 
@@ -166,10 +192,20 @@ class APIKeyService:
         self._now = clock
 
     async def create_api_key(
-        self, user_id: str, description: str = "", expires_days: int | None = None
+        self,
+        user_id: str,
+        description: str = "",
+        expires_days: int | None = None,
+        *,
+        role: KeyRole | str = KeyRole.USER,
     ) -> str:
-        """Create a key for ``user_id`` and return it; only its hash is stored."""
+        """Create a key for ``user_id`` and return it; only its hash is stored.
+
+        ``role`` is keyword-only so that the seed's positional calls keep meaning what they meant:
+        a server key is only ever made by asking for one by name.
+        """
         validate_user_id(user_id)
+        key_role = KeyRole.parse(role)
         if expires_days is not None and expires_days <= 0:
             raise ValueError("expires_days must be a positive number of days")
         api_key = secrets.token_urlsafe(32)
@@ -181,6 +217,7 @@ class APIKeyService:
             created_at=now,
             expires_at=now + timedelta(days=expires_days) if expires_days else None,
             active=True,
+            role=key_role,
         )
         await self._store.add(record)
         if self._hook is not None:
@@ -190,6 +227,7 @@ class APIKeyService:
             user_id=user_id,
             key_hash=record.key_hash[:12],
             expires_at=record.expires_at.isoformat() if record.expires_at else None,
+            role=key_role.value,
         )
         return api_key
 

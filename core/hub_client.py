@@ -18,6 +18,7 @@ __all__ = [
     "HubClientFactory",
     "HubClientLike",
     "HubError",
+    "HubForbidden",
     "HubUnreachable",
     "KeyRejected",
     "QueueInfo",
@@ -37,6 +38,10 @@ class KeyRejected(HubError):
     """The hub does not accept the API key (unknown, revoked or expired)."""
 
 
+class HubForbidden(HubError):
+    """The key is valid but may not do what was asked (403), e.g. local tasks with a user key."""
+
+
 @dataclass(frozen=True)
 class QueueInfo:
     """What a worker needs besides its key (DESIGN §4 queue-info)."""
@@ -49,6 +54,7 @@ class QueueInfo:
     broker_username: str
     key_prefix: str
     expires_at: str | None = None
+    role: str | None = None  # "user" or "server"; None from a hub that does not say
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> QueueInfo:
@@ -62,6 +68,7 @@ class QueueInfo:
             broker_username=str(broker.get("username", "")),
             key_prefix=str(broker.get("key_prefix", "")),
             expires_at=data.get("expires_at"),
+            role=data.get("role"),
         )
 
 
@@ -145,6 +152,8 @@ class HubClient:
             raise HubUnreachable(f"cannot reach the hub at {self.base_url} ({type(exc).__name__})") from None
         if response.status_code == 401:
             raise KeyRejected("the hub rejected the API key (unknown, revoked or expired)")
+        if response.status_code == 403:
+            raise HubForbidden(f"the hub refused: {_error_text(response)}")
         if response.status_code >= 400:
             raise HubError(f"the hub answered {response.status_code}: {_error_text(response)}")
         return response

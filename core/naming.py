@@ -25,7 +25,12 @@ __all__ = [
 
 DEFAULT_QUEUE = "celery"
 NAMESPACE_ROOT = "morag:ns:"
-_USER_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# DESIGN §3's ``^[A-Za-z0-9_.-]{1,64}$``, less the ids made only of dots: ``.`` and ``..`` are
+# path components (the hub's storage folder of such a user would be its root or the root's
+# parent), and a third dot adds nothing anyone needs. Ids that merely start with ``.`` or ``-``
+# stay valid: a hidden folder name or a leading dash has no meaning in a queue name, key pattern,
+# ACL rule or path component, and refusing them would orphan keys already issued to such users.
+_USER_ID_RE = re.compile(r"^(?!\.+$)[A-Za-z0-9_.-]{1,64}$")
 _QUEUE_RE = re.compile(r"^(gpu|cpu)-tasks-([A-Za-z0-9_.-]{1,64})$")
 
 
@@ -34,7 +39,10 @@ class InvalidUserId(ValueError):
 
     def __init__(self, user_id: object) -> None:
         shown = repr(user_id)[:80]
-        super().__init__(f"invalid user id {shown}: use 1-64 characters from A-Z, a-z, 0-9, '_', '.' and '-'")
+        super().__init__(
+            f"invalid user id {shown}: use 1-64 characters from A-Z, a-z, 0-9, '_', '.' and '-', "
+            "not only dots"
+        )
 
 
 class WorkerType(StrEnum):
@@ -88,4 +96,4 @@ def acl_username(user_id: str) -> str:
 def user_id_from_queue(queue: str) -> str | None:
     """The user id in a per-user queue name, or None for any other queue (``celery``...)."""
     match = _QUEUE_RE.fullmatch(queue)
-    return match.group(2) if match else None
+    return match.group(2) if match and _USER_ID_RE.fullmatch(match.group(2)) else None

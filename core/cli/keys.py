@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from morag_worker.core.auth import APIKeyService, UnknownKey
+from morag_worker.core.auth import APIKeyService, KeyRole, UnknownKey
 from morag_worker.core.cli.errors import CliError, ExitCode
 from morag_worker.core.cli.redis_url import admin_redis_url
 from morag_worker.core.execution.celery_config import strip_credentials
@@ -47,9 +47,11 @@ async def _run(args: argparse.Namespace, url: str) -> int:
         if action == "create":
             if args.expires_days is not None and args.expires_days <= 0:
                 raise CliError("the number of days in --expires-days must be at least 1", ExitCode.USAGE)
-            key = await service.create_api_key(args.user, args.description, args.expires_days)
+            role = KeyRole.parse(getattr(args, "role", "user"))
+            key = await service.create_api_key(args.user, args.description, args.expires_days, role=role)
             print(key)
-            print(f"Created a key for user {args.user!r}; it is shown only this once.", file=sys.stderr)
+            kind = "a server key" if role is KeyRole.SERVER else "a key"
+            print(f"Created {kind} for user {args.user!r}; it is shown only this once.", file=sys.stderr)
         elif action == "list":
             records = await service.list_keys(args.user)
             if not records:
@@ -59,7 +61,7 @@ async def _run(args: argparse.Namespace, url: str) -> int:
                 status = "active" if record.active else "revoked"
                 print(
                     f"{record.key_hash}  created {record.created_at.isoformat()}  "
-                    f"expires {expires}  {status}  {record.description}"
+                    f"expires {expires}  {status}  role {record.role.value}  {record.description}"
                 )
         elif action == "revoke":
             key_or_hash = sys.stdin.readline().strip() if args.key_or_hash == "-" else args.key_or_hash

@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--user", required=True, help="user id")
     create.add_argument("--description", default="")
     create.add_argument("--expires-days", type=int)
+    create.add_argument(
+        "--role",
+        choices=("user", "server"),
+        default="user",
+        help="user (default): the user's own workers only; server: may also submit local tasks "
+        "(the server's own workers) through the hub",
+    )
     listing = keys_sub.add_parser("list", parents=server_side, help="list a user's keys (hashes, never keys)")
     listing.add_argument("--user", required=True)
     revoke = keys_sub.add_parser(
@@ -128,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--json", action="store_true", help="print the whole result object")
     submit.add_argument("--content-type")
     submit.add_argument("--worker-type", choices=("gpu", "cpu"), default="gpu", help="queue kind")
-    submit.add_argument("--local", action="store_true", help="use the server's own workers")
+    submit.add_argument(
+        "--local", action="store_true", help="use the server's own workers (needs a key with --role server)"
+    )
     submit.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait at most")
     submit.add_argument(
         "--keep-waiting",

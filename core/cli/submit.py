@@ -19,7 +19,14 @@ from urllib.parse import urlsplit
 from morag_worker.core.cli.errors import CliError, ExitCode
 from morag_worker.core.cli.keysource import resolve_hub_and_key
 from morag_worker.core.execution.presence import PresenceRecord
-from morag_worker.core.hub_client import HubClient, HubError, HubUnreachable, KeyRejected, TaskView
+from morag_worker.core.hub_client import (
+    HubClient,
+    HubError,
+    HubForbidden,
+    HubUnreachable,
+    KeyRejected,
+    TaskView,
+)
 from morag_worker.core.logging import register_secret
 from morag_worker.core.units import human_bytes
 from morag_worker.core.wording import sentence
@@ -30,6 +37,11 @@ POLL_S = 0.5
 # A worker writes its presence when it starts and every few seconds; one starting right now shows
 # up within this. Past it, "no worker" is said (within 5 s of the task being queued).
 NO_WORKER_GRACE_S = 4.0
+LOCAL_REFUSED = (
+    "--local sends the task to the server's own workers, which only a server key may use "
+    "(`morag-worker keys create --role server`); this key is a user key. Leave out --local to "
+    "send it to your own workers"
+)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
         return _submit(client, source, args)
     except KeyRejected as exc:
         raise CliError(f"{exc}; run `morag-worker login` with a valid key", ExitCode.KEY_REJECTED) from None
+    except HubForbidden as exc:
+        if args.local:
+            raise CliError(LOCAL_REFUSED, ExitCode.KEY_REJECTED) from None
+        raise CliError(str(exc), ExitCode.KEY_REJECTED) from None
     except HubUnreachable as exc:
         raise CliError(str(exc), ExitCode.HUB_UNREACHABLE) from None
     except HubError as exc:
@@ -74,7 +90,9 @@ def _check_source(source: str) -> str | Path:
 
 def _submit(client: HubClient, source: str | Path, args: argparse.Namespace) -> int:
     status = _StatusLine()
-    client.queue_info()  # a rejected key fails here, before a large upload
+    info = client.queue_info()  # a rejected key fails here, before a large upload
+    if args.local and info.role not in (None, "server"):  # None: an older hub, which answers 403
+        raise CliError(LOCAL_REFUSED, ExitCode.KEY_REJECTED)
     if isinstance(source, str):
         created = client.create_task(
             url=source, content_type=args.content_type, remote=not args.local, worker_type=args.worker_type

@@ -62,7 +62,10 @@ class Pipeline:
         started = time.monotonic()
         if request.ignored_options:
             log.warning(
-                "task.options_ignored", task_id=reporter.task_id, options=list(request.ignored_options)
+                "task.options_ignored",
+                task_id=reporter.task_id,
+                options=list(request.ignored_options),  # at most MAX_IGNORED_LISTED, shortened
+                count=request.ignored_count,
             )
         try:
             if remote or url_task:
@@ -83,6 +86,7 @@ class Pipeline:
         result.processing_time = round(time.monotonic() - started, 3)
         if request.ignored_options:
             result.metadata["ignored_options"] = list(request.ignored_options)
+            result.metadata["ignored_options_count"] = request.ignored_count
         return result
 
     def _download_and_process(self, reporter: ProgressReporter, request: TaskRequest) -> TaskResult:

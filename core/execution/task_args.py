@@ -26,6 +26,10 @@ __all__ = [
 MAX_URL_LENGTH = 8192
 MAX_CONTENT_TYPE_LENGTH = 255
 MAX_OPTION_STRING = 1024
+# Unknown option names are reported (log line, result metadata) but a message may carry any number
+# of them: only the first few, each shortened, are kept; ``ignored_count`` says how many there were.
+MAX_IGNORED_LISTED = 20
+MAX_IGNORED_NAME = 64
 _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 
 KNOWN_OPTIONS: dict[str, type | tuple[type, ...]] = {
@@ -50,7 +54,8 @@ class TaskRequest:
     user_id: str | None
     content_type: str | None
     options: dict[str, Any] = field(default_factory=dict)
-    ignored_options: tuple[str, ...] = ()
+    ignored_options: tuple[str, ...] = ()  # the first MAX_IGNORED_LISTED names, shortened
+    ignored_count: int = 0  # how many unknown options the message had in all
 
     @property
     def sha256(self) -> str | None:
@@ -92,27 +97,31 @@ def parse_task_request(
         not isinstance(content_type, str) or len(content_type) > MAX_CONTENT_TYPE_LENGTH
     ):
         raise MalformedTask("content_type must be a short string or null")
-    options, ignored = _parse_options(task_options)
+    options, ignored, ignored_count = _parse_options(task_options)
     return TaskRequest(
         source=source.strip(),
         user_id=uid,
         content_type=content_type or None,
         options=options,
         ignored_options=ignored,
+        ignored_count=ignored_count,
     )
 
 
-def _parse_options(task_options: object) -> tuple[dict[str, Any], tuple[str, ...]]:
+def _parse_options(task_options: object) -> tuple[dict[str, Any], tuple[str, ...], int]:
     if task_options is None:
-        return {}, ()
+        return {}, (), 0
     if not isinstance(task_options, Mapping):
         raise MalformedTask(f"task_options must be an object, got {type(task_options).__name__}")
     options: dict[str, Any] = {}
     ignored: list[str] = []
+    ignored_count = 0
     for key, value in task_options.items():
         expected = KNOWN_OPTIONS.get(str(key))
         if expected is None:
-            ignored.append(str(key)[:64])
+            ignored_count += 1
+            if len(ignored) < MAX_IGNORED_LISTED:
+                ignored.append(str(key)[:MAX_IGNORED_NAME])
             continue
         if value is None:
             continue
@@ -126,7 +135,7 @@ def _parse_options(task_options: object) -> tuple[dict[str, Any], tuple[str, ...
     sha = options.get("sha256")
     if sha is not None and not _SHA256_RE.fullmatch(sha):
         raise MalformedTask("task option 'sha256' must be 64 hexadecimal characters")
-    return options, tuple(ignored)
+    return options, tuple(ignored), ignored_count
 
 
 def read_task(

@@ -210,10 +210,16 @@ class RedisAclHook:
 
 
 def create_provisioned_key(
-    redis_url: str, user_id: str, description: str = "", expires_days: int | None = None
+    redis_url: str,
+    user_id: str,
+    description: str = "",
+    expires_days: int | None = None,
+    *,
+    role: str = "user",
 ) -> str:
     """Create a key for ``user_id`` and its broker access, from synchronous code (demo, tests, benches).
 
+    ``role``: ``user`` or ``server`` (``KeyRole``); either gets the same per-user broker access.
     Opens its own admin connection and event loop; not for use inside a running event loop.
     """
     import asyncio
@@ -226,7 +232,7 @@ def create_provisioned_key(
         client = aioredis.Redis.from_url(redis_url)
         try:
             service = APIKeyService(client, access_hook=RedisAclHook(client))
-            return await service.create_api_key(user_id, description, expires_days)
+            return await service.create_api_key(user_id, description, expires_days, role=role)
         finally:
             await client.aclose()
 

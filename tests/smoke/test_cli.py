@@ -83,8 +83,13 @@ def test_keys_verbs(tmp_path: Path) -> None:
         nobody = cli("keys", "list", "--user", "nobody", env=env)
         assert nobody.returncode == 0 and nobody.stdout == ""
         assert nobody.stderr == "User 'nobody' has no keys.\n"
+        server_key = cli("keys", "create", "--user", "dave", "--role", "server", env=env)
+        assert server_key.returncode == 0 and "a server key" in server_key.stderr, server_key.stderr
         listed = cli("keys", "list", "--user", "dave", env=env)
         assert listed.returncode == 0 and "smoke" in listed.stdout and key not in listed.stdout
+        roles = sorted(line.split("  role ")[1].split()[0] for line in listed.stdout.splitlines())
+        assert roles == ["server", "user"], listed.stdout
+        assert cli("keys", "create", "--user", "dave", "--role", "admin", env=env).returncode == 2
         revoked = cli("keys", "revoke", "-", env=env, stdin=key + "\n")
         assert revoked.returncode == 0, revoked.stderr
         assert cli("keys", "revoke", "-", env=env, stdin=key + "\n").returncode == 2
@@ -92,6 +97,9 @@ def test_keys_verbs(tmp_path: Path) -> None:
         bad_user = cli("keys", "create", "--user", "da*ve", env=env)
         assert bad_user.returncode == 2 and "Invalid user id" in bad_user.stderr
         assert "Traceback" not in bad_user.stderr
+        for dots in (".", ".."):
+            dotted = cli("keys", "create", "--user", dots, env=env)
+            assert dotted.returncode == 2 and "not only dots" in dotted.stderr, dotted.stderr
     finally:
         server.stop()
     unreachable = cli(

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis.asyncio as aioredis
 
-from morag_worker.core.auth import APIKeyService, UnknownKey, hash_api_key
+from morag_worker.core.auth import APIKeyService, KeyRole, UnknownKey, hash_api_key
 from morag_worker.core.naming import InvalidUserId
 from tests.processes import RedisServer
 
@@ -155,7 +155,7 @@ def test_list_and_sweep(server: RedisServer) -> None:
     assert ("removed", "alice", swept[0].key_hash) in hook.events
 
 
-@pytest.mark.parametrize("bad", ["", "a" * 65, "a*", "a:b", "a b", "ä", "../x", None, 5])
+@pytest.mark.parametrize("bad", ["", "a" * 65, "a*", "a:b", "a b", "ä", "../x", ".", "..", "...", None, 5])
 def test_invalid_user_ids_are_refused(server: RedisServer, bad: object) -> None:
     async def body(service, client):  # type: ignore[no-untyped-def]
         with pytest.raises(InvalidUserId):
@@ -170,3 +170,42 @@ def test_queue_name(server: RedisServer) -> None:
         return service.get_user_queue_name("u1"), service.get_user_queue_name("u1", "cpu")
 
     assert run(server, body) == ("gpu-tasks-u1", "cpu-tasks-u1")
+
+
+def test_keys_are_user_keys_unless_a_server_role_is_asked_for_by_name(server: RedisServer) -> None:
+    async def body(service, client):  # type: ignore[no-untyped-def]
+        seed = await service.create_api_key("user123", "Test key")  # the seed's positional call
+        dated = await service.create_api_key("user123", "Test key", 3)
+        srv = await service.create_api_key("user123", "server side", role="server")
+        with pytest.raises(TypeError):
+            await service.create_api_key("user123", "x", None, "server")  # never positionally
+        with pytest.raises(ValueError, match="unknown key role 'admin'"):
+            await service.create_api_key("user123", role="admin")
+        records = [await service.lookup(k) for k in (seed, dated, srv)]
+        stored = json.loads(await client.get(f"morag:api_keys:{hash_api_key(srv)}"))
+        return records, await service.validate_api_key(srv), stored, await service.list_keys("user123")
+
+    (seed, dated, srv), validated, stored, listed = run(server, body)
+    assert seed.role is KeyRole.USER and dated.role is KeyRole.USER and srv.role is KeyRole.SERVER
+    assert validated["role"] == "server" and stored["role"] == "server"
+    assert sorted(r.role.value for r in listed) == ["server", "user", "user"]
+
+
+def test_a_record_without_a_role_reads_as_a_user_key_and_an_unknown_role_as_no_key(
+    server: RedisServer,
+) -> None:
+    async def body(service, client):  # type: ignore[no-untyped-def]
+        old = await service.create_api_key("alice", "before roles")
+        odd = await service.create_api_key("alice", "tampered")
+        for key, change in ((old, None), (odd, "root")):
+            name = f"morag:api_keys:{hash_api_key(key)}"
+            record = json.loads(await client.get(name))
+            record.pop("role")
+            if change:
+                record["role"] = change
+            await client.set(name, json.dumps(record))
+        return await service.lookup(old), await service.lookup(odd)
+
+    old, odd = run(server, body)
+    assert old is not None and old.role is KeyRole.USER
+    assert odd is None

@@ -201,3 +201,34 @@ def test_read_task_is_the_one_check_of_a_messages_arguments() -> None:
         read_task(remote, ("http://hub/f/1", "u2"), {}, remote=True, own_user_id="u1")
     with pytest.raises(MalformedTask, match="missing argument: file_path"):
         read_task(("file_path", "content_type", "task_options"), (), {}, remote=False, own_user_id=None)
+
+
+def test_unknown_option_names_are_counted_but_only_a_few_short_ones_kept(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import structlog
+
+    from morag_worker.core.execution.pipeline import Pipeline
+    from morag_worker.core.execution.progress_reporter import ProgressReporter
+    from morag_worker.core.execution.task_args import MAX_IGNORED_LISTED, MAX_IGNORED_NAME
+    from morag_worker.core.processing import ProcessorRegistry
+
+    flood = {f"option-{i:06d}-" + "x" * 200: i for i in range(300_000)}
+    req = parse_task_request(str(tmp_path / "in.txt"), None, "text/plain", {"filename": "in.txt", **flood})
+    assert req.ignored_count == 300_000 and len(req.ignored_options) == MAX_IGNORED_LISTED
+    assert all(len(name) <= MAX_IGNORED_NAME for name in req.ignored_options)
+    assert req.ignored_options[0].startswith("option-000000-")
+    (tmp_path / "in.txt").write_text("hello\n")
+    pipeline = Pipeline(
+        downloader_factory=lambda: None,  # type: ignore[arg-type,return-value]
+        registry=ProcessorRegistry.default(),
+        temp_root=tmp_path / "work",
+    )
+    with structlog.testing.capture_logs() as logs:
+        result = pipeline.run_file(ProgressReporter("t1", []), req, remote=False, url_task=False)
+    assert result.success, result.error_message
+    assert result.metadata["ignored_options"] == list(req.ignored_options)
+    assert result.metadata["ignored_options_count"] == 300_000
+    [line] = [e for e in logs if e["event"] == "task.options_ignored"]
+    assert line["count"] == 300_000 and len(line["options"]) == MAX_IGNORED_LISTED
+    assert len(json.dumps(line)) < 4096 and len(json.dumps(result.metadata)) < 4096

@@ -28,7 +28,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from starlette.concurrency import run_in_threadpool
 
-from morag_worker.core.auth import ApiKeyRecord, APIKeyService
+from morag_worker.core.auth import ApiKeyRecord, APIKeyService, KeyRole
 from morag_worker.core.execution.celery_config import (
     DEFAULT_REDIS_URL,
     TimeLimits,
@@ -154,7 +154,12 @@ def create_app(config: HubConfig) -> FastAPI:
             await state["aredis"].aclose()
             state["redis"].close()
 
-    app = FastAPI(title="MoRAG Worker hub", lifespan=lifespan)
+    # No /docs, /redoc or /openapi.json: every route but /healthz needs a key, a browser cannot send
+    # one to those pages, and Swagger UI would load its scripts from a CDN. The API is DESIGN §4;
+    # its schema, when wanted, is `create_app(HubConfig()).openapi()` offline.
+    app = FastAPI(
+        title="MoRAG Worker hub", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
 
     @app.exception_handler(HTTPException)
     async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
@@ -184,6 +189,7 @@ def create_app(config: HubConfig) -> FastAPI:
                 "key_prefix": namespace_prefix(key.user_id),
             },
             "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+            "role": key.role.value,
         }
 
     @app.post("/api/v1/files", status_code=201)
@@ -226,6 +232,15 @@ def create_app(config: HubConfig) -> FastAPI:
 
     @app.post("/api/v1/tasks", status_code=201)
     async def create_task(body: TaskCreate, request: Request, key: Key) -> dict[str, Any]:
+        if not body.remote and key.role is not KeyRole.SERVER:
+            # A local task goes to the plain `celery` queue, i.e. the server's own workers; an
+            # ordinary key may make only its own user's workers work (SECURITY.md).
+            log.warning("hub.local_task_refused", user_id=key.user_id, key_hash=key.key_hash[:12])
+            raise HTTPException(
+                403,
+                'this key may not submit local tasks ("remote": false): they run on the '
+                "server's own workers, which only a key created with --role server may use",
+            )
         if (body.file_id is None) == (body.url is None):
             raise HTTPException(422, "give exactly one of file_id and url")
         options = dict(body.task_options or {})

@@ -17,10 +17,14 @@ from pathlib import Path
 
 from morag_worker.core.naming import validate_user_id
 
-__all__ = ["FileStore", "StoredFile", "UploadTooLarge", "sanitize_filename"]
+__all__ = ["FileStore", "OutsideStorage", "StoredFile", "UploadTooLarge", "sanitize_filename"]
 
 _FILE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _UNSAFE_NAME_CHARS = re.compile(r"[^\w.\- ()\[\]]+")
+
+
+class OutsideStorage(ValueError):
+    """A user id whose folder would not be a direct child of the storage root."""
 
 
 class UploadTooLarge(Exception):
@@ -54,7 +58,16 @@ class FileStore:
         self.max_bytes = max_bytes
 
     def _user_dir(self, user_id: str) -> Path:
-        return self.root / validate_user_id(user_id)
+        """``root/{user_id}``, checked to be a direct child of the root once resolved.
+
+        ``validate_user_id`` already refuses separators and the ids ``.`` and ``..``; this check
+        keeps the store inside its root whatever the id (and whatever a symlink in it points at).
+        """
+        root = self.root.resolve()
+        user_dir = (root / validate_user_id(user_id)).resolve()
+        if user_dir.parent != root or user_dir == root:
+            raise OutsideStorage(f"refusing a storage folder outside {root} for user id {user_id!r:.80}")
+        return user_dir
 
     def new_writer(self, user_id: str) -> FileWriter:
         user_dir = self._user_dir(user_id)
@@ -65,7 +78,10 @@ class FileStore:
         """The file and its path when ``user_id`` owns ``file_id``; None otherwise."""
         if not _FILE_ID_RE.fullmatch(file_id):
             return None
-        user_dir = self._user_dir(user_id)
+        try:
+            user_dir = self._user_dir(user_id)
+        except ValueError:
+            return None
         data_path = user_dir / file_id
         meta_path = user_dir / f"{file_id}.json"
         try:
@@ -112,7 +128,10 @@ class FileWriter:
         )
         os.replace(self._partial, self._path)
         meta_tmp = self._path.with_suffix(".json.part")
-        meta_tmp.write_text(json.dumps(asdict(stored)))
+        # 0600 like the file itself: the sidecar names the user's file and its checksum.
+        fd = os.open(meta_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as meta:
+            meta.write(json.dumps(asdict(stored)))
         os.replace(meta_tmp, self._path.with_suffix(".json"))
         return stored
 

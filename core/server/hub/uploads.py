@@ -2,7 +2,8 @@
 
 Accepts ``multipart/form-data`` with one file part named ``file`` (what browsers and
 ``requests`` send), or a raw body with ``?filename=`` and the body's Content-Type.
-The size cap is enforced while the bytes arrive.
+The size cap is enforced while the bytes arrive. A multipart body that ends before its closing
+boundary is refused and its partial file removed: it may be any prefix of the file.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ async def _receive_multipart(
         "header": b"",
         "value": b"",
         "headers": {},
+        "ended": False,
     }
     errors: list[BaseException] = []
 
@@ -78,6 +80,9 @@ async def _receive_multipart(
             ctype = state["headers"].get(b"content-type")
             state["type"] = ctype.decode("latin-1") if ctype else None
 
+    def on_end() -> None:
+        state["ended"] = True
+
     def on_part_data(data: bytes, start: int, end: int) -> None:
         if state["in_file"] and not errors:
             try:
@@ -94,13 +99,17 @@ async def _receive_multipart(
             "on_header_end": on_header_end,
             "on_headers_finished": on_headers_finished,
             "on_part_data": on_part_data,
+            "on_end": on_end,
         },
     )
     async for chunk in request.stream():
         parser.write(chunk)
         if errors:
             raise errors[0]
-    parser.finalize()
+    parser.finalize()  # checks nothing (python-multipart 0.0.x): the closing boundary is ours to see
+    if not state["ended"]:
+        # The body stopped before `--boundary--`: whatever arrived may be any prefix of the file.
+        raise ValueError("the upload is incomplete: the multipart body ended before its closing boundary")
     if state["files"] == 0:
         raise ValueError("the upload has no file part named 'file'")
     return state["name"], state["type"]
