@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from morag_worker.core.server.watchdog import Watchdog
+from morag_worker.core.server.watchdog import CLAIM_GRACE_S, Watchdog
 from tests.processes import RedisServer
 
 pytestmark = pytest.mark.unit
@@ -124,3 +124,127 @@ def test_only_users_in_the_key_index_are_visited(admin: redis.Redis, watchdog: W
 def test_the_visibility_timeout_must_be_positive(redis_server: RedisServer) -> None:
     with pytest.raises(ValueError, match="positive"):
         Watchdog(redis_server.url, 0)
+
+
+# Dead workers: deliveries no live presence record claims come back long before the visibility
+# timeout (VISIBILITY here); the rule is in core/server/watchdog.py's docstring.
+
+DEAD_AGE = CLAIM_GRACE_S + 10  # past the grace period, well inside the visibility timeout
+
+
+def present(
+    admin: redis.Redis,
+    user_id: str,
+    hostname: str,
+    *,
+    held: list[str] | None,
+    tasks: list[str] | None = None,
+    active: list[str] | None = None,
+    sampled_ago: float = 1.0,
+    **extra: object,
+) -> None:
+    """A live presence record as PresenceStep writes it (``held=None``: an older worker's)."""
+    record: dict[str, object] = {
+        "hostname": hostname,
+        "user_id": user_id,
+        "version": "test",
+        "state": "working" if active else "idle",
+        "queue": f"gpu-tasks-{user_id}",
+        "queues": [f"gpu-tasks-{user_id}"],
+        "active_tasks": active or [],
+        "updated_at": time.time() - sampled_ago,
+    }
+    if held is not None:
+        record["held_deliveries"] = held
+        record["held_tasks"] = tasks if tasks is not None else []
+    record.update(extra)
+    admin.set(f"morag:ns:{user_id}:workers:{hostname}", json.dumps(record), ex=30)
+
+
+def test_a_delivery_no_live_worker_claims_comes_back_before_the_visibility_timeout(
+    admin: redis.Redis, watchdog: Watchdog
+) -> None:
+    ns = user(admin, "dead")
+    deliver(admin, ns, "orphan", DEAD_AGE, "gpu-tasks-dead", task_id="t-orphan")
+    report = watchdog.run()
+    assert report.restored == {"dead": 1} and not report.failed
+    (message,) = queued(admin, ns + "gpu-tasks-dead")
+    assert message["headers"]["id"] == "t-orphan"
+    assert admin.hlen(ns + "unacked") == 0 and admin.zcard(ns + "unacked_index") == 0
+
+
+def test_a_live_worker_that_does_not_list_it_is_not_its_holder(
+    admin: redis.Redis, watchdog: Watchdog
+) -> None:
+    ns = user(admin, "other")
+    deliver(admin, ns, "orphan", DEAD_AGE, "gpu-tasks-other", task_id="t-orphan")
+    deliver(admin, ns, "mine", DEAD_AGE, "gpu-tasks-other", task_id="t-mine")
+    present(admin, "other", "alive@x", held=["mine"], tasks=["t-mine"], active=["t-mine"])
+    present(admin, "other", "idle@y", held=[], tasks=[])
+    assert watchdog.run().restored == {"other": 1}
+    assert [m["headers"]["id"] for m in queued(admin, ns + "gpu-tasks-other")] == ["t-orphan"]
+    assert admin.hkeys(ns + "unacked") == [b"mine"]
+
+
+@pytest.mark.parametrize(
+    "claim",
+    [
+        {"held": ["tag"]},
+        {"held": [], "tasks": ["t-held"]},
+        {"held": [], "active": ["t-held"]},
+    ],
+    ids=["by-delivery-tag", "by-task-id", "by-active-task"],
+)
+def test_a_delivery_a_live_worker_claims_is_kept(
+    admin: redis.Redis, watchdog: Watchdog, claim: dict[str, list[str]]
+) -> None:
+    ns = user(admin, "held")
+    deliver(admin, ns, "tag", DEAD_AGE, "gpu-tasks-held", task_id="t-held")
+    present(admin, "held", "alive@x", **claim)  # type: ignore[arg-type]
+    for _ in range(3):
+        assert watchdog.run().restored == {}
+    assert admin.hkeys(ns + "unacked") == [b"tag"] and admin.llen(ns + "gpu-tasks-held") == 0
+
+
+def test_a_young_delivery_is_kept_even_with_no_worker_alive(admin: redis.Redis, watchdog: Watchdog) -> None:
+    # Its worker may have taken it a moment ago and not written its presence yet.
+    ns = user(admin, "young")
+    deliver(admin, ns, "young", CLAIM_GRACE_S - 10, "gpu-tasks-young")
+    assert watchdog.run().restored == {}
+    assert admin.hkeys(ns + "unacked") == [b"young"]
+
+
+def test_a_record_sampled_before_the_delivery_cannot_disown_it(
+    admin: redis.Redis, watchdog: Watchdog
+) -> None:
+    ns = user(admin, "late")
+    deliver(admin, ns, "tag", DEAD_AGE, "gpu-tasks-late")
+    present(admin, "late", "slow@x", held=[], sampled_ago=DEAD_AGE)
+    assert watchdog.run().restored == {}
+    present(admin, "late", "slow@x", held=[])  # sampled since: it does not hold it
+    assert watchdog.run().restored == {"late": 1}
+
+
+@pytest.mark.parametrize("held", [None, 5, "tag"], ids=["older-worker", "garbled", "not-a-list"])
+def test_a_live_worker_that_does_not_say_what_it_holds_makes_its_namespace_wait(
+    admin: redis.Redis, watchdog: Watchdog, held: object
+) -> None:
+    ns = user(admin, "old")
+    deliver(admin, ns, "tag", DEAD_AGE, "gpu-tasks-old")
+    deliver(admin, ns, "stale", VISIBILITY + 5, "gpu-tasks-old", task_id="t-stale")
+    if held is None:
+        present(admin, "old", "old@x", held=None)
+    else:
+        present(admin, "old", "odd@x", held=[], held_deliveries=held)
+    report = watchdog.run()
+    assert report.restored == {"old": 1} and not report.failed  # only by the visibility timeout
+    assert [m["headers"]["id"] for m in queued(admin, ns + "gpu-tasks-old")] == ["t-stale"]
+    assert admin.hkeys(ns + "unacked") == [b"tag"]
+
+
+def test_presence_of_another_user_claims_nothing(admin: redis.Redis, watchdog: Watchdog) -> None:
+    ns = user(admin, "a1")
+    user(admin, "b1")
+    deliver(admin, ns, "tag", DEAD_AGE, "gpu-tasks-a1", task_id="t-a")
+    present(admin, "b1", "b@x", held=["tag"], tasks=["t-a"])
+    assert watchdog.run().restored == {"a1": 1}

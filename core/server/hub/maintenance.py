@@ -6,8 +6,11 @@ One asyncio task in the hub's lifespan runs a round at start-up and then every `
    the key store; later rounds do it again when the marker user is gone (Redis restarted).
 2. **Expired keys.** ``sweep_expired`` removes them, and through the ACL hook their passwords,
    disconnecting workers that logged in with them.
-3. **Stranded work.** The watchdog puts deliveries older than the visibility timeout back in their
-   queue (blocking kombu and redis-py calls, so in a worker thread).
+3. **Stranded work.** The watchdog puts back in their queue the deliveries no live worker claims
+   (presence) and those older than the visibility timeout (blocking kombu and redis-py calls, so in
+   a worker thread). It also runs between rounds, every ``watchdog_interval_s`` (15 s) when that is
+   shorter than the round's interval: with presence's 30 s TTL, a dead worker's task is back in its
+   queue within 45 s of the death plus one restore.
 
 A failing step is logged and the others still run; the next round tries again.
 """
@@ -23,9 +26,11 @@ from morag_worker.core.auth import APIKeyService
 from morag_worker.core.server.acl import RedisAclHook
 from morag_worker.core.server.watchdog import Watchdog
 
-__all__ = ["HubMaintenance", "MaintenanceRound"]
+__all__ = ["WATCHDOG_INTERVAL_S", "HubMaintenance", "MaintenanceRound"]
 
 log = structlog.get_logger(__name__)
+
+WATCHDOG_INTERVAL_S = 15.0
 
 
 @dataclass
@@ -42,10 +47,17 @@ class HubMaintenance:
     """Runs on the hub's event loop; the watchdog's blocking pass goes to a thread."""
 
     def __init__(
-        self, keys: APIKeyService, acl: RedisAclHook, watchdog: Watchdog | None, interval_s: float
+        self,
+        keys: APIKeyService,
+        acl: RedisAclHook,
+        watchdog: Watchdog | None,
+        interval_s: float,
+        *,
+        watchdog_interval_s: float = WATCHDOG_INTERVAL_S,
     ) -> None:
-        if interval_s <= 0:
+        if interval_s <= 0 or watchdog_interval_s <= 0:
             raise ValueError("the maintenance interval must be positive")
+        self.watchdog_interval_s = watchdog_interval_s
         self._keys = keys
         self._acl = acl
         self._watchdog = watchdog
@@ -66,21 +78,40 @@ class HubMaintenance:
             result.keys_swept = len(await self._keys.sweep_expired())
         except Exception as exc:  # noqa: BLE001 - logged; retried next round
             result.errors["sweep"] = repr(exc)
-        if self._watchdog is not None:
-            try:
-                report = await asyncio.to_thread(self._watchdog.run)
-                result.deliveries_restored = report.total
-                if report.failed:
-                    result.errors["watchdog"] = f"restore failed for {sorted(report.failed)}"
-            except Exception as exc:  # noqa: BLE001 - logged; retried next round
-                result.errors["watchdog"] = repr(exc)
+        await self._restore(result)
         self.rounds += 1
         if result.errors:
             log.warning("hub.maintenance_errors", errors=result.errors)
         return result
 
+    async def _restore(self, result: MaintenanceRound) -> None:
+        if self._watchdog is None:
+            return
+        try:
+            report = await asyncio.to_thread(self._watchdog.run)
+            result.deliveries_restored = report.total
+            if report.failed:
+                result.errors["watchdog"] = f"restore failed for {sorted(report.failed)}"
+        except Exception as exc:  # noqa: BLE001 - logged; retried next round
+            result.errors["watchdog"] = repr(exc)
+
+    async def restore_once(self) -> MaintenanceRound:
+        """The watchdog alone (between full rounds)."""
+        result = MaintenanceRound()
+        await self._restore(result)
+        if result.errors:
+            log.warning("hub.maintenance_errors", errors=result.errors)
+        return result
+
     async def run(self) -> None:
-        """Run rounds until cancelled (the hub's shutdown)."""
+        """Run rounds until cancelled (the hub's shutdown); the watchdog also runs in between."""
+        loop = asyncio.get_running_loop()
+        tick = min(self.interval_s, self.watchdog_interval_s)
+        next_round = loop.time()
         while True:
-            await self.run_once()
-            await asyncio.sleep(self.interval_s)
+            if loop.time() >= next_round:
+                next_round = loop.time() + self.interval_s
+                await self.run_once()
+            else:
+                await self.restore_once()
+            await asyncio.sleep(max(0.0, min(tick, next_round - loop.time())))
