@@ -137,7 +137,10 @@ def _closed_within(sock: socket.socket, seconds: float) -> bytes:
     sock.settimeout(seconds)
     received = b""
     while True:
-        data = sock.recv(65536)
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:  # closed with bytes of ours unread: a reset, not a FIN
+            return received
         if not data:
             return received
         received += data

@@ -45,6 +45,7 @@ __all__ = [
 RATE_PREFIX = "morag:ratelimit:"
 UPLOAD_PATH = "/api/v1/files"
 TASKS_PATH = "/api/v1/tasks"
+MISSING_KEY = "missing API key (Authorization: Bearer <key>)"
 MULTIPART_SLACK = 1024 * 1024  # boundaries and part headers around the file; the store caps the file
 
 
@@ -181,8 +182,8 @@ class HubGuard:
             record = await self.state["keys"].lookup(api_key) if api_key else None
             if record is None:
                 await limiter.hit(auth_buckets)
-                why = "invalid, revoked or expired API key" if api_key else "missing API key"
-                error = HTTPException(401, why + " (Authorization: Bearer <key>)")
+                why = "invalid, revoked or expired API key" if api_key else MISSING_KEY
+                error = HTTPException(401, why)
                 error.headers = {"www-authenticate": "Bearer"}
                 await _answer(send, error)
                 return
