@@ -106,6 +106,24 @@ class RateLimiter:
     def __init__(self, client: Any, window_s: int) -> None:
         self.client = client
         self.window_s = max(1, window_s)
+        # Buckets this process already saw over their limit, and until when (monotonic): a flood
+        # from a refused address is answered without a Redis round trip until its window turns.
+        self._refused: dict[str, float] = {}
+
+    def _known_over(self, buckets: list[str]) -> int | None:
+        now = time.monotonic()
+        for bucket in buckets:
+            until = self._refused.get(bucket)
+            if until is not None:
+                if until > now:
+                    return max(1, math.ceil(until - now))
+                del self._refused[bucket]
+        return None
+
+    def _remember(self, bucket: str, retry_s: int) -> None:
+        if len(self._refused) > 100_000:
+            self._refused.clear()
+        self._refused[bucket] = time.monotonic() + retry_s
 
     def _window(self) -> tuple[int, int]:
         now = time.time()
@@ -116,10 +134,14 @@ class RateLimiter:
         active = [(bucket, limit) for bucket, limit in limits if limit > 0]
         if not active:
             return None
+        known = self._known_over([bucket for bucket, _ in active])
+        if known is not None:
+            return known
         window, retry = self._window()
         counts = await self.client.mget([f"{RATE_PREFIX}{b}:{window}" for b, _ in active])
-        for (_, limit), count in zip(active, counts, strict=True):
+        for (bucket, limit), count in zip(active, counts, strict=True):
             if count is not None and int(count) >= limit:
+                self._remember(bucket, retry)
                 return retry
         return None
 
@@ -135,8 +157,9 @@ class RateLimiter:
             pipe.incr(key)
             pipe.expire(key, self.window_s * 2)
         replies = await pipe.execute()
-        for n, (_, limit) in enumerate(active):
+        for n, (bucket, limit) in enumerate(active):
             if int(replies[2 * n]) > limit:
+                self._remember(bucket, retry)
                 return retry
         return None
 
@@ -150,6 +173,7 @@ class HubGuard:
         self.max_upload_bytes = max_upload_bytes
         self.state = state  # the app's lifespan state: "keys" and "aredis" once started
         self.in_flight = 0
+        self._limiter: RateLimiter | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/api/"):
@@ -170,7 +194,9 @@ class HubGuard:
         headers = dict(scope["headers"])
         address = (scope.get("client") or ("unknown", 0))[0]
         api_key = api_key_from_headers(headers)
-        limiter = RateLimiter(self.state["aredis"], limits.rate_window_s)
+        if self._limiter is None or self._limiter.client is not self.state["aredis"]:
+            self._limiter = RateLimiter(self.state["aredis"], limits.rate_window_s)
+        limiter = self._limiter
         auth_buckets = [(f"authfail:addr:{address}", limits.auth_failures_per_address)]
         if api_key:
             auth_buckets.append((f"authfail:key:{_key_tag(api_key)}", limits.auth_failures_per_key))
