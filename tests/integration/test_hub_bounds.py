@@ -288,3 +288,29 @@ def test_redis_down_is_503_not_500(tmp_path: Path) -> None:
         if hub is not None:
             hub.stop()
         server.stop()
+
+
+def test_a_trickling_body_gets_408(bounded: tuple[Proc, str, str]) -> None:
+    _, url, key = bounded
+    sock = _raw(url)
+    stop = threading.Event()
+
+    def trickle() -> None:  # never stalls for the 1 s body timeout, but far below 16 KiB/s
+        with contextlib.suppress(OSError):
+            while not stop.wait(0.2):
+                sock.sendall(b"z" * 10)
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    try:
+        sock.sendall(
+            b"POST /api/v1/files?filename=a.bin HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {key}\r\nContent-Length: 100000\r\n\r\n".encode()
+        )
+        thread.start()
+        answer = _closed_within(sock, 30)
+    finally:
+        stop.set()
+        if thread.is_alive():
+            thread.join(timeout=10)
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 408") and b"slower than" in answer, answer[:300]
