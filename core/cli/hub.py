@@ -18,6 +18,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from morag_worker.core.server.hub import HubConfig, create_app
+    from morag_worker.core.server.hub.guard import HubLimits, header_timeout_protocol
 
     try:
         visibility = args.visibility_timeout or float(time_limits_from_env(os.environ).visibility)
@@ -31,6 +32,20 @@ def run(args: argparse.Namespace) -> int:
         worker_broker_url=args.worker_broker_url or os.environ.get("MORAG_WORKER_BROKER_URL"),
         maintenance_interval_s=args.maintenance_interval,
         visibility_timeout_s=visibility,
+        limits=HubLimits(
+            max_json_bytes=args.max_json_kb * 1024,
+            header_timeout_s=args.header_timeout,
+            body_idle_timeout_s=args.body_timeout,
+            min_body_rate_bps=args.min_body_rate_kb * 1024,
+            max_in_flight=args.max_in_flight,
+            redis_max_connections=args.redis_max_connections,
+            redis_pool_timeout_s=args.redis_pool_timeout,
+            rate_window_s=args.rate_window,
+            auth_failures_per_address=args.auth_failures_per_address,
+            auth_failures_per_key=args.auth_failures_per_key,
+            tasks_per_key=args.tasks_per_key,
+            tasks_per_address=args.tasks_per_address,
+        ),
     )
     uvicorn.run(
         create_app(config),
@@ -39,5 +54,9 @@ def run(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
+        # h11 with a header-read deadline (uvicorn has none); idle keep-alive connections close
+        # after uvicorn's own timeout_keep_alive; a header block over h11's 16 KiB is a 400.
+        http=header_timeout_protocol(args.header_timeout),
+        timeout_keep_alive=5,
     )
     return int(ExitCode.OK)

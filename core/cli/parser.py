@@ -129,6 +129,43 @@ def build_parser() -> argparse.ArgumentParser:
         "CELERY_VISIBILITY_TIMEOUT or the task time limits)",
     )
 
+    bounds = hub.add_argument_group("bounds", "what one client may cost the hub (0 turns a rate limit off)")
+    bounds.add_argument("--max-json-kb", type=int, default=1024, help="body cap of non-upload routes")
+    bounds.add_argument(
+        "--header-timeout",
+        type=_positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="close a connection whose request headers are not complete in time (default: 10)",
+    )
+    bounds.add_argument(
+        "--body-timeout",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="answer 408 when a request body stalls this long (default: 30)",
+    )
+    bounds.add_argument(
+        "--min-body-rate-kb",
+        type=int,
+        default=16,
+        help="after --body-timeout, answer 408 to a body arriving slower than this many KiB/s",
+    )
+    bounds.add_argument("--max-in-flight", type=int, default=512, help="503 beyond this many requests")
+    bounds.add_argument("--redis-max-connections", type=int, default=64)
+    bounds.add_argument(
+        "--redis-pool-timeout",
+        type=_positive_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="wait this long for a pooled Redis connection, then 503 (default: 5)",
+    )
+    bounds.add_argument("--rate-window", type=int, default=60, metavar="SECONDS", help="rate-limit window")
+    bounds.add_argument("--auth-failures-per-address", type=int, default=300, metavar="N")
+    bounds.add_argument("--auth-failures-per-key", type=int, default=60, metavar="N")
+    bounds.add_argument("--tasks-per-key", type=int, default=6000, metavar="N")
+    bounds.add_argument("--tasks-per-address", type=int, default=12000, metavar="N")
+
     submit = sub.add_parser("submit", parents=[common], help="send a file or URL to your queue")
     submit.add_argument("source", help="a file path or an http(s) URL")
     submit.add_argument("--wait", action="store_true", help="follow progress, print the result")

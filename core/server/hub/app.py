@@ -41,6 +41,7 @@ from morag_worker.core.naming import DEFAULT_QUEUE, WorkerType, acl_username, na
 from morag_worker.core.results import ProgressMeta, TaskResult, TaskStage
 from morag_worker.core.routing import result_for_user, submit_task_for_user
 from morag_worker.core.server.acl import RedisAclHook
+from morag_worker.core.server.hub.guard import HubGuard, HubLimits
 from morag_worker.core.server.hub.maintenance import HubMaintenance
 from morag_worker.core.server.hub.storage import FileStore, UploadTooLarge
 from morag_worker.core.server.hub.uploads import receive_upload
@@ -67,6 +68,8 @@ class HubConfig:
     maintenance_interval_s: float = 60.0
     # Deliveries older than this are put back in their queue; the workers' visibility timeout.
     visibility_timeout_s: float = float(TimeLimits.visibility)
+    # Body caps, timeouts, in-flight cap, Redis pool and rate limits (core/server/hub/guard.py).
+    limits: HubLimits = field(default_factory=HubLimits)
 
 
 class TaskCreate(BaseModel):
@@ -87,6 +90,9 @@ def _api_key_from(request: Request) -> str | None:
 
 async def current_key(request: Request) -> ApiKeyRecord:
     """The live key record of the request's API key; 401 with a JSON error otherwise."""
+    checked: ApiKeyRecord | None = getattr(request.state, "api_key_record", None)
+    if checked is not None:  # HubGuard looked it up before the body was read
+        return checked
     api_key = _api_key_from(request)
     if not api_key:
         raise HTTPException(
@@ -112,18 +118,24 @@ def create_app(config: HubConfig) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # A Redis restart drops every pooled connection: retry a command on a fresh one rather
         # than answering 500 to the first request after it.
+        # A burst waits for a pooled connection (up to redis_pool_timeout_s, then 503) rather
+        # than failing at once with MaxConnectionsError.
         tls = tls_options(config.redis_url, os.environ) or {}
-        state["aredis"] = aioredis.Redis.from_url(
-            config.redis_url,
-            retry=AsyncRetry(ExponentialBackoff(cap=2.0, base=0.1), 3),
-            health_check_interval=15,
+        pool = {
+            "max_connections": config.limits.redis_max_connections,
+            "timeout": config.limits.redis_pool_timeout_s,
+            "health_check_interval": 15,
             **tls,
+        }
+        state["aredis"] = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
+                config.redis_url, retry=AsyncRetry(ExponentialBackoff(cap=2.0, base=0.1), 3), **pool
+            )
         )
-        state["redis"] = redis.Redis.from_url(
-            config.redis_url,
-            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), 3),
-            health_check_interval=15,
-            **tls,
+        state["redis"] = redis.Redis.from_pool(
+            redis.BlockingConnectionPool.from_url(
+                config.redis_url, retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), 3), **pool
+            )
         )
         acl = RedisAclHook(state["aredis"])
         state["keys"] = APIKeyService(state["aredis"], access_hook=acl)
@@ -160,6 +172,7 @@ def create_app(config: HubConfig) -> FastAPI:
     app = FastAPI(
         title="MoRAG Worker hub", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
+    app.add_middleware(HubGuard, limits=config.limits, max_upload_bytes=config.max_upload_bytes, state=state)
 
     @app.exception_handler(HTTPException)
     async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
