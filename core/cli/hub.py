@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
         public_url=args.public_url or os.environ.get("MORAG_HUB_PUBLIC_URL"),
         worker_broker_url=args.worker_broker_url or os.environ.get("MORAG_WORKER_BROKER_URL"),
         maintenance_interval_s=args.maintenance_interval,
+        watchdog_interval_s=args.watchdog_interval,
         visibility_timeout_s=visibility,
         limits=HubLimits(
             max_json_bytes=args.max_json_kb * 1024,

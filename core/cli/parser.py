@@ -122,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
         "tasks (default: 60)",
     )
     hub.add_argument(
+        "--watchdog-interval",
+        type=_positive_seconds,
+        default=15.0,
+        metavar="SECONDS",
+        help="how often to restore the tasks of workers that died, between maintenance rounds (default: 15)",
+    )
+    hub.add_argument(
         "--visibility-timeout",
         type=_positive_seconds,
         metavar="SECONDS",

@@ -42,8 +42,9 @@ AUTH_REFUSED = ("WRONGPASS", "invalid username-password pair")
 
 @pytest.fixture(scope="module")
 def hub_args() -> tuple[str, ...]:
-    # The hub's own sweep must not race the `keys sweep` run by a test below.
-    return ("--maintenance-interval", "3600")
+    # The hub's own sweep must not race the `keys sweep` run by a test below, nor its watchdog put
+    # back the deliveries that the attack tests plant in B's namespace.
+    return ("--maintenance-interval", "3600", "--watchdog-interval", "3600")
 
 
 @dataclass
@@ -383,7 +384,7 @@ def test_a_running_worker_exposes_nothing_shared(stack: Stack, tmp_path: Path) -
         assert (conn["sub"], conn["psub"]) == ("0", "0"), conn
     ns = f"morag:ns:{user}:"
     keys = {k.decode() for k in admin.scan_iter(count=1000)}
-    server_side = ("morag:api_keys:", "morag:users:", "morag:hub:tasks:", "morag:ns:")
+    server_side = ("morag:api_keys:", "morag:users:", "morag:hub:tasks:", "morag:ratelimit:", "morag:ns:")
     assert not [k for k in keys if not k.startswith(server_side)], sorted(keys)
     mine = {k for k in keys if k.startswith(ns)}
     assert f"{ns}workers:{hostname}" in mine

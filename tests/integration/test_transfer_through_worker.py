@@ -89,12 +89,17 @@ def test_a_wrong_checksum_fails_clearly(
     assert view.error and "sha-256" in view.error.lower().replace("sha256", "sha-256")
 
 
+PAGES = 1600
+
+
 def test_progress_states_and_meta_are_visible_through_the_hub(
     proxied: tuple[CuttingProxy, HubClient], tmp_path: Path
 ) -> None:
     proxy, client = proxied
     path = tmp_path / "long.pdf"
-    path.write_bytes(multi_page_pdf(400))
+    # Long enough (about a second of converting here) that PROCESSING reports pages done between
+    # the throttled updates (4 a second); 400 pages took 0.28 s and were sometimes done unseen.
+    path.write_bytes(multi_page_pdf(PAGES))
     uploaded = client.upload(path)
     proxy.rules.rate_bps = uploaded["size"] / 2.0  # about two seconds of DOWNLOADING
     seen: dict[str, dict[str, object]] = {}
@@ -120,5 +125,5 @@ def test_progress_states_and_meta_are_visible_through_the_hub(
     downloading = seen["DOWNLOADING"]
     assert downloading["total"] == uploaded["size"]
     processing = seen["PROCESSING"]
-    assert processing["total"] == 400 and processing["percent"] is not None
-    assert view.result["metadata"].get("pages") == 400
+    assert processing["total"] == PAGES and processing["percent"] is not None
+    assert view.result["metadata"].get("pages") == PAGES

@@ -42,7 +42,7 @@ from morag_worker.core.results import ProgressMeta, TaskResult, TaskStage
 from morag_worker.core.routing import result_for_user, submit_task_for_user
 from morag_worker.core.server.acl import RedisAclHook
 from morag_worker.core.server.hub.guard import HubGuard, HubLimits
-from morag_worker.core.server.hub.maintenance import HubMaintenance
+from morag_worker.core.server.hub.maintenance import WATCHDOG_INTERVAL_S, HubMaintenance
 from morag_worker.core.server.hub.storage import FileStore, UploadTooLarge
 from morag_worker.core.server.hub.uploads import receive_upload
 from morag_worker.core.server.watchdog import Watchdog
@@ -66,6 +66,7 @@ class HubConfig:
     worker_broker_url: str | None = None  # what workers are told to connect to (no credentials)
     # Maintenance (core/hub/maintenance.py): ACL users, expired keys, the watchdog.
     maintenance_interval_s: float = 60.0
+    watchdog_interval_s: float = WATCHDOG_INTERVAL_S  # restores dead workers' tasks between rounds
     # Deliveries older than this are put back in their queue; the workers' visibility timeout.
     visibility_timeout_s: float = float(TimeLimits.visibility)
     # Body caps, timeouts, in-flight cap, Redis pool and rate limits (core/server/hub/guard.py).
@@ -147,7 +148,13 @@ def create_app(config: HubConfig) -> FastAPI:
             transport_options=base_config({"REDIS_URL": config.redis_url})["broker_transport_options"],
             ssl_options=tls or None,
         )
-        maintenance = HubMaintenance(state["keys"], acl, watchdog, config.maintenance_interval_s)
+        maintenance = HubMaintenance(
+            state["keys"],
+            acl,
+            watchdog,
+            config.maintenance_interval_s,
+            watchdog_interval_s=config.watchdog_interval_s,
+        )
         _app.state.maintenance = maintenance
         loop_task = asyncio.create_task(maintenance.run(), name="hub-maintenance")
         log.info(
