@@ -1,6 +1,6 @@
 """The real faster-whisper path on CPU, with a tiny "scripted" model the test builds in milliseconds.
 
-Recipe: /work/shared/research/whisper.md. The model is built with numpy, ctranslate2's WhisperSpec and
+Recipe: ../shared/research/whisper.md (beside the repository). The model is built with numpy, ctranslate2's WhisperSpec and
 tokenizers (all installed with faster-whisper); its decoder ignores the audio and always says
 ``<|0.00|> hello world <|2.00|>``, so the assertions are exact. Skipped when the ``audio`` extra is missing.
 """
