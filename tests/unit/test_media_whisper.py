@@ -1,8 +1,9 @@
 """The real faster-whisper path on CPU, with a tiny "scripted" model the test builds in milliseconds.
 
-Recipe: ../shared/research/whisper.md (beside the repository). The model is built with numpy, ctranslate2's WhisperSpec and
-tokenizers (all installed with faster-whisper); its decoder ignores the audio and always says
-``<|0.00|> hello world <|2.00|>``, so the assertions are exact. Skipped when the ``audio`` extra is missing.
+Recipe: ../shared/research/whisper.md, beside the repository. The model is built with numpy,
+ctranslate2's WhisperSpec and tokenizers (all installed with faster-whisper); its decoder ignores
+the audio and always says ``<|0.00|> hello world <|2.00|>``, so the assertions are exact. Skipped
+when the ``audio`` extra is missing.
 """
 
 from __future__ import annotations
