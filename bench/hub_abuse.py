@@ -12,11 +12,18 @@ legitimate client is never the one limited), then runs four phases of ``--second
   key again and again;
 - ``slow``: ``--slow`` connections trickling header bytes, one every second, reopened when closed.
 
-Attackers connect from 127.0.0.1; the legitimate client, from 127.0.0.2 (another address, as in
-real life), creates tasks (``POST /api/v1/tasks`` for a URL, queued, no worker) one after another and
-counts the 201s. For each phase it prints the hub's peak RSS and its growth over the idle baseline,
-the attack's answers by status (500s counted apart), and the legitimate throughput as a ratio to
+Attackers connect from a separate process, each phase from its own address (127.0.0.3 to .5);
+the legitimate client, from 127.0.0.2 (another address, as in real life), creates tasks
+(``POST /api/v1/tasks`` for a URL, queued, no worker) one after another and counts the 201s. For
+each phase it prints the hub's peak RSS and its growth over the idle baseline, the attack's answers
+by status (500s counted apart), and the legitimate throughput as a ratio to
 idle. Targets (issue 10): a single abusive request adds < 50 MB, zero 500s, throughput >= 0.5x idle.
+
+CPU: the hub and its Redis share this machine with the attacker and the legitimate client, and a
+real attacker's CPU is not the hub's. So, where there are at least 2 cores (and unless
+``--no-pinning``), the hub and Redis run on core 0, the clients on the other cores, and the
+attacking process at ``nice 19`` so that it takes the CPU the legitimate client leaves. Every phase,
+idle included, runs with the same placement, so the ratios compare like with like.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import requests
@@ -45,9 +52,17 @@ from tests.processes import MemoryWatch, RedisServer  # noqa: E402
 LEGIT_ADDRESS = "127.0.0.2"
 
 
+# Each attack comes from its own loopback address, so that one phase's refusals do not carry over.
+ATTACK_ADDRESSES = {"huge": "127.0.0.3", "burst": "127.0.0.4", "slow": "127.0.0.5"}
+
+
 class _SourceAdapter(HTTPAdapter):
+    def __init__(self, source: str = LEGIT_ADDRESS) -> None:
+        self.source = source
+        super().__init__()
+
     def init_poolmanager(self, *args: object, **kwargs: object) -> None:
-        kwargs["source_address"] = (LEGIT_ADDRESS, 0)
+        kwargs["source_address"] = (self.source, 0)
         super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
 
 
@@ -79,7 +94,9 @@ async def _status(reader: asyncio.StreamReader) -> int:
     return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else -1
 
 
-async def burst(host: str, port: int, connections: int, stop: threading.Event, codes: Counter[int]) -> None:
+async def burst(
+    host: str, port: int, source: str, connections: int, stop: threading.Event, codes: Counter[int]
+) -> None:
     async def one(n: int) -> None:
         request = (
             f"GET /api/v1/workers HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer bogus-{n}\r\n"
@@ -87,7 +104,7 @@ async def burst(host: str, port: int, connections: int, stop: threading.Event, c
         ).encode()
         while not stop.is_set():
             try:
-                reader, writer = await asyncio.open_connection(host, port)
+                reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
                 writer.write(request)
                 codes[await asyncio.wait_for(_status(reader), 60)] += 1
                 writer.close()
@@ -98,11 +115,13 @@ async def burst(host: str, port: int, connections: int, stop: threading.Event, c
     await asyncio.gather(*(one(n) for n in range(connections)))
 
 
-async def slow(host: str, port: int, connections: int, stop: threading.Event, codes: Counter[int]) -> None:
+async def slow(
+    host: str, port: int, source: str, connections: int, stop: threading.Event, codes: Counter[int]
+) -> None:
     async def one() -> None:
         while not stop.is_set():
             try:
-                reader, writer = await asyncio.open_connection(host, port)
+                reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
                 writer.write(b"GET /api/v1/workers HTTP/1.1\r\nHost: hub\r\n")
                 while not stop.is_set() and not reader.at_eof():
                     writer.write(b"X-Slow: a\r\n")
@@ -119,6 +138,66 @@ async def slow(host: str, port: int, connections: int, stop: threading.Event, co
     await asyncio.gather(*(one() for _ in range(connections)))
 
 
+ATTACKS = ("huge", "burst", "slow")
+
+
+def attack_main(kind: str, url: str, size: int) -> int:
+    """The attacking process: runs ``kind`` until stdin closes, then prints its answers as JSON."""
+    import json
+    import os
+
+    with contextlib.suppress(OSError):
+        os.nice(19)
+    stop = threading.Event()
+    codes: Counter[int] = Counter()
+
+    def watch_stdin() -> None:
+        sys.stdin.read()
+        stop.set()
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    host, port = url.removeprefix("http://").split(":")
+    if kind == "huge":
+        huge_bodies(url, size, stop, codes)
+    else:
+        attack = burst if kind == "burst" else slow
+        asyncio.run(attack(host, int(port), ATTACK_ADDRESSES[kind], size, stop, codes))
+    print(json.dumps({str(code): n for code, n in codes.items()}), flush=True)
+    return 0
+
+
+class AttackProcess:
+    """``attack_main`` in its own process, so that its work never holds the legitimate client's GIL."""
+
+    def __init__(self, kind: str, url: str, size: int, cpus: set[int] | None) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--attack", kind, "--url", url, "--size", str(size)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if cpus:
+            _pin(self.proc.pid, cpus)
+
+    def stop(self) -> Counter[int]:
+        import json
+
+        out, _ = self.proc.communicate("", timeout=180)
+        lines = out.strip().splitlines()
+        return Counter({int(k): v for k, v in json.loads(lines[-1]).items()}) if lines else Counter()
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of ``pid`` to ``cpus``."""
+    import os
+
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
 def huge_bodies(url: str, mib: int, stop: threading.Event, codes: Counter[int]) -> None:
     chunk = b"{" + b" " * (1024 * 1024 - 1)
 
@@ -129,9 +208,11 @@ def huge_bodies(url: str, mib: int, stop: threading.Event, codes: Counter[int]) 
             yield chunk
 
     def sender() -> None:
+        session = requests.Session()
+        session.mount("http://", _SourceAdapter(ATTACK_ADDRESSES["huge"]))
         while not stop.is_set():
             try:
-                codes[requests.post(url + "/api/v1/tasks", data=body(), timeout=120).status_code] += 1
+                codes[session.post(url + "/api/v1/tasks", data=body(), timeout=120).status_code] += 1
             except requests.RequestException:
                 codes[-1] += 1
 
@@ -148,19 +229,18 @@ def run_phase(
     url: str,
     key: str,
     seconds: float,
-    attack: Callable[[threading.Event, Counter[int]], None] | None,
+    attack: str | None,
+    size: int,
+    cpus: set[int] | None,
 ) -> dict[str, object]:
-    stop = threading.Event()
     codes: Counter[int] = Counter()
-    thread = threading.Thread(target=attack, args=(stop, codes), daemon=True) if attack else None
     with MemoryWatch(hub_pid) as watch:
-        if thread:
-            thread.start()
+        process = AttackProcess(attack, url, size, cpus) if attack else None
+        if process:
             time.sleep(1.0)  # let the attack ramp up before measuring
         rate, legit = legit_throughput(url, key, seconds)
-        stop.set()
-        if thread:
-            thread.join(timeout=180)
+        if process:
+            codes = process.stop()
     return {"name": name, "watch": watch, "rate": rate, "legit": legit, "attack": codes}
 
 
@@ -170,30 +250,44 @@ def main() -> int:
     parser.add_argument("--body-mb", type=int, default=1024)
     parser.add_argument("--burst", type=int, default=1000)
     parser.add_argument("--slow", type=int, default=500)
+    parser.add_argument("--phases", default="idle,huge,burst,slow", help="which phases, comma-separated")
+    parser.add_argument("--no-pinning", action="store_true", help="leave every process on every core")
+    parser.add_argument("--attack", choices=ATTACKS, help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.attack:
+        return attack_main(args.attack, args.url, args.size)
 
+    import os
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 8192)), hard))
+    cores = sorted(os.sched_getaffinity(0))
+    clients = set(cores[1:]) if len(cores) >= 2 and not args.no_pinning else None
     tmp = Path(tempfile.mkdtemp(prefix="hub-abuse-"))
     server = RedisServer(tmp / "redis")
     hub = None
     try:
         hub, url = start_hub(tmp, server.url, ("--tasks-per-key", "0", "--tasks-per-address", "0"))
         key = create_provisioned_key(server.url, "abuse-bench", "bench", None)
-        host, port = url.removeprefix("http://").split(":")
-
-        def in_loop(coro: Callable[..., object], n: int) -> Callable[[threading.Event, Counter[int]], None]:
-            return lambda stop, codes: asyncio.run(coro(host, int(port), n, stop, codes))  # type: ignore[arg-type]
-
+        if clients:
+            _pin(server.proc.pid, {cores[0]})
+            _pin(hub.pid, {cores[0]})
+            _pin(os.getpid(), clients)
+        wanted = set(args.phases.split(","))
         phases = [
-            ("idle", None),
-            (f"huge body ({args.body_mb} MiB, no key)", lambda s, c: huge_bodies(url, args.body_mb, s, c)),
-            (f"burst ({args.burst} concurrent, bogus keys)", in_loop(burst, args.burst)),
-            (f"slow ({args.slow} trickling connections)", in_loop(slow, args.slow)),
+            ("idle", "idle", None, 0),
+            ("huge", f"huge body ({args.body_mb} MiB, no key)", "huge", args.body_mb),
+            ("burst", f"burst ({args.burst} concurrent, bogus keys)", "burst", args.burst),
+            ("slow", f"slow ({args.slow} trickling connections)", "slow", args.slow),
         ]
-        results = [run_phase(name, hub.pid, url, key, args.seconds, attack) for name, attack in phases]
+        results = [
+            run_phase(title, hub.pid, url, key, args.seconds, attack, size, clients)
+            for short, title, attack, size in phases
+            if short == "idle" or short in wanted
+        ]
         idle_rate = float(results[0]["rate"]) or 1e-9  # type: ignore[arg-type]
         baseline = results[0]["watch"].baseline  # type: ignore[attr-defined]
         total_500 = 0

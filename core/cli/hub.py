@@ -18,7 +18,8 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from morag_worker.core.server.hub import HubConfig, create_app
-    from morag_worker.core.server.hub.guard import HubLimits, header_timeout_protocol
+    from morag_worker.core.server.hub.connections import AddressGate, hub_protocol
+    from morag_worker.core.server.hub.guard import HubLimits
 
     try:
         visibility = args.visibility_timeout or float(time_limits_from_env(os.environ).visibility)
@@ -34,30 +35,32 @@ def run(args: argparse.Namespace) -> int:
         watchdog_interval_s=args.watchdog_interval,
         visibility_timeout_s=visibility,
         limits=HubLimits(
-            max_json_bytes=args.max_json_kb * 1024,
+            max_json_bytes=int(args.max_json_kb) * 1024,
             header_timeout_s=args.header_timeout,
             body_idle_timeout_s=args.body_timeout,
-            min_body_rate_bps=args.min_body_rate_kb * 1024,
+            min_body_rate_bps=int(args.min_body_rate_kb) * 1024,
             max_in_flight=args.max_in_flight,
             redis_max_connections=args.redis_max_connections,
             redis_pool_timeout_s=args.redis_pool_timeout,
-            rate_window_s=args.rate_window,
+            rate_window_s=int(args.rate_window),
             auth_failures_per_address=args.auth_failures_per_address,
             auth_failures_per_key=args.auth_failures_per_key,
             tasks_per_key=args.tasks_per_key,
             tasks_per_address=args.tasks_per_address,
         ),
     )
+    gate = AddressGate(args.max_connections_per_address, config.limits.retry_after_s)
     uvicorn.run(
-        create_app(config),
+        create_app(config, gate),
         host=args.host,
         port=args.port,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
-        # h11 with a header-read deadline (uvicorn has none); idle keep-alive connections close
-        # after uvicorn's own timeout_keep_alive; a header block over h11's 16 KiB is a 400.
-        http=header_timeout_protocol(args.header_timeout),
+        # h11 with the address gate and a header-read deadline (uvicorn has none); idle keep-alive
+        # connections close after uvicorn's own timeout_keep_alive; a header block over h11's
+        # 16 KiB is a 400.
+        http=hub_protocol(args.header_timeout, gate),
         timeout_keep_alive=5,
     )
     return int(ExitCode.OK)

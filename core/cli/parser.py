@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,58 @@ def _positive_seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
     return value
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """How a hub bound is read: ``parse`` turns the text into the value or raises ValueError."""
+
+    metavar: str
+    parse: Callable[[str], float]
+
+
+_COUNT = _Kind("N", lambda text: _non_negative(int(text)))
+_SECONDS = _Kind("SECONDS", _positive_seconds)
+
+
+def _non_negative(value: int) -> int:
+    if value < 0:
+        raise ValueError(value)
+    return value
+
+
+HUB_BOUNDS: tuple[tuple[str, _Kind, float, str], ...] = (
+    ("max-json-kb", _COUNT, 1024, "body cap of non-upload routes, in KiB"),
+    ("header-timeout", _SECONDS, 10, "close a connection whose request headers are not complete in time"),
+    ("body-timeout", _SECONDS, 30, "answer 408 when a request body stalls this long"),
+    (
+        "min-body-rate-kb",
+        _COUNT,
+        16,
+        "after --body-timeout, answer 408 to a body arriving slower than this, in KiB/s",
+    ),
+    ("max-in-flight", _COUNT, 512, "answer 503 beyond this many requests in progress"),
+    ("max-connections-per-address", _COUNT, 256, "refuse connections from an address holding this many"),
+    ("redis-max-connections", _COUNT, 64, "the hub's Redis connection pool"),
+    ("redis-pool-timeout", _SECONDS, 5, "wait this long for a pooled Redis connection, then answer 503"),
+    ("rate-window", _COUNT, 60, "the rate limits' window, in seconds"),
+    ("auth-failures-per-address", _COUNT, 300, "failed authentications an address may make per window"),
+    ("auth-failures-per-key", _COUNT, 60, "failed authentications with one presented key per window"),
+    ("tasks-per-key", _COUNT, 6000, "tasks one key may create per window"),
+    ("tasks-per-address", _COUNT, 12000, "tasks one address may create per window"),
+)
+
+
+def _from_env_or_option(kind: _Kind, option: str, env: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            return kind.parse(text)
+        except (ValueError, argparse.ArgumentTypeError):
+            wanted = "a number of seconds above 0" if kind is _SECONDS else "a whole number, 0 or more"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted} (from --{option} or {env})") from None
+
+    parse.__name__ = option
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,42 +191,20 @@ def build_parser() -> argparse.ArgumentParser:
         "CELERY_VISIBILITY_TIMEOUT or the task time limits)",
     )
 
-    bounds = hub.add_argument_group("bounds", "what one client may cost the hub (0 turns a rate limit off)")
-    bounds.add_argument("--max-json-kb", type=int, default=1024, help="body cap of non-upload routes")
-    bounds.add_argument(
-        "--header-timeout",
-        type=_positive_seconds,
-        default=10.0,
-        metavar="SECONDS",
-        help="close a connection whose request headers are not complete in time (default: 10)",
+    bounds = hub.add_argument_group(
+        "bounds",
+        "what one client may cost the hub (0 turns a limit off); each also reads MORAG_HUB_<NAME>, "
+        "e.g. MORAG_HUB_MAX_IN_FLIGHT, and the option wins over the environment",
     )
-    bounds.add_argument(
-        "--body-timeout",
-        type=_positive_seconds,
-        default=30.0,
-        metavar="SECONDS",
-        help="answer 408 when a request body stalls this long (default: 30)",
-    )
-    bounds.add_argument(
-        "--min-body-rate-kb",
-        type=int,
-        default=16,
-        help="after --body-timeout, answer 408 to a body arriving slower than this many KiB/s",
-    )
-    bounds.add_argument("--max-in-flight", type=int, default=512, help="503 beyond this many requests")
-    bounds.add_argument("--redis-max-connections", type=int, default=64)
-    bounds.add_argument(
-        "--redis-pool-timeout",
-        type=_positive_seconds,
-        default=5.0,
-        metavar="SECONDS",
-        help="wait this long for a pooled Redis connection, then 503 (default: 5)",
-    )
-    bounds.add_argument("--rate-window", type=int, default=60, metavar="SECONDS", help="rate-limit window")
-    bounds.add_argument("--auth-failures-per-address", type=int, default=300, metavar="N")
-    bounds.add_argument("--auth-failures-per-key", type=int, default=60, metavar="N")
-    bounds.add_argument("--tasks-per-key", type=int, default=6000, metavar="N")
-    bounds.add_argument("--tasks-per-address", type=int, default=12000, metavar="N")
+    for option, kind, default, help_text in HUB_BOUNDS:
+        env = "MORAG_HUB_" + option.upper().replace("-", "_")
+        bounds.add_argument(
+            f"--{option}",
+            type=_from_env_or_option(kind, option, env),
+            default=os.environ.get(env, str(default)),
+            metavar=kind.metavar,
+            help=f"{help_text} (default: {default}; {env})",
+        )
 
     submit = sub.add_parser("submit", parents=[common], help="send a file or URL to your queue")
     submit.add_argument("source", help="a file path or an http(s) URL")

@@ -314,3 +314,64 @@ def test_a_trickling_body_gets_408(bounded: tuple[Proc, str, str]) -> None:
             thread.join(timeout=10)
         sock.close()
     assert answer.startswith(b"HTTP/1.1 408") and b"slower than" in answer, answer[:300]
+
+
+def test_an_address_over_its_failed_auth_limit_is_turned_away_as_it_connects(hubs: Hubs) -> None:
+    _, url = hubs.start("--auth-failures-per-address", "3")
+    key = create_key(hubs.redis.url, "gated")
+    client = session_from("127.0.0.7")
+    bogus = {"Authorization": "Bearer not-a-key"}
+    codes = [client.get(url + "/api/v1/workers", headers=bogus, timeout=10).status_code for _ in range(4)]
+    assert codes == [401, 401, 401, 429], codes
+    # Now refused before any request is parsed: a connection that sends nothing gets the 429.
+    silent = _raw(url, "127.0.0.7")
+    try:
+        answer = _closed_within(silent, 30)
+    finally:
+        silent.close()
+    assert answer.startswith(b"HTTP/1.1 429") and b"retry-after:" in answer.lower(), answer[:300]
+    # Even with a valid key, until the window turns; another address is not affected.
+    assert client.get(url + "/api/v1/workers", headers={"X-API-Key": key}, timeout=10).status_code == 429
+    other = session_from("127.0.0.8").get(url + "/api/v1/workers", headers={"X-API-Key": key}, timeout=10)
+    assert other.status_code == 200, other.text
+
+
+def test_connections_per_address_are_capped_from_the_environment(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis")
+    hub: Proc | None = None
+    held: list[socket.socket] = []
+    try:
+        hub, url = start_hub(
+            tmp_path, server.url, ("--header-timeout", "60"), MORAG_HUB_MAX_CONNECTIONS_PER_ADDRESS="3"
+        )
+        key = create_key(server.url, "crowded")
+        held = [_raw(url, "127.0.0.9") for _ in range(3)]
+
+        def healthz_from(address: str) -> bytes:
+            sock = _raw(url, address)
+            try:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                return _closed_within(sock, 30)
+            finally:
+                sock.close()
+
+        # The hub counts a connection once it has accepted it: wait for the three to be counted.
+        refused = wait_for(
+            lambda: (answer := healthz_from("127.0.0.9")).startswith(b"HTTP/1.1 503") and answer,
+            what="the fourth connection from one address to be refused",
+        )
+        assert b"retry-after:" in refused.lower() and b"too many connections" in refused, refused[:300]
+        assert healthz_from("127.0.0.10").startswith(b"HTTP/1.1 200")  # another address is served
+        held.pop().close()
+        wait_for(
+            lambda: healthz_from("127.0.0.9").startswith(b"HTTP/1.1 200"),
+            what="a connection from that address to be served once one has closed",
+        )
+        client = session_from("127.0.0.10")
+        assert client.get(url + "/api/v1/workers", headers={"X-API-Key": key}, timeout=10).ok
+    finally:
+        for sock in held:
+            sock.close()
+        if hub is not None:
+            hub.stop()
+        server.stop()

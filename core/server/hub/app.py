@@ -41,6 +41,7 @@ from morag_worker.core.naming import DEFAULT_QUEUE, WorkerType, acl_username, na
 from morag_worker.core.results import ProgressMeta, TaskResult, TaskStage
 from morag_worker.core.routing import result_for_user, submit_task_for_user
 from morag_worker.core.server.acl import RedisAclHook
+from morag_worker.core.server.hub.connections import AddressGate
 from morag_worker.core.server.hub.guard import HubGuard, HubLimits
 from morag_worker.core.server.hub.maintenance import WATCHDOG_INTERVAL_S, HubMaintenance
 from morag_worker.core.server.hub.storage import FileStore, UploadTooLarge
@@ -110,8 +111,12 @@ async def current_key(request: Request) -> ApiKeyRecord:
 Key = Annotated[ApiKeyRecord, Depends(current_key)]
 
 
-def create_app(config: HubConfig) -> FastAPI:
-    """Build the hub's ASGI app; Redis connections open in its lifespan."""
+def create_app(config: HubConfig, gate: AddressGate | None = None) -> FastAPI:
+    """Build the hub's ASGI app; Redis connections open in its lifespan.
+
+    ``gate``: the connection layer's ``AddressGate``, told which addresses the failed-authentication
+    limit refuses (``hub_protocol`` consults it as connections are accepted).
+    """
     store = FileStore(config.storage_dir, config.max_upload_bytes)
     state: dict[str, Any] = {}
 
@@ -179,7 +184,9 @@ def create_app(config: HubConfig) -> FastAPI:
     app = FastAPI(
         title="MoRAG Worker hub", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
-    app.add_middleware(HubGuard, limits=config.limits, max_upload_bytes=config.max_upload_bytes, state=state)
+    app.add_middleware(
+        HubGuard, limits=config.limits, max_upload_bytes=config.max_upload_bytes, state=state, gate=gate
+    )
 
     @app.exception_handler(HTTPException)
     async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:

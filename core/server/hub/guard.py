@@ -11,8 +11,8 @@
 - answers 503 with ``Retry-After`` when Redis is saturated or unreachable, never 500.
 
 Rate limits are fixed windows counted in Redis (``morag:ratelimit:...``), so they hold across every
-hub process that shares the Redis. uvicorn (h11) has no header-read timeout: ``HeaderTimeoutH11``
-adds one as a protocol class.
+hub process that shares the Redis. An address over its failed-authentication limit is also handed to
+the ``AddressGate`` (``connections.py``), which then refuses its connections as they are accepted.
 """
 
 from __future__ import annotations
@@ -25,17 +25,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import h11
 import redis.exceptions
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from morag_worker.core.server.hub.connections import AddressGate
 
 __all__ = [
     "RATE_PREFIX",
     "BodyTimeout",
     "BodyTooLarge",
-    "HeaderTimeoutH11",
     "HubGuard",
     "HubLimits",
     "RateLimiter",
@@ -125,6 +124,10 @@ class RateLimiter:
             self._refused.clear()
         self._refused[bucket] = time.monotonic() + retry_s
 
+    def refuses(self, bucket: str) -> bool:
+        """Whether this process remembers ``bucket`` as over its limit."""
+        return bucket in self._refused
+
     def _window(self) -> tuple[int, int]:
         now = time.time()
         return int(now // self.window_s), max(1, math.ceil(self.window_s - now % self.window_s))
@@ -167,8 +170,16 @@ class RateLimiter:
 class HubGuard:
     """ASGI middleware: the bounds above, for every ``/api/`` request."""
 
-    def __init__(self, app: ASGIApp, limits: HubLimits, max_upload_bytes: int, state: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limits: HubLimits,
+        max_upload_bytes: int,
+        state: dict[str, Any],
+        gate: AddressGate | None = None,
+    ) -> None:
         self.app = app
+        self.gate = gate  # told which addresses to refuse at accept time
         self.limits = limits
         self.max_upload_bytes = max_upload_bytes
         self.state = state  # the app's lifespan state: "keys" and "aredis" once started
@@ -197,17 +208,21 @@ class HubGuard:
         if self._limiter is None or self._limiter.client is not self.state["aredis"]:
             self._limiter = RateLimiter(self.state["aredis"], limits.rate_window_s)
         limiter = self._limiter
-        auth_buckets = [(f"authfail:addr:{address}", limits.auth_failures_per_address)]
+        address_bucket = f"authfail:addr:{address}"
+        auth_buckets = [(address_bucket, limits.auth_failures_per_address)]
         if api_key:
             auth_buckets.append((f"authfail:key:{_key_tag(api_key)}", limits.auth_failures_per_key))
         try:
             retry = await limiter.over(auth_buckets)
             if retry is not None:
+                self._refuse_address(limiter, address_bucket, address, retry)
                 await _answer(send, _too_many(retry, "too many failed authentications; retry later"))
                 return
             record = await self.state["keys"].lookup(api_key) if api_key else None
             if record is None:
-                await limiter.hit(auth_buckets)
+                retry = await limiter.hit(auth_buckets)
+                if retry is not None:
+                    self._refuse_address(limiter, address_bucket, address, retry)
                 why = "invalid, revoked or expired API key" if api_key else MISSING_KEY
                 error = HTTPException(401, why)
                 error.headers = {"www-authenticate": "Bearer"}
@@ -252,6 +267,10 @@ class HubGuard:
                 raise
             await _answer(send, Saturated(limits.retry_after_s))
 
+    def _refuse_address(self, limiter: RateLimiter, bucket: str, address: str, retry_s: int) -> None:
+        if self.gate is not None and limiter.refuses(bucket):
+            self.gate.refuse(address, retry_s)
+
     def _bounded_receive(self, receive: Receive, cap: int) -> Receive:
         limits = self.limits
         begun = time.monotonic()
@@ -295,63 +314,3 @@ async def _answer(send: Send, error: HTTPException) -> None:
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-class HeaderTimeoutH11(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for a request's line and headers.
-
-    uvicorn arms its keep-alive timer only after a response; a connection that never finishes its
-    headers (or never sends any) stays open for ever. Here each request's headers must be complete
-    within ``header_timeout_s`` of the connection opening or of its first byte after the previous
-    response, or the connection is closed.
-    """
-
-    header_timeout_s: float = 10.0
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._header_deadline: asyncio.TimerHandle | None = None
-
-    def _arm(self) -> None:
-        if self._header_deadline is None:
-            self._header_deadline = self.loop.call_later(self.header_timeout_s, self._headers_late)
-
-    def _disarm(self) -> None:
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-            self._header_deadline = None
-
-    def _headers_late(self) -> None:
-        self._header_deadline = None
-        if self.conn.their_state is _IDLE and not self.transport.is_closing():
-            self.transport.close()
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm()
-
-    def data_received(self, data: bytes) -> None:
-        if self.conn.their_state is _IDLE:
-            self._arm()
-        super().data_received(data)
-        if self.conn.their_state is not _IDLE:
-            self._disarm()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        # Answered before the client finished its body (a 404, 405...): uvicorn would go on taking
-        # and dropping that body for as long as it trickles in. Close instead.
-        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
-
-
-_IDLE = h11.IDLE
-
-
-def header_timeout_protocol(timeout_s: float) -> type[HeaderTimeoutH11]:
-    """A ``HeaderTimeoutH11`` subclass with ``timeout_s``, for ``uvicorn.run(http=...)``."""
-    return type("HubH11Protocol", (HeaderTimeoutH11,), {"header_timeout_s": timeout_s})
