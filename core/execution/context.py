@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from morag_worker.core.execution.hub_outage import OutageBoard
 from morag_worker.core.execution.pipeline import Pipeline
 from morag_worker.core.execution.progress_channel import ChannelWriter, summarize_metadata
 from morag_worker.core.execution.progress_reporter import ProgressReporter, ProgressSink
@@ -40,6 +41,9 @@ class WorkerRuntime:
         # Read once, so a bad value stops the worker at start-up rather than failing every task.
         self.download_limits = DownloadLimits.from_env(self._env)
         self.cancel_event = threading.Event()
+        # Shared with the pool processes forked later: downloads mark hub outages, the main
+        # process pauses its consumer meanwhile (hub_outage.py).
+        self.hub_board = OutageBoard()
         self.extra_sinks: list[ProgressSink] = []
         # The supervisor's progress channel (MORAG_PROGRESS_FD), when one was handed down.
         self.channel: ChannelWriter | None = ChannelWriter.from_env(self._env)
@@ -70,7 +74,9 @@ class WorkerRuntime:
             return self._pipeline
 
     def _downloader(self) -> Downloader:
-        return Downloader(limits=self.download_limits, hub_origin=self.hub_url, api_key=self.api_key)
+        return Downloader(
+            limits=self.download_limits, hub_origin=self.hub_url, api_key=self.api_key, outage=self.hub_board
+        )
 
     def reporter(self, task: Any) -> ProgressReporter:
         """A progress reporter that updates the task's state in the result backend."""

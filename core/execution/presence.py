@@ -146,7 +146,9 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         from morag_worker.core.execution.context import get_runtime
 
-        self.user_id = get_runtime().own_user_id
+        runtime = get_runtime()
+        self.user_id = runtime.own_user_id
+        self._board = runtime.hub_board
         self.enabled = self.user_id is not None
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -186,7 +188,10 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self._record.updated_at = time.time()  # before the sample: the watchdog relies on it
         active = sorted(str(r.id) for r in list(state.active_requests))
         self._record.active_tasks = active
-        self._record.state = "working" if active else "idle"
+        if self._board.unreachable_since is not None:
+            self._record.state = "waiting_for_hub"  # no new task is taken until the hub answers
+        else:
+            self._record.state = "working" if active else "idle"
         try:
             tags, tasks = held_by(self._worker)
         except Exception as exc:  # noqa: BLE001 - claim nothing we cannot vouch for
