@@ -324,7 +324,7 @@ class Downloader:
             wait = backoff_delay(
                 job.failures, base=limits.backoff_base, cap=limits.backoff_max, rng=self._rng
             )
-        if self._clock() + wait > job.deadline:
+        if self._clock() + wait >= job.deadline:  # an attempt needs some time left to be made
             if waits_out:
                 waited = self._clock() - (job.deadline - limits.deadline_s)
                 raise HubUnreachable(
