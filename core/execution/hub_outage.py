@@ -12,7 +12,9 @@ retrying in N s" before each wait, and when the hub answers (its probe, or a dow
 through) clears the board and asks for the consumer to resume. The pausing itself happens on the
 consumer's own thread (a timer of the worker's event loop): the consumer blueprint's
 ``cancel_task_queue`` / ``add_task_queue``, which keep ``app.amqp.queues`` in step, so a consumer
-that reconnects while paused still consumes nothing. No remote control is involved.
+that reconnects while paused still consumes nothing. No remote control is involved. (With the
+threads pool on Windows there is no event loop and the worker's timer is a thread of its own;
+kombu's Redis channel defers a cancel that arrives during a read until the read is over.)
 
 When the worker starts to stop (warm: finish), the step marks the board "stopping", so a download
 waiting for the hub gives up at once and its task goes back to the queue instead of holding the
