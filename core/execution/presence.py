@@ -39,6 +39,7 @@ __all__ = [
     "held_by",
     "live_workers",
     "presence_key",
+    "presence_state",
 ]
 
 log = structlog.get_logger(__name__)
@@ -106,6 +107,13 @@ def live_workers(redis_client: Any, user_id: str) -> list[PresenceRecord]:
         if record is not None and record.user_id == user_id:
             records.append(record)
     return sorted(records, key=lambda r: r.hostname)
+
+
+def presence_state(active: list[str], *, hub_unreachable: bool) -> str:
+    """``waiting_for_hub`` (no new task is taken until the hub answers), ``working`` or ``idle``."""
+    if hub_unreachable:
+        return "waiting_for_hub"
+    return "working" if active else "idle"
 
 
 def held_by(worker: Any) -> tuple[list[str], list[str]]:
@@ -188,10 +196,7 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self._record.updated_at = time.time()  # before the sample: the watchdog relies on it
         active = sorted(str(r.id) for r in list(state.active_requests))
         self._record.active_tasks = active
-        if self._board.unreachable_since is not None:
-            self._record.state = "waiting_for_hub"  # no new task is taken until the hub answers
-        else:
-            self._record.state = "working" if active else "idle"
+        self._record.state = presence_state(active, hub_unreachable=self._board.unreachable_since is not None)
         try:
             tags, tasks = held_by(self._worker)
         except Exception as exc:  # noqa: BLE001 - claim nothing we cannot vouch for
