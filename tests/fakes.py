@@ -642,3 +642,6 @@ class RecordingOutageWatch:
     def give_up_waiting(self) -> bool:
         self.asked += 1
         return self.stop_after is not None and self.asked >= self.stop_after
+
+    def seen_back(self) -> bool:
+        return False

@@ -81,6 +81,9 @@ class OutageBoard:
     def give_up_waiting(self) -> bool:
         return self.stopping
 
+    def seen_back(self) -> bool:
+        return self.unreachable_since is None
+
     # -- the main process ---------------------------------------------------------------------
     @property
     def unreachable_since(self) -> float | None:

@@ -353,7 +353,8 @@ class Downloader:
         self._pause(job, wait, watch=self._outage if waits_out else None)
 
     def _pause(self, job: TransferJob, wait: float, watch: OutageWatch | None) -> None:
-        """Wait ``wait`` s (cancel ends it early); waiting for the hub, also end when stopping."""
+        """Wait ``wait`` s (cancel ends it early); waiting for the hub, also when it is seen back
+        (the worker's probe got an answer) or the worker is stopping."""
         if self._sleep is not None:
             self._sleep(wait)
         else:
@@ -365,7 +366,7 @@ class Downloader:
                         return
                 else:
                     time.sleep(step)
-                if watch is not None and watch.give_up_waiting():
+                if watch is not None and (watch.give_up_waiting() or watch.seen_back()):
                     break
         if watch is not None and watch.give_up_waiting():
             raise HubUnreachable(

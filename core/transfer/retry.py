@@ -86,3 +86,7 @@ class OutageWatch(Protocol):
     def give_up_waiting(self) -> bool:
         """True when the worker is stopping: a download waiting for the hub should stop waiting."""
         ...
+
+    def seen_back(self) -> bool:
+        """True when the hub answered someone since it was last found unreachable: try again now."""
+        ...

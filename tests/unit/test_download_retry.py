@@ -9,6 +9,7 @@ waits, so an hour of backoff takes no time.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,3 +179,24 @@ def test_a_stopping_worker_stops_waiting_for_the_hub(tmp_path: Path) -> None:
         dl.download(origin + "/api/v1/files/f1", tmp_path)
     assert caught.value.stopping and "worker is stopping" in str(caught.value)
     assert waits.seen == [1, 2]
+
+
+class BackSoon(RecordingOutageWatch):
+    """The worker's probe found the hub back while the download waits."""
+
+    def seen_back(self) -> bool:
+        return True
+
+
+def test_a_wait_for_the_hub_ends_early_when_it_is_seen_back(tmp_path: Path) -> None:
+    origin, watch = closed_port_origin(), BackSoon(stop_after=2)
+    limits = DownloadLimits(deadline_s=600, backoff_base=30, backoff_max=30, disk_reserve_bytes=0)
+    started = time.monotonic()
+    # The real waiting path (no injected sleep): a 30 s wait that ends at its first look.
+    with (
+        Downloader(limits=limits, hub_origin=origin, trusted_origins=[origin], outage=watch) as dl,
+        pytest.raises(HubUnreachable),
+    ):
+        dl.download(origin + "/api/v1/files/f1", tmp_path)
+    assert time.monotonic() - started < 10
+    assert len(watch.unreachable_calls) == 1
