@@ -10,11 +10,13 @@ import os
 import tempfile
 import threading
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from morag_worker.core.execution.celery_config import time_limits_from_env
 from morag_worker.core.execution.hub_outage import OutageBoard
 from morag_worker.core.execution.pipeline import Pipeline
 from morag_worker.core.execution.progress_channel import ChannelWriter, summarize_metadata
@@ -39,7 +41,7 @@ class WorkerRuntime:
         self.api_key = self._env.get("MORAG_API_KEY") or None
         register_secret(self.api_key)
         # Read once, so a bad value stops the worker at start-up rather than failing every task.
-        self.download_limits = DownloadLimits.from_env(self._env)
+        self.download_limits = download_limits(self._env)
         self.cancel_event = threading.Event()
         # Shared with the pool processes forked later: downloads mark hub outages, the main
         # process pauses its consumer meanwhile (hub_outage.py).
@@ -129,6 +131,17 @@ class WorkerRuntime:
             "contributor's worker; send the _remote task instead",
             user_id=self.own_user_id,
         ).to_dict()
+
+
+def download_limits(env: Mapping[str, str]) -> DownloadLimits:
+    """The download limits of ``env``, the deadline within the task's soft time limit.
+
+    A download that waits for a hub outage must end (its task requeued) before Celery's soft
+    time limit would fail the task instead.
+    """
+    limits = DownloadLimits.from_env(env)
+    budget = 0.9 * time_limits_from_env(env).soft
+    return replace(limits, deadline_s=budget) if limits.deadline_s > budget else limits
 
 
 _runtime: WorkerRuntime | None = None
