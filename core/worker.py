@@ -20,7 +20,7 @@ from celery.exceptions import Reject
 from morag_worker.core.execution.celery_config import base_config, reliability_summary, remote_worker_config
 from morag_worker.core.execution.context import WorkerRuntime, get_runtime
 from morag_worker.core.execution.deliveries import DeliveryCounter, max_starts_from_env
-from morag_worker.core.execution.pipeline import InfrastructureError, TaskCancelledError
+from morag_worker.core.execution.pipeline import HubUnavailableError, InfrastructureError, TaskCancelledError
 from morag_worker.core.execution.task_args import MalformedTask, read_task
 from morag_worker.core.naming import in_queue_order, namespace_prefix, user_id_from_queue, validate_user_id
 from morag_worker.core.processing import TaskCancelled
@@ -150,6 +150,10 @@ class _MoragTask(Task):  # type: ignore[misc]
             log.info("task.requeued", task_id=task_id)
             runtime.task_finished(task_id, TaskOutcome.REQUEUED, error="stopped by the contributor")
             raise Reject("stopped by the contributor; back to the queue", requeue=True) from None
+        except HubUnavailableError as exc:  # not the task's fault: another try when the hub is back
+            log.warning("task.requeued", task_id=task_id, reason="hub_unreachable", error=str(exc))
+            runtime.task_finished(task_id, TaskOutcome.REQUEUED, error=str(exc))
+            raise Reject(str(exc), requeue=True) from None
         except InfrastructureError as exc:
             log.error("task.failed", task_id=task_id, error=str(exc))
             runtime.task_finished(task_id, TaskOutcome.FAILED, error=str(exc))
@@ -204,11 +208,13 @@ def process_url_task_remote(self: _MoragTask, *args: Any, **kwargs: Any) -> dict
 
 
 def _install_steps() -> None:
+    from morag_worker.core.execution.hub_outage import HubGateStep
     from morag_worker.core.execution.liveness import HeartbeatStep
     from morag_worker.core.execution.presence import PresenceStep
 
     celery_app.steps["worker"].add(PresenceStep)
     celery_app.steps["worker"].add(HeartbeatStep)
+    celery_app.steps["worker"].add(HubGateStep)
 
 
 _install_steps()

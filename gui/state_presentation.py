@@ -15,6 +15,7 @@ Pure Python, no Qt: safe on any thread.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -216,6 +217,20 @@ def _backoff_header(m: Moment) -> tuple[str, str]:
     return "Cannot connect", (status.message or "The hub or the broker cannot be reached.") + retry
 
 
+def _hub_retry(m: Moment) -> str:
+    """``"Hub unreachable, retrying in 8 s."``, counting down to the status's ``retry_at``."""
+    retry_at = m.status.retry_at
+    if retry_at is None:
+        return m.status.message or "Hub unreachable, retrying soon."
+    left = math.ceil(retry_at - m.now)
+    return f"Hub unreachable, retrying in {left} s." if left > 0 else "Hub unreachable, retrying now."
+
+
+def _hub_wait_header(m: Moment) -> tuple[str, str]:
+    waiting = "; the task in hand waits for it" if m.tasks else ""
+    return "Hub unreachable", f"{_hub_retry(m)} No new task is taken until the hub answers{waiting}."
+
+
 def _stopped_header(m: Moment) -> tuple[str, str]:
     message = m.status.message
     return "Stopped", message if message not in ("", "Stopped") else "Choose Start to work."
@@ -273,6 +288,25 @@ _TABLE: dict[WorkerState, StatePresentation] = {
         empty_text=_waiting_for_work,
         ends_outage=True,
         works=True,
+    ),
+    WorkerState.WAITING_FOR_HUB: StatePresentation(
+        look=TrayLook.CONNECTING,
+        busy_look=TrayLook.CONNECTING,
+        tooltip=_hub_retry,
+        header=_hub_wait_header,
+        enabled=_WORKING_ACTIONS,
+        idle=False,
+        child_runs=True,
+        shows_tasks=True,
+        empty_text=_text("No task in progress. No new task is taken until the hub answers."),
+        notify=Notify.ONCE_PER_OUTAGE,
+        notice=NoticeText(
+            "MoRAG Worker cannot reach the hub",
+            "Hub unreachable.",
+            Level.WARNING,
+            suffix=" No new task is taken meanwhile, and no task is lost; no action is needed.",
+        ),
+        recovered=NoticeText("MoRAG Worker reaches the hub again", "Waiting for work.", Level.INFO),
     ),
     WorkerState.FINISHING: StatePresentation(
         look=TrayLook.FINISHING,

@@ -619,3 +619,29 @@ class FakeSupervisor:
         thread = threading.Thread(target=call, name="fake-supervisor")
         thread.start()
         thread.join()
+
+
+class RecordingOutageWatch:
+    """An ``OutageWatch`` (transfer/retry.py) that records what downloads tell it.
+
+    ``stop_after`` makes ``give_up_waiting`` say True from that many calls on (the worker stopping).
+    """
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.unreachable_calls: list[tuple[str, float]] = []
+        self.answers = 0
+        self.asked = 0
+        self.stop_after = stop_after
+
+    def unreachable(self, reason: str, retry_in: float) -> None:
+        self.unreachable_calls.append((reason, retry_in))
+
+    def answered(self) -> None:
+        self.answers += 1
+
+    def give_up_waiting(self) -> bool:
+        self.asked += 1
+        return self.stop_after is not None and self.asked >= self.stop_after
+
+    def seen_back(self) -> bool:
+        return False

@@ -2,6 +2,8 @@
 
 One request per connection (it forces ``Connection: close``), so every request head is seen and
 every response can be cut after a chosen number of body bytes, as a dropped connection would be.
+``down`` plays a hub that went away: responses under way are cut, and each new request is read
+and then answered by closing the connection.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class ProxyRules:
     cut_downloads: int = 0  # cut this many file downloads (GET /api/v1/files/...)
     cut_after_bytes: int = 0  # ... after this many response bytes (headers included)
     rate_bps: float | None = None  # throttle responses to this many bytes per second
+    down: bool = False  # the hub is gone: cut responses under way, close new connections unanswered
     seen: list[SeenRequest] = field(default_factory=list)
 
 
@@ -77,6 +80,9 @@ class CuttingProxy:
                 if method == "GET" and path.startswith("/api/v1/files/") and self.rules.cut_downloads > 0:
                     self.rules.cut_downloads -= 1
                     cut = True
+            if self.rules.down:
+                seen.upstream_down = True
+                return
             kept = [line for line in lines[1:] if not line.lower().startswith("connection:")]
             new_head = "\r\n".join([lines[0], *kept, "Connection: close"]).encode("latin-1")
             body_len = int(headers.get("content-length", "0") or 0)
@@ -105,6 +111,9 @@ class CuttingProxy:
         while True:
             chunk = upstream.recv(16384)
             if not chunk:
+                return
+            if self.rules.down:
+                client.shutdown(socket.SHUT_RDWR)
                 return
             if cut and sent + len(chunk) >= self.rules.cut_after_bytes:
                 last = chunk[: max(0, self.rules.cut_after_bytes - sent)]

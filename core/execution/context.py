@@ -10,11 +10,14 @@ import os
 import tempfile
 import threading
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from morag_worker.core.execution.celery_config import time_limits_from_env
+from morag_worker.core.execution.hub_outage import OutageBoard
 from morag_worker.core.execution.pipeline import Pipeline
 from morag_worker.core.execution.progress_channel import ChannelWriter, summarize_metadata
 from morag_worker.core.execution.progress_reporter import ProgressReporter, ProgressSink
@@ -38,8 +41,11 @@ class WorkerRuntime:
         self.api_key = self._env.get("MORAG_API_KEY") or None
         register_secret(self.api_key)
         # Read once, so a bad value stops the worker at start-up rather than failing every task.
-        self.download_limits = DownloadLimits.from_env(self._env)
+        self.download_limits = download_limits(self._env)
         self.cancel_event = threading.Event()
+        # Shared with the pool processes forked later: downloads mark hub outages, the main
+        # process pauses its consumer meanwhile (hub_outage.py).
+        self.hub_board = OutageBoard()
         self.extra_sinks: list[ProgressSink] = []
         # The supervisor's progress channel (MORAG_PROGRESS_FD), when one was handed down.
         self.channel: ChannelWriter | None = ChannelWriter.from_env(self._env)
@@ -70,7 +76,9 @@ class WorkerRuntime:
             return self._pipeline
 
     def _downloader(self) -> Downloader:
-        return Downloader(limits=self.download_limits, hub_origin=self.hub_url, api_key=self.api_key)
+        return Downloader(
+            limits=self.download_limits, hub_origin=self.hub_url, api_key=self.api_key, outage=self.hub_board
+        )
 
     def reporter(self, task: Any) -> ProgressReporter:
         """A progress reporter that updates the task's state in the result backend."""
@@ -123,6 +131,17 @@ class WorkerRuntime:
             "contributor's worker; send the _remote task instead",
             user_id=self.own_user_id,
         ).to_dict()
+
+
+def download_limits(env: Mapping[str, str]) -> DownloadLimits:
+    """The download limits of ``env``, the deadline within the task's soft time limit.
+
+    A download that waits for a hub outage must end (its task requeued) before Celery's soft
+    time limit would fail the task instead.
+    """
+    limits = DownloadLimits.from_env(env)
+    budget = 0.9 * time_limits_from_env(env).soft
+    return replace(limits, deadline_s=budget) if limits.deadline_s > budget else limits
 
 
 _runtime: WorkerRuntime | None = None

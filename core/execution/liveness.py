@@ -10,7 +10,8 @@ Besides proving that the main process runs, it reports what can be observed of t
   consumer sends one every ``brpop_timeout`` (1 s), a consumer holding its one prefetched message
   sends none until it acks, so "seconds since the last BRPOP" is meaningful only when nothing is
   reserved;
-- ``celery.worker.state`` lists the reserved and active requests.
+- ``celery.worker.state`` lists the reserved and active requests;
+- the hub outage board says whether the consumer is paused on purpose (``hub_outage.py``).
 
 The supervisor decides what is stalled (``HeartbeatMessage.stalled``); this side only reports.
 """
@@ -42,8 +43,11 @@ def _last_brpop(connection: Any) -> float | None:
     return max(stamps) if stamps else None
 
 
-def consumer_health(worker: Any, now: float | None = None) -> dict[str, Any]:
-    """The heartbeat's fields for ``worker`` (a WorkController): consumer state and requests."""
+def consumer_health(worker: Any, now: float | None = None, *, paused: bool = False) -> dict[str, Any]:
+    """The heartbeat's fields for ``worker`` (a WorkController): consumer state and requests.
+
+    ``paused``: the consumer takes no task on purpose while the hub is unreachable.
+    """
     from celery.worker import state
 
     now = time.monotonic() if now is None else now
@@ -62,6 +66,7 @@ def consumer_health(worker: Any, now: float | None = None) -> dict[str, Any]:
         "since_poll_s": since_poll,
         "reserved": len(state.reserved_requests),
         "active": sorted(str(r.id) for r in list(state.active_requests))[:20],
+        "paused": paused,
     }
 
 
@@ -73,7 +78,9 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         from morag_worker.core.execution.context import get_runtime
 
-        self.channel: ChannelWriter | None = get_runtime().channel
+        runtime = get_runtime()
+        self.channel: ChannelWriter | None = runtime.channel
+        self._board = runtime.hub_board
         self.enabled = self.channel is not None
         self._interval = heartbeat_interval(_environ())
         self._stop = threading.Event()
@@ -89,7 +96,7 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
         assert channel is not None
         while not self._stop.is_set():
             try:
-                fields = consumer_health(worker)
+                fields = consumer_health(worker, paused=self._board.unreachable_since is not None)
             except Exception as exc:  # noqa: BLE001 - a beat without details still proves life
                 log.debug("heartbeat.probe_failed", error=type(exc).__name__)
                 fields = {"consumer": "starting"}

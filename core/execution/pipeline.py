@@ -3,7 +3,9 @@
 The Celery tasks are thin wrappers around ``Pipeline``; everything here runs without a broker.
 Processing errors (corrupt or unsupported input, unsafe or oversized input) become a result with
 ``success: false``; infrastructure errors (download failed after retries, checksum mismatch, no
-disk space) raise ``InfrastructureError`` so the task fails with that message.
+disk space) raise ``InfrastructureError`` so the task fails with that message. A hub that stayed
+unreachable (until the download's deadline, or until the worker began to stop) is no failure of
+the task: ``HubUnavailableError`` sends it back to the queue, like a stop now.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from morag_worker.core.transfer.downloader import (
     DownloadCancelled,
     Downloader,
     DownloadFailed,
+    HubUnreachable,
     InsufficientDiskSpace,
     IntegrityError,
     TaskWorkspace,
@@ -32,7 +35,7 @@ from morag_worker.core.transfer.downloader import (
     UnsafeURL,
 )
 
-__all__ = ["InfrastructureError", "Pipeline", "TaskCancelledError"]
+__all__ = ["HubUnavailableError", "InfrastructureError", "Pipeline", "TaskCancelledError"]
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +46,10 @@ class InfrastructureError(RuntimeError):
 
 class TaskCancelledError(RuntimeError):
     """The worker was asked to stop now; the task must go back to the queue."""
+
+
+class HubUnavailableError(RuntimeError):
+    """The hub could not be reached to fetch the input; the task must go back to the queue."""
 
 
 @dataclass
@@ -78,6 +85,8 @@ class Pipeline:
             result = TaskResult.failure(str(exc))
         except (DownloadCancelled, TaskCancelled) as exc:
             raise TaskCancelledError(str(exc)) from None
+        except HubUnreachable as exc:
+            raise HubUnavailableError(str(exc)) from None
         except (DownloadFailed, IntegrityError, InsufficientDiskSpace) as exc:
             raise InfrastructureError(str(exc)) from None
         except TransferError as exc:

@@ -39,6 +39,7 @@ __all__ = [
     "held_by",
     "live_workers",
     "presence_key",
+    "presence_state",
 ]
 
 log = structlog.get_logger(__name__)
@@ -108,6 +109,13 @@ def live_workers(redis_client: Any, user_id: str) -> list[PresenceRecord]:
     return sorted(records, key=lambda r: r.hostname)
 
 
+def presence_state(active: list[str], *, hub_unreachable: bool) -> str:
+    """``waiting_for_hub`` (no new task is taken until the hub answers), ``working`` or ``idle``."""
+    if hub_unreachable:
+        return "waiting_for_hub"
+    return "working" if active else "idle"
+
+
 def held_by(worker: Any) -> tuple[list[str], list[str]]:
     """(delivery tags, task ids) this worker holds, from kombu's and Celery's memory."""
     from celery.worker import state
@@ -146,7 +154,9 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         from morag_worker.core.execution.context import get_runtime
 
-        self.user_id = get_runtime().own_user_id
+        runtime = get_runtime()
+        self.user_id = runtime.own_user_id
+        self._board = runtime.hub_board
         self.enabled = self.user_id is not None
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -186,7 +196,7 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self._record.updated_at = time.time()  # before the sample: the watchdog relies on it
         active = sorted(str(r.id) for r in list(state.active_requests))
         self._record.active_tasks = active
-        self._record.state = "working" if active else "idle"
+        self._record.state = presence_state(active, hub_unreachable=self._board.unreachable_since is not None)
         try:
             tags, tasks = held_by(self._worker)
         except Exception as exc:  # noqa: BLE001 - claim nothing we cannot vouch for

@@ -7,7 +7,10 @@ seconds of the writer). The types and their other fields:
 - ``ready``: ``hostname``, ``queues``, ``config`` (the reliability settings the worker runs with).
 - ``heartbeat``: ``consumer`` (``starting``, ``connecting`` or ``connected``), ``since_poll_s``
   (seconds since the consumer last asked the broker for a message, or null), ``reserved``
-  (messages held), ``active`` (ids of the tasks running).
+  (messages held), ``active`` (ids of the tasks running), ``paused`` (true while the consumer
+  takes no task because the hub is unreachable; absent means false).
+- ``hub``: ``reachable`` (false while the hub does not answer), ``retry_in_s`` (seconds until the
+  worker asks it again, or null when reachable). Sent on each probe of an outage and at its end.
 - ``task_start``: ``task_id``, ``name``, ``filename``.
 - ``progress``: ``task_id``, ``stage``, ``done``, ``total``, ``percent``, ``message``.
 - ``task_end``: ``task_id``, ``outcome`` (``succeeded``, ``failed`` or ``requeued``), ``error``,
@@ -48,6 +51,7 @@ __all__ = [
     "ChannelMessage",
     "ChannelWriter",
     "HeartbeatMessage",
+    "HubMessage",
     "ProgressMessage",
     "ReadyMessage",
     "TaskEndMessage",
@@ -87,19 +91,30 @@ class HeartbeatMessage:
     since_poll_s: float | None
     reserved: int
     active: tuple[str, ...]
+    paused: bool = False  # no task is taken while the hub is unreachable
 
     def stalled(self, after_s: float) -> bool:
         """True when a connected, idle consumer has not polled the broker for ``after_s`` seconds.
 
-        With prefetch 1 a busy consumer stops polling on purpose (it holds a message), and a
-        consumer without a connection is reconnecting, which Celery retries by itself.
+        With prefetch 1 a busy consumer stops polling on purpose (it holds a message), a
+        consumer without a connection is reconnecting, which Celery retries by itself, and a
+        paused one waits for the hub on purpose.
         """
         return (
             self.consumer == "connected"
+            and not self.paused
             and self.reserved == 0
             and self.since_poll_s is not None
             and self.since_poll_s > after_s
         )
+
+
+@dataclass(frozen=True)
+class HubMessage:
+    pid: int
+    ts: float
+    reachable: bool
+    retry_in_s: float | None  # seconds until the next try, while unreachable
 
 
 @dataclass(frozen=True)
@@ -134,7 +149,9 @@ class TaskEndMessage:
     processing_time: float | None
 
 
-ChannelMessage = ReadyMessage | HeartbeatMessage | TaskStartMessage | ProgressMessage | TaskEndMessage
+ChannelMessage = (
+    ReadyMessage | HeartbeatMessage | HubMessage | TaskStartMessage | ProgressMessage | TaskEndMessage
+)
 
 
 def summarize_metadata(metadata: Mapping[str, Any] | None, max_keys: int = 16) -> dict[str, object]:
@@ -219,7 +236,14 @@ def _build(kind: str, data: Mapping[str, Any], pid: int, ts: float) -> ChannelMe
             _number(data, "since_poll_s"),
             reserved if isinstance(reserved, int) and not isinstance(reserved, bool) else 0,
             tuple(a for a in active if isinstance(a, str)) if isinstance(active, list) else (),
+            data.get("paused") is True,
         )
+    if kind == "hub":
+        reachable = data.get("reachable")
+        if not isinstance(reachable, bool):
+            raise ValueError("hub without reachable")
+        retry_in = _number(data, "retry_in_s")
+        return HubMessage(pid, ts, reachable, None if reachable or retry_in is None else max(0.0, retry_in))
     if kind == "task_start":
         return TaskStartMessage(
             pid, ts, _task_id(data), _text(data, "name"), _optional_text(data, "filename")

@@ -9,6 +9,7 @@ does a person read). Owned by the supervisor's loop thread; not thread-safe.
 from __future__ import annotations
 
 import collections
+import math
 from dataclasses import dataclass, field
 
 from morag_worker.core.execution.progress_channel import HeartbeatMessage, ReadyMessage
@@ -41,6 +42,8 @@ class ChildSession:
     stop_mode: StopMode | None = None
     stop_reason: str | None = None  # USER or RESTART
     connecting_since: float | None = None  # monotonic: first of the beats saying "connecting" in a row
+    hub_retry_at: float | None = None  # epoch: the child's next try of a hub that does not answer
+    hub_text: str = ""  # what a person reads meanwhile
 
     @property
     def ready(self) -> bool:
@@ -66,6 +69,18 @@ class ChildSession:
         if count:
             return f"Working on {count} task" + ("s" if count > 1 else "")
         return "Waiting for work"
+
+    def hub_unreachable(self, retry_in_s: float | None, now: float) -> None:
+        """The child says the hub does not answer and it tries again in ``retry_in_s`` s."""
+        wait = max(1, math.ceil(retry_in_s or 0.0))
+        self.hub_retry_at = now + wait
+        self.hub_text = f"Hub unreachable, retrying in {wait} s."
+
+    def running_status(self) -> tuple[WorkerState, str]:
+        """RUNNING with what it is doing, or WAITING_FOR_HUB while the hub does not answer."""
+        if self.hub_retry_at is not None and not self.reconnecting():
+            return WorkerState.WAITING_FOR_HUB, self.hub_text
+        return WorkerState.RUNNING, self.running_message()
 
     def escalates_to(self, mode: StopMode) -> bool:
         """True when ``mode`` is harsher than the stop already asked (a stop never softens)."""

@@ -26,6 +26,7 @@ class WorkerState(Enum):
     STOPPED = "stopped"
     STARTING = "starting"  # child launched, not yet ready (connecting to hub and broker)
     RUNNING = "running"  # ready and waiting for work, or working
+    WAITING_FOR_HUB = "waiting_for_hub"  # the hub does not answer: no new task; retry at ``retry_at``
     FINISHING = "finishing"  # finishing the current task, taking no new one
     STOPPING = "stopping"  # stop now: the current task goes back to the queue
     BACKOFF = "backoff"  # crashed or unreachable; will retry at ``WorkerStatus.retry_at``
@@ -63,10 +64,10 @@ class WorkerStatus:
     user_id: str | None = None
     queues: tuple[str, ...] = ()  # the queues the worker consumes, most specific first
     notice: str | None = None  # e.g. no GPU: transcription runs on the CPU
-    retry_at: float | None = None  # epoch seconds of the next restart attempt (BACKOFF)
+    retry_at: float | None = None  # epoch seconds of the next restart (BACKOFF) or hub try (WAITING_FOR_HUB)
     snoozed_until: float | None = None  # epoch seconds, or None for "until I resume" (SNOOZED)
     last_output: tuple[str, ...] = ()  # the child's last lines, for a CRASHED state
-    problem: Problem | None = None  # set in BACKOFF and CRASHED
+    problem: Problem | None = None  # set in BACKOFF, CRASHED and WAITING_FOR_HUB
     attempt: int = 0  # consecutive failed attempts so far (BACKOFF shows "retry n")
     active_tasks: int = 0  # tasks the child is working on (RUNNING, FINISHING, STOPPING)
 

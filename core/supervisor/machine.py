@@ -26,6 +26,7 @@ import structlog
 from morag_worker.core.config.settings import Settings
 from morag_worker.core.execution.progress_channel import (
     HeartbeatMessage,
+    HubMessage,
     ProgressMessage,
     ReadyMessage,
     TaskEndMessage,
@@ -362,6 +363,8 @@ class SupervisorMachine:
             self._on_ready(session, msg)
         elif isinstance(msg, HeartbeatMessage):
             self._on_heartbeat(session, msg)
+        elif isinstance(msg, HubMessage):
+            self._on_hub(session, msg)
         elif isinstance(msg, TaskStartMessage):
             self._notify("on_progress", session.tracker.started(msg))
             self._tasks_changed(session)
@@ -381,7 +384,23 @@ class SupervisorMachine:
         if msg.queues:
             self._queues = tuple(msg.queues)  # what the child really consumes
         if session.stop_mode is None:
-            self._set_status(WorkerState.RUNNING, session.running_message())
+            self._set_running(session)
+
+    def _on_hub(self, session: ChildSession, msg: HubMessage) -> None:
+        if msg.reachable:
+            session.hub_retry_at = None
+        else:
+            session.hub_unreachable(msg.retry_in_s, self._clock.time())
+        if session.ready and session.stop_mode is None:
+            self._set_running(session)
+
+    def _set_running(self, session: ChildSession) -> None:
+        """RUNNING, or WAITING_FOR_HUB while the child says the hub does not answer."""
+        state, message = session.running_status()
+        if state is WorkerState.WAITING_FOR_HUB:
+            self._set_status(state, message, retry_at=session.hub_retry_at, problem=Problem.HUB_UNREACHABLE)
+        else:
+            self._set_status(state, message)
 
     def _on_heartbeat(self, session: ChildSession, msg: HeartbeatMessage) -> None:
         session.heartbeat = msg
@@ -425,7 +444,7 @@ class SupervisorMachine:
                 Problem.STALLED, f"the worker stopped asking for tasks ({waited:.0f} s without polling)"
             )
         else:
-            self._set_status(WorkerState.RUNNING, session.running_message())
+            self._set_running(session)
 
     def _finished(self, session: ChildSession, records: list[TaskRecord]) -> None:
         for record in records:
@@ -437,8 +456,8 @@ class SupervisorMachine:
     def _tasks_changed(self, session: ChildSession) -> None:
         self.active = tuple(session.tracker.active())
         state = self.status.state
-        if state is WorkerState.RUNNING:
-            self._set_status(state, session.running_message())
+        if state in (WorkerState.RUNNING, WorkerState.WAITING_FOR_HUB):
+            self._set_running(session)
         elif state is WorkerState.FINISHING and not session.busy:
             self._set_status(state, "Snoozing" if self._want is Intent.SNOOZE else "Stopping")
         elif state in (WorkerState.FINISHING, WorkerState.STOPPING):

@@ -38,6 +38,7 @@ from morag_worker.core.transfer.errors import (
     IntegrityError,
     TooLarge,
 )
+from morag_worker.core.transfer.retry import RetryKind, kind_of_status
 from morag_worker.core.units import human_bytes
 
 __all__ = [
@@ -53,7 +54,6 @@ log = structlog.get_logger(__name__)
 
 MiB = 1024 * 1024
 _WRITE_AHEAD = 2
-RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 ProgressCallback = Callable[[int, int | None], None]
 
 
@@ -70,7 +70,7 @@ class DownloadLimits:
     max_bytes: int = 2 * 1024 * MiB
     max_attempts: int = 5
     backoff_base: float = 1.0
-    backoff_max: float = 30.0
+    backoff_max: float = 15.0
     retry_after_max: float = 60.0
     disk_reserve_bytes: int = 256 * MiB
     max_redirects: int = 5
@@ -128,13 +128,25 @@ def check_disk_space(dest_dir: Path, need: int, reserve: int, host: str) -> None
 
 
 class RetryableFailure(Exception):
-    """A failure worth another attempt: connection trouble, 408/429/5xx, too slow, a bad resume."""
+    """A failure worth another attempt: connection trouble, 408/429/5xx, too slow, a bad resume.
 
-    def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+    ``kind`` says whether the server did not answer (``UNREACHABLE``: waited out for the hub) or
+    answered badly (``TRANSIENT``: a few attempts); see ``retry.py``.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        kind: RetryKind = RetryKind.TRANSIENT,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
         self.retry_after = retry_after
+        self.kind = kind
 
 
 @dataclass
@@ -176,7 +188,8 @@ class TransferJob:
     content_type: str | None = None
     filename_hint: str | None = None
     attempts: int = 0
-    failures: int = 0
+    failures: int = 0  # in a row, for the backoff
+    capped_failures: int = 0  # in a row, of those that count against ``max_attempts``
     resumes: int = 0
     redownloaded: bool = False
     progress: _Throttle = field(init=False)
@@ -226,9 +239,11 @@ class TransferJob:
         """Check a response's status and headers; True when a body to store follows."""
         if status == 416 and ranged:
             return self._unsatisfiable(hh.unsatisfied_range_total(headers.get("Content-Range")))
-        if status in RETRY_STATUSES:
+        if (kind := kind_of_status(status)) is not None:
             after = hh.retry_after(headers.get("Retry-After"))
-            raise RetryableFailure(f"the server answered HTTP {status}", status=status, retry_after=after)
+            raise RetryableFailure(
+                f"the server answered HTTP {status}", status=status, retry_after=after, kind=kind
+            )
         if status not in (200, 206):
             raise self.failed(_status_text(status, self.is_hub), status=status)
         codings = hh.content_codings(headers)
@@ -309,7 +324,12 @@ class TransferJob:
                 # longer than read_timeout: the deadline and rate checks below keep running.
                 piece = raw.read1(limits.chunk_size, decode_content=True)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise RetryableFailure(_read_failure(exc)) from exc
+                kind = (
+                    RetryKind.TRANSIENT
+                    if isinstance(exc, urllib3.exceptions.DecodeError)
+                    else RetryKind.UNREACHABLE  # cut or silent mid-body: the server went away
+                )
+                raise RetryableFailure(_read_failure(exc), kind=kind) from exc
             if not piece:
                 if self.total is not None and self.have < self.total:
                     # A legal short 206 (the server may send less than the range we asked for).

@@ -4,10 +4,16 @@
 server chose) in chunks of about 1 MiB, hashing SHA-256 on the fly. It bounds everything a hostile
 or broken server could stretch: connect and read timeouts, an overall deadline and a minimum rate
 (a server trickling a byte a second is cut off), the decoded size (a small gzip body can expand a
-thousandfold), retries (capped exponential backoff with full jitter; a ``Retry-After`` of hours is
-capped and reported) and redirects (followed by hand, each hop re-checked by
+thousandfold), retries (capped exponential backoff with jitter, see ``retry.py``; a ``Retry-After``
+of hours is capped and reported) and redirects (followed by hand, each hop re-checked by
 :mod:`~morag_worker.core.transfer.url_policy`). A dropped connection resumes with ``Range``/``If-Range``.
 The API key goes only to the hub's exact origin, which is never redirected away from.
+
+A hub that does not answer (refused, reset, timed out, 502/503/504) is waited out until the
+download's deadline, however many attempts that takes, and reported to an ``OutageWatch``; past
+the deadline, or once the watch says the worker is stopping, the download raises
+:class:`HubUnreachable` (the task goes back to the queue). Other servers, and answers that another
+attempt may mend, get ``max_attempts``.
 
 Runs on the calling (task) thread, plus one writer thread per download that lives only inside
 ``download()``. A Downloader and its ``requests.Session`` serve one thread at a time; ``cancel``
@@ -41,6 +47,7 @@ from morag_worker.core.transfer.download_state import (
 from morag_worker.core.transfer.errors import (
     DownloadCancelled,
     DownloadFailed,
+    HubUnreachable,
     InsufficientDiskSpace,
     IntegrityError,
     TooLarge,
@@ -48,6 +55,7 @@ from morag_worker.core.transfer.errors import (
     UnsafeURL,
 )
 from morag_worker.core.transfer.headers import SHA256_HEX
+from morag_worker.core.transfer.retry import OutageWatch, RetryKind, backoff_delay, kind_of_status
 from morag_worker.core.transfer.url_policy import (
     PeerCheckingAdapter,
     Resolver,
@@ -67,8 +75,10 @@ __all__ = [
     "DownloadLimits",
     "DownloadedFile",
     "Downloader",
+    "HubUnreachable",
     "InsufficientDiskSpace",
     "IntegrityError",
+    "OutageWatch",
     "ProgressCallback",
     "TaskWorkspace",
     "TooLarge",
@@ -83,6 +93,7 @@ log = structlog.get_logger(__name__)
 
 MiB = 1024 * 1024
 INPUT_NAME = "input.bin"
+WAIT_SLICE_S = 0.5  # how often a wait for the hub looks whether the worker is stopping
 
 
 @dataclass(frozen=True)
@@ -120,6 +131,9 @@ class Downloader:
             key. Tests only (loopback servers); production leaves it empty.
         ca_bundle: A CA bundle to verify TLS against instead of the default one (a hub with a
             private CA). Certificates are always verified; there is no way to turn that off.
+        outage: Told when the hub does not answer and when it answers again; asked, while a
+            download waits for the hub, whether the worker is stopping.
+        rng: Random numbers in [0, 1) for the backoff's jitter.
     """
 
     def __init__(
@@ -133,8 +147,12 @@ class Downloader:
         resolver: Resolver = system_resolver,
         trusted_origins: Iterable[str] = (),
         ca_bundle: str | os.PathLike[str] | None = None,
+        outage: OutageWatch | None = None,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         self.limits = limits if limits is not None else DownloadLimits()
+        self._outage = outage
+        self._rng = rng
         self.policy = UrlPolicy(
             hub_origin=hub_origin, resolver=resolver, trusted_origins=frozenset(trusted_origins)
         )
@@ -191,8 +209,9 @@ class Downloader:
 
         Raises:
             UnsafeURL, TooLarge, IntegrityError, InsufficientDiskSpace, DownloadCancelled,
-            DownloadFailed (all TransferError); ValueError for a malformed ``expected_sha256`` or a
-            negative ``expected_size``; FileExistsError if ``input.bin`` already exists.
+            DownloadFailed, HubUnreachable (all TransferError); ValueError for a malformed
+            ``expected_sha256`` or a negative ``expected_size``; FileExistsError if ``input.bin``
+            already exists.
         """
         want_sha = None
         if expected_sha256 is not None:
@@ -275,17 +294,25 @@ class Downloader:
                 # even a chunk per attempt runs out of attempts (and the deadline bounds the rest).
                 progressed = job.have - have_before >= self.limits.chunk_size
                 job.failures = 1 if progressed else job.failures + 1
+                if not self._waits_out(job, exc):
+                    job.capped_failures = 1 if progressed else job.capped_failures + 1
                 self._wait_before_retry(job, exc, notice)
                 continue
             if job.verified():
                 job.progress(job.have, job.have, final=True)
                 return
 
+    @staticmethod
+    def _waits_out(job: TransferJob, exc: RetryableFailure) -> bool:
+        """True for a hub that does not answer: retried until the deadline, not ``max_attempts``."""
+        return job.is_hub and exc.kind is RetryKind.UNREACHABLE
+
     def _wait_before_retry(
         self, job: TransferJob, exc: RetryableFailure, notice: Callable[[str], None] | None
     ) -> None:
         limits = self.limits
-        if job.failures >= limits.max_attempts:
+        waits_out = self._waits_out(job, exc)
+        if not waits_out and job.capped_failures >= limits.max_attempts:
             raise DownloadFailed(
                 f"Download from {job.host} failed after {job.attempts} attempts: {exc.reason}.",
                 status=exc.status,
@@ -293,14 +320,23 @@ class Downloader:
             )
         if exc.retry_after is not None:
             wait = min(exc.retry_after, limits.retry_after_max)
-        else:  # capped exponential backoff with full jitter
-            wait = random.uniform(
-                0, min(limits.backoff_max, limits.backoff_base * 2 ** min(job.failures - 1, 30))
+        else:
+            wait = backoff_delay(
+                job.failures, base=limits.backoff_base, cap=limits.backoff_max, rng=self._rng
             )
-        if self._clock() + wait > job.deadline:
+        if self._clock() + wait >= job.deadline:  # an attempt needs some time left to be made
+            if waits_out:
+                waited = self._clock() - (job.deadline - limits.deadline_s)
+                raise HubUnreachable(
+                    f"The hub at {job.host} could not be reached for {waited:.0f} s "
+                    f"({exc.reason}); the task goes back to the queue.",
+                    attempts=job.attempts,
+                )
             raise job.failed(
                 f"{exc.reason}, and waiting to retry would pass its {limits.deadline_s:g} s time limit"
             )
+        if waits_out and self._outage is not None:
+            self._outage.unreachable(exc.reason, wait)
         capped = exc.retry_after is not None and exc.retry_after > limits.retry_after_max
         log.warning(
             "download.retry",
@@ -314,12 +350,31 @@ class Downloader:
         if notice is not None:
             asked = f" (the server asked for {exc.retry_after:.0f} s)" if capped else ""
             notice(f"Download from {job.host}: {exc.reason}; retrying in {wait:.0f} s{asked}.")
+        self._pause(job, wait, watch=self._outage if waits_out else None)
+
+    def _pause(self, job: TransferJob, wait: float, watch: OutageWatch | None) -> None:
+        """Wait ``wait`` s (cancel ends it early); waiting for the hub, also when it is seen back
+        (the worker's probe got an answer) or the worker is stopping."""
         if self._sleep is not None:
             self._sleep(wait)
-        elif job.cancel is not None:
-            job.cancel.wait(wait)
         else:
-            time.sleep(wait)
+            end = self._clock() + wait
+            while (left := end - self._clock()) > 0:
+                step = min(left, WAIT_SLICE_S) if watch is not None else left
+                if job.cancel is not None:
+                    if job.cancel.wait(step):
+                        return
+                else:
+                    time.sleep(step)
+                if watch is not None and (watch.give_up_waiting() or watch.seen_back()):
+                    break
+        if watch is not None and watch.give_up_waiting():
+            raise HubUnreachable(
+                f"The hub at {job.host} cannot be reached and the worker is stopping; "
+                "the task goes back to the queue.",
+                attempts=job.attempts,
+                stopping=True,
+            )
 
     def _attempt(self, job: TransferJob, url: str) -> None:
         ranged = job.can_resume
@@ -333,6 +388,8 @@ class Downloader:
             if job.validator:
                 headers["If-Range"] = job.validator
         response = self._open(job, url, headers)
+        if job.is_hub and self._outage is not None and kind_of_status(response.status_code) is None:
+            self._outage.answered()
         try:
             if job.accept(response.status_code, response.headers, response.url, ranged):
                 job.stream(response.raw)
@@ -346,7 +403,9 @@ class Downloader:
             try:
                 self.policy.check(url)
             except OSError as exc:
-                raise RetryableFailure(f"the name {origin_of(url).host} could not be resolved") from exc
+                raise RetryableFailure(
+                    f"the name {origin_of(url).host} could not be resolved", kind=RetryKind.UNREACHABLE
+                ) from exc
             remaining = job.deadline - self._clock()
             if remaining <= 0:
                 raise job.too_slow()
@@ -364,11 +423,13 @@ class Downloader:
                     raise job.failed("the server's TLS certificate could not be verified") from None
                 raise RetryableFailure("the TLS connection failed") from exc
             except requests.exceptions.ConnectTimeout as exc:
-                raise RetryableFailure("connecting timed out") from exc
+                raise RetryableFailure("connecting timed out", kind=RetryKind.UNREACHABLE) from exc
             except requests.exceptions.Timeout as exc:
-                raise RetryableFailure("the server did not answer in time") from exc
+                raise RetryableFailure(
+                    "the server did not answer in time", kind=RetryKind.UNREACHABLE
+                ) from exc
             except requests.exceptions.ConnectionError as exc:
-                raise RetryableFailure("could not connect") from exc
+                raise RetryableFailure("could not connect", kind=RetryKind.UNREACHABLE) from exc
             except requests.exceptions.RequestException as exc:
                 raise job.failed(f"the request could not be made ({type(exc).__name__})") from None
             if not response.is_redirect:

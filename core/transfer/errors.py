@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "DownloadCancelled",
     "DownloadFailed",
+    "HubUnreachable",
     "InsufficientDiskSpace",
     "IntegrityError",
     "TooLarge",
@@ -33,6 +34,22 @@ class DownloadFailed(TransferError):
         super().__init__(message)
         self.status = status
         self.attempts = attempts
+
+
+class HubUnreachable(TransferError):
+    """The hub did not answer until the download's deadline, or until the worker began to stop.
+
+    Not the task's fault and not for good: the task goes back to the queue instead of failing.
+
+    Attributes:
+        attempts: How many requests were made.
+        stopping: True when the wait ended because the worker is stopping, not at the deadline.
+    """
+
+    def __init__(self, message: str, *, attempts: int = 0, stopping: bool = False) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+        self.stopping = stopping
 
 
 class IntegrityError(TransferError):

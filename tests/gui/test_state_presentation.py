@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from morag_worker.core.supervisor.events import TaskProgress, WorkerState, WorkerStatus
+from morag_worker.gui.notifications import NotificationPolicy
 from morag_worker.gui.state_presentation import (
     PRESENTATION,
     WORKER_ACTIONS,
@@ -80,3 +81,35 @@ def test_texts_without_tasks(status: WorkerStatus, tooltip: str, header: tuple[s
     moment = Moment(status, [], NOW)
     shown = presentation(status.state)
     assert (shown.tooltip(moment), shown.header(moment)) == (tooltip, header)
+
+
+def test_waiting_for_the_hub_counts_down_to_the_next_try() -> None:
+    shown = presentation(WorkerState.WAITING_FOR_HUB)
+    status = WorkerStatus(
+        WorkerState.WAITING_FOR_HUB, "Hub unreachable, retrying in 8 s.", retry_at=NOW + 7.2
+    )
+    assert shown.tooltip(Moment(status, [], NOW)) == "Hub unreachable, retrying in 8 s."
+    assert shown.tooltip(Moment(status, [], NOW + 5)) == "Hub unreachable, retrying in 3 s."
+    assert shown.tooltip(Moment(status, [], NOW + 9)) == "Hub unreachable, retrying now."
+    task = TaskProgress("t", "DOWNLOADING", 1, 2, None, filename="a.pdf")
+    assert shown.header(Moment(status, [task], NOW)) == (
+        "Hub unreachable",
+        "Hub unreachable, retrying in 8 s. No new task is taken until the hub answers; "
+        "the task in hand waits for it.",
+    )
+    assert shown.child_runs and shown.shows_tasks and not shown.idle
+
+
+def test_a_hub_outage_is_notified_once_and_its_end_too() -> None:
+    policy = NotificationPolicy()
+    assert policy.on_status(WorkerStatus(WorkerState.RUNNING, "Waiting for work"), expected=True) is None
+    first = policy.on_status(
+        WorkerStatus(WorkerState.WAITING_FOR_HUB, "Hub unreachable, retrying in 1 s.", retry_at=NOW),
+        expected=False,
+    )
+    assert first is not None and first.title == "MoRAG Worker cannot reach the hub"
+    assert "no task is lost" in first.message
+    again = WorkerStatus(WorkerState.WAITING_FOR_HUB, "Hub unreachable, retrying in 2 s.", retry_at=NOW + 2)
+    assert policy.on_status(again, expected=False) is None
+    back = policy.on_status(WorkerStatus(WorkerState.RUNNING, "Working on 1 task"), expected=False)
+    assert back is not None and back.title == "MoRAG Worker reaches the hub again"

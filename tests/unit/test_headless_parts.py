@@ -141,3 +141,19 @@ def test_terminal_view_names_the_queues_consumed_and_the_cpu_notice_once() -> No
     assert "running: Waiting for work (queues gpu-tasks-alice, cpu-tasks-alice)" in text
     assert "starting: Connecting\n" in text  # queues only once they are consumed
     assert text.count(notice) == 1
+
+
+def test_terminal_view_says_when_the_hub_is_unreachable_at_each_try() -> None:
+    out = io.StringIO()
+    view = TerminalView(out, width=lambda: 120)
+    for wait in (1, 2, 4):
+        message = f"Hub unreachable, retrying in {wait} s."
+        view.on_status(WorkerStatus(WorkerState.WAITING_FOR_HUB, message, problem=Problem.HUB_UNREACHABLE))
+    lines = out.getvalue().splitlines()
+    assert [line.split("] ", 1)[1] for line in lines] == [
+        "waiting_for_hub: Hub unreachable, retrying in 1 s.",
+        "waiting_for_hub: Hub unreachable, retrying in 2 s.",
+        "waiting_for_hub: Hub unreachable, retrying in 4 s.",
+    ]
+    waiting = WorkerStatus(WorkerState.WAITING_FOR_HUB, "", problem=Problem.HUB_UNREACHABLE)
+    assert exit_code_for(waiting) is ExitCode.OK  # not an end: the worker keeps running

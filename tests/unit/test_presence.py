@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from celery.worker import state
 
-from morag_worker.core.execution.presence import PresenceRecord, held_by
+from morag_worker.core.execution.presence import PresenceRecord, held_by, presence_state
 
 pytestmark = pytest.mark.unit
 
@@ -55,3 +55,9 @@ def test_records_round_trip_and_older_ones_hold_unknown() -> None:
         {"hostname": "h", "user_id": "u", "version": "0", "state": "idle", "queue": None}
     )
     assert older is not None and older.held_deliveries is None and older.held_tasks is None
+
+
+def test_the_state_says_when_the_worker_waits_for_the_hub() -> None:
+    assert presence_state([], hub_unreachable=False) == "idle"
+    assert presence_state(["t1"], hub_unreachable=False) == "working"
+    assert presence_state(["t1"], hub_unreachable=True) == "waiting_for_hub"

@@ -632,3 +632,36 @@ def test_threaded_settings_source_is_read_at_each_attempt_and_its_errors_are_cle
         assert "not valid JSON" in sup.status.message
     finally:
         sup.close(timeout=10)
+
+
+# ---- the hub away while the child runs ---------------------------------------------------------
+
+
+def test_an_unreachable_hub_is_shown_with_its_retry_and_ends_when_it_answers(rig: Rig) -> None:
+    child = rig.running()
+    child.send("task_start", task_id="t1", name="morag.worker.process_file_task_remote", filename="a.txt")
+    child.send("hub", reachable=False, retry_in_s=3.6)
+    status = rig.expect(WorkerState.WAITING_FOR_HUB)
+    assert status.message == "Hub unreachable, retrying in 4 s."
+    assert status.problem is Problem.HUB_UNREACHABLE and status.active_tasks == 1
+    assert status.retry_at == rig.clock.time() + 4
+    child.send("hub", reachable=False, retry_in_s=8)  # the next try: refreshed
+    assert rig.expect(WorkerState.WAITING_FOR_HUB).message == "Hub unreachable, retrying in 8 s."
+    # Paused on purpose: not polling the broker is no stall, and heartbeats keep the state.
+    child.send(
+        "heartbeat", consumer="connected", since_poll_s=rig.options.stall_after_s + 5, reserved=0, paused=True
+    )
+    assert child.controls == [] and rig.state() is WorkerState.WAITING_FOR_HUB
+    child.send("hub", reachable=True, retry_in_s=None)
+    status = rig.expect(WorkerState.RUNNING)
+    assert (status.message, status.retry_at, status.problem) == ("Working on 1 task", None, None)
+
+
+def test_stopping_while_the_hub_is_away_takes_over_the_status(rig: Rig) -> None:
+    child = rig.running()
+    child.send("hub", reachable=False, retry_in_s=2)
+    rig.expect(WorkerState.WAITING_FOR_HUB)
+    rig.stop(StopMode.FINISH)
+    rig.expect(WorkerState.FINISHING)
+    child.send("hub", reachable=False, retry_in_s=4)
+    assert rig.state() is WorkerState.FINISHING

@@ -135,3 +135,10 @@ def test_prepare_failures_say_whether_to_retry() -> None:
             options=SupervisorOptions(),
         )
     assert caught.value.problem is Problem.CONFIG and not caught.value.retry
+
+
+def test_a_download_ends_before_the_soft_time_limit_would_fail_its_task() -> None:
+    assert WorkerRuntime({}).download_limits.deadline_s == 3600
+    assert WorkerRuntime({"MORAG_DOWNLOAD_DEADLINE_S": "30"}).download_limits.deadline_s == 30
+    short = WorkerRuntime({"CELERY_SOFT_TIME_LIMIT": "600", "CELERY_TIME_LIMIT": "700"})
+    assert short.download_limits.deadline_s == 540
