@@ -34,7 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's morag_worker and bench, not an install
 
-from bench.measure import MachineLoad, Spread, paired_ratios, scratch_folder  # noqa: E402
+from bench.measure import MachineLoad, Spread, interrupts_deferred, paired_ratios, scratch_folder  # noqa: E402
 
 MiB = 1024 * 1024
 METHODS = {
@@ -208,13 +208,14 @@ def main() -> int:
             with MachineLoad() as load:
                 results = measure(url, work, sha256, args.size_mib, args.runs)
         finally:
-            assert server.stdin is not None
-            server.stdin.close()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(timeout=10)
+            with interrupts_deferred():
+                assert server.stdin is not None
+                server.stdin.close()
+                try:
+                    server.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+                    server.wait(timeout=10)
     report(results, args.size_mib)
     print(load.describe())
     return 0

@@ -50,7 +50,7 @@ from requests.adapters import HTTPAdapter
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.measure import MachineLoad, Spread, scratch_folder  # noqa: E402
+from bench.measure import MachineLoad, Spread, interrupts_deferred, scratch_folder  # noqa: E402
 from morag_worker.core.server.acl import create_provisioned_key  # noqa: E402
 from tests.conftest import start_hub  # noqa: E402
 from tests.processes import MemoryWatch, RedisServer  # noqa: E402
@@ -312,9 +312,10 @@ def run_phases(
             if short == "idle" or short in wanted
         ]
     finally:
-        if hub is not None:
-            hub.stop()
-        server.stop()
+        with interrupts_deferred():
+            if hub is not None:
+                hub.stop()
+            server.stop()
     return results, url
 
 

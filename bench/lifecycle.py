@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's morag_worker, not an install
 
 import requests  # noqa: E402
 
-from bench.measure import MachineLoad, Spread, paired_ratios, scratch_folder  # noqa: E402
+from bench.measure import MachineLoad, Spread, interrupts_deferred, paired_ratios, scratch_folder  # noqa: E402
 from morag_worker.core.cli.devstack import Proc, RedisServer, free_port, python_argv, wait_for  # noqa: E402
 from morag_worker.core.config.settings import Settings  # noqa: E402
 from morag_worker.core.hub_client import HubClient  # noqa: E402
@@ -160,7 +160,8 @@ def time_supervised(hub_url: str, key: str, tmp: Path, shares: list[Share]) -> t
             )
         return ready, stopped - began_stop
     finally:
-        sup.close()
+        with interrupts_deferred():
+            sup.close()
 
 
 def time_bare(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
@@ -176,7 +177,8 @@ def time_bare(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
         proc.wait(60)
         return ready, time.perf_counter() - began
     finally:
-        proc.kill_group()
+        with interrupts_deferred():
+            proc.kill_group()
 
 
 def cpu_seconds_of(pid: int) -> float:
@@ -212,7 +214,8 @@ def idle_cpu(hub_url: str, key: str, tmp: Path, seconds: float, blocks: int) -> 
         waiter.wait(WorkerState.STOPPED)
         return shares
     finally:
-        sup.close()
+        with interrupts_deferred():
+            sup.close()
 
 
 def _own_cpu() -> float:
@@ -281,9 +284,10 @@ def measure(tmp: Path, runs: int, idle_seconds: float, idle_blocks: int) -> Meas
                 rows["supervised"].append(time_supervised(hub_url, key, tmp, overheads))
             idle = idle_cpu(hub_url, key, tmp, idle_seconds, idle_blocks)
     finally:
-        if hub is not None:
-            hub.stop()
-        server.stop()
+        with interrupts_deferred():
+            if hub is not None:
+                hub.stop()
+            server.stop()
     return Measured(rows, overheads, idle, planned, load)
 
 

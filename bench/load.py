@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from celery import Celery, signals  # noqa: E402
 from celery.result import ResultSet  # noqa: E402
 
-from bench.measure import MachineLoad, Spread, paired_ratios, scratch_folder  # noqa: E402
+from bench.measure import MachineLoad, Spread, interrupts_deferred, paired_ratios, scratch_folder  # noqa: E402
 from morag_worker.core.cli.devstack import Proc, RedisServer, free_port, wait_for  # noqa: E402
 from morag_worker.core.execution.celery_config import (  # noqa: E402
     base_config,
@@ -142,8 +142,9 @@ def start_workers(argvs: list[tuple[list[str], dict[str, str], str]], ready: str
 
 
 def stop(procs: list[Proc]) -> None:
-    for proc in procs:
-        proc.stop(timeout=30)
+    with interrupts_deferred():
+        for proc in procs:
+            proc.stop(timeout=30)
 
 
 _keys: dict[tuple[str, str], str] = {}
@@ -251,8 +252,9 @@ def run_real(redis: RedisServer, tmp: Path, users: list[str], workers: int, task
 
         return drain("real", submit, apps, tasks)
     finally:
-        stop(procs)
-        hub.stop()
+        with interrupts_deferred():
+            stop(procs)
+            hub.stop()
 
 
 def main() -> int:
@@ -290,7 +292,8 @@ def main() -> int:
                         print(f"round {round_no + 1}: {mode:8} {run.rate:7.1f} tasks/s", file=sys.stderr)
             acl_log = redis.client().execute_command("ACL", "LOG")
         finally:
-            redis.stop()
+            with interrupts_deferred():
+                redis.stop()
     rates = {mode: [r.rate for r in done] for mode, done in runs.items()}
     print(
         f"\n{args.users} users x {args.workers} workers x {args.tasks} tasks per user, {args.rounds} rounds"

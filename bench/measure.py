@@ -1,5 +1,6 @@
 """What every bench reports the same way: a median with its spread, the machine's load during the run,
-and a scratch folder that is always removed.
+and a scratch folder that is always removed; and a shield that lets a bench stop its processes even
+when Ctrl-C is pressed again meanwhile.
 
 The benches run on a shared machine, so a single number (or the best of a few) hides how noisy the
 run was. ``Spread`` keeps the median with the lowest and highest value and the count; ``MachineLoad``
@@ -166,3 +167,31 @@ def _sigterm_as_exit() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM during the block wait until it ends, then raise as usual (KeyboardInterrupt,
+    ``SystemExit``): wrap a bench's clean-up in it, so that a second Ctrl-C does not leave its
+    processes running. Every stop in there must have its own timeout. Main thread only; elsewhere a
+    no-op."""
+    received: list[int] = []
+
+    def remember(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        print("stopping the bench's processes first", file=sys.stderr)
+
+    try:
+        previous = {sig: signal.signal(sig, remember) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if signal.SIGTERM in received:
+            raise SystemExit(128 + signal.SIGTERM)
+        if received:
+            raise KeyboardInterrupt

@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from celery import Celery  # noqa: E402
 
-from bench.measure import MachineLoad, Spread, paired_ratios, scratch_folder  # noqa: E402
+from bench.measure import MachineLoad, Spread, interrupts_deferred, paired_ratios, scratch_folder  # noqa: E402
 from morag_worker.core.cli.devstack import RedisServer, free_port, python_argv, wait_for  # noqa: E402
 from morag_worker.core.hub_client import HubClient  # noqa: E402
 from morag_worker.core.naming import WorkerType  # noqa: E402
@@ -231,9 +231,10 @@ def main() -> int:
                         times[kind] += block
                         block_medians[kind].append(statistics.median(block))
         finally:
-            for proc in reversed(procs):
-                proc.stop()
-            server.stop()
+            with interrupts_deferred():
+                for proc in reversed(procs):
+                    proc.stop()
+                server.stop()
 
     print(f"{per_block} sequential round trips per kind and block, {args.blocks} interleaved blocks")
     print("one round trip: the median over blocks of each block's median (p95 over all round trips)")

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from bench.measure import CpuTimes, MachineLoad, Spread, count_cores, paired_ratios, scratch_folder
+from bench.measure import (
+    CpuTimes,
+    MachineLoad,
+    Spread,
+    count_cores,
+    interrupts_deferred,
+    paired_ratios,
+    scratch_folder,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -104,3 +112,17 @@ def test_scratch_folder_is_removed_after_a_normal_run(tmp_path: Path) -> None:
         assert folder.is_dir() and folder.name.startswith("morag-bench-x-")
         (folder / "file").write_text("data")
     assert not folder.exists()
+
+
+def test_ctrl_c_during_clean_up_waits_until_it_is_done() -> None:
+    before = signal.getsignal(signal.SIGINT)
+    stopped = []
+    with pytest.raises(KeyboardInterrupt), interrupts_deferred():
+        signal.raise_signal(signal.SIGINT)
+        stopped.append("hub")  # the clean-up goes on after the Ctrl-C
+    assert stopped == ["hub"]
+    assert signal.getsignal(signal.SIGINT) is before
+    with interrupts_deferred():
+        stopped.append("redis")  # no signal: nothing is raised
+    with pytest.raises(SystemExit), interrupts_deferred():
+        signal.raise_signal(signal.SIGTERM)
