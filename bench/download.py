@@ -9,8 +9,10 @@ chunks, SHA-256 on the fly and verified), and with the naive seed approach (``re
 ``iter_content(8192)``, hash, write, on one thread) as a baseline. The Python methods run in a
 child process that reports its own time and peak RSS (``ru_maxrss``). Before each timed run the
 page cache is synced, so one run's writeback does not slow the next, and the order of the methods
-rotates between runs. Prints throughput per method (best of ``--runs``), the ratio ours/curl
-(target >= 1.0) and our peak RSS (target < 80 MB).
+rotates between runs. Prints per method the median throughput of ``--runs`` runs with the lowest
+and highest, the ratio ours/curl run by run (median and spread; target >= 1.0), our peak RSS over all
+runs (target < 80 MB) and the machine's load during the runs. The temporary directory is removed
+however the bench ends.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +32,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's morag_worker and bench, not an install
+
+from bench.measure import MachineLoad, Spread, interrupts_deferred, paired_ratios, scratch_folder  # noqa: E402
+
 MiB = 1024 * 1024
 METHODS = {
     "curl": "curl -s -o",
@@ -65,7 +70,6 @@ def serve(path: Path) -> None:
 
 def fetch(url: str, dest: Path, method: str, sha256: str) -> None:
     """Child process: one download by ``method``; print a JSON line of measurements."""
-    sys.path.insert(0, str(ROOT))
     import requests
 
     from morag_worker.core.transfer.downloader import Downloader, DownloadLimits
@@ -149,17 +153,22 @@ def measure(url: str, work: Path, sha256: str, size_mib: int, runs: int) -> dict
 
 
 def report(results: dict[str, list[dict[str, Any]]], size_mib: int) -> None:
-    best = {name: min(runs, key=lambda r: r["seconds"]) for name, runs in results.items()}
-    print(f"\n{size_mib} MiB over loopback (best of {len(results['curl'])} runs)")
-    for name, run in best.items():
-        line = f"  {METHODS[name]:<30} {size_mib / run['seconds']:6.0f} MiB/s {run['seconds']:7.2f} s"
-        if "peak_kib" in run:
-            peak = max(r["peak_kib"] for r in results[name]) / 1024
-            line += f"   peak RSS {peak:5.1f} MiB (after imports {run['start_kib'] / 1024:.1f} MiB)"
+    runs = len(results["curl"])
+    print(f"\n{size_mib} MiB over loopback, {runs} runs per method")
+    for name, done in results.items():
+        rate = Spread.of(size_mib / run["seconds"] for run in done)
+        line = f"  {METHODS[name]:<30} {rate.format('MiB/s', digits=0)}"
+        if "peak_kib" in done[0]:
+            peak = max(r["peak_kib"] for r in done) / 1024
+            start = Spread.of(r["start_kib"] / 1024 for r in done).median
+            line += f"   peak RSS {peak:5.1f} MiB (after imports {start:.1f} MiB)"
         print(line)
-    ratio = best["curl"]["seconds"] / best["ours"]["seconds"]
-    seed = best["seed"]["seconds"] / best["ours"]["seconds"]
-    print(f"  throughput ours/curl: {ratio:.2f} (target >= 1.0); ours/seed: {seed:.2f}")
+    curl = [run["seconds"] for run in results["curl"]]
+    ours = [run["seconds"] for run in results["ours"]]
+    seed = [run["seconds"] for run in results["seed"]]
+    # Run by run: the methods of one run ran one after another, so a busy spell hits them alike.
+    print(f"  throughput ours/curl: {paired_ratios(curl, ours).format('×', digits=2)} (target >= 1.0)")
+    print(f"  throughput ours/seed: {paired_ratios(seed, ours).format('×', digits=2)}")
     print("  (ours and seed hash SHA-256 on the fly; curl only writes the file)")
 
 
@@ -168,7 +177,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size-mib", type=int, default=1024, help="size of the test file (default 1024)")
-    parser.add_argument("--runs", type=int, default=3, help="runs per method; the best counts (default 3)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per method; medians are shown (default 3)")
     parser.add_argument("--dir", type=Path, default=None, help="where to put the files (default: a temp dir)")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--fetch", help=argparse.SUPPRESS)
@@ -186,8 +195,7 @@ def main() -> int:
         print("curl is not installed", file=sys.stderr)
         return 2
 
-    with tempfile.TemporaryDirectory(prefix="morag-bench-", dir=args.dir) as scratch:
-        work = Path(scratch)
+    with scratch_folder(prefix="morag-bench-download-", parent=args.dir) as work:
         source = work / "source.bin"
         started = time.perf_counter()
         sha256 = make_file(source, args.size_mib)
@@ -197,12 +205,19 @@ def main() -> int:
         try:
             assert server.stdout is not None and server.stdin is not None
             url = f"http://127.0.0.1:{server.stdout.readline().strip()}/source.bin"
-            results = measure(url, work, sha256, args.size_mib, args.runs)
+            with MachineLoad() as load:
+                results = measure(url, work, sha256, args.size_mib, args.runs)
         finally:
-            assert server.stdin is not None
-            server.stdin.close()
-            server.wait(timeout=30)
+            with interrupts_deferred():
+                assert server.stdin is not None
+                server.stdin.close()
+                try:
+                    server.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+                    server.wait(timeout=10)
     report(results, args.size_mib)
+    print(load.describe())
     return 0
 
 

@@ -16,8 +16,14 @@ Attackers connect from a separate process, each phase from its own address (127.
 the legitimate client, from 127.0.0.2 (another address, as in real life), creates tasks
 (``POST /api/v1/tasks`` for a URL, queued, no worker) one after another and counts the 201s. For
 each phase it prints the hub's peak RSS and its growth over the idle baseline, the attack's answers
-by status (500s counted apart), and the legitimate throughput as a ratio to
+by status (500s counted apart), the machine's busy share, and the legitimate throughput as a ratio to
 idle. Targets (issue 10): a single abusive request adds < 50 MB, zero 500s, throughput >= 0.5x idle.
+
+Each phase is one run (an attack, then the next): the spread shown is over the phase's one-second
+blocks of legitimate throughput (median, lowest, highest), and the ratio to idle is each block's rate
+over idle's median rate. A peak RSS is the highest of the phase, not a median. The machine's load is
+shown per phase and for the whole bench. Every process is stopped and the temporary folder removed
+however the bench ends.
 
 CPU: the hub and its Redis share this machine with the attacker and the legitimate client, and a
 real attacker's CPU is not the hub's. So, where there are at least 2 cores (and unless
@@ -32,7 +38,6 @@ import argparse
 import asyncio
 import contextlib
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -45,6 +50,7 @@ from requests.adapters import HTTPAdapter
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.measure import MachineLoad, Spread, interrupts_deferred, scratch_folder  # noqa: E402
 from morag_worker.core.server.acl import create_provisioned_key  # noqa: E402
 from tests.conftest import start_hub  # noqa: E402
 from tests.processes import MemoryWatch, RedisServer  # noqa: E402
@@ -66,14 +72,20 @@ class _SourceAdapter(HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
 
 
-def legit_throughput(url: str, key: str, seconds: float) -> tuple[float, Counter[int]]:
-    """Tasks created per second by one client creating them one after another."""
+BLOCK_S = 1.0  # the legitimate client's throughput is counted per block of this many seconds
+
+
+def legit_throughput(url: str, key: str, seconds: float) -> tuple[list[float], Counter[int]]:
+    """Tasks created per second by one client creating them one after another, per block of
+    ``BLOCK_S`` (the last block may be shorter)."""
     session = requests.Session()
     session.mount("http://", _SourceAdapter())
     codes: Counter[int] = Counter()
     body = {"url": "http://example.org/input.txt", "content_type": "text/plain"}
-    created = 0
-    end = time.monotonic() + seconds
+    blocks = max(1, round(seconds / BLOCK_S))
+    created = [0] * blocks
+    start = time.monotonic()
+    end = start + seconds
     while time.monotonic() < end:
         try:
             response = session.post(url + "/api/v1/tasks", json=body, headers={"X-API-Key": key}, timeout=30)
@@ -82,10 +94,10 @@ def legit_throughput(url: str, key: str, seconds: float) -> tuple[float, Counter
             continue
         codes[response.status_code] += 1
         if response.status_code == 201:
-            created += 1
+            created[min(blocks - 1, int((time.monotonic() - start) / seconds * blocks))] += 1
         elif response.status_code in (429, 503):
             time.sleep(0.05)
-    return created / seconds, codes
+    return [n / (seconds / blocks) for n in created], codes
 
 
 async def _status(reader: asyncio.StreamReader) -> int:
@@ -234,14 +246,14 @@ def run_phase(
     cpus: set[int] | None,
 ) -> dict[str, object]:
     codes: Counter[int] = Counter()
-    with MemoryWatch(hub_pid) as watch:
+    with MemoryWatch(hub_pid) as watch, MachineLoad() as load:
         process = AttackProcess(attack, url, size, cpus) if attack else None
         if process:
             time.sleep(1.0)  # let the attack ramp up before measuring
-        rate, legit = legit_throughput(url, key, seconds)
+        rates, legit = legit_throughput(url, key, seconds)
         if process:
             codes = process.stop()
-    return {"name": name, "watch": watch, "rate": rate, "legit": legit, "attack": codes}
+    return {"name": name, "watch": watch, "rates": rates, "legit": legit, "attack": codes, "load": load}
 
 
 def main() -> int:
@@ -266,7 +278,18 @@ def main() -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 8192)), hard))
     cores = sorted(os.sched_getaffinity(0))
     clients = set(cores[1:]) if len(cores) >= 2 and not args.no_pinning else None
-    tmp = Path(tempfile.mkdtemp(prefix="hub-abuse-"))
+    with scratch_folder(prefix="morag-bench-hub-abuse-") as tmp, MachineLoad() as load:
+        results, url = run_phases(args, tmp, cores, clients)
+    report(results, url)
+    print(load.describe())
+    return 0
+
+
+def run_phases(
+    args: argparse.Namespace, tmp: Path, cores: list[int], clients: set[int] | None
+) -> tuple[list[dict[str, object]], str]:
+    import os
+
     server = RedisServer(tmp / "redis")
     hub = None
     try:
@@ -288,28 +311,39 @@ def main() -> int:
             for short, title, attack, size in phases
             if short == "idle" or short in wanted
         ]
-        idle_rate = float(results[0]["rate"]) or 1e-9  # type: ignore[arg-type]
-        baseline = results[0]["watch"].baseline  # type: ignore[attr-defined]
-        total_500 = 0
-        print(f"\nhub at {url}; idle RSS {baseline:.0f} MiB; legitimate client from {LEGIT_ADDRESS}")
-        for result in results:
-            watch = result["watch"]
-            attack: Counter[int] = result["attack"]  # type: ignore[assignment]
-            legit: Counter[int] = result["legit"]  # type: ignore[assignment]
-            fives = attack[500] + legit[500]
-            total_500 += fives
-            print(
-                f"- {result['name']}: peak RSS {watch.peak:.0f} MiB (+{watch.peak - baseline:.0f}), "  # type: ignore[attr-defined]
-                f"500s {fives}, attack answers {dict(sorted(attack.items()))}, "
-                f"legit {result['rate']:.1f} tasks/s = {float(result['rate']) / idle_rate:.2f}x idle "  # type: ignore[arg-type]
-                f"{dict(sorted(legit.items()))}"
-            )
-        print(f"500s in all: {total_500}  (-1: connection error; -2: the hub closed a slow connection)")
     finally:
-        if hub is not None:
-            hub.stop()
-        server.stop()
-    return 0
+        with interrupts_deferred():
+            if hub is not None:
+                hub.stop()
+            server.stop()
+    return results, url
+
+
+def report(results: list[dict[str, object]], url: str) -> None:
+    idle_rates: list[float] = results[0]["rates"]  # type: ignore[assignment]
+    idle_watch: MemoryWatch = results[0]["watch"]  # type: ignore[assignment]
+    idle_rate = Spread.of(idle_rates).median or 1e-9
+    baseline = idle_watch.baseline
+    total_500 = 0
+    print(f"\nhub at {url}; idle RSS {baseline:.0f} MiB; legitimate client from {LEGIT_ADDRESS}")
+    for result in results:
+        watch: MemoryWatch = result["watch"]  # type: ignore[assignment]
+        attack: Counter[int] = result["attack"]  # type: ignore[assignment]
+        legit: Counter[int] = result["legit"]  # type: ignore[assignment]
+        rates: list[float] = result["rates"]  # type: ignore[assignment]
+        load: MachineLoad = result["load"]  # type: ignore[assignment]
+        fives = attack[500] + legit[500]
+        total_500 += fives
+        rate = Spread.of(rates).format("tasks/s", of="blocks")
+        ratio = Spread.of(r / idle_rate for r in rates).format("×", digits=2, of="blocks")
+        print(
+            f"- {result['name']}: peak RSS {watch.peak:.0f} MiB (+{watch.peak - baseline:.0f}), "
+            f"500s {fives}, attack answers {dict(sorted(attack.items()))}, "
+            f"machine {load.busy_percent:.0f} % busy"
+        )
+        print(f"    legit {rate} {dict(sorted(legit.items()))}")
+        print(f"    legit / idle's median: {ratio}")
+    print(f"500s in all: {total_500}  (-1: connection error; -2: the hub closed a slow connection)")
 
 
 if __name__ == "__main__":

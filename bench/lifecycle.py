@@ -11,8 +11,12 @@ Usage: ``python bench/lifecycle.py [--runs 5] [--idle-seconds 60]``. Starts a pr
 
 Then one supervised worker idles for ``--idle-seconds`` while the supervisor's own process CPU
 time (``getrusage``: the loop thread, the child's reader threads) and the child's (``/proc``) are
-measured. Prints medians and ratios; targets: start <= 1.2x bare, idle stop <= bare warm stop,
-supervisor idle CPU < 0.2 %. Nothing is asserted. Results also go to ``bench/out/lifecycle.json``.
+measured. The idle part is one long run: it is cut into ``--idle-blocks`` equal blocks and the spread
+is over those. Prints medians with their lowest and highest, the ratios run by run (a bare and a
+supervised run follow each other), and the machine's load during the bench; targets: start <= 1.2x
+bare, idle stop <= bare warm stop, supervisor idle CPU < 0.2 %. Nothing is asserted. Results also go
+to ``bench/out/lifecycle.json``. The temporary folder (Redis, the hub's storage) is removed however
+the bench ends.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import resource
 import signal
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -35,6 +38,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's morag_worker, not an install
 
 import requests  # noqa: E402
 
+from bench.measure import MachineLoad, Spread, interrupts_deferred, paired_ratios, scratch_folder  # noqa: E402
 from morag_worker.core.cli.devstack import Proc, RedisServer, free_port, python_argv, wait_for  # noqa: E402
 from morag_worker.core.config.settings import Settings  # noqa: E402
 from morag_worker.core.hub_client import HubClient  # noqa: E402
@@ -42,7 +46,7 @@ from morag_worker.core.results import TaskRecord  # noqa: E402
 from morag_worker.core.server.acl import create_provisioned_key  # noqa: E402
 from morag_worker.core.supervisor.child_process import ChildCallbacks, ChildProcess, SubprocessLauncher  # noqa: E402
 from morag_worker.core.supervisor.events import StopMode, TaskProgress, WorkerState, WorkerStatus  # noqa: E402
-from morag_worker.core.supervisor.prepare import prepare  # noqa: E402
+from morag_worker.core.supervisor.prepare import Prepared, prepare  # noqa: E402
 from morag_worker.core.supervisor.supervisor import Supervisor, SupervisorOptions  # noqa: E402
 from morag_worker.core.supervisor.worker_command import WorkerCommand  # noqa: E402
 
@@ -156,7 +160,8 @@ def time_supervised(hub_url: str, key: str, tmp: Path, shares: list[Share]) -> t
             )
         return ready, stopped - began_stop
     finally:
-        sup.close()
+        with interrupts_deferred():
+            sup.close()
 
 
 def time_bare(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
@@ -172,7 +177,8 @@ def time_bare(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
         proc.wait(60)
         return ready, time.perf_counter() - began
     finally:
-        proc.kill_group()
+        with interrupts_deferred():
+            proc.kill_group()
 
 
 def cpu_seconds_of(pid: int) -> float:
@@ -180,7 +186,8 @@ def cpu_seconds_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def idle_cpu(hub_url: str, key: str, tmp: Path, seconds: float) -> dict[str, float]:
+def idle_cpu(hub_url: str, key: str, tmp: Path, seconds: float, blocks: int) -> dict[str, list[float]]:
+    """CPU shares of an idle supervised worker, per block of ``seconds / blocks``: one long run."""
     waiter = StateWaiter()
     sup = supervisor(hub_url, key, tmp, waiter)
     try:
@@ -189,20 +196,26 @@ def idle_cpu(hub_url: str, key: str, tmp: Path, seconds: float) -> dict[str, flo
         pid = sup.child_pid
         assert pid is not None
         time.sleep(2)  # let start-up work settle before measuring (this is a benchmark, not a test)
+        shares: dict[str, list[float]] = {
+            "wall_s": [],
+            "supervisor_cpu_percent": [],
+            "child_main_cpu_percent": [],
+        }
         own0, child0, t0 = _own_cpu(), cpu_seconds_of(pid), time.perf_counter()
-        time.sleep(seconds)
-        own1, child1, t1 = _own_cpu(), cpu_seconds_of(pid), time.perf_counter()
+        for _ in range(blocks):
+            time.sleep(seconds / blocks)
+            own1, child1, t1 = _own_cpu(), cpu_seconds_of(pid), time.perf_counter()
+            wall = t1 - t0
+            shares["wall_s"].append(wall)
+            shares["supervisor_cpu_percent"].append(100 * (own1 - own0) / wall)
+            shares["child_main_cpu_percent"].append(100 * (child1 - child0) / wall)
+            own0, child0, t0 = own1, child1, t1
         sup.stop(StopMode.FINISH)
         waiter.wait(WorkerState.STOPPED)
-        wall = t1 - t0
-        return {
-            "wall_s": wall,
-            "supervisor_cpu_s": own1 - own0,
-            "supervisor_cpu_percent": 100 * (own1 - own0) / wall,
-            "child_main_cpu_percent": 100 * (child1 - child0) / wall,
-        }
+        return shares
     finally:
-        sup.close()
+        with interrupts_deferred():
+            sup.close()
 
 
 def _own_cpu() -> float:
@@ -212,19 +225,41 @@ def _own_cpu() -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--idle-seconds", type=float, default=60.0)
-    args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="morag-bench-"))
-    server = RedisServer(tmp / "redis")
-    port = free_port()
-    hub = Proc(
-        python_argv("-m", "morag_worker", "hub", "--port", str(port), "--storage", str(tmp / "hub")),
-        env={**child_env(), "REDIS_URL": server.url},
-        name="hub",
+    parser.add_argument("--runs", type=int, default=5, help="start/stop runs of each kind (default 5)")
+    parser.add_argument("--idle-seconds", type=float, default=60.0, help="the idle run's length (default 60)")
+    parser.add_argument(
+        "--idle-blocks", type=int, default=6, help="blocks the idle run is cut into (default 6)"
     )
-    hub_url = f"http://127.0.0.1:{port}"
+    args = parser.parse_args()
+    with scratch_folder(prefix="morag-bench-lifecycle-") as tmp:
+        measured = measure(tmp, args.runs, args.idle_seconds, args.idle_blocks)
+    report(measured)
+    return 0
+
+
+Row = tuple[float, float]  # start to ready, idle stop (seconds)
+
+
+@dataclasses.dataclass
+class Measured:
+    rows: dict[str, list[Row]]  # "bare" and "supervised", one row per run
+    overheads: list[Share]
+    idle: dict[str, list[float]]  # per block of the idle run
+    planned: Prepared
+    load: MachineLoad
+
+
+def measure(tmp: Path, runs: int, idle_seconds: float, idle_blocks: int) -> Measured:
+    server = RedisServer(tmp / "redis")
+    hub: Proc | None = None
     try:
+        port = free_port()
+        hub = Proc(
+            python_argv("-m", "morag_worker", "hub", "--port", str(port), "--storage", str(tmp / "hub")),
+            env={**child_env(), "REDIS_URL": server.url},
+            name="hub",
+        )
+        hub_url = f"http://127.0.0.1:{port}"
         wait_for(lambda: requests.get(hub_url + "/healthz", timeout=2).ok, 60, "the hub")
         key = create_key(server.url)
         # The bare worker gets the very command the supervisor builds (same queue, pool, env).
@@ -240,54 +275,72 @@ def main() -> int:
             options=options,
         )
         bare_env = dict(planned.command.env)
-        rows: dict[str, list[tuple[float, float]]] = {"bare": [], "supervised": []}
+        rows: dict[str, list[Row]] = {"bare": [], "supervised": []}
         overheads: list[Share] = []
         time_bare(planned.command.argv, bare_env)  # warm the page cache; not counted
-        for _ in range(args.runs):
-            rows["bare"].append(time_bare(planned.command.argv, bare_env))
-            rows["supervised"].append(time_supervised(hub_url, key, tmp, overheads))
-        idle = idle_cpu(hub_url, key, tmp, args.idle_seconds)
+        with MachineLoad() as load:
+            for _ in range(runs):
+                rows["bare"].append(time_bare(planned.command.argv, bare_env))
+                rows["supervised"].append(time_supervised(hub_url, key, tmp, overheads))
+            idle = idle_cpu(hub_url, key, tmp, idle_seconds, idle_blocks)
     finally:
-        hub.stop()
-        server.stop()
-    med = {
-        name: (statistics.median(r for r, _ in runs), statistics.median(s for _, s in runs))
-        for name, runs in rows.items()
-    }
-    print(f"queue {planned.queue}, pool {planned.command.pool}, {args.runs} runs each, medians:")
-    print(f"{'':12}{'start->ready':>14}{'idle stop':>12}")
-    for name, (ready, stop) in med.items():
-        print(f"{name:12}{ready:13.3f}s{stop:11.3f}s")
-    start_ratio = med["supervised"][0] / med["bare"][0]
-    stop_ratio = med["supervised"][1] / med["bare"][1]
-    print(f"start ratio supervised/bare: {start_ratio:.2f}  (target <= 1.20)")
+        with interrupts_deferred():
+            if hub is not None:
+                hub.stop()
+            server.stop()
+    return Measured(rows, overheads, idle, planned, load)
+
+
+def report(measured: Measured) -> None:
+    rows, overheads, idle, load = measured.rows, measured.overheads, measured.idle, measured.load
+    queue, pool = ", ".join(measured.planned.queues), measured.planned.command.pool
+    print(f"queues {queue}, pool {pool}, {len(rows['bare'])} runs each (bare and supervised alternate)")
+    for name, done in rows.items():
+        ready = Spread.of(r for r, _ in done).scaled(1000).format("ms", digits=0)
+        stopped = Spread.of(s for _, s in done).scaled(1000).format("ms", digits=0)
+        print(f"  {name:11} start->ready {ready}; idle stop {stopped}")
+    start_ratio = paired_ratios([r for r, _ in rows["supervised"]], [r for r, _ in rows["bare"]])
+    stop_ratio = paired_ratios([s for _, s in rows["supervised"]], [s for _, s in rows["bare"]])
+    print(f"start ratio supervised/bare, run by run: {start_ratio.format('×', digits=2)}  (target <= 1.20)")
     if overheads:
-        before, after, stop = (statistics.median(share[i] for share in overheads) for i in range(3))
-        print(
-            f"  supervisor's own share (medians): {1000 * before:.0f} ms before the launch, "
-            f"{1000 * after:.1f} ms from the child's ready line to RUNNING, "
-            f"{1000 * stop:.1f} ms from the child's exit to STOPPED"
-        )
-    print(f"idle stop ratio supervised/bare: {stop_ratio:.2f}  (target <= 1.00)")
+        before, after, stop = (Spread.of(share[i] for share in overheads).scaled(1000) for i in range(3))
+        print("  supervisor's own share:")
+        print(f"    before the launch:                      {before.format('ms', digits=0)}")
+        print(f"    from the child's ready line to RUNNING: {after.format('ms', digits=1)}")
+        print(f"    from the child's exit to STOPPED:       {stop.format('ms', digits=1)}")
     print(
-        f"idle {idle['wall_s']:.0f} s: supervisor process CPU {idle['supervisor_cpu_percent']:.3f} % "
-        f"(target < 0.2 %), worker main process {idle['child_main_cpu_percent']:.2f} %"
+        f"idle stop ratio supervised/bare, run by run: {stop_ratio.format('×', digits=2)}  (target <= 1.00)"
     )
+    seconds = sum(idle["wall_s"])
+    blocks = len(idle["wall_s"])
+    own = Spread.of(idle["supervisor_cpu_percent"]).format("%", digits=3, of="blocks")
+    child = Spread.of(idle["child_main_cpu_percent"]).format("%", digits=2, of="blocks")
+    print(f"idle, one run of {seconds:.0f} s in {blocks} blocks:")
+    print(f"  supervisor process CPU {own} (target < 0.2 %)")
+    print(f"  worker main process CPU {child}")
+    print(load.describe())
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "lifecycle.json").write_text(
         json.dumps(
             {
                 "runs": rows,
-                "medians": med,
-                "start_ratio": start_ratio,
-                "stop_ratio": stop_ratio,
+                "medians": {
+                    name: (statistics.median(r for r, _ in done), statistics.median(s for _, s in done))
+                    for name, done in rows.items()
+                },
+                "start_ratio": dataclasses.asdict(start_ratio),
+                "stop_ratio": dataclasses.asdict(stop_ratio),
                 "idle": idle,
+                "machine": {
+                    "cores": load.cores,
+                    "busy_percent": load.busy_percent,
+                    "load": [load.load_start, load.load_end],
+                },
             },
             indent=2,
         )
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -17,17 +17,18 @@ the first submission to the last result read back by its submitter. Runs, in thi
 - **real** (unless ``--no-real``): MoRAG's own workers and task (``process_file_task_remote``: each
   task downloads a tiny file from the hub and converts it), the hub serving the files.
 
-Prints each run's throughput and the ratios isolated/bare (target >= 0.8), isolated/reliable (what
-the ACL and the namespace alone cost) and real/bare (the whole pipeline, for information).
+The modes run in turn, ``--rounds`` times. Prints per mode the median throughput over the rounds
+with the lowest and highest, the ratios isolated/bare (target >= 0.8), isolated/reliable (what the
+ACL and the namespace alone cost) and real/bare (the whole pipeline, for information) round by round
+(median and spread), and the machine's load during the rounds. Every worker is stopped and the
+temporary folder removed however the bench ends.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from celery import Celery, signals  # noqa: E402
 from celery.result import ResultSet  # noqa: E402
 
+from bench.measure import MachineLoad, Spread, interrupts_deferred, paired_ratios, scratch_folder  # noqa: E402
 from morag_worker.core.cli.devstack import Proc, RedisServer, free_port, wait_for  # noqa: E402
 from morag_worker.core.execution.celery_config import (  # noqa: E402
     base_config,
@@ -126,15 +128,23 @@ def drain(name: str, submit: Callable[[str, int], Any], apps: dict[str, Celery],
 
 
 def start_workers(argvs: list[tuple[list[str], dict[str, str], str]], ready: str) -> list[Proc]:
-    procs = [Proc(argv, env=env, name=name) for argv, env, name in argvs]
-    for proc in procs:
-        proc.wait_output(ready, timeout=180)
+    """Start every worker and wait until each is ready; if one fails, stop those already started."""
+    procs: list[Proc] = []
+    try:
+        for argv, env, name in argvs:
+            procs.append(Proc(argv, env=env, name=name))
+        for proc in procs:
+            proc.wait_output(ready, timeout=180)
+    except BaseException:
+        stop(procs)
+        raise
     return procs
 
 
 def stop(procs: list[Proc]) -> None:
-    for proc in procs:
-        proc.stop(timeout=30)
+    with interrupts_deferred():
+        for proc in procs:
+            proc.stop(timeout=30)
 
 
 _keys: dict[tuple[str, str], str] = {}
@@ -242,8 +252,9 @@ def run_real(redis: RedisServer, tmp: Path, users: list[str], workers: int, task
 
         return drain("real", submit, apps, tasks)
     finally:
-        stop(procs)
-        hub.stop()
+        with interrupts_deferred():
+            stop(procs)
+            hub.stop()
 
 
 def main() -> int:
@@ -266,33 +277,40 @@ def main() -> int:
     users = [f"bench-u{n}" for n in range(args.users)]
     modes = ["bare", "reliable", "isolated"] + ([] if args.no_real else ["real"])
     runs: dict[str, list[Run]] = {mode: [] for mode in modes}
-    with tempfile.TemporaryDirectory(prefix="morag-bench-load-") as tmp:
-        redis = RedisServer(Path(tmp) / "redis")
+    with scratch_folder(prefix="morag-bench-load-") as tmp:
+        redis = RedisServer(tmp / "redis")
         try:
             # Rounds interleave the modes, so that a busy moment on a shared machine hits all.
-            for round_no in range(args.rounds):
-                for mode in modes:
-                    if mode == "real":
-                        run = run_real(redis, Path(tmp) / f"real{round_no}", users, args.workers, args.tasks)
-                    else:
-                        run = run_bare_or_isolated(mode, redis, users, args.workers, args.tasks)
-                    runs[mode].append(run)
-                    print(f"round {round_no + 1}: {mode:8} {run.rate:7.1f} tasks/s", file=sys.stderr)
+            with MachineLoad() as load:
+                for round_no in range(args.rounds):
+                    for mode in modes:
+                        if mode == "real":
+                            run = run_real(redis, tmp / f"real{round_no}", users, args.workers, args.tasks)
+                        else:
+                            run = run_bare_or_isolated(mode, redis, users, args.workers, args.tasks)
+                        runs[mode].append(run)
+                        print(f"round {round_no + 1}: {mode:8} {run.rate:7.1f} tasks/s", file=sys.stderr)
             acl_log = redis.client().execute_command("ACL", "LOG")
         finally:
-            redis.stop()
-    rate = {mode: statistics.median(r.rate for r in done) for mode, done in runs.items()}
+            with interrupts_deferred():
+                redis.stop()
+    rates = {mode: [r.rate for r in done] for mode, done in runs.items()}
     print(
         f"\n{args.users} users x {args.workers} workers x {args.tasks} tasks per user, {args.rounds} rounds"
     )
     for mode in modes:
-        each = ", ".join(f"{r.rate:.0f}" for r in runs[mode])
-        print(f"  {mode:9} median {rate[mode]:7.1f} tasks/s  (rounds: {each})")
-    print(f"  isolated / bare     = {rate['isolated'] / rate['bare']:.2f}  (target >= 0.8)")
-    print(f"  isolated / reliable = {rate['isolated'] / rate['reliable']:.2f}  (ACL + namespace alone)")
-    if "real" in rate:
-        print(f"  real / bare         = {rate['real'] / rate['bare']:.2f}  (MoRAG's task: download, convert)")
+        print(f"  {mode:9} {Spread.of(rates[mode]).format('tasks/s', of='rounds')}")
+
+    def ratio(mode: str, baseline: str) -> str:
+        """Round by round: the modes of one round ran one after another."""
+        return paired_ratios(rates[mode], rates[baseline]).format("×", digits=2, of="rounds")
+
+    print(f"  isolated / bare     = {ratio('isolated', 'bare')}  (target >= 0.8)")
+    print(f"  isolated / reliable = {ratio('isolated', 'reliable')}  (ACL + namespace alone)")
+    if "real" in rates:
+        print(f"  real / bare         = {ratio('real', 'bare')}  (MoRAG's task: download, convert)")
     print(f"  ACL LOG entries: {len(acl_log)}")
+    print(load.describe())
     return 0
 
 

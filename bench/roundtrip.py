@@ -22,9 +22,12 @@ blocks so that a slow moment of the machine hits all of them alike:
 - ``ours, full``: ``process_file_task_remote`` for a 40-byte text file on the hub: the download
   (an HTTP request to the hub with the key, SHA-256 checked), the conversion, the progress states.
 
-Prints per kind the mean, median and 95th percentile of one round trip, and the ratios to bare.
-The target is ours/bare <= 1.2 for the queue-only kind; the full kind shows what a task's real work
-adds on top (it does more, so its ratio is not a queue overhead).
+Each block is one run: prints per kind the median over blocks of a block's median round trip, with
+the lowest and highest (and the 95th percentile of all round trips), the ratios to bare block by
+block (median and spread over the blocks), and the machine's load during the timed blocks. The
+target is ours/bare <= 1.2 for the queue-only kind; the full kind shows what a task's real work adds
+on top (it does more, so its ratio is not a queue overhead). Every process is stopped and the
+temporary folder removed however the bench ends.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable
@@ -48,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from celery import Celery  # noqa: E402
 
+from bench.measure import MachineLoad, Spread, interrupts_deferred, paired_ratios, scratch_folder  # noqa: E402
 from morag_worker.core.cli.devstack import RedisServer, free_port, python_argv, wait_for  # noqa: E402
 from morag_worker.core.hub_client import HubClient  # noqa: E402
 from morag_worker.core.naming import WorkerType  # noqa: E402
@@ -125,13 +128,9 @@ def timed(n: int, round_trip: Callable[[int], Any]) -> list[float]:
     return times
 
 
-def summary(times: list[float]) -> dict[str, float]:
+def p95(times: list[float]) -> float:
     ordered = sorted(times)
-    return {
-        "mean": statistics.fmean(times),
-        "median": statistics.median(times),
-        "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
-    }
+    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
 
 
 def main() -> int:
@@ -145,8 +144,7 @@ def main() -> int:
     args = parser.parse_args()
 
     procs: list[Child] = []
-    with tempfile.TemporaryDirectory(prefix="morag-bench-") as tmp_name:
-        tmp = Path(tmp_name)
+    with scratch_folder(prefix="morag-bench-roundtrip-") as tmp:
         server = RedisServer(tmp / "redis")
         try:
             url = server.url
@@ -226,35 +224,37 @@ def main() -> int:
             times: dict[str, list[float]] = {kind: [] for kind in kinds}
             block_medians: dict[str, list[float]] = {kind: [] for kind in kinds}
             per_block = max(1, args.n // args.blocks)
-            for _block in range(args.blocks):
-                for kind, round_trip in kinds.items():
-                    block = timed(per_block, round_trip)
-                    times[kind] += block
-                    block_medians[kind].append(statistics.median(block))
+            with MachineLoad() as load:
+                for _block in range(args.blocks):
+                    for kind, round_trip in kinds.items():
+                        block = timed(per_block, round_trip)
+                        times[kind] += block
+                        block_medians[kind].append(statistics.median(block))
         finally:
-            for proc in reversed(procs):
-                proc.stop()
-            server.stop()
+            with interrupts_deferred():
+                for proc in reversed(procs):
+                    proc.stop()
+                server.stop()
 
-    stats = {kind: summary(values) for kind, values in times.items()}
-    print(f"{len(times['bare'])} sequential round trips per kind, {args.blocks} interleaved blocks")
-    print(f"{'kind':<20} {'mean ms':>8} {'median ms':>10} {'p95 ms':>8}")
-    for kind, s in stats.items():
-        print(f"{kind:<20} {s['mean'] * 1000:8.2f} {s['median'] * 1000:10.2f} {s['p95'] * 1000:8.2f}")
+    print(f"{per_block} sequential round trips per kind and block, {args.blocks} interleaved blocks")
+    print("one round trip: the median over blocks of each block's median (p95 over all round trips)")
+    for kind, values in times.items():
+        spread = Spread.of(block_medians[kind]).scaled(1000)
+        print(f"  {kind:<20} {spread.format('ms', digits=2, of='blocks')}, p95 {p95(values) * 1000:.2f} ms")
 
-    def block_ratio(kind: str, baseline: str) -> float:
-        """The median over blocks of the two kinds' median ratio: kinds in one block ran at nearly
-        the same moment, so a busy spell of the machine cancels out."""
-        pairs = zip(block_medians[kind], block_medians[baseline], strict=True)
-        return statistics.median(a / b for a, b in pairs)
+    def block_ratio(kind: str, baseline: str) -> str:
+        """Block by block: kinds in one block ran at nearly the same moment, so a busy spell of
+        the machine cancels out of each ratio."""
+        return paired_ratios(block_medians[kind], block_medians[baseline]).format("×", digits=2, of="blocks")
 
-    print("ratios (median over blocks of the block medians' ratio):")
-    print(f"  queue overhead, ours/bare: {block_ratio('ours, queue only', 'bare'):.2f} (target <= 1.2)")
+    print("ratios of the block medians, block by block:")
+    print(f"  queue overhead, ours/bare: {block_ratio('ours, queue only', 'bare')} (target <= 1.2)")
     settings = block_ratio("bare, our settings", "bare")
-    print(f"    Celery's delivery settings alone (acks late, prefetch 1, track started): {settings:.2f}")
+    print(f"    Celery's delivery settings alone (acks late, prefetch 1, track started): {settings}")
     rest = block_ratio("ours, queue only", "bare, our settings")
-    print(f"    the rest (key prefix, ACL user, consumer, transport, task wrapper, JSON logs): {rest:.2f}")
-    print(f"  a real task (download and conversion), ours/bare: {block_ratio('ours, full', 'bare'):.2f}")
+    print(f"    the rest (key prefix, ACL user, consumer, transport, task wrapper, JSON logs): {rest}")
+    print(f"  a real task (download and conversion), ours/bare: {block_ratio('ours, full', 'bare')}")
+    print(load.describe())
     return 0
 
 
