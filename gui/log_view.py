@@ -183,6 +183,7 @@ class LogView(QWidget):
     @Slot()
     def _redraw(self) -> None:
         details = self.details.isChecked()
+        self.level_box.setEnabled(not details)  # the raw output is shown whole
         # Sentences wrap to the width; the raw output keeps its columns (the banner is ASCII art).
         self.text.setLineWrapMode(
             QPlainTextEdit.LineWrapMode.NoWrap if details else QPlainTextEdit.LineWrapMode.WidgetWidth

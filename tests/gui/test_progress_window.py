@@ -247,7 +247,9 @@ def test_the_log_tab_reads_as_sentences_with_the_raw_output_behind_details(
         "SecurityWarning" in raw and "-------------- test@vm v5.7.0" in raw and '"event": "task.done"' in raw
     )
     assert view.text.horizontalScrollBar().value() == 0
+    assert not view.level_box.isEnabled()
     view.details.setChecked(False)
+    assert view.level_box.isEnabled() and view.text.toPlainText().splitlines() == sentences
 
 
 def test_the_log_opens_scrolled_to_the_newest_line_and_the_left_edge(
