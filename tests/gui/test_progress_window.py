@@ -12,7 +12,8 @@ from pytestqt.qtbot import QtBot
 
 from morag_worker.core.hub_client import KeyRejected
 from morag_worker.core.results import TaskOutcome
-from morag_worker.core.supervisor.events import WorkerState
+from morag_worker.core.supervisor.events import TaskProgress, WorkerState
+from morag_worker.gui.progress_text import row_texts
 from morag_worker.gui.tray_app import NO_TRAY_NOTICE, TrayApp
 from tests.gui.conftest import WAIT_MS, Harness, progress_of
 
@@ -337,3 +338,21 @@ def test_the_window_shows_the_queues_consumed_and_a_cpu_notice(
     notice = "No usable NVIDIA GPU found: documents convert as usual; audio and video are transcribed"
     assert "gpu-tasks-alice, cpu-tasks-alice" in app.window.header.detail.text()
     assert notice in app.window.empty_label.text()
+
+
+@pytest.mark.parametrize(
+    ("message", "done", "total", "speed", "detail"),
+    [
+        ("page 489 of 1588", 488, 1588, 47.66, "Page 489 of 1,588 · 47.7 pages/s · 20 s left"),
+        ("sheet 2 of 5: Sales", 1, 5, 0.5, "Sheet 2 of 5: Sales · 0.5 sheets/s · 20 s left"),
+        ("transcribed 12:34", 754, 2700, 2.5, "Transcribed 12:34 · 2.5× real time · 20 s left"),
+        # A unit nobody named: the message alone, no rate without its unit, no bare count.
+        ("converting the PDF file", 0, 1, 0.2, "Converting the PDF file · 20 s left"),
+        ("", 0, None, None, "20 s left"),
+    ],
+)
+def test_row_texts_give_every_rate_its_unit(
+    message: str, done: float, total: float | None, speed: float | None, detail: str
+) -> None:
+    progress = TaskProgress("t", "PROCESSING", done, total, None, message=message, speed=speed, eta_s=20.0)
+    assert row_texts(progress).detail == detail
