@@ -180,6 +180,18 @@ class WorkerController(QObject):
         self._expect(WorkerState.STOPPING, WorkerState.STOPPED)
         self._call("stop the worker", lambda: self._supervisor.stop(StopMode.NOW))
 
+    @Slot()
+    def restart(self) -> None:
+        """Finish the task in flight (none is lost), then start again with the settings saved since."""
+        self._expect(WorkerState.FINISHING, WorkerState.STARTING, WorkerState.RUNNING)
+        supervisor = self._supervisor
+
+        def restart() -> None:
+            supervisor.stop(StopMode.FINISH)
+            supervisor.start()  # the supervisor starts again once the child has exited
+
+        self._call("restart the worker", restart)
+
     @Slot(object)
     def snooze(self, until: float | None) -> None:
         """Pause until ``until`` (epoch seconds), or until the user resumes when None."""

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import platform
 from enum import Enum
+from pathlib import Path
 
 import PySide6
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QMessageBox, QWidget
 
 from morag_worker import DISPLAY_NAME, __version__
 
 from .icons import IconSet
 
-__all__ = ["QuitChoice", "QuitDialog", "about_box"]
+__all__ = ["QuitChoice", "QuitDialog", "RestartDialog", "about_box", "log_folder_box"]
 
 
 class QuitChoice(Enum):
@@ -80,6 +82,55 @@ def about_box(icons: IconSet, parent: QWidget | None = None) -> QMessageBox:
         f"Python {platform.python_version()} · Qt {PySide6.__version__}"
     )
     box.setStandardButtons(QMessageBox.StandardButton.Close)
+    box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+    box.setModal(False)
+    return box
+
+
+class RestartDialog(QMessageBox):
+    """Asks, after settings changed while the worker runs: restart it now so they apply?"""
+
+    def __init__(self, busy: bool, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Settings saved")
+        self.setIcon(QMessageBox.Icon.Question)
+        self.setText("Restart the worker so the new settings apply?")
+        self.setInformativeText(
+            "The task in progress is finished first, so no work is lost; then the worker starts again."
+            if busy
+            else "No task is running, so nothing is interrupted."
+        )
+        self.restart_button = self.addButton(
+            "Restart after this task" if busy else "Restart now", QMessageBox.ButtonRole.AcceptRole
+        )
+        self.later_button = self.addButton("Later", QMessageBox.ButtonRole.RejectRole)
+        self.setDefaultButton(self.restart_button)
+        self.setEscapeButton(self.later_button)
+
+    @classmethod
+    def ask(cls, *, busy: bool, parent: QWidget | None = None) -> bool:
+        """Ask (modal); True to restart."""
+        dialog = cls(busy, parent)
+        dialog.exec()
+        return dialog.clickedButton() is dialog.restart_button
+
+
+def log_folder_box(path: Path, parent: QWidget | None = None) -> QMessageBox:
+    """Says where the log folder is when no file manager could open it (shown by the caller).
+
+    The path can be selected, and "Copy path" puts it on the clipboard.
+    """
+    box = QMessageBox(parent)
+    box.setWindowTitle("Log folder")
+    box.setIcon(QMessageBox.Icon.Information)
+    box.setText("No file manager could be opened. The log files are in this folder:")
+    box.setInformativeText(str(path))
+    box.setTextInteractionFlags(
+        Qt.TextInteractionFlag.TextSelectableByMouse | Qt.TextInteractionFlag.TextSelectableByKeyboard
+    )
+    copy = box.addButton("Copy path", QMessageBox.ButtonRole.ActionRole)
+    copy.clicked.connect(lambda: QGuiApplication.clipboard().setText(str(path)))
+    box.addButton(QMessageBox.StandardButton.Close)
     box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
     box.setModal(False)
     return box

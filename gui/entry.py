@@ -48,7 +48,7 @@ from .qt_emit import emit
 from .single_instance import SingleInstance, server_name
 from .tray_app import Services, TrayApp
 
-__all__ = ["AppPaths", "SignalWakeup", "make_supervisor_factory", "run"]
+__all__ = ["AppPaths", "SignalWakeup", "configure_application", "make_supervisor_factory", "run"]
 
 log = structlog.get_logger(__name__)
 READY_EVENT = "gui.ready"
@@ -196,6 +196,15 @@ def build_services(
     )
 
 
+def configure_application(app: QApplication) -> None:
+    """Names and behaviour of the live app (``render_screenshots`` sets its app up the same way)."""
+    app.setApplicationName(APP_NAME)
+    app.setApplicationDisplayName(DISPLAY_NAME)
+    app.setApplicationVersion(__version__)
+    app.setDesktopFileName(APP_NAME)
+    app.setQuitOnLastWindowClosed(False)
+
+
 def run(args: object) -> int:
     """Run the tray app until Quit or SIGTERM; the exit code (0 after a clean quit or a hand-off)."""
     config_dir: Path | None = getattr(args, "config_dir", None)
@@ -204,11 +213,7 @@ def run(args: object) -> int:
 
     existing = QApplication.instance()
     app = existing if isinstance(existing, QApplication) else QApplication([sys.argv[0]])
-    app.setApplicationName(APP_NAME)
-    app.setApplicationDisplayName(DISPLAY_NAME)
-    app.setApplicationVersion(__version__)
-    app.setDesktopFileName(APP_NAME)
-    app.setQuitOnLastWindowClosed(False)
+    configure_application(app)
 
     instance = SingleInstance(server_name(config_dir))
     if instance.hand_off():

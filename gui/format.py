@@ -9,7 +9,27 @@ from __future__ import annotations
 import math
 import time
 
-__all__ = ["clock_time", "percent_text"]
+from morag_worker import DISPLAY_NAME
+
+__all__ = ["clock_time", "percent_text", "window_title"]
+
+#: Between a window's own title and the app's name, as Qt joins them on Linux and Windows.
+TITLE_SEPARATOR = " \u2014 "
+
+
+def window_title(what: str) -> str:
+    """``"Settings — MoRAG Worker"``: the app's name once, at the end.
+
+    Qt appends the application's display name to every title that does not already end with it
+    (``QPlatformWindow::formatWindowTitle``), so a title that starts with the name would show it
+    twice ("MoRAG Worker Settings — MoRAG Worker").
+    """
+    what = what.strip()
+    if not what or what == DISPLAY_NAME:
+        return DISPLAY_NAME
+    if what.endswith(DISPLAY_NAME):
+        return what
+    return f"{what}{TITLE_SEPARATOR}{DISPLAY_NAME}"
 
 
 def percent_text(percent: float | None) -> str:

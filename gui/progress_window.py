@@ -17,14 +17,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from PySide6.QtCore import QSize, Qt, Signal, Slot
-from PySide6.QtGui import QCloseEvent, QFont
+from PySide6.QtCore import QSize, Qt, QTimer, Signal, Slot
+from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
     QMenu,
-    QPlainTextEdit,
     QProgressBar,
     QScrollArea,
     QTabWidget,
@@ -34,21 +33,30 @@ from PySide6.QtWidgets import (
 )
 
 from morag_worker import DISPLAY_NAME
-from morag_worker.core.results import TaskRecord
+from morag_worker.core.results import TaskOutcome, TaskRecord
 from morag_worker.core.supervisor.events import TaskProgress, WorkerStatus
-from morag_worker.core.units import human_bytes, human_count, human_duration, human_rate
+from morag_worker.core.units import human_duration
 
 from .actions import WorkerActions
 from .controller import WorkerController
+from .format import percent_text, window_title
 from .history_view import HistoryModel, HistoryView
 from .icons import IconSet
+from .log_view import LogView
+from .progress_text import row_texts
 from .qt_emit import emit
-from .state_presentation import Level, Moment, Notice, TrayLook, presentation, task_percent
+from .screen_fit import fit_to_screen
+from .state_presentation import Level, Moment, Notice, TrayLook, presentation
 
 __all__ = ["ProgressWindow", "TaskRow", "status_texts"]
 
-_STAGE_NAMES = {"DOWNLOADING": "Downloading", "PROCESSING": "Processing"}
-_LOG_LINES = 5000
+#: How long a finished task stays in "Now" with its outcome, unless the next task starts first.
+FINISHED_ROW_MS = 8000
+_OUTCOME_TEXTS = {
+    TaskOutcome.SUCCEEDED: ("Done", "Finished"),
+    TaskOutcome.FAILED: ("Failed", "Stopped"),
+    TaskOutcome.REQUEUED: ("Back in the queue", "Handed back"),
+}
 _BANNER_STYLE = {
     Level.INFO: "background:#e8f1fd;color:#1a4d8f;border:1px solid #b9d3f6;",
     Level.WARNING: "background:#fff4e0;color:#7a4b00;border:1px solid #f3d49a;",
@@ -67,6 +75,7 @@ class TaskRow(QFrame):
     def __init__(self, progress: TaskProgress) -> None:
         super().__init__()
         self.task_id = progress.task_id
+        self.finished = False
         self.setFrameShape(QFrame.Shape.StyledPanel)
         self.setObjectName("taskRow")
         self.name = QLabel()
@@ -94,23 +103,39 @@ class TaskRow(QFrame):
 
     def update_progress(self, p: TaskProgress) -> None:
         """Show ``p`` with the speed and time left the supervisor computed (none until it can)."""
+        self.finished = False
+        self.setProperty("outcome", "")
         self.name.setText(p.filename or p.task_id)
-        stage = _STAGE_NAMES.get(p.stage, p.stage.title())
-        self.stage.setText(f"{stage} · {p.message}" if p.message else stage)
-        percent = task_percent(p)
-        if percent is None:
+        texts = row_texts(p)
+        self.stage.setText(texts.stage)
+        if texts.percent is None:
             self.bar.setRange(0, 0)  # busy: the total is unknown
         else:
             self.bar.setRange(0, 1000)
-            self.bar.setValue(int(max(0.0, min(100.0, percent)) * 10))
-        in_bytes = p.stage == "DOWNLOADING"
-        amount = human_bytes if in_bytes else human_count
-        parts = [f"{amount(p.done)} of {amount(p.total)}" if p.total else amount(p.done)]
-        if p.speed:
-            parts.append(human_rate(p.speed, unit="bytes" if in_bytes else None))
-        if p.eta_s is not None:
-            parts.append(f"{human_duration(p.eta_s)} left")
-        self.detail.setText(" · ".join(parts))
+            self.bar.setValue(int(max(0.0, min(100.0, texts.percent)) * 10))
+            self.bar.setFormat(texts.bar_text)  # the header's rounding, not Qt's truncation
+        self.detail.setText(texts.detail)
+        self.detail.setVisible(bool(texts.detail))
+
+    def show_outcome(self, record: TaskRecord) -> None:
+        """The task ended: say how, and keep the row a moment (the window removes it later)."""
+        self.finished = True
+        if record.filename:
+            self.name.setText(record.filename)
+        stage, detail = _OUTCOME_TEXTS[record.outcome]
+        self.stage.setText(stage)
+        if record.outcome is TaskOutcome.SUCCEEDED:
+            self.bar.setRange(0, 1000)
+            self.bar.setValue(1000)
+            self.bar.setFormat(percent_text(100.0))
+        elif self.bar.maximum() == 0:
+            self.bar.setRange(0, 1000)
+            self.bar.setValue(0)
+            self.bar.setFormat("")
+        took = f"{detail} after {human_duration(record.duration_s)}"
+        error = f": {record.error}" if record.error and record.outcome is TaskOutcome.FAILED else "."
+        self.detail.setText(took + error)
+        self.detail.setVisible(True)
 
 
 class _StatusHeader(QFrame):
@@ -196,9 +221,10 @@ class ProgressWindow(QWidget):
         self._clock = clock
         self.quit_on_close = False
         self.rows: dict[str, TaskRow] = {}
+        self.finished_row_ms = FINISHED_ROW_MS
         self.setWindowTitle(DISPLAY_NAME)
         self.setWindowIcon(icons.app())
-        self.resize(680, 480)
+        fit_to_screen(self, QSize(680, 480))
         self.setStyleSheet(
             "QLabel#muted { color: palette(placeholder-text); }"
             "QFrame#taskRow { background: palette(base); border: 1px solid palette(midlight);"
@@ -229,14 +255,7 @@ class ProgressWindow(QWidget):
         scroll.setWidget(self.task_list)
 
         self.history = HistoryView(history)
-        self.log_view = QPlainTextEdit()
-        self.log_view.setReadOnly(True)
-        self.log_view.setMaximumBlockCount(_LOG_LINES)
-        self.log_view.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
-        self.log_view.setPlaceholderText("The worker's log appears here.")
-        mono = QFont("monospace")
-        mono.setStyleHint(QFont.StyleHint.TypeWriter)
-        self.log_view.setFont(mono)
+        self.log_view = LogView(clock=clock)
 
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
@@ -276,12 +295,15 @@ class ProgressWindow(QWidget):
     @Slot(object)
     def _on_status(self, status: WorkerStatus) -> None:
         if not presentation(status.state).shows_tasks:
-            for task_id in [t for t in self.rows if t not in self._controller.tasks]:
+            tasks = self._controller.tasks
+            for task_id in [t for t, row in self.rows.items() if t not in tasks and not row.finished]:
                 self._remove_row(task_id)
         self._refresh_header()
 
     @Slot(object)
     def _on_progress(self, progress: TaskProgress) -> None:
+        for done in [t for t, r in self.rows.items() if r.finished and t != progress.task_id]:
+            self._remove_row(done)  # the next task starts: the last one's outcome has been seen
         row = self.rows.get(progress.task_id)
         if row is None:
             row = TaskRow(progress)
@@ -293,13 +315,22 @@ class ProgressWindow(QWidget):
 
     @Slot(object)
     def _on_finished(self, record: TaskRecord) -> None:
-        self._remove_row(record.task_id)
+        row = self.rows.get(record.task_id)
+        if row is not None:
+            row.show_outcome(record)
+            QTimer.singleShot(self.finished_row_ms, row, lambda: self._remove_finished(record.task_id))
         self._refresh_header()
+
+    def _remove_finished(self, task_id: str) -> None:
+        row = self.rows.get(task_id)
+        if row is not None and row.finished:
+            self._remove_row(task_id)
+            self._refresh_header()
 
     @Slot(str)
     def append_log(self, line: str) -> None:
-        """Add a line to the Log tab (the oldest lines go beyond 5,000)."""
-        self.log_view.appendPlainText(line.rstrip("\n"))
+        """Add a line of the worker's output to the Log tab (the oldest go beyond 5,000)."""
+        self.log_view.add_line(line)
 
     def _remove_row(self, task_id: str) -> None:
         row = self.rows.pop(task_id, None)
@@ -323,7 +354,7 @@ class ProgressWindow(QWidget):
         self.empty_label.setVisible(not self.rows)
         if not self.rows:
             self.empty_label.setText(shown.empty_text(moment))
-        self.setWindowTitle(f"{title} · {DISPLAY_NAME}")
+        self.setWindowTitle(window_title(title))
 
     def bring_to_front(self) -> None:
         """Show, raise and focus the window."""

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
-from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtCore import QEvent, Qt, Signal, Slot
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -38,6 +38,7 @@ from morag_worker import DISPLAY_NAME
 from morag_worker.core.config.autostart import Autostart, AutostartError
 from morag_worker.core.config.credentials import CredentialError, CredentialStore
 from morag_worker.core.config.settings import (
+    DEFAULT_HUB_URL,
     InvalidHubUrl,
     Settings,
     SettingsError,
@@ -57,7 +58,9 @@ from morag_worker.core.supervisor.gpu import GpuInfo, GpuProbe
 from morag_worker.core.wording import sentence
 
 from .background import BackgroundOp, BackgroundRunner
+from .format import window_title
 from .qt_emit import emit
+from .screen_fit import FittingScrollArea, available_geometry, fit_to_screen
 
 __all__ = ["Explanation", "SettingsDialog", "explain"]
 
@@ -91,6 +94,11 @@ def explain(exc: BaseException, hub_url: str = "") -> Explanation:
         return Explanation(
             sentence(f"The hub answered with an error: {exc}"),
             "Try again in a few minutes. If it keeps happening, tell your MoRAG admin.",
+        )
+    if isinstance(exc, InvalidHubUrl) and not str(exc):
+        return Explanation(
+            "Enter the hub address first.",
+            "Use the address your MoRAG admin gave you, such as https://hub.example.org.",
         )
     if isinstance(exc, InvalidHubUrl):
         return Explanation(
@@ -160,8 +168,8 @@ class SettingsDialog(QDialog):
         self._verified: tuple[str, str, QueueInfo] | None = None
         self._generation = 0
         self._busy = False
-        self.setWindowTitle(f"{DISPLAY_NAME}: Welcome" if first_run else f"{DISPLAY_NAME} Settings")
-        self.setMinimumWidth(540)
+        self.setWindowTitle(f"Welcome to {DISPLAY_NAME}" if first_run else window_title("Settings"))
+        self.setMinimumWidth(540)  # lowered by fit_to_screen on a small screen
         self.setStyleSheet("QLabel#muted { color: palette(placeholder-text); }")
 
         # -- connection --
@@ -172,7 +180,9 @@ class SettingsDialog(QDialog):
             else "Where your tasks come from, and the key that lets this computer take them."
         )
         self.intro.setWordWrap(True)
-        self.hub_edit = QLineEdit(settings.hub_url)
+        # First run: the address is the admin's to give; the built-in default is a developer's hub.
+        fresh = first_run and settings.hub_url == DEFAULT_HUB_URL
+        self.hub_edit = QLineEdit("" if fresh else settings.hub_url)
         self.hub_edit.setPlaceholderText("https://hub.example.org")
         self.key_edit = QLineEdit()
         self.key_edit.setEchoMode(QLineEdit.EchoMode.Password)
@@ -197,11 +207,16 @@ class SettingsDialog(QDialog):
         self.keychain_label.setObjectName("muted")
         self.keychain_label.setWordWrap(True)
         connection = QGroupBox("Connection")
-        form = QFormLayout(connection)
+        form = QFormLayout()
         form.addRow("Hub address", self.hub_edit)
         form.addRow("API key", key_row)
-        form.addRow("", self.status_label)
-        form.addRow("", self.keychain_label)
+        # The messages sit below the form, full width: a form row sizes a wrapped label by its
+        # size hint (a narrow guess), which left gaps and cut sentences; a box layout asks the
+        # label its height for the real width.
+        connection_layout = QVBoxLayout(connection)
+        connection_layout.addLayout(form)
+        connection_layout.addWidget(self.status_label)
+        connection_layout.addWidget(self.keychain_label)
 
         # -- worker --
         self.concurrency = QSpinBox()
@@ -237,15 +252,46 @@ class SettingsDialog(QDialog):
         self.buttons.accepted.connect(self.save)
         self.buttons.rejected.connect(self.reject)
 
+        body = QWidget()
+        body_layout = QVBoxLayout(body)
+        body_layout.setContentsMargins(0, 0, 0, 0)
+        body_layout.addWidget(self.intro)
+        body_layout.addWidget(connection)
+        body_layout.addWidget(worker)
+        body_layout.addStretch(1)
+        # The dialog grows for a long message; where the screen ends, the body scrolls instead.
+        self.body = FittingScrollArea(body)
         layout = QVBoxLayout(self)
-        layout.addWidget(self.intro)
-        layout.addWidget(connection)
-        layout.addWidget(worker)
+        layout.addWidget(self.body, 1)
         layout.addWidget(self.buttons)
 
         self.hub_edit.textEdited.connect(self._inputs_changed)
         self.key_edit.textEdited.connect(self._inputs_changed)
+        fit_to_screen(self, self.sizeHint())
         self._load()
+
+    # -- size ------------------------------------------------------------------------------
+
+    def event(self, event: QEvent) -> bool:
+        handled = super().event(event)
+        if event.type() == QEvent.Type.LayoutRequest:
+            self.grow_for_contents()  # a message changed: make room for all of it
+        return handled
+
+    def grow_for_contents(self) -> None:
+        """Grow (never past the screen) until every wrapped message shows whole; never shrink."""
+        layout = self.layout()
+        if layout is None:
+            return
+        width = self.width()
+        needed = layout.totalMinimumSize().height()
+        if layout.hasHeightForWidth():
+            needed = max(needed, layout.totalHeightForWidth(width))
+        available = available_geometry(self)
+        if available is not None and not available.isEmpty():
+            needed = min(needed, available.height())
+        if needed > self.height():
+            self.resize(width, needed)
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -320,6 +366,8 @@ class SettingsDialog(QDialog):
 
     def _inputs(self) -> tuple[str, str]:
         """(normalised hub URL, key); raises InvalidHubUrl or CredentialError-like problems."""
+        if not self.hub_edit.text().strip():
+            raise InvalidHubUrl("")
         hub = normalise_hub_url(self.hub_edit.text())
         key = self.key_edit.text().strip()
         return hub, key

@@ -21,7 +21,7 @@ import shiboken6
 import structlog
 from PySide6.QtCore import QObject, QTimer, QUrl, Signal, Slot
 from PySide6.QtGui import QDesktopServices, QGuiApplication
-from PySide6.QtWidgets import QSystemTrayIcon
+from PySide6.QtWidgets import QMessageBox, QSystemTrayIcon
 
 from morag_worker.core.config.autostart import Autostart
 from morag_worker.core.config.credentials import CredentialStore, NoApiKey, resolve_api_key
@@ -35,7 +35,7 @@ from morag_worker.core.supervisor.gpu import GpuProbe
 from .actions import WorkerActions
 from .background import BackgroundOp, BackgroundRunner
 from .controller import IDLE_STATES, SupervisorFactory, WorkerController
-from .dialogs import QuitChoice, QuitDialog, about_box
+from .dialogs import QuitChoice, QuitDialog, RestartDialog, about_box, log_folder_box
 from .history_view import HistoryModel
 from .icons import IconSet
 from .notifications import Level, Notice, NotificationPolicy
@@ -44,7 +44,7 @@ from .qt_emit import emit
 from .settings_dialog import SettingsDialog, explain
 from .tray_icon import TrayIcon
 
-__all__ = ["NO_TRAY_NOTICE", "Services", "TrayApp"]
+__all__ = ["IN_TRAY_NOTICE", "NO_TRAY_NOTICE", "Services", "TrayApp"]
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +52,12 @@ NO_TRAY_NOTICE = Notice(
     "No system tray on this desktop",
     "MoRAG Worker normally lives in the system tray (notification area), which this desktop does not "
     "offer, so this window stands in for it. Closing the window quits MoRAG Worker.",
+    Level.INFO,
+)
+IN_TRAY_NOTICE = Notice(
+    "MoRAG Worker is in your tray",
+    "It keeps working in the background. Click its icon in the notification area to see progress, "
+    "or right-click it for the menu.",
     Level.INFO,
 )
 HISTORY_SHOWN = 500
@@ -73,7 +79,8 @@ class Services:
         tray_available: Whether a system tray exists (``QSystemTrayIcon.isSystemTrayAvailable``).
         tray_retry_ms: Without a tray at start, how often to look again.
         tray_retries: And how many times (the panel may start after the app at login).
-        open_url: Opens a folder in the file manager (``QDesktopServices.openUrl``).
+        open_url: Opens a folder in the file manager (``QDesktopServices.openUrl``); a false
+            answer means no file manager could be started.
         client_factory: Builds a hub client for the key check.
         env: The environment, for ``MORAG_API_KEY``.
         api_key_file: ``--api-key-file``, when given.
@@ -130,6 +137,7 @@ class TrayApp(QObject):
         self.tray: TrayIcon | None = None
         self.settings = Settings()
         self.settings_dialog: SettingsDialog | None = None
+        self.log_folder_box: QMessageBox | None = None
         self.notices: list[Notice] = []
         self._policy = NotificationPolicy()
         self._finished = False
@@ -284,7 +292,20 @@ class TrayApp(QObject):
         self.settings = settings
         if first_run:
             self.controller.start()
+            if self.tray is not None:  # without a tray the window is already in front
+                self._notify(IN_TRAY_NOTICE)
         elif self.controller.status.state not in IDLE_STATES:
+            # Asked once the Settings dialog has closed, not on top of it.
+            QTimer.singleShot(0, self, self._offer_restart)
+
+    def _offer_restart(self) -> None:
+        if self.controller.status.state in IDLE_STATES or self.controller.quitting:
+            return
+        parent = self.window if self.window.isVisible() else None
+        if RestartDialog.ask(busy=self.controller.busy, parent=parent):
+            log.info("gui.restart_for_settings", busy=self.controller.busy)
+            self.controller.restart()
+        else:
             self._notify(
                 Notice(
                     "Settings saved", "The new settings apply the next time the worker starts.", Level.INFO
@@ -313,11 +334,21 @@ class TrayApp(QObject):
 
         def opened(path: Path) -> None:
             log.info("gui.open_log_folder", path=str(path))
-            open_url(QUrl.fromLocalFile(str(path)))
+            if open_url(QUrl.fromLocalFile(str(path))) is False:
+                log.info("gui.no_file_manager", path=str(path))
+                self._show_log_folder_path(path)
 
         BackgroundOp(self.runner, make, opened, label="log folder").failure(
             lambda exc: self._notify(Notice("Cannot open the log folder", f"{folder}: {exc}", Level.WARNING))
         ).run()
+
+    def _show_log_folder_path(self, path: Path) -> None:
+        if self.log_folder_box is not None and shiboken6.isValid(self.log_folder_box):
+            self.log_folder_box.close()
+        box = log_folder_box(path, self.window if self.window.isVisible() else None)
+        box.finished.connect(lambda _code: setattr(self, "log_folder_box", None))
+        self.log_folder_box = box
+        box.show()
 
     # -- quitting -----------------------------------------------------------------------------
 

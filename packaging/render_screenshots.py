@@ -4,13 +4,16 @@
 
 Builds the real widgets (TrayApp, SettingsDialog, QuitDialog) with the fake supervisor from
 tests/fakes.py and representative data, and grabs each with QWidget.grab(); nothing is
-started, no network is used (the key check answers from a stub client). Fusion style and a fixed
-clock keep the images the same from one run to the next. Run from the repository root.
+started, no network is used (the key check answers from a stub client). The application is set up
+as ``gui.entry`` sets up the live one, with the style's own palette (nothing the live app lacks);
+each window keeps the size the live app gives it. A fixed clock and font keep the images the same
+from one run to the next. Run from the repository root.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -21,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from PySide6.QtCore import QEventLoop, QRectF, QTimer  # noqa: E402
-from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPalette, QPixmap  # noqa: E402
+from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPixmap  # noqa: E402
 from PySide6.QtSvg import QSvgRenderer  # noqa: E402
 from PySide6.QtWidgets import QApplication, QMenu, QWidget  # noqa: E402
 
@@ -32,11 +35,19 @@ from morag_worker.core.hub_client import KeyRejected, QueueInfo  # noqa: E402
 from morag_worker.core.results import TaskOutcome, TaskRecord  # noqa: E402
 from morag_worker.core.supervisor.events import WorkerState  # noqa: E402
 from morag_worker.gui.dialogs import QuitDialog  # noqa: E402
+from morag_worker.gui.entry import configure_application  # noqa: E402
 from morag_worker.gui.icons import TrayLook, read_resource  # noqa: E402
 from morag_worker.gui.settings_dialog import SettingsDialog  # noqa: E402
 from morag_worker.gui.tray_app import NO_TRAY_NOTICE, Services, TrayApp  # noqa: E402
 from tests.fakes import FakeAutostart, FakeGpuProbe, FakeSupervisor, InMemoryKeyring, make_gpu  # noqa: E402
 
+#: Where the key is kept, as the real keychain names itself on this platform.
+if sys.platform.startswith("win"):
+    KEYCHAIN = "Windows Credential Manager"
+elif sys.platform == "darwin":
+    KEYCHAIN = "macOS Keychain"
+else:
+    KEYCHAIN = "Secret Service (GNOME Keyring or compatible)"
 NOW = time.mktime((2026, 5, 14, 14, 32, 0, 0, 0, -1))
 HUB = "https://hub.morag.example"
 MB = 1_000_000
@@ -141,6 +152,33 @@ def sample_history() -> list[TaskRecord]:
     return records
 
 
+def sample_log() -> list[str]:
+    """What a worker child writes at start-up and for two tasks (the banner, a warning, JSON)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(NOW - 300))
+    task_a, task_b = "7f3c00a1-5d2e-4c9b-9e1f-000000000001", "9b41e2c7-0a6f-4d3e-8c21-000000000002"
+
+    def event(offset: int, **fields: object) -> str:
+        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(NOW - 300 + offset))
+        return json.dumps({"level": "info", "timestamp": f"{when}.000000Z", **fields})
+
+    return [
+        f"celery/platforms.py:893: SecurityWarning: running the worker as root ({stamp})",
+        "",
+        " -------------- morag-alice@studio v5.7.0 (collider)",
+        "--- ***** ----- ",
+        event(1, event="Connected to rediss://worker-alice:**@broker.morag.example:6380/0"),
+        event(1, event="worker.ready", hostname="morag-alice@studio", user_id="alice"),
+        event(60, event=f"Task morag.worker.process_file_task_remote[{task_a}] received"),
+        event(61, event="download.start", host="hub.morag.example", expected_size=61_200_000),
+        event(75, event=f"Task morag.worker.process_file_task_remote[{task_b}] received"),
+        event(76, event="download.done", host="hub.morag.example", bytes=8_400_000, seconds=1.3),
+        event(77, event="processing.resolved", processor="pdf"),
+        event(
+            90, event="download.retry", level="warning", host="hub.morag.example", reason="timeout", wait_s=2
+        ),
+    ]
+
+
 def tray_icons_sheet() -> QPixmap:
     looks = list(TrayLook)
     cell, pad = 64, 18
@@ -159,6 +197,17 @@ def tray_icons_sheet() -> QPixmap:
     return QPixmap.fromImage(image)
 
 
+def make_application() -> QApplication:
+    """The application as ``gui.entry`` sets up the live one, in the style a Linux desktop without
+    a platform theme gets, with that style's own palette; a fixed font keeps images stable."""
+    qapp = QApplication([sys.argv[0]])
+    configure_application(qapp)
+    qapp.setStyle("Fusion")
+    qapp.setPalette(qapp.style().standardPalette())
+    qapp.setFont(QFont("DejaVu Sans", 9))
+    return qapp
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
@@ -166,16 +215,7 @@ def main() -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
 
-    qapp = QApplication([sys.argv[0]])
-    qapp.setStyle("Fusion")
-    palette = qapp.style().standardPalette()
-    palette.setColor(QPalette.ColorRole.Window, QColor("#f5f6f8"))
-    palette.setColor(QPalette.ColorRole.Base, QColor("#ffffff"))
-    palette.setColor(QPalette.ColorRole.AlternateBase, QColor("#f3f5f9"))
-    palette.setColor(QPalette.ColorRole.Highlight, QColor("#3b82f6"))
-    qapp.setPalette(palette)
-    font = QFont("DejaVu Sans", 9)
-    qapp.setFont(font)
+    _qapp = make_application()  # lives until main returns
 
     import tempfile
 
@@ -192,20 +232,13 @@ def main() -> int:
         )  # fmt: skip
         supervisor.emit_progress(
             "b2", stage="PROCESSING", done=37, total=52, percent=71.2, speed=2.4, eta_s=7,
-            message="converting pages", filename="product-catalogue.pdf",
+            message="page 38 of 52", filename="product-catalogue.pdf",
         )  # fmt: skip
-        for line in (
-            '{"event": "worker.ready", "queue": "gpu-tasks-alice", "level": "info"}',
-            '{"event": "task.received", "task_id": "a1", "name": "process_file_task_remote"}',
-            '{"event": "download.started", "task_id": "a1", "bytes": 61200000, "level": "info"}',
-            '{"event": "task.received", "task_id": "b2", "name": "process_file_task_remote"}',
-            '{"event": "processing.started", "task_id": "b2", "processor": "markitdown", "level": "info"}',
-        ):
+        for line in sample_log():
             supervisor.emit_log(line)
         settle()
 
         window = app.window
-        window.resize(720, 430)
         window.show()
         settle()
         save(window, out / "progress-window.png")
@@ -240,13 +273,11 @@ def main() -> int:
             app.runner,
             client_factory=StubHub,
         )
-        dialog.keychain_label.setText("Your key is kept in: Secret Service (GNOME Keyring or compatible)")
         dialog.show()
         wait_for(lambda: app.runner.pending == 0 and dialog.gpu_combo.count() == 3)
-        dialog.keychain_label.setText("Your key is kept in: Secret Service (GNOME Keyring or compatible)")
+        dialog.keychain_label.setText(f"Your key is kept in: {KEYCHAIN}")
         dialog.check_key()
         wait_for(lambda: "accepted" in dialog.status_label.text())
-        dialog.adjustSize()
         settle()
         save(dialog, out / "settings.png")
         dialog.close()
@@ -264,11 +295,11 @@ def main() -> int:
         )
         first.show()
         wait_for(lambda: app.runner.pending == 0 and first.gpu_combo.count() == 3)
-        first.keychain_label.setText("Your key is kept in: Windows Credential Manager")
+        first.keychain_label.setText(f"Your key is kept in: {KEYCHAIN}")
+        first.hub_edit.setText(HUB)
         first.key_edit.setText("revoked-key-Xb2Qf7pLr9TnW4kZ8vC1sD5gH3jM6yA0")
         first.check_key()
         wait_for(lambda: "did not accept" in first.status_label.text())
-        first.adjustSize()
         settle()
         save(first, out / "first-run-wrong-key.png")
         first.close()

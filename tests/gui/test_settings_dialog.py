@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 from keyring.backend import KeyringBackend
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QLineEdit
+from PySide6.QtWidgets import QLabel, QLineEdit
 from pytestqt.qtbot import QtBot
 
 from morag_worker.core.auth import APIKeyService
@@ -19,6 +19,7 @@ from morag_worker.core.config.settings import Settings, SettingsStore, normalise
 from morag_worker.core.supervisor.events import WorkerState
 from morag_worker.gui.background import BackgroundRunner
 from morag_worker.gui.settings_dialog import SettingsDialog
+from morag_worker.gui.tray_app import IN_TRAY_NOTICE
 from tests.conftest import Stack
 from tests.fakes import FakePlaintextKeyring
 from tests.gui.conftest import WAIT_MS, Harness
@@ -138,6 +139,31 @@ def test_unreachable_hub_is_explained(make_dialog: MakeDialog, qtbot: QtBot) -> 
     assert "Check the address and your network connection" in text
 
 
+def test_the_dialog_grows_until_every_message_shows_whole(make_dialog: MakeDialog, qtbot: QtBot) -> None:
+    hub = f"http://127.0.0.1:{free_port()}/a/rather/long/path/to/the/hub"  # nothing listens there
+    dialog = make_dialog(hub)
+    height = dialog.height()
+    dialog.keychain_label.setText(
+        "Keychain: the system keychain is locked. Unlock it with your login password, or sign out "
+        "and in again, then open Settings again so that the key can be kept there."
+    )
+    qtbot.keyClicks(dialog.key_edit, "k" * 43)
+    _check(qtbot, dialog, ok=False)
+
+    def whole(label: QLabel) -> bool:
+        return label.height() >= label.heightForWidth(label.width())
+
+    # Both messages show every line (none is cut mid-sentence), and nothing needs scrolling.
+    qtbot.waitUntil(lambda: whole(dialog.status_label) and whole(dialog.keychain_label), timeout=WAIT_MS)
+    content = dialog.body.widget()
+    assert content is not None
+    qtbot.waitUntil(lambda: content.height() <= dialog.body.viewport().height(), timeout=WAIT_MS)
+    assert not dialog.body.verticalScrollBar().isVisible()
+    assert dialog.height() > height
+    screen = dialog.screen().availableGeometry()
+    assert dialog.height() <= screen.height()
+
+
 def test_invalid_address_and_empty_key_are_explained_without_a_request(
     make_dialog: MakeDialog, qtbot: QtBot
 ) -> None:
@@ -192,7 +218,7 @@ def test_first_run_asks_for_a_key_then_saves_and_starts(stack: Stack, harness: H
     assert dialog.save_button.text() == "Save and start"
     assert "Welcome" in dialog.intro.text()
     assert harness.supervisor.calls == []
-    dialog.hub_edit.clear()
+    assert dialog.hub_edit.text() == ""  # the admin gives the address; a placeholder shows its form
     qtbot.keyClicks(dialog.hub_edit, stack.hub_url)
     qtbot.keyClicks(dialog.key_edit, hub_key(stack, "dave-gui"))
     with qtbot.waitSignal(
@@ -205,3 +231,5 @@ def test_first_run_asks_for_a_key_then_saves_and_starts(stack: Stack, harness: H
     assert app.settings.hub_url == normalise_hub_url(stack.hub_url)
     assert ("morag-worker", normalise_hub_url(stack.hub_url)) in harness.keyring.passwords
     qtbot.waitUntil(lambda: app.settings_dialog is None, timeout=WAIT_MS)
+    # The dialog went away: the person is told where the app is now.
+    assert IN_TRAY_NOTICE in app.notices
