@@ -18,7 +18,7 @@ from celery.app import trace as celery_trace
 from celery.exceptions import Reject
 
 from morag_worker.core.execution.celery_config import base_config, reliability_summary, remote_worker_config
-from morag_worker.core.execution.context import WorkerRuntime, get_runtime
+from morag_worker.core.execution.context import FinishedTask, WorkerRuntime, get_runtime
 from morag_worker.core.execution.deliveries import DeliveryCounter, max_starts_from_env
 from morag_worker.core.execution.pipeline import InfrastructureError, TaskCancelledError
 from morag_worker.core.execution.task_args import MalformedTask, read_task
@@ -161,15 +161,25 @@ class _MoragTask(Task):  # type: ignore[misc]
             counter.finished(task_id)  # every way out but the worker's death
         # Which worker ran it: the submitter can tell a redelivered task's runs apart.
         result.metadata.setdefault("worker_hostname", self.request.hostname)
-        log.info("task.done", task_id=task_id, success=result.success, seconds=result.processing_time)
-        runtime.task_finished(
+        # Reported once Celery has stored it (on_success), or as a failure when it could not be.
+        runtime.result_returned(
             task_id,
-            TaskOutcome.SUCCEEDED if result.success else TaskOutcome.FAILED,
-            error=result.error_message,
-            metadata=result.metadata,
-            processing_time=result.processing_time,
+            FinishedTask(
+                TaskOutcome.SUCCEEDED if result.success else TaskOutcome.FAILED,
+                error=result.error_message,
+                metadata=result.metadata,
+                processing_time=result.processing_time,
+            ),
         )
         return result.to_dict()
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        """Celery stored the result (it calls this only after the backend took it)."""
+        get_runtime().result_stored(task_id)
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """The task raised, or storing its result failed (an encoding or operational error)."""
+        get_runtime().result_not_stored(task_id, exc)
 
 
 @celery_app.task(bind=True, base=_MoragTask, name="morag.worker.process_file_task")
@@ -245,6 +255,13 @@ def _fail_rejected_message(sender: Any = None, message: Any = None, exc: Any = N
         (getattr(sender, "app", None) or celery_app).backend.mark_as_failure(task_id, error)
     except Exception as store_error:  # noqa: BLE001 - the broker may be down; the log line stays
         log.error("task.rejection_not_stored", task_id=task_id, error=repr(store_error))
+
+
+@signals.task_internal_error.connect
+def _result_not_stored(task_id: Any = None, exception: Any = None, **_: Any) -> None:
+    """An error outside the task's body, such as the backend failing to store the result after
+    its retries (a revoked key, a result too large for Redis): never reported as a success."""
+    get_runtime().result_not_stored(task_id, exception)
 
 
 @signals.worker_ready.connect
