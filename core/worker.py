@@ -60,6 +60,9 @@ def _queues_from_options(options: dict[str, Any]) -> list[str]:
 @signals.celeryd_init.connect
 def _select_role(sender: Any = None, conf: Any = None, options: Any = None, **_: Any) -> None:
     """Switch to the remote role when this worker serves one user's queue."""
+    from morag_worker.core.execution.broker_transport import on_unreadable_message
+
+    on_unreadable_message(_fail_unreadable_message)
     env = os.environ
     user_ids = {u for u in map(user_id_from_queue, _queues_from_options(options or {})) if u}
     explicit = env.get("MORAG_USER_ID")
@@ -106,6 +109,8 @@ class _MoragTask(Task):  # type: ignore[misc]
     """Base of the four tasks: maps pipeline outcomes onto Celery's."""
 
     typing = False  # arguments are checked by task_args.read_task, with clear messages
+    # Caps a message's time limits at the worker's own; cleans up after a killed pool process.
+    Request = "morag_worker.core.execution.consumer:MoragRequest"
 
     def _run(
         self,
@@ -251,8 +256,23 @@ def _fail_rejected_message(sender: Any = None, message: Any = None, exc: Any = N
     reason = str(exc) if exc is not None else "the message is not in a format this worker knows"
     error = MalformedTask(f"the task message was refused before it ran: {reason[:500]}")
     log.warning("task.message_rejected", task_id=task_id, error=str(error))
+    _store_refusal(getattr(sender, "app", None) or celery_app, task_id, error)
+
+
+def _fail_unreadable_message(task_id: str, reason: str) -> None:
+    """A queue entry naming a task whose message cannot be read (a body that is not base64...).
+
+    The transport drops it (it never reaches Celery, nor the unacked set); its task id gets a
+    failure so the submitter is not left waiting forever.
+    """
+    error = MalformedTask(f"The task message could not be read: {reason[:500]}")
+    log.warning("task.message_unreadable", task_id=task_id, error=str(error))
+    _store_refusal(celery_app, task_id, error)
+
+
+def _store_refusal(app: Any, task_id: str, error: Exception) -> None:
     try:
-        (getattr(sender, "app", None) or celery_app).backend.mark_as_failure(task_id, error)
+        app.backend.mark_as_failure(task_id, error)
     except Exception as store_error:  # noqa: BLE001 - the broker may be down; the log line stays
         log.error("task.rejection_not_stored", task_id=task_id, error=repr(store_error))
 
