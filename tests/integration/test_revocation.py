@@ -96,3 +96,21 @@ def test_a_key_revoked_mid_task_stops_the_worker_within_30_s_and_the_task_is_don
     rescuer.stop()
     submitter.close()
     admin.close()
+
+
+def test_a_worker_whose_broker_login_is_refused_says_so_at_once(stack: Stack) -> None:
+    """The consumer's own (re)connect meets the refusal too, not only presence: it is logged (and
+    put on the progress channel, when there is one) instead of only retried forever."""
+    user = "rev-late"
+    key = stack.key(user)
+    revoke(stack, key)
+    worker = stack.start_worker(user, key, name="late@rev", wait_ready=False)
+    try:
+        wait_for(lambda: worker.saw("broker.login_refused"), 60, "the worker to log the refused login")
+        refused = [line for line in worker.output().splitlines() if "broker.login_refused" in line]
+        assert '"source": "consumer"' in refused[0], refused[0]
+        assert "invalid username-password pair" in refused[0]
+        assert key not in worker.output()
+        assert not worker.saw("worker.ready")
+    finally:
+        worker.stop()
