@@ -4,11 +4,11 @@ Revoking a key deletes the worker's ACL password and kills its connections (``co
 every reconnect then fails with WRONGPASS. Celery only logs that and retries forever, so the worker
 would look idle ("Waiting for work") while it can neither take nor finish a task. Whoever meets such
 an error (the consumer's new broker channel, the presence thread) calls :func:`report_refusal`,
-which sends one ``broker_refused`` line on the progress channel; the supervisor asks the hub
+which sends a ``broker_refused`` line on the progress channel; the supervisor asks the hub
 whether the key is still valid and stops the worker when it is not.
 
-Runs on whichever thread met the error, in the worker's main process or a pool process; sending is
-rate limited per process so a reconnect loop cannot flood the channel.
+Runs on whichever thread met the error, in the worker's main process or a pool process; each source
+reports at most every ``REPORT_EVERY_S`` so a reconnect loop cannot flood the channel.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ REPORT_EVERY_S = 5.0
 _MARKERS = ("wrongpass", "noauth", "invalid username-password pair", "user is disabled")
 
 _lock = threading.Lock()
-_last_sent: float | None = None
+_last_sent: dict[str, float] = {}  # source -> monotonic time of its last report
 
 
 def is_auth_failure(exc: BaseException) -> bool:
@@ -49,14 +49,14 @@ def is_auth_failure(exc: BaseException) -> bool:
 
 def report_refusal(source: str, exc: BaseException, *, now: float | None = None) -> bool:
     """Send ``broker_refused`` when ``exc`` is an authentication failure; whether a line was sent."""
-    global _last_sent
     if not is_auth_failure(exc):
         return False
     now = time.monotonic() if now is None else now
     with _lock:
-        if _last_sent is not None and now - _last_sent < REPORT_EVERY_S:
+        last = _last_sent.get(source)
+        if last is not None and now - last < REPORT_EVERY_S:
             return False
-        _last_sent = now
+        _last_sent[source] = now
     error = redact(str(exc))[:300] or type(exc).__name__
     log.error("broker.login_refused", source=source, error=error)
     from morag_worker.core.execution.context import get_runtime
@@ -67,6 +67,5 @@ def report_refusal(source: str, exc: BaseException, *, now: float | None = None)
 
 def _reset() -> None:
     """Forget the last report (tests)."""
-    global _last_sent
     with _lock:
-        _last_sent = None
+        _last_sent.clear()

@@ -106,9 +106,14 @@ def test_a_worker_whose_broker_login_is_refused_says_so_at_once(stack: Stack) ->
     revoke(stack, key)
     worker = stack.start_worker(user, key, name="late@rev", wait_ready=False)
     try:
-        wait_for(lambda: worker.saw("broker.login_refused"), 60, "the worker to log the refused login")
-        refused = [line for line in worker.output().splitlines() if "broker.login_refused" in line]
-        assert '"source": "consumer"' in refused[0], refused[0]
+
+        def refused_by_the_consumer() -> list[str]:
+            lines = worker.output().splitlines()
+            return [
+                line for line in lines if "broker.login_refused" in line and '"source": "consumer"' in line
+            ]
+
+        refused = wait_for(refused_by_the_consumer, 60, "the consumer to log the refused login")
         assert "invalid username-password pair" in refused[0]
         assert key not in worker.output()
         assert not worker.saw("worker.ready")

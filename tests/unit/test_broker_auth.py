@@ -62,15 +62,16 @@ def test_a_refusal_goes_on_the_channel_once_per_interval_without_the_key(
 
         register_secret(secret)
         assert broker_auth.report_refusal("presence", error, now=100.0)
-        assert not broker_auth.report_refusal("consumer", error, now=101.0)  # a reconnect loop
+        assert not broker_auth.report_refusal("presence", error, now=101.0)  # a retry loop
         assert not broker_auth.report_refusal("presence", redis.ConnectionError("refused"), now=200.0)
-        assert broker_auth.report_refusal("consumer", error, now=100.0 + broker_auth.REPORT_EVERY_S)
+        assert broker_auth.report_refusal("consumer", error, now=102.0)  # each source has its turn
+        assert broker_auth.report_refusal("presence", error, now=100.0 + broker_auth.REPORT_EVERY_S)
         os.close(write_end)
         with os.fdopen(read_end, "rb") as lines:
             messages = [parse_line(line) for line in lines]
     finally:
         broker_auth._reset()
-    assert [type(m) for m in messages] == [BrokerRefusedMessage, BrokerRefusedMessage]
+    assert [type(m) for m in messages] == [BrokerRefusedMessage] * 3
     first = messages[0]
     assert isinstance(first, BrokerRefusedMessage)
     assert first.source == "presence" and "invalid username-password pair" in first.error
