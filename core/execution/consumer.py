@@ -21,8 +21,9 @@ main process, with two things Celery's own request does not do:
   worker allows, never more: each limit is capped at the worker's ``task_time_limit`` /
   ``task_soft_time_limit`` (``CELERY_TIME_LIMIT`` / ``CELERY_SOFT_TIME_LIMIT``).
 - When the pool process running a task dies (kill -9, the OOM killer), ``finally`` never ran in it:
-  the main process, told of the death through ``on_failure``, removes the workspaces of dead
-  owners at once instead of leaving the download on disk until the next start.
+  the main process, told of the death through ``on_failure`` (and again when the next task
+  starts), removes the workspaces of dead owners at once instead of leaving the download on disk
+  until the next start.
 
 Runs on the worker's consumer (event loop) thread.
 """
@@ -118,7 +119,13 @@ class MoragRequest(Request):  # type: ignore[misc]
         try:
             return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
         finally:
-            _remove_orphans()
+            _remove_orphans()  # a pool process lost under its task: its download goes now
+
+    def on_accepted(self, pid: Any, time_accepted: Any) -> Any:
+        try:
+            return super().on_accepted(pid, time_accepted)
+        finally:
+            _remove_orphans()  # and at each task start: one killed on a time limit died after its failure
 
 
 def _remove_orphans() -> None:

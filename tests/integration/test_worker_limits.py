@@ -52,8 +52,9 @@ def test_a_submitters_timelimit_header_cannot_raise_the_workers_own_limits(
 ) -> None:
     user = "lim"
     key = stack.key(user)
+    temp_dir = tmp_path / "worker-tmp"
     worker = stack.start_worker(
-        user, key, hub_url=slow_hub.url, CELERY_SOFT_TIME_LIMIT="3", CELERY_TIME_LIMIT="6"
+        user, key, hub_url=slow_hub.url, temp_dir=temp_dir, CELERY_SOFT_TIME_LIMIT="3", CELERY_TIME_LIMIT="6"
     )
     client = HubClient(slow_hub.url, key)
     url = str(client.upload(big_file(tmp_path))["url"])
@@ -69,6 +70,14 @@ def test_a_submitters_timelimit_header_cannot_raise_the_workers_own_limits(
     assert ran < 30, ran  # the download alone takes a minute: the worker's 6 s limit stopped it
     assert worker.saw("task.time_limits_capped")
     assert worker.popen.poll() is None
+    # The next task runs, and whatever the stopped one left in its workspace is gone by then.
+    slow_hub.rules.rate_bps = None
+    note = tmp_path / "after.txt"
+    note.write_text("the worker goes on\n")
+    after = app.send_task(FILE_TASK, args=[str(client.upload(note)["url"]), user], queue=f"gpu-tasks-{user}")
+    wait_for(after.ready, 60, "the next task")
+    assert after.state == "SUCCESS" and after.result["success"], after.result
+    assert not list(temp_dir.glob("task-*"))
     client.close()
     worker.stop()
 
