@@ -62,7 +62,7 @@ def _select_role(sender: Any = None, conf: Any = None, options: Any = None, **_:
     """Switch to the remote role when this worker serves one user's queue."""
     from morag_worker.core.execution.broker_transport import on_unreadable_message
 
-    on_unreadable_message(_fail_unreadable_message)
+    on_unreadable_message(_fail_unreadable_message)  # every role: its submitter must hear of it
     env = os.environ
     user_ids = {u for u in map(user_id_from_queue, _queues_from_options(options or {})) if u}
     explicit = env.get("MORAG_USER_ID")

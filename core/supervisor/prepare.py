@@ -32,9 +32,9 @@ from morag_worker.core.supervisor.worker_command import WorkerCommand, WorkerPla
 
 __all__ = [
     "KeyResolver",
-    "check_key",
     "PrepareFailed",
     "Prepared",
+    "check_key",
     "prepare",
     "prepare_outcome",
 ]
