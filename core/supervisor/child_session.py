@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from morag_worker.core.execution.progress_channel import HeartbeatMessage, ReadyMessage
 from morag_worker.core.supervisor.child_process import ChildProcess
-from morag_worker.core.supervisor.events import StopMode, WorkerState
+from morag_worker.core.supervisor.events import Problem, StopMode, WorkerState
 from morag_worker.core.supervisor.task_tracker import TaskTracker
 
 __all__ = ["ChildSession", "stop_status"]
@@ -25,6 +25,10 @@ _INTERRUPTED = {
     StopMode.KILL: "the worker was killed; the task returns to the queue after the visibility timeout",
     None: "the worker stopped unexpectedly; the task returns to the queue after the visibility timeout",
 }
+
+_KEY_REJECTED = (
+    "the hub rejected the API key, so the worker stopped; the task goes back to the queue for another worker"
+)
 
 USER = "user"  # stop reasons: asked by the front end (stop, snooze, close) ...
 RESTART = "restart"  # ... or by the supervisor itself (start deadline, silence, stall)
@@ -44,6 +48,7 @@ class ChildSession:
     connecting_since: float | None = None  # monotonic: first of the beats saying "connecting" in a row
     hub_retry_at: float | None = None  # epoch: the child's next try of a hub that does not answer
     hub_text: str = ""  # what a person reads meanwhile
+    rejected: tuple[Problem, str] | None = None  # the hub refused the key while this child ran
 
     @property
     def ready(self) -> bool:
@@ -88,6 +93,8 @@ class ChildSession:
 
     def interrupted_reason(self) -> str:
         """Why a task that never reported its end is over, given how the child was stopped."""
+        if self.rejected is not None:
+            return _KEY_REJECTED
         return _INTERRUPTED.get(self.stop_mode, _INTERRUPTED[None])
 
 

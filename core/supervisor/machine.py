@@ -25,6 +25,7 @@ import structlog
 
 from morag_worker.core.config.settings import Settings
 from morag_worker.core.execution.progress_channel import (
+    BrokerRefusedMessage,
     HeartbeatMessage,
     HubMessage,
     ProgressMessage,
@@ -45,6 +46,7 @@ from morag_worker.core.supervisor.prepare import (
     KeyResolver,
     Prepared,
     PrepareFailed,
+    check_key,
     prepare_outcome,
 )
 from morag_worker.core.supervisor.task_tracker import TaskTracker
@@ -68,6 +70,7 @@ class Event(Enum):
     OUTPUT = "output"  # a line the child printed
     MESSAGE = "message"  # a line on the child's progress channel
     EXIT = "exit"  # the child exited
+    KEY_CHECKED = "key_checked"  # the hub's verdict on the key after the broker refused it
 
 
 class Timer(Enum):
@@ -144,6 +147,7 @@ class SupervisorMachine:
         self._user_id: str | None = None
         self._queues: tuple[str, ...] = ()
         self._notice: str | None = None
+        self._key_check: int | None = None  # the child generation whose key the hub is checking
         self._handlers: dict[Event, Callable[[int, Any], None]] = {
             Event.TICK: self._on_tick,
             Event.SETTINGS: self._on_settings,
@@ -155,6 +159,7 @@ class SupervisorMachine:
             Event.OUTPUT: self._on_output,
             Event.MESSAGE: self._on_message,
             Event.EXIT: self._on_exit,
+            Event.KEY_CHECKED: self._on_key_checked,
         }
         self._timer_handlers: dict[Timer, Callable[[], None]] = {
             Timer.RETRY: self._timer_retry,
@@ -373,6 +378,41 @@ class SupervisorMachine:
             self.active = tuple(session.tracker.active())
         elif isinstance(msg, TaskEndMessage):
             self._finished(session, [session.tracker.ended(msg)])
+        elif isinstance(msg, BrokerRefusedMessage):
+            self._on_broker_refused(session, msg)
+
+    def _on_broker_refused(self, session: ChildSession, msg: BrokerRefusedMessage) -> None:
+        """Redis refused the worker's login: ask the hub now rather than wait out the reconnecting."""
+        if session.stop_mode is not None or self._key_check == session.gen:
+            return
+        log.warning("supervisor.broker_refused", source=msg.source, error=redact(msg.error))
+        self._key_check = gen = session.gen
+        settings = self.settings
+        self._spawn(
+            lambda: self._post(
+                Event.KEY_CHECKED,
+                check_key(
+                    settings, key_resolver=self._key_resolver, hub_client_factory=self._hub_client_factory
+                ),
+                gen,
+            )
+        )
+
+    def _on_key_checked(self, gen: int, verdict: PrepareFailed | None) -> None:
+        if self._key_check == gen:
+            self._key_check = None
+        session = self._current(gen)
+        if session is None or session.stop_mode is not None:
+            return
+        if verdict is None or verdict.retry:
+            # The key holds (or the hub cannot say): the consumer's reconnecting goes on, watched
+            # by connect_timeout_s as before.
+            log.info("supervisor.key_still_valid" if verdict is None else "supervisor.key_unconfirmed")
+            return
+        # The task in hand cannot be acked any more: killing the child leaves it unacked, and the
+        # hub's watchdog gives it to another worker once this one's presence has expired.
+        session.rejected = (verdict.problem, verdict.message)
+        self._restart(verdict.problem, verdict.message, StopMode.KILL)
 
     def _on_ready(self, session: ChildSession, msg: ReadyMessage) -> None:
         if session.ready:
@@ -488,7 +528,9 @@ class SupervisorMachine:
             self._failures = 0
         if self._closing:
             return
-        if reason == RESTART and self._want is Intent.RUN:
+        if session.rejected is not None and self._want is Intent.RUN:
+            self._give_up(*session.rejected, output)  # the hub said so: no retry can help
+        elif reason == RESTART and self._want is Intent.RUN:
             self._retry_later(*self._restart_problem, output)
         elif reason is None and self._want is Intent.RUN:
             early = not session.ready

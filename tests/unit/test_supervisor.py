@@ -549,6 +549,44 @@ def test_reconnecting_for_too_long_restarts_the_child_so_the_key_is_checked_agai
     )
 
 
+def test_a_refused_broker_login_confirmed_by_the_hub_ends_in_key_rejected_at_once() -> None:
+    """Revocation: the child says Redis refused its login; the hub confirms; no connect_timeout_s wait."""
+    rejected = KeyRejected("the hub rejected the API key (unknown, revoked or expired)")
+    rig = Rig(hub=FakeHub(queue_info(), rejected))
+    child = rig.running()
+    child.send("task_start", task_id="t1", name="morag.worker.process_file_task_remote", filename="a.pdf")
+    child.send("broker_refused", source="presence", error="invalid username-password pair")
+    assert len(rig.hub.calls) == 2  # asked the hub again, at once
+    assert child.controls == [StopMode.KILL]  # the task cannot be acked any more: kill, not requeue
+    status = rig.expect(WorkerState.CRASHED)
+    assert status.problem is Problem.KEY_REJECTED
+    assert status.message.startswith("The hub rejected the API key")
+    (record,) = rig.listener.records
+    assert record.task_id == "t1" and record.outcome is TaskOutcome.REQUEUED
+    assert record.error is not None and "rejected the API key" in record.error
+    rig.advance(600)
+    assert len(rig.launcher.children) == 1  # no retry: the key is gone
+
+
+def test_a_refused_broker_login_with_a_key_the_hub_still_accepts_keeps_the_worker() -> None:
+    rig = Rig(hub=FakeHub(queue_info()))
+    child = rig.running()
+    child.send("broker_refused", source="consumer", error="WRONGPASS invalid username-password pair")
+    assert len(rig.hub.calls) == 2 and child.controls == []
+    rig.expect(WorkerState.RUNNING)
+    child.send("broker_refused", source="consumer", error="WRONGPASS invalid username-password pair")
+    assert len(rig.hub.calls) == 3  # asked again on the next report, one check at a time
+
+
+def test_a_refused_broker_login_while_the_hub_is_unreachable_waits_for_the_usual_deadlines() -> None:
+    down = HubUnreachable("cannot reach the hub at http://hub.test:8700 (ConnectionError)")
+    rig = Rig(hub=FakeHub(queue_info(), down))
+    child = rig.running()
+    child.send("broker_refused", source="presence", error="WRONGPASS")
+    assert child.controls == []
+    rig.expect(WorkerState.RUNNING)
+
+
 # ---- the threaded Supervisor, end to end ----------------------------------------------------
 # Its own loop thread, prepare threads and listener shield: these wait across threads.
 
