@@ -223,9 +223,9 @@ def process_url_task_remote(self: _MoragTask, *args: Any, **kwargs: Any) -> dict
 
 
 def _install_steps() -> None:
-    from morag_worker.core.execution.hub_outage import HubGateStep
-    from morag_worker.core.execution.liveness import HeartbeatStep
-    from morag_worker.core.execution.presence import PresenceStep
+    from morag_worker.core.execution.health.hub_outage import HubGateStep
+    from morag_worker.core.execution.health.liveness import HeartbeatStep
+    from morag_worker.core.execution.health.presence import PresenceStep
 
     celery_app.steps["worker"].add(PresenceStep)
     celery_app.steps["worker"].add(HeartbeatStep)

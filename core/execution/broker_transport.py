@@ -28,7 +28,7 @@ import structlog
 from kombu.transport import redis, virtual
 from kombu.transport.virtual import Empty
 
-from morag_worker.core.execution.broker_auth import report_refusal
+from morag_worker.core.execution.health.broker_auth import report_refusal
 
 __all__ = [
     "CheckedMessage",

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from morag_worker.core.execution.celery_config import time_limits_from_env
-from morag_worker.core.execution.hub_outage import OutageBoard
+from morag_worker.core.execution.health.hub_outage import OutageBoard
 from morag_worker.core.execution.pipeline import Pipeline
 from morag_worker.core.execution.progress_channel import ChannelWriter, summarize_metadata
 from morag_worker.core.execution.progress_reporter import ProgressReporter, ProgressSink

@@ -7,8 +7,8 @@ import os
 import pytest
 import redis
 
-from morag_worker.core.execution import broker_auth
 from morag_worker.core.execution.context import get_runtime
+from morag_worker.core.execution.health import broker_auth
 from morag_worker.core.execution.progress_channel import BrokerRefusedMessage, ChannelWriter, parse_line
 
 pytestmark = pytest.mark.unit

@@ -36,7 +36,7 @@ from morag_worker.core.execution.celery_config import (
     strip_credentials,
     tls_options,
 )
-from morag_worker.core.execution.presence import live_workers
+from morag_worker.core.execution.health.presence import live_workers
 from morag_worker.core.naming import DEFAULT_QUEUE, WorkerType, acl_username, namespace_prefix, queue_name
 from morag_worker.core.results import ProgressMeta, TaskResult, TaskStage
 from morag_worker.core.routing import result_for_user, submit_task_for_user

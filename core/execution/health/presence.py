@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 from celery import bootsteps
 
-from morag_worker.core.execution.broker_auth import report_refusal
+from morag_worker.core.execution.health.broker_auth import report_refusal
 from morag_worker.core.naming import in_queue_order, namespace_prefix
 
 __all__ = [
