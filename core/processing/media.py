@@ -3,9 +3,11 @@
 :class:`WhisperProcessor` depends only on the narrow :class:`Transcriber` protocol;
 :class:`FasterWhisperTranscriber` implements it and imports ``faster_whisper`` on first use, so this module
 imports without the extra. When the extra is missing, :func:`register` routes audio and video to an
-:class:`.registry.Unavailable` entry whose message says how to install it. The model is loaded once per
-process and reused; progress is reported in seconds of media after each segment (a cancellation
-checkpoint). Runs on the calling task's thread.
+:class:`.registry.Unavailable` entry whose message says how to install it. The model (``MORAG_WHISPER_*``,
+found or fetched once by :mod:`.whisper_model`) is loaded before the first file of a process and reused;
+progress is reported in seconds of media done of the total after each segment (a cancellation
+checkpoint). A plain :class:`~.base.Processor`, so it runs unchanged in whatever process converts.
+Runs on the calling task's thread.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import structlog
 from morag_worker.core.processing.base import (
     CorruptInput,
     ProcessedContent,
+    ProcessingError,
     ProgressFn,
     damaged,
     finish,
@@ -205,6 +208,8 @@ class WhisperProcessor:
             segments, info = self._transcriber.transcribe(path, options)
         except IndexError as exc:  # faster-whisper's way of saying "no audio stream"
             raise CorruptInput(f"{what} has no audio track to transcribe") from exc
+        except ProcessingError:
+            raise
         except Exception as exc:
             raise damaged(what, kind, exc) from exc
         timestamps = options.get("timestamps", True) is not False
@@ -215,7 +220,8 @@ class WhisperProcessor:
             text = segment.text.strip()
             if text:
                 lines.append(f"[{_clock(segment.start)}] {text}" if timestamps else text)
-            progress(segment.end, info.duration, f"transcribed {_clock(segment.end)}")
+            done = min(segment.end, info.duration) if info.duration else segment.end
+            progress(done, info.duration, f"transcribed {_clock(done)}")
         metadata = {
             "duration": info.duration,
             "language": info.language,
