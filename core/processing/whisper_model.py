@@ -12,10 +12,12 @@ Runs on the task's thread, once per worker process (the transcriber keeps the lo
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ import structlog
 
 from morag_worker.core.config.settings import APP_DIR_NAME
 from morag_worker.core.processing.base import ProcessingError, ProgressFn
+from morag_worker.core.units import human_bytes
 
 __all__ = [
     "ENV_COMPUTE_TYPE",
@@ -118,7 +121,8 @@ class ModelResolver:
     Args:
         settings: The model (folder or name) and the hub to ask.
         cache_dir: Where fetched models are kept; :func:`model_cache_dir` when None.
-        online: Fills an empty folder with a named model from the internet.
+        online: Fills an empty folder with a named model from the internet (on a helper thread).
+        poll_s: How often the bytes downloaded so far are reported while ``online`` runs.
     """
 
     def __init__(
@@ -126,14 +130,16 @@ class ModelResolver:
         settings: WhisperSettings,
         cache_dir: Path | None = None,
         online: OnlineFetch = _online_fetch,
+        poll_s: float = 1.0,
     ) -> None:
         self.settings = settings
         self.cache_dir = cache_dir if cache_dir is not None else model_cache_dir()
         self._online = online
+        self.poll_s = poll_s
 
     def resolve(self, progress: ProgressFn) -> ResolvedModel:
         """The model's folder; raises :class:`ModelUnavailable` with a sentence saying what was tried."""
-        from morag_worker.core.transfer.models import MANIFEST_NAME, MODEL_NAME
+        from morag_worker.core.transfer.models import MODEL_NAME
 
         model = self.settings.model
         folder = Path(model).expanduser()
@@ -145,7 +151,7 @@ class ModelResolver:
         if not MODEL_NAME.fullmatch(name):
             raise ModelUnavailable(f"{ENV_MODEL} is neither a folder on this machine nor a model name")
         cached = self.cache_dir / name
-        if (cached / MANIFEST_NAME).is_file():
+        if _complete(cached):
             return ResolvedModel(cached, ModelOrigin.CACHE)
         tried: list[str] = []
         if self.settings.hub_url:
@@ -193,12 +199,44 @@ class ModelResolver:
         return ResolvedModel(target, ModelOrigin.HUB)
 
     def _from_online(self, model: str, target: Path, progress: ProgressFn, tried: list[str]) -> ResolvedModel:
-        from morag_worker.core.transfer.models import MANIFEST_NAME, manifest_of_folder
+        """Download on a helper thread, reporting the bytes so far from this (the task's) thread.
 
-        progress(0, None, f"downloading the speech model {model} (once; it is kept in the cache)")
+        The helper fills a staging folder and renames it into the cache itself, so a task cancelled
+        meanwhile stops waiting while the download still completes the cache for the next task.
+        """
+        message = f"downloading the speech model {model} (once; it is kept in the cache)"
+        progress(0, None, message)
         log.info("whisper.model_fetch", model=model, origin="online")
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        outcome: list[BaseException | None] = []
+        helper = threading.Thread(
+            target=lambda: outcome.append(self._fill(model, staging, target)),
+            name="whisper-model-download",
+            daemon=True,
+        )
+        helper.start()
+        while not outcome:
+            helper.join(self.poll_s)
+            if not outcome:
+                progress(0, None, f"{message}: {human_bytes(_bytes_under(staging))} so far")
+        failure = outcome[0]
+        if failure is None:
+            log.info("whisper.model_fetched", model=model, origin="online", path=str(target))
+            return ResolvedModel(target, ModelOrigin.ONLINE)
+        if _complete(target):  # another process finished it first
+            return ResolvedModel(target, ModelOrigin.CACHE)
+        tried.append(f"downloading it failed ({type(failure).__name__}: {str(failure).strip()[:200]})")
+        raise ModelUnavailable(
+            f"the speech model {model} is not on this machine and could not be fetched: "
+            + "; ".join(tried)
+            + f". Set {ENV_MODEL} to a model folder, or ask the hub's operator to serve it"
+        ) from failure
+
+    def _fill(self, model: str, staging: Path, target: Path) -> BaseException | None:
+        """Download into ``staging``, then make it ``target``; the error, or None (on the helper thread)."""
+        from morag_worker.core.transfer.models import MANIFEST_NAME, manifest_of_folder
+
         try:
             self._online(model, staging)
             manifest = manifest_of_folder(target.name, staging)
@@ -206,15 +244,23 @@ class ModelResolver:
                 raise RuntimeError("the download left no files")
             (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
             os.rename(staging, target)
+            return None
         except Exception as exc:
             shutil.rmtree(staging, ignore_errors=True)
-            if (target / MANIFEST_NAME).is_file():  # another process finished it first
-                return ResolvedModel(target, ModelOrigin.CACHE)
-            tried.append(f"downloading it failed ({type(exc).__name__}: {str(exc).strip()[:200]})")
-            raise ModelUnavailable(
-                f"the speech model {model} is not on this machine and could not be fetched: "
-                + "; ".join(tried)
-                + f". Set {ENV_MODEL} to a model folder, or ask the hub's operator to serve it"
-            ) from exc
-        log.info("whisper.model_fetched", model=model, origin="online", path=str(target))
-        return ResolvedModel(target, ModelOrigin.ONLINE)
+            return exc
+
+
+def _complete(folder: Path) -> bool:
+    from morag_worker.core.transfer.models import MANIFEST_NAME
+
+    return (folder / MANIFEST_NAME).is_file()
+
+
+def _bytes_under(folder: Path) -> int:
+    """Bytes of every file under ``folder`` (a download's partial files included); 0 once it is gone."""
+    total = 0
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            if path.is_file():
+                total += path.stat().st_size
+    return total

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -151,10 +152,25 @@ def test_a_name_is_fetched_online_once_then_taken_from_the_cache(tiny_model: Pat
     progress = Recorder()
     first = ModelResolver(WhisperSettings(model="tiny"), tmp_path, online=online).resolve(progress)
     assert first.origin is ModelOrigin.ONLINE and first.path == tmp_path / "tiny"
-    assert progress.messages == ["downloading the speech model tiny (once; it is kept in the cache)"]
+    assert progress.messages[0] == "downloading the speech model tiny (once; it is kept in the cache)"
     again = ModelResolver(WhisperSettings(model="tiny"), tmp_path, online=online).resolve(progress)
     assert again.origin is ModelOrigin.CACHE and fetched == ["tiny"]
     assert [p.name for p in tmp_path.iterdir()] == ["tiny"]  # no staging folder left behind
+
+
+def test_an_online_download_shows_the_bytes_so_far(tiny_model: Path, tmp_path: Path) -> None:
+    seen = threading.Event()
+
+    def online(name: str, folder: Path) -> None:
+        (folder / "model.bin").write_bytes(b"\0" * 1024 * 1024)
+        assert seen.wait(30), "no progress was reported while the download ran"
+
+    def progress(done: float, total: float | None, message: str) -> None:
+        if message.endswith(": 1.0 MiB so far"):
+            seen.set()
+
+    resolver = ModelResolver(WhisperSettings(model="tiny"), tmp_path, online=online, poll_s=0.01)
+    assert resolver.resolve(progress).origin is ModelOrigin.ONLINE and seen.is_set()
 
 
 def test_a_name_found_nowhere_says_what_was_tried(tmp_path: Path) -> None:
