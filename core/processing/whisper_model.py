@@ -165,7 +165,7 @@ class ModelResolver:
     ) -> ResolvedModel | None:
         from morag_worker.core.transfer.download_state import DownloadLimits
         from morag_worker.core.transfer.downloader import Downloader
-        from morag_worker.core.transfer.errors import TransferError
+        from morag_worker.core.transfer.errors import HubUnreachable, TransferError
         from morag_worker.core.transfer.models import ModelNotServed, describe, fetch_model, hub_manifest
 
         assert self.settings.hub_url is not None
@@ -191,6 +191,8 @@ class ModelResolver:
                     target,
                     progress=lambda done, _total: progress(0, None, f"{message}: {describe(manifest, done)}"),
                 )
+            except HubUnreachable:
+                raise  # an outage, not the task's fault: the task goes back to the queue
             except TransferError as exc:
                 raise ModelUnavailable(
                     f"the speech model {name} could not be fetched from the hub: {exc}"

@@ -150,7 +150,8 @@ def hub_manifest(downloader: Downloader, hub_url: str, name: str, api_key: str |
             raise ModelNotServed(f"The hub serves no model named {name!r}.")
         if response.status_code != 200:
             raise DownloadFailed(
-                f"The hub answered {response.status_code} when asked for the model {name!r}."
+                f"The hub answered {response.status_code} when asked for the model {name!r}.",
+                status=response.status_code,
             )
         try:
             manifest = ModelManifest.from_dict(response.json())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +156,20 @@ def test_the_resolver_fetches_from_the_hub_once_with_progress(stack: Stack, key:
 
 def _no_internet(name: str, folder: Path) -> None:
     raise OSError(f"no network here to fetch {name}")
+
+
+def test_a_model_file_that_does_not_match_its_manifest_is_refused(
+    stack: Stack, key: str, models_dir: Path, tmp_path: Path
+) -> None:
+    shutil.copytree(models_dir / MODEL, models_dir / "tampered")
+    settings = WhisperSettings(model="tampered", hub_url=stack.hub_url, api_key=key)
+    auth = {"Authorization": f"Bearer {key}"}
+    assert requests.get(f"{stack.hub_url}/api/v1/models/tampered", headers=auth, timeout=10).ok
+    # Same size and modification time: the hub keeps its manifest, but the bytes are no longer those.
+    config = models_dir / "tampered" / "preprocessor_config.json"
+    stamp = config.stat()
+    config.write_bytes(config.read_bytes().replace(b"16000", b"16001"))
+    os.utime(config, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    with pytest.raises(ModelUnavailable, match="the speech model tampered could not be fetched from the hub"):
+        ModelResolver(settings, tmp_path / "cache", online=_no_internet).resolve(no_progress)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == []  # nothing half-fetched is kept
