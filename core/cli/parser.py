@@ -169,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("--worker-broker-url", help="broker URL told to workers (no credentials)")
     hub.add_argument("--max-upload-mb", type=int, default=2048)
     hub.add_argument(
+        "--models-dir",
+        type=Path,
+        metavar="DIR",
+        help="serve the model folders under DIR (DIR/NAME/...) to workers at /api/v1/models/NAME, "
+        "so that workers without internet fetch a speech model from the hub (default: none)",
+    )
+    hub.add_argument(
         "--maintenance-interval",
         type=_positive_seconds,
         default=60.0,

@@ -44,6 +44,7 @@ from morag_worker.core.server.acl import RedisAclHook
 from morag_worker.core.server.hub.connections import AddressGate
 from morag_worker.core.server.hub.guard import HubGuard, HubLimits
 from morag_worker.core.server.hub.maintenance import WATCHDOG_INTERVAL_S, HubMaintenance
+from morag_worker.core.server.hub.models import ModelShelf
 from morag_worker.core.server.hub.storage import FileStore, UploadTooLarge
 from morag_worker.core.server.hub.uploads import receive_upload
 from morag_worker.core.server.watchdog import Watchdog
@@ -72,6 +73,8 @@ class HubConfig:
     visibility_timeout_s: float = float(TimeLimits.visibility)
     # Body caps, timeouts, in-flight cap, Redis pool and rate limits (core/server/hub/guard.py).
     limits: HubLimits = field(default_factory=HubLimits)
+    # Model folders served to workers (core/server/hub/models.py); None serves none.
+    models_dir: Path | None = None
 
 
 class TaskCreate(BaseModel):
@@ -255,6 +258,29 @@ def create_app(config: HubConfig, gate: AddressGate | None = None) -> FastAPI:
                 "x-checksum-sha256": stored.sha256,
                 "cache-control": "no-store",
             },
+        )
+
+    shelf = ModelShelf(config.models_dir) if config.models_dir is not None else None
+
+    @app.get("/api/v1/models/{name}")
+    async def model_manifest(name: str, key: Key) -> dict[str, Any]:
+        manifest = await run_in_threadpool(shelf.manifest, name) if shelf is not None else None
+        if manifest is None:
+            raise HTTPException(404, "no such model")
+        log.info("hub.model_listed", user_id=key.user_id, model=name, size=manifest.size)
+        return manifest.to_dict()
+
+    @app.get("/api/v1/models/{name}/{file_name}")
+    async def model_file(name: str, file_name: str, key: Key) -> FileResponse:
+        found = await run_in_threadpool(shelf.file, name, file_name) if shelf is not None else None
+        if found is None:
+            raise HTTPException(404, "no such model file")
+        path, sha256 = found
+        log.info("hub.model_file", user_id=key.user_id, model=name, file=file_name)
+        return FileResponse(
+            path,
+            media_type="application/octet-stream",
+            headers={"etag": f'"{sha256}"', "x-checksum-sha256": sha256, "cache-control": "no-store"},
         )
 
     @app.post("/api/v1/tasks", status_code=201)
