@@ -138,12 +138,9 @@ def check_transcription(
     seconds = time.monotonic() - started
     model = getattr(transcriber, "model_name", None)
     details = {"installed": True, "model": model, "segments": count, "duration": info.duration}
-    return CheckResult(
-        name,
-        Outcome.PASSED,
-        f"the speech model {model or ''} transcribed a one-second clip in {seconds:.1f} s".replace("  ", " "),
-        details=details,
-    )
+    which = f"the speech model {model}" if model else "the speech model"
+    summary = f"{which} transcribed a one-second clip in {seconds:.1f} s"
+    return CheckResult(name, Outcome.PASSED, summary, details=details)
 
 
 def gpu_facts(gpus: Sequence[GpuInfo]) -> list[dict[str, Any]]:

@@ -76,7 +76,8 @@ def check_keychain(
         return CheckResult(name, Outcome.FAILED, exc.message, exc.advice), None
     if stored is not None:
         register_secret(stored)
-    details = {"backend": backend, "key_source": (other or FoundKey("", KeySource.KEYCHAIN)).source.value}
+    source = other.source if other is not None else KeySource.KEYCHAIN
+    details = {"backend": backend, "key_source": source.value}
     if other is not None:
         summary = (
             f"the keychain ({backend}) works; the key comes from {_source_name(other.source, api_key_file)}"

@@ -6,7 +6,10 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import wave
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +26,7 @@ from morag_worker.core.diagnosis.report import (
 )
 from morag_worker.core.diagnosis.scrub import Scrubber
 from morag_worker.core.naming import WorkerType
+from morag_worker.core.processing.media import Segment, TranscriptInfo
 from morag_worker.core.supervisor.gpu import NvmlProbe
 from tests.fakes import FakeNvml, FakeNvmlError
 
@@ -143,3 +147,21 @@ def test_environment_facts_name_secret_variables_without_their_values() -> None:
         "REDIS_PASSWORD": "(set; value removed)",
         "WORKER_TYPE": "gpu",
     }
+
+
+class _WaveReader:
+    """A transcriber that only decodes the clip (the real model needs the audio extra, which CI lacks)."""
+
+    model_name = "wave-only"
+
+    def transcribe(self, path: Path, options: Mapping[str, Any]) -> tuple[Iterable[Segment], TranscriptInfo]:
+        with wave.open(str(path)) as clip:
+            duration = clip.getnframes() / clip.getframerate()
+        return iter([Segment(0.0, duration, "")]), TranscriptInfo(None, None, duration)
+
+
+def test_a_transcription_that_runs_passes_on_a_one_second_clip(tmp_path: Path) -> None:
+    result = check_transcription(tmp_path, {}, lambda env: _WaveReader(), available=lambda: True)
+    assert result.outcome is Outcome.PASSED, result
+    assert result.summary.startswith("the speech model wave-only transcribed a one-second clip")
+    assert result.details["duration"] == 1.0 and result.details["segments"] == 1
