@@ -30,6 +30,7 @@ from morag_worker.core.config.settings import (
 from morag_worker.core.diagnosis.bundle import BundleContents, write_bundle
 from morag_worker.core.diagnosis.report import SelfTestReport, render_text
 from morag_worker.core.diagnosis.selftest import SelfTestSetup, run_self_test
+from morag_worker.core.logging import redact
 from morag_worker.core.supervisor.gpu import NvmlProbe
 from morag_worker.core.wording import sentence
 
@@ -60,9 +61,9 @@ def _self_test(args: argparse.Namespace, settings: Settings) -> SelfTestReport:
 def run_self_test_command(args: argparse.Namespace) -> int:
     report = _self_test(args, _settings(args))
     if args.json:
-        print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+        print(redact(json.dumps(report.to_json(), indent=2, ensure_ascii=False)))
     else:
-        sys.stdout.write(render_text(report))
+        sys.stdout.write(redact(render_text(report)))
     return int(ExitCode.OK if report.ok else ExitCode.CHECK_FAILED)
 
 

@@ -8,6 +8,7 @@ into place, mode 0600. Blocks; runs on the caller's thread.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -148,7 +149,13 @@ def write_bundle(target: Path, contents: BundleContents) -> list[str]:
         "settings.json": _json(
             {"file": _settings(contents.settings_store), "environment": environment_facts(contents.env)}
         ),
-        "gpu.json": _json({"gpus": gpu_facts(contents.gpus)}),
+        "gpu.json": _json(
+            {
+                "gpus": gpu_facts(contents.gpus),
+                "nvml_installed": importlib.util.find_spec("pynvml") is not None,
+                "cuda_visible_devices": contents.env.get("CUDA_VISIBLE_DEVICES"),
+            }
+        ),
         "self-test.json": _json(
             contents.report.to_json()
             if contents.report is not None

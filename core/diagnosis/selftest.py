@@ -35,6 +35,11 @@ __all__ = ["SelfTestSetup", "run_self_test"]
 log = structlog.get_logger(__name__)
 
 
+def _hub_client(hub_url: str, api_key: str) -> HubClient:
+    """A hub client with short timeouts: a person is waiting for the answer."""
+    return HubClient(hub_url, api_key, timeout=(5.0, 15.0))
+
+
 @dataclass
 class SelfTestSetup:
     """What the self-test checks with; production defaults except ``settings`` and ``env``."""
@@ -43,7 +48,7 @@ class SelfTestSetup:
     env: Mapping[str, str]
     api_key_file: Path | None = None
     credentials: CredentialStore = field(default_factory=CredentialStore)
-    hub_client_factory: HubClientFactory = HubClient
+    hub_client_factory: HubClientFactory = _hub_client
     gpu_probe: GpuProbe = field(default_factory=NvmlProbe)
     transcriber_factory: TranscriberFactory = default_transcriber
 
