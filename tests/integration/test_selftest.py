@@ -4,6 +4,7 @@ check with advice, and the exit status says whether anything failed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -11,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
+from morag_worker.core.auth import APIKeyService
 from morag_worker.core.naming import acl_username
 from tests.conftest import SecretServiceSession, Stack
 from tests.processes import base_env, free_port
@@ -125,3 +128,22 @@ def test_no_keychain_fails_the_keychain_check_with_advice(stack: Stack, tmp_path
     assert code == 0, document
     assert outcomes(document)["keychain"] == "warning"
     assert outcomes(document)["hub"] == outcomes(document)["broker"] == "passed"
+
+
+def test_a_key_the_broker_does_not_know_fails_the_broker_login(stack: Stack, tmp_path: Path) -> None:
+    """The hub accepts the key, but the broker has no ACL password for it (created without the hook)."""
+
+    async def create() -> str:
+        client = aioredis.Redis.from_url(stack.redis.url)
+        try:
+            return await APIKeyService(client).create_api_key("gina", "no broker login")
+        finally:
+            await client.aclose()
+
+    key = asyncio.run(create())
+    code, document = self_test(tmp_path / "config", stack.hub_url, base_env(MORAG_API_KEY=key))
+    assert code == CHECK_FAILED
+    assert outcomes(document)["hub"] == "passed"
+    broker = check(document, "broker")
+    assert broker["outcome"] == "failed" and "refused the login of worker-gina" in broker["summary"]
+    assert "maintenance" in broker["advice"]
