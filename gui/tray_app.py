@@ -19,7 +19,7 @@ from pathlib import Path
 
 import shiboken6
 import structlog
-from PySide6.QtCore import QObject, QTimer, QUrl, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QTimer, QUrl, Signal, Slot
 from PySide6.QtGui import QDesktopServices, QGuiApplication
 from PySide6.QtWidgets import QMessageBox, QSystemTrayIcon
 
@@ -27,6 +27,8 @@ from morag_worker.core.config.autostart import Autostart
 from morag_worker.core.config.credentials import CredentialStore, NoApiKey, resolve_api_key
 from morag_worker.core.config.history import HistoryStore
 from morag_worker.core.config.settings import Settings, SettingsStore
+from morag_worker.core.diagnosis.report import SelfTestReport
+from morag_worker.core.diagnosis.selftest import SelfTestSetup
 from morag_worker.core.hub_client import HubClient, HubClientLike
 from morag_worker.core.results import TaskRecord
 from morag_worker.core.supervisor.events import StopMode, WorkerState, WorkerStatus
@@ -41,6 +43,7 @@ from .icons import IconSet
 from .notifications import Level, Notice, NotificationPolicy
 from .progress_window import ProgressWindow
 from .qt_emit import emit
+from .self_test_view import self_test_offer, self_test_results
 from .settings_dialog import SettingsDialog, explain
 from .tray_icon import TrayIcon
 
@@ -294,6 +297,7 @@ class TrayApp(QObject):
             self.controller.start()
             if self.tray is not None:  # without a tray the window is already in front
                 self._notify(IN_TRAY_NOTICE)
+            QTimer.singleShot(0, self, self.offer_self_test)
         elif self.controller.status.state not in IDLE_STATES:
             # Asked once the Settings dialog has closed, not on top of it.
             QTimer.singleShot(0, self, self._offer_restart)
@@ -311,6 +315,39 @@ class TrayApp(QObject):
                     "Settings saved", "The new settings apply the next time the worker starts.", Level.INFO
                 )
             )
+
+    # -- the self-test, offered after the first run ----------------------------------------------
+
+    #: The open offer and the last results box (non-modal; tests press their buttons).
+    self_test_offer_box: QMessageBox | None = None
+    self_test_box: QMessageBox | None = None
+
+    @Slot()
+    def offer_self_test(self) -> None:
+        """Offer the self-test (after the first run's Save): does everything a worker needs work here?"""
+        box, run = self_test_offer(self.window if self.window.isVisible() else None)
+        run.clicked.connect(self.run_self_test)
+        self.self_test_offer_box = box
+        box.show()
+
+    @Slot()
+    def run_self_test(self) -> None:
+        services = self.services
+        setup = SelfTestSetup(
+            settings=self.settings,
+            env=services.env,
+            api_key_file=services.api_key_file,
+            credentials=services.credentials,
+            hub_client_factory=services.client_factory,
+            gpu_probe=services.gpu_probe,
+        )
+        self.controller.self_test_done.connect(self._show_self_test, Qt.ConnectionType.SingleShotConnection)
+        self.controller.run_self_test(setup)
+
+    def _show_self_test(self, report: SelfTestReport) -> None:
+        box = self_test_results(report, self.window if self.window.isVisible() else None)
+        self.self_test_box = box
+        box.show()
 
     def _settings_closed(self) -> None:
         dialog, self.settings_dialog = self.settings_dialog, None

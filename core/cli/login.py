@@ -75,6 +75,7 @@ def run_login(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     print(f"The key is stored in: {backend}.", file=sys.stderr)
+    print("To check everything a worker needs, run `morag-worker self-test`.", file=sys.stderr)
     return int(ExitCode.OK)
 
 

@@ -27,6 +27,8 @@ _VERBS = {
     "keys": "keys",
     "hub": "hub",
     "submit": "submit",
+    "self-test": "checkup:run_self_test_command",
+    "diagnostics": "checkup:run_diagnostics",
 }
 
 
@@ -228,7 +230,31 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --wait: wait even when none of your workers is online for the task's queue",
     )
+    _add_checkup(sub, common)
     return parser
+
+
+def _add_checkup(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``self-test`` and ``diagnostics``: what a contributor runs when something does not work."""
+    selftest = sub.add_parser(
+        "self-test",
+        parents=[common],
+        help="check the keychain, the hub, the broker login, conversion, transcription and the GPU",
+    )
+    selftest.add_argument("--json", action="store_true", help="print the results as a JSON document")
+    diagnostics = sub.add_parser(
+        "diagnostics",
+        parents=[common],
+        help="write versions, settings, recent logs, self-test results and GPU facts to a zip, "
+        "secrets removed",
+    )
+    diagnostics.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="FILE.zip", help="the zip to write"
+    )
+    diagnostics.add_argument("--no-self-test", action="store_true", help="leave the self-test out (faster)")
+    diagnostics.add_argument(
+        "--log-kb", type=int, default=256, metavar="N", help="the last N KiB of each log file (default: 256)"
+    )
 
 
 def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
