@@ -43,6 +43,7 @@ def build_tiny_whisper(directory: Path) -> Path:
     from ctranslate2.specs import whisper_spec
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
+    directory.mkdir(parents=True, exist_ok=True)
     text, specials = _vocabulary()
     tokens = text + specials
     ids = {token: i for i, token in enumerate(tokens)}

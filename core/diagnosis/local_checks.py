@@ -39,6 +39,15 @@ _HTML = (
 )
 
 TranscriberFactory = Callable[[Mapping[str, str]], Transcriber]
+ModelLocator = Callable[[Mapping[str, str]], Path | None]
+
+
+def local_model(env: Mapping[str, str]) -> Path | None:
+    """The configured speech model's folder when it is on this machine; a self-test never downloads one."""
+    from morag_worker.core.processing.whisper_model import ModelResolver, WhisperSettings
+
+    found = ModelResolver(WhisperSettings.from_env(env)).find_local()
+    return found.path if found is not None else None
 
 
 def check_conversion(
@@ -106,6 +115,7 @@ def check_transcription(
     factory: TranscriberFactory = default_transcriber,
     *,
     available: Callable[[], bool] = is_available,
+    locate: ModelLocator = local_model,
 ) -> CheckResult:
     """Run the speech model over a one-second clip, when faster-whisper (the ``audio`` extra) is here."""
     name = CheckName.TRANSCRIPTION
@@ -117,6 +127,16 @@ def check_transcription(
             "are refused",
             "to transcribe audio and video, install it: pip install 'morag-worker[audio]'",
             details={"installed": False},
+        )
+    model_setting = env.get("MORAG_WHISPER_MODEL") or "small"
+    if locate(env) is None:
+        return CheckResult(
+            name,
+            Outcome.WARNING,
+            f"the speech model {model_setting} is not on this machine yet; the first audio or video "
+            "task fetches it, from the hub or the internet",
+            "to check transcription now, set MORAG_WHISPER_MODEL to a model folder on this machine",
+            details={"installed": True, "model": model_setting, "local": False},
         )
     path = work_dir / "self-test.wav"
     _tone(path)

@@ -137,6 +137,20 @@ class ModelResolver:
         self._online = online
         self.poll_s = poll_s
 
+    def find_local(self) -> ResolvedModel | None:
+        """The model's folder when it is on this machine already (a folder, or a complete cached copy)."""
+        from morag_worker.core.transfer.models import MODEL_NAME
+
+        model = self.settings.model
+        folder = Path(model).expanduser()
+        if folder.is_dir():
+            return ResolvedModel(folder, ModelOrigin.FOLDER)
+        name = model.replace("/", "--")
+        cached = self.cache_dir / name
+        if MODEL_NAME.fullmatch(name) and _complete(cached):
+            return ResolvedModel(cached, ModelOrigin.CACHE)
+        return None
+
     def resolve(self, progress: ProgressFn) -> ResolvedModel:
         """The model's folder; raises :class:`ModelUnavailable` with a sentence saying what was tried."""
         from morag_worker.core.transfer.models import MODEL_NAME

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from morag_worker.core.auth import APIKeyService
 from morag_worker.core.naming import acl_username
 from tests.conftest import SecretServiceSession, Stack
+from tests.media import build_tiny_whisper
 from tests.processes import base_env, free_port
 
 pytestmark = pytest.mark.integration
@@ -55,7 +56,8 @@ def test_everything_passes_after_login_with_a_real_hub_broker_and_keychain(
     stack: Stack, secret_service: SecretServiceSession, tmp_path: Path
 ) -> None:
     key = stack.key("sally")
-    env = base_env(**secret_service.env)
+    model = build_tiny_whisper(tmp_path / "model")  # a real speech model, built offline
+    env = base_env(**secret_service.env, MORAG_WHISPER_MODEL=str(model), MORAG_WHISPER_DEVICE="cpu")
     config = tmp_path / "config"
     login = cli("login", "--hub", stack.hub_url, "--config-dir", str(config), env=env, stdin=key + "\n")
     assert login.returncode == 0, login.stderr
@@ -66,7 +68,7 @@ def test_everything_passes_after_login_with_a_real_hub_broker_and_keychain(
     assert document["ok"] is True and document["format"] == "morag-worker-self-test"
     found = outcomes(document)
     assert found["keychain"] == found["hub"] == found["broker"] == found["conversion"] == "passed", document
-    assert found["transcription"] in ("passed", "skipped")  # skipped: the audio extra is not installed
+    assert found["transcription"] == "passed", check(document, "transcription")
     assert found["gpu"] in ("passed", "warning")  # warning: no NVIDIA GPU here, documents still convert
     assert "Secret Service" in check(document, "keychain")["summary"]
     assert check(document, "hub")["details"]["user_id"] == "sally"

@@ -101,7 +101,13 @@ def test_a_transcription_that_cannot_load_its_model_fails_with_advice(tmp_path: 
     def no_model(env: object) -> object:
         raise RuntimeError("model 'small' not found and downloads are off")
 
-    result = check_transcription(tmp_path, {}, no_model, available=lambda: True)  # type: ignore[arg-type]
+    result = check_transcription(
+        tmp_path,
+        {},
+        no_model,  # type: ignore[arg-type]
+        available=lambda: True,
+        locate=lambda env: tmp_path,
+    )
     assert result.outcome is Outcome.FAILED and "MORAG_WHISPER_MODEL" in result.advice
     assert result.name is CheckName.TRANSCRIPTION
 
@@ -161,7 +167,30 @@ class _WaveReader:
 
 
 def test_a_transcription_that_runs_passes_on_a_one_second_clip(tmp_path: Path) -> None:
-    result = check_transcription(tmp_path, {}, lambda env: _WaveReader(), available=lambda: True)
+    result = check_transcription(
+        tmp_path, {}, lambda env: _WaveReader(), available=lambda: True, locate=lambda env: tmp_path
+    )
     assert result.outcome is Outcome.PASSED, result
     assert result.summary.startswith("the speech model wave-only transcribed a one-second clip")
     assert result.details["duration"] == 1.0 and result.details["segments"] == 1
+
+
+def test_a_speech_model_not_on_this_machine_is_a_warning_and_nothing_is_downloaded(tmp_path: Path) -> None:
+    def must_not_load(env: object) -> object:
+        raise AssertionError("the self-test tried to load (and so fetch) the model")
+
+    env = {"MORAG_WHISPER_MODEL": "tiny-not-here", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    result = check_transcription(tmp_path, env, must_not_load, available=lambda: True)  # type: ignore[arg-type]
+    assert result.outcome is Outcome.WARNING and "tiny-not-here is not on this machine yet" in result.summary
+    assert "MORAG_WHISPER_MODEL" in result.advice
+
+
+def test_the_real_speech_model_transcribes_the_clip(tmp_path: Path) -> None:
+    pytest.importorskip("faster_whisper")
+    from tests.media import build_tiny_whisper
+
+    model = build_tiny_whisper(tmp_path / "model")
+    env = {"MORAG_WHISPER_MODEL": str(model), "MORAG_WHISPER_DEVICE": "cpu"}
+    result = check_transcription(tmp_path, env)
+    assert result.outcome is Outcome.PASSED, result
+    assert result.details["duration"] == pytest.approx(1.0, abs=0.05)
