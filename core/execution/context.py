@@ -15,17 +15,21 @@ from typing import Any
 
 import structlog
 
+from morag_worker.core.config.settings import ConverterLimits
 from morag_worker.core.execution.pipeline import Pipeline
 from morag_worker.core.execution.progress_channel import ChannelWriter, summarize_metadata
 from morag_worker.core.execution.progress_reporter import ProgressReporter, ProgressSink
 from morag_worker.core.logging import register_secret
 from morag_worker.core.processing import ProcessorRegistry, TaskCancelled
+from morag_worker.core.processing.sandbox import ConverterSandbox, StartMethod, default_start_method
 from morag_worker.core.results import ProgressMeta, TaskOutcome, TaskResult
 from morag_worker.core.transfer.downloader import Downloader, DownloadLimits
 
 __all__ = ["WorkerRuntime", "get_runtime"]
 
 log = structlog.get_logger(__name__)
+
+CONVERTER_START_ENV = "MORAG_CONVERTER_START"  # fork or spawn; tests run the spawn path on Linux
 
 
 class WorkerRuntime:
@@ -39,6 +43,8 @@ class WorkerRuntime:
         register_secret(self.api_key)
         # Read once, so a bad value stops the worker at start-up rather than failing every task.
         self.download_limits = DownloadLimits.from_env(self._env)
+        self.converter_limits = ConverterLimits.from_env(self._env)
+        self.converter_start = StartMethod(self._env.get(CONVERTER_START_ENV) or default_start_method())
         self.cancel_event = threading.Event()
         self.extra_sinks: list[ProgressSink] = []
         # The supervisor's progress channel (MORAG_PROGRESS_FD), when one was handed down.
@@ -66,6 +72,7 @@ class WorkerRuntime:
                     temp_root=self.temp_root,
                     own_user_id=self.own_user_id,
                     cancel_event=self.cancel_event,
+                    sandbox=ConverterSandbox(self.converter_limits, self.converter_start),
                 )
             return self._pipeline
 

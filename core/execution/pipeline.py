@@ -19,6 +19,7 @@ import structlog
 from morag_worker.core.execution.progress_reporter import ProgressReporter
 from morag_worker.core.execution.task_args import TaskRequest
 from morag_worker.core.processing import ProcessingError, ProcessorRegistry, TaskCancelled
+from morag_worker.core.processing.sandbox import ConversionRequest, ConverterSandbox
 from morag_worker.core.results import TaskResult, TaskStage
 from morag_worker.core.transfer.downloader import (
     DownloadCancelled,
@@ -47,13 +48,18 @@ class TaskCancelledError(RuntimeError):
 
 @dataclass
 class Pipeline:
-    """Runs tasks for one worker: ``own_user_id`` is None on the server's own (local) workers."""
+    """Runs tasks for one worker: ``own_user_id`` is None on the server's own (local) workers.
+
+    Conversions run in converter children under ``sandbox``'s limits; None runs them in this process
+    (tests of the pipeline's own logic only).
+    """
 
     downloader_factory: Callable[[], Downloader]
     registry: ProcessorRegistry
     temp_root: Path
     own_user_id: str | None = None
     cancel_event: threading.Event | None = None
+    sandbox: ConverterSandbox | None = None
 
     def run_file(
         self, reporter: ProgressReporter, request: TaskRequest, *, remote: bool, url_task: bool
@@ -134,7 +140,11 @@ class Pipeline:
     ) -> TaskResult:
         reporter.report(TaskStage.PROCESSING, 0, None, "converting to markdown", force=True)
         processor = self.registry.resolve(content_type, filename, path, name_from_path=name_from_path)
-        processed = processor.process(path, request.options, reporter.processing)
+        if self.sandbox is None:
+            processed = processor.process(path, request.options, reporter.processing)
+        else:
+            job = ConversionRequest(path, request.options, content_type, filename, name_from_path)
+            processed = self.sandbox.convert(processor, job, reporter.processing)
         metadata = dict(processed.metadata)
         metadata.setdefault("processor", processor.name)
         return TaskResult(success=True, content=processed.markdown, metadata=metadata)

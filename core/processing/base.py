@@ -88,6 +88,11 @@ class Processor(Protocol):
 
     Implementations raise :class:`ProcessingError` subclasses for bad input, call ``progress`` between units
     of work, and never swallow what ``progress`` raises.
+
+    The worker runs ``process`` in a converter child with limits (:mod:`.sandbox`). Two optional
+    attributes change that: ``isolated = False`` keeps a processor in the worker process (one that must
+    keep state between tasks, such as a loaded model), and a ``preload()`` method imports the
+    processor's parser in the worker once, so that forked children start without importing it.
     """
 
     name: str

@@ -57,6 +57,10 @@ class PdfProcessor:
 
     name = "pdf"
 
+    def preload(self) -> None:
+        """Import pypdf in the worker, once, so converter children inherit it."""
+        import pypdf  # noqa: F401
+
     def process(self, path: Path, options: Mapping[str, Any], progress: ProgressFn) -> ProcessedContent:
         """Extract the text layer of every page; see the module docstring for the error policy."""
         from pypdf import PdfReader
