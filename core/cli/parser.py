@@ -139,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     bounds = hub.add_argument_group("bounds", "what one client may cost the hub (0 turns a rate limit off)")
     bounds.add_argument("--max-json-kb", type=int, default=1024, help="body cap of non-upload routes")
     bounds.add_argument(
+        "--max-result-mb",
+        type=int,
+        default=80,
+        help="answer 413 instead of reading a stored task result larger than this (default: 80)",
+    )
+    bounds.add_argument(
         "--header-timeout",
         type=_positive_seconds,
         default=10.0,
