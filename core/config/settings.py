@@ -364,10 +364,11 @@ class ConverterLimits:
 
     - ``memory_mb`` 2048: memory the conversion may add to what the child starts with (on Linux the
       child's address space, ``RLIMIT_AS``, is set to its size at start plus this; on Windows the Job
-      object's per-process limit is this plus the fresh interpreter's commit). Real documents need far
-      less (a 36-page PDF: under 100 MB, a 20,000-row XLSX: about 300 MB); a decompression or
-      repeated-content bomb needs far more. Address space is larger than resident memory, so the limit
-      sits above what a pool child may hold resident (1 GB).
+      object's per-process limit is this plus 256 MB for the fresh interpreter). Real documents need
+      far less (``bench/converter_child.py``: the samples, a 36-page PDF and a 20,000-row XLSX each add
+      under 10 MB resident), while a bomb needs far more (a 4 MB CSV of empty cells: over 100 MB).
+      Address space runs ahead of resident memory (allocator arenas, thread stacks, parsers that read
+      a whole file), hence the generous margin; a worker on a small machine may lower it.
     - ``deadline_s`` 1800: wall time of one conversion, well under Celery's soft time limit (7200 s),
       so a slow bomb ends as a clear ``success: false`` rather than a killed pool child.
     - ``max_output_bytes`` 64 MiB (``MORAG_MAX_OUTPUT_MB``): the markdown one task may return; the

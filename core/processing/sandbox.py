@@ -40,7 +40,7 @@ import structlog
 
 from morag_worker.core.config.settings import ConverterLimits
 from morag_worker.core.processing.base import ProcessedContent, ProcessingError, Processor, ProgressFn
-from morag_worker.core.processing.sandbox_child import ERROR_KINDS, run_forked
+from morag_worker.core.processing.sandbox_child import ERROR_KINDS, prepare, run_forked
 from morag_worker.core.processing.sandbox_wire import (
     ChildMessage,
     Content,
@@ -311,6 +311,7 @@ class ConverterSandbox:
         return self._spawn(request)
 
     def _fork(self, processor: Processor, request: ConversionRequest) -> _Child:
+        prepare()
         with _fork_lock:
             read_fd, write_fd = os.pipe()
             others = sorted(_open_read_fds)

@@ -15,9 +15,12 @@ freed, so that saying so does not itself fail. Runs on the child's only thread.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import gc
 import json
 import math
+import mmap
 import os
 import signal
 import sys
@@ -46,7 +49,7 @@ from morag_worker.core.processing.sandbox_wire import (
     WireError,
 )
 
-__all__ = ["ERROR_KINDS", "address_space_bytes", "limit_memory", "main", "run_forked", "serve"]
+__all__ = ["ERROR_KINDS", "address_space_bytes", "limit_memory", "main", "prepare", "run_forked", "serve"]
 
 # The ProcessingError kinds that cross the pipe; a plugin's own subclass arrives as its nearest one.
 ERROR_KINDS: dict[str, type[ProcessingError]] = {
@@ -82,14 +85,23 @@ def limit_memory(extra_bytes: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
+@functools.cache
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def prepare() -> None:
+    """In the worker, before the first fork: load what each child would otherwise load (about 4 ms)."""
+    with contextlib.suppress(OSError, ImportError):
+        _libc()
+        import resource  # noqa: F401
+
+
 def die_with_parent() -> None:
     """Linux: be killed when the worker process that started us dies (a killed pool child, a hard stop)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if (libc := _libc()) is not None:
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _error_kind(exc: ProcessingError) -> str:
@@ -146,7 +158,8 @@ def serve(
     convert: Callable[[ProgressFn], ProcessedContent], writer: FrameWriter, max_output_bytes: int
 ) -> int:
     """Run ``convert`` with a relaying progress callback and send its one final message; the exit code."""
-    reserve: bytearray | None = bytearray(_RESERVE_BYTES)
+    # Address space held back, untouched (so free to take), and given up to report a MemoryError.
+    reserve: mmap.mmap | None = mmap.mmap(-1, _RESERVE_BYTES)
     out_of_memory = False
     try:
         try:
@@ -160,12 +173,14 @@ def serve(
         except Exception as exc:  # noqa: BLE001 - any other failure is reported by type and message
             writer.message(Crashed(type(exc).__name__, str(exc)))
         if out_of_memory:
-            reserve = None
+            if reserve is not None:
+                reserve.close()
             gc.collect()
             writer.message(LimitReached(Limit.MEMORY))
     except BrokenPipeError:
         return EXIT_PARENT_GONE
-    del reserve
+    if reserve is not None and not reserve.closed:
+        reserve.close()
     return EXIT_OK
 
 
