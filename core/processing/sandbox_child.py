@@ -49,7 +49,16 @@ from morag_worker.core.processing.sandbox_wire import (
     WireError,
 )
 
-__all__ = ["ERROR_KINDS", "address_space_bytes", "limit_memory", "main", "prepare", "run_forked", "serve"]
+__all__ = [
+    "ERROR_KINDS",
+    "address_space_bytes",
+    "limit_memory",
+    "main",
+    "prepare",
+    "run_forked",
+    "serve",
+    "stored_size",
+]
 
 # The ProcessingError kinds that cross the pipe; a plugin's own subclass arrives as its nearest one.
 ERROR_KINDS: dict[str, type[ProcessingError]] = {
@@ -137,15 +146,26 @@ class _ProgressRelay:
         self._writer.message(Progress(done_f, total_f, str(message)))
 
 
+def stored_size(text: str, chunk: int = 1 << 20) -> int:
+    """Bytes ``text`` takes inside the stored result: JSON with ASCII escapes, as Celery writes it.
+
+    Never less than its UTF-8 size (``ж`` is 2 bytes in UTF-8, 6 as ``\\u0436``); counted a slice at a
+    time, so the count costs a megabyte or two, not a copy of the text.
+    """
+    return sum(len(json.dumps(text[i : i + chunk])) - 2 for i in range(0, len(text), chunk))
+
+
 def _send_result(writer: FrameWriter, content: ProcessedContent, max_output_bytes: int) -> None:
     markdown = content.markdown
-    if len(markdown) > max_output_bytes:  # at least one byte per character: over without encoding it
+    if len(markdown) > max_output_bytes:  # at least one byte per character: over without counting
         writer.message(LimitReached(Limit.OUTPUT, len(markdown)))
         return
-    data = markdown.encode("utf-8", "surrogatepass")
-    if len(data) > max_output_bytes:
-        writer.message(LimitReached(Limit.OUTPUT, len(data)))
+    # The limit is on what Redis stores and the hub serves, so a hub's cap a little above it always
+    # passes a result the worker accepted; the UTF-8 sent on the pipe is never larger.
+    if (size := stored_size(markdown)) > max_output_bytes:
+        writer.message(LimitReached(Limit.OUTPUT, size))
         return
+    data = markdown.encode("utf-8", "surrogatepass")
     try:
         writer.message(Done(len(data), dict(content.metadata)))
     except WireError:

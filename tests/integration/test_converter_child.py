@@ -153,7 +153,8 @@ def test_a_slow_conversion_is_killed_at_the_deadline(tmp_path: Path) -> None:
     assert gone(int((tmp_path / "pid").read_text()))
 
 
-@pytest.mark.parametrize("text", ["x" * (MIB + 1), "€" * (MIB // 3 + 1)])  # the second: 1 MiB in UTF-8 only
+# Over 1 MiB: as characters; in UTF-8 only; as stored (JSON escapes: 6 bytes a character) only.
+@pytest.mark.parametrize("text", ["x" * (MIB + 1), "€" * (MIB // 3 + 1), "ж" * (MIB // 6 + 1)])
 def test_output_over_the_limit_is_refused_before_it_is_sent(text: str) -> None:
     with pytest.raises(ConverterLimitReached) as caught:
         convert(lambda *_: ProcessedContent(text, {}))

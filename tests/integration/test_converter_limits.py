@@ -24,6 +24,7 @@ pytestmark = pytest.mark.integration
 
 USER = "bomber"
 SPAWN_USER = "bomber-spawn"
+BIG_USER = "big-results"
 LIMITS = {"MORAG_CONVERTER_MEMORY_MB": "128", "MORAG_CONVERTER_DEADLINE_S": "8", "MORAG_MAX_OUTPUT_MB": "1"}
 
 
@@ -108,4 +109,18 @@ def test_the_spawn_path_keeps_the_limits_too(stack: Stack, tmp_path: Path) -> No
     result = run(client, tmp_path, "cells.csv", csv_of_empty_cells(8))
     assert result["error_message"].startswith("The conversion needed more than 128 MB of memory"), result
     converts_normally(client, tmp_path)
+    assert peak_mib(proc) < 1024
+
+
+def test_the_largest_result_allowed_passes_worker_and_hub_and_the_pool_child_stays_small(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """At the default limits: 60 MB of text (61 MB stored) comes back whole through the hub's 80 MB cap."""
+    api_key = stack.key(BIG_USER)
+    proc = stack.start_worker(BIG_USER, api_key)
+    line = b"All work and no play makes Jack a dull boy; " * 2 + b"\n"
+    text = line * (60 * 1024 * 1024 // len(line))
+    result = run(stack.client(api_key), tmp_path, "long.txt", text, timeout=300)
+    assert result["success"], result["error_message"]
+    assert result["content"] == text.decode().strip() + "\n"
     assert peak_mib(proc) < 1024

@@ -8,6 +8,7 @@ The parent's loop is driven with a fake child whose "pipe" is a byte buffer writ
 from __future__ import annotations
 
 import io
+import json
 import signal
 import struct
 import threading
@@ -23,6 +24,7 @@ from morag_worker.core.processing.sandbox import (
     ConverterSandbox,
     ExitStatus,
 )
+from morag_worker.core.processing.sandbox_child import stored_size
 from morag_worker.core.processing.sandbox_wire import (
     MAX_MESSAGE_BYTES,
     Content,
@@ -143,6 +145,13 @@ def test_anything_but_the_closed_set_of_messages_is_refused(data: bytes, says: s
 def test_a_message_over_a_megabyte_is_not_sent() -> None:
     with pytest.raises(WireError, match="over the"):
         FrameWriter(io.BytesIO().write).message(Done(1, {"huge": "x" * MAX_MESSAGE_BYTES}))
+
+
+def test_output_is_counted_as_it_will_be_stored() -> None:
+    text = 'ж"\n€ \U0001f600 plain'
+    assert stored_size(text) == len(json.dumps(text)) - 2 == 6 + 2 + 2 + 6 + 1 + 12 + 6
+    long = "ab\n" * 1_000_000
+    assert stored_size(long, chunk=4096) == len(json.dumps(long)) - 2
 
 
 # --- the parent's loop, with a fake child -----------------------------------------------------------
