@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import signal
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -38,7 +40,7 @@ from morag_worker.core.processing.sandbox_wire import Limit
 from morag_worker.core.processing.winjob import JobObject
 from tests.conftest import SAMPLES
 from tests.fakes import FakeKernel32
-from tests.processes import wait_for
+from tests.processes import Proc, base_env, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")]
 
@@ -286,3 +288,40 @@ def test_a_spawned_childs_processing_error_keeps_its_kind(tmp_path: Path) -> Non
     with pytest.raises(ProcessingError) as caught:
         spawn_convert(broken)
     assert type(caught.value) is CorruptInput and "not valid JSON" in caught.value.message
+
+
+ORPHAN_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+from morag_worker.core.processing import ProcessedContent
+from morag_worker.core.processing.sandbox import ConversionRequest, ConverterSandbox, StartMethod
+
+class Sleeper:
+    name = "sleeper"
+    def process(self, path, options, progress):
+        Path(sys.argv[1]).write_text(str(os.getpid()))
+        time.sleep(120)
+        return ProcessedContent("late", {})
+
+ConverterSandbox(start=StartMethod.FORK).convert(Sleeper(), ConversionRequest(Path("x")), lambda *a: None)
+"""
+
+
+def zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_a_converter_child_dies_with_the_pool_process_that_started_it(tmp_path: Path) -> None:
+    """A pool child killed mid-conversion (a hard time limit, a cold stop) leaves no converter behind."""
+    pid_file = tmp_path / "converter.pid"
+    parent = Proc([sys.executable, "-c", ORPHAN_SCRIPT, str(pid_file)], env=base_env(), name="pool stand-in")
+    try:
+        converter = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), what="the converter"))
+        assert not gone(converter)
+        os.kill(parent.pid, signal.SIGKILL)
+        wait_for(lambda: gone(converter) or zombie(converter), timeout=10, what="the converter child to die")
+    finally:
+        parent.stop()
