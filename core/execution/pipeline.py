@@ -1,9 +1,10 @@
 """One task from arguments to result: validate, download, convert, map the outcome (DESIGN §2).
 
 The Celery tasks are thin wrappers around ``Pipeline``; everything here runs without a broker.
-Processing errors (corrupt or unsupported input, unsafe or oversized input) become a result with
-``success: false``; infrastructure errors (download failed after retries, checksum mismatch, no
-disk space) raise ``InfrastructureError`` so the task fails with that message.
+Processing errors (corrupt or unsupported input, unsafe or oversized input, a converter limit reached)
+become a result with ``success: false``; infrastructure errors (download failed after retries,
+checksum mismatch, no disk space) raise ``InfrastructureError`` so the task fails with that message.
+Conversions run in converter children under the worker's limits (``Pipeline.sandbox``).
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ class Pipeline:
             processed = processor.process(path, request.options, reporter.processing)
         else:
             job = ConversionRequest(path, request.options, content_type, filename, name_from_path)
-            processed = self.sandbox.convert(processor, job, reporter.processing)
+            processed = self.sandbox.convert(processor, job, reporter.processing, self.cancel_event)
         metadata = dict(processed.metadata)
         metadata.setdefault("processor", processor.name)
         return TaskResult(success=True, content=processed.markdown, metadata=metadata)

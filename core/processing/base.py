@@ -1,9 +1,10 @@
 """What every processor shares: its protocol, its result, its errors, and the progress callback.
 
-A processor turns one local file into markdown plus metadata. It runs on the thread of the Celery task that
-called it, in the worker's child process. It reports progress through a :data:`ProgressFn`, which is also the
-cooperative cancellation checkpoint: the callback may raise (:class:`TaskCancelled` or any other exception),
-and a processor calls it between pages or other units of work and lets whatever it raises propagate.
+A processor turns one local file into markdown plus metadata. In a worker it runs in a converter child
+process with limits (:mod:`.sandbox`), on that child's only thread. It reports progress through a
+:data:`ProgressFn`, which is also the cooperative cancellation checkpoint: the callback may raise
+(:class:`TaskCancelled` or any other exception), and a processor calls it between pages or other units of
+work and lets whatever it raises propagate.
 
 Errors that are the input's fault (damaged file, unsupported type, nothing to extract) are
 :class:`ProcessingError` subclasses whose message is shown to a person as the task's ``error_message``;

@@ -39,7 +39,13 @@ from typing import IO, Any, Protocol
 import structlog
 
 from morag_worker.core.config.settings import ConverterLimits
-from morag_worker.core.processing.base import ProcessedContent, ProcessingError, Processor, ProgressFn
+from morag_worker.core.processing.base import (
+    ProcessedContent,
+    ProcessingError,
+    Processor,
+    ProgressFn,
+    TaskCancelled,
+)
 from morag_worker.core.processing.sandbox_child import ERROR_KINDS, prepare, run_forked
 from morag_worker.core.processing.sandbox_wire import (
     ChildMessage,
@@ -275,9 +281,16 @@ class ConverterSandbox:
             self.job_factory = lambda limit: JobObject(windows_kernel32(), limit)
 
     def convert(
-        self, processor: Processor, request: ConversionRequest, progress: ProgressFn
+        self,
+        processor: Processor,
+        request: ConversionRequest,
+        progress: ProgressFn,
+        cancel: threading.Event | None = None,
     ) -> ProcessedContent:
         """Run ``processor`` on ``request.path`` in a converter child (in-process if not ``isolated``).
+
+        ``cancel``, when set, stops the conversion within a quarter of a second even while the child
+        reports nothing (a long page): the child is killed and :class:`TaskCancelled` raised.
 
         Raises:
             ProcessingError: The input's fault, as the processor raised it (same kind, same message).
@@ -291,7 +304,7 @@ class ConverterSandbox:
         started = self.clock()
         child = self._start(processor, request)
         try:
-            return self._follow(child, progress, started)
+            return self._follow(child, progress, started, cancel)
         finally:
             child.close()
 
@@ -362,7 +375,9 @@ class ConverterSandbox:
             raise
         return _SpawnedChild(process, job)
 
-    def _follow(self, child: _Child, progress: ProgressFn, started: float) -> ProcessedContent:
+    def _follow(
+        self, child: _Child, progress: ProgressFn, started: float, cancel: threading.Event | None = None
+    ) -> ProcessedContent:
         frames: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_FRAMES)
         stop = threading.Event()
         reader = threading.Thread(
@@ -380,6 +395,9 @@ class ConverterSandbox:
                 if remaining <= 0:
                     child.kill()
                     raise self._time_limit()
+                if cancel is not None and cancel.is_set():
+                    child.kill()
+                    raise TaskCancelled("stopped by the contributor")
                 try:
                     item = frames.get(timeout=min(remaining, _POLL_S))
                 except queue.Empty:

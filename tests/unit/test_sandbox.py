@@ -265,6 +265,16 @@ def test_a_cancelling_progress_callback_kills_the_child_and_propagates() -> None
     assert child.killed
 
 
+def test_stop_now_reaches_a_child_that_reports_nothing() -> None:
+    child = FakeChild(frames(Progress(1, 10, "page 2 of 10")), block=True)
+    cancel = threading.Event()
+    sandbox = ConverterSandbox(ConverterLimits(deadline_s=30))
+    # "Stop now" is pressed after the last report; the child then stays silent (it blocks).
+    with pytest.raises(TaskCancelled, match="stopped by the contributor"):
+        sandbox._follow(child, lambda *a: cancel.set(), sandbox.clock(), cancel)  # type: ignore[arg-type]
+    assert child.killed
+
+
 @pytest.mark.parametrize(
     ("data", "says"),
     [
