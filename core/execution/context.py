@@ -32,6 +32,16 @@ log = structlog.get_logger(__name__)
 CONVERTER_START_ENV = "MORAG_CONVERTER_START"  # fork or spawn; tests run the spawn path on Linux
 
 
+def _start_method(raw: str) -> StartMethod:
+    if not raw:
+        return default_start_method()
+    try:
+        return StartMethod(raw.lower())
+    except ValueError:
+        choices = " or ".join(m.value for m in StartMethod)
+        raise ValueError(f"{CONVERTER_START_ENV} must be {choices}, not {raw[:40]!r}") from None
+
+
 class WorkerRuntime:
     """The worker's role and collaborators, configured once from the environment."""
 
@@ -44,7 +54,7 @@ class WorkerRuntime:
         # Read once, so a bad value stops the worker at start-up rather than failing every task.
         self.download_limits = DownloadLimits.from_env(self._env)
         self.converter_limits = ConverterLimits.from_env(self._env)
-        self.converter_start = StartMethod(self._env.get(CONVERTER_START_ENV) or default_start_method())
+        self.converter_start = _start_method(self._env.get(CONVERTER_START_ENV, "").strip())
         self.cancel_event = threading.Event()
         self.extra_sinks: list[ProgressSink] = []
         # The supervisor's progress channel (MORAG_PROGRESS_FD), when one was handed down.

@@ -23,6 +23,8 @@ from morag_worker.core.processing.sandbox import (
     ConverterLimitReached,
     ConverterSandbox,
     ExitStatus,
+    StartMethod,
+    default_start_method,
 )
 from morag_worker.core.processing.sandbox_child import stored_size
 from morag_worker.core.processing.sandbox_wire import (
@@ -82,6 +84,17 @@ def test_limits_have_safe_defaults_and_read_the_environment() -> None:
 def test_a_bad_limit_names_its_variable(name: str, raw: str, says: str) -> None:
     with pytest.raises(SettingsError, match=f"{name} {says}"):
         ConverterLimits.from_env({name: raw})
+
+
+def test_the_worker_reads_its_converter_settings_once_with_clear_errors() -> None:
+    from morag_worker.core.execution.context import WorkerRuntime
+
+    runtime = WorkerRuntime({"MORAG_CONVERTER_START": "Spawn", "MORAG_MAX_OUTPUT_MB": "2"})
+    assert runtime.converter_start is StartMethod.SPAWN
+    assert runtime.converter_limits.max_output_bytes == 2 * MIB
+    assert WorkerRuntime({}).converter_start is default_start_method()
+    with pytest.raises(ValueError, match="MORAG_CONVERTER_START must be fork or spawn, not 'thread'"):
+        WorkerRuntime({"MORAG_CONVERTER_START": "thread"})
 
 
 # --- the wire ---------------------------------------------------------------------------------------
