@@ -258,8 +258,12 @@ def _spawned_convert(request: Mapping[str, Any]) -> Callable[[ProgressFn], Proce
 
 def main() -> int:
     """The spawned converter child: one JSON request on stdin, frames on (the original) stdout."""
-    channel = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # whatever a parser prints cannot corrupt a frame
+    channel = os.fdopen(os.dup(1), "wb", buffering=0)
+    try:
+        errors = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no console (a windowed parent): print into nothing
+        errors = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(errors, 1)  # whatever a parser prints cannot corrupt a frame
     request = json.loads(sys.stdin.buffer.read(MAX_REQUEST_BYTES))
     die_with_parent()
     if request.get("limit_memory_here"):
