@@ -305,6 +305,9 @@ class ConverterSandbox:
         child = self._start(processor, request)
         try:
             return self._follow(child, progress, started, cancel)
+        except ConverterLimitReached as exc:
+            log.warning("converter.limit_reached", limit=exc.limit.value, processor=processor.name)
+            raise
         finally:
             child.close()
 
