@@ -480,7 +480,7 @@ class ConverterSandbox:
         )
 
     def _output_limit(self, size: int | None) -> ConverterLimitReached:
-        produced = f" ({_mb(size)} MB)" if size else ""
+        produced = f" ({_mb(size)} MB)" if size and _mb(size) != _mb(self.limits.max_output_bytes) else ""
         return ConverterLimitReached(
             Limit.OUTPUT,
             f"The conversion produced output larger than {_mb(self.limits.max_output_bytes)} MB{produced}, "

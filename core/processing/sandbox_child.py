@@ -32,11 +32,13 @@ from typing import Any
 from morag_worker.core.processing.base import (
     CorruptInput,
     EmptyContent,
+    OutputTooLarge,
     ProcessedContent,
     ProcessingError,
     Processor,
     ProgressFn,
     UnsupportedContent,
+    WithOutputLimit,
 )
 from morag_worker.core.processing.sandbox_wire import (
     Crashed,
@@ -188,6 +190,8 @@ def serve(
             out_of_memory = True  # reported below, once the frames holding the memory are gone
         except BrokenPipeError:
             return EXIT_PARENT_GONE
+        except OutputTooLarge as exc:
+            writer.message(LimitReached(Limit.OUTPUT, exc.size))
         except ProcessingError as exc:
             writer.message(Failed(_error_kind(exc), exc.message))
         except Exception as exc:  # noqa: BLE001 - any other failure is reported by type and message
@@ -231,7 +235,8 @@ def run_forked(
         die_with_parent()
         limit_memory(memory_bytes)
         writer = FrameWriter(lambda data: os.write(write_fd, data))
-        code = serve(lambda progress: processor.process(path, options, progress), writer, max_output_bytes)
+        limited = WithOutputLimit(options, max_output_bytes)
+        code = serve(lambda progress: processor.process(path, limited, progress), writer, max_output_bytes)
     except BaseException:  # noqa: BLE001 - nothing may escape a forked child
         code = EXIT_BROKEN
     finally:
@@ -242,7 +247,7 @@ def _spawned_convert(request: Mapping[str, Any]) -> Callable[[ProgressFn], Proce
     from morag_worker.core.processing.registry import ProcessorRegistry
 
     path = Path(str(request["path"]))
-    options = request.get("options") or {}
+    options = WithOutputLimit(request.get("options") or {}, int(request["max_output_bytes"]))
 
     def convert(progress: ProgressFn) -> ProcessedContent:
         processor = ProcessorRegistry.default().resolve(

@@ -38,6 +38,7 @@ from morag_worker.core.processing.sandbox import (
 )
 from morag_worker.core.processing.sandbox_wire import Limit
 from morag_worker.core.processing.winjob import JobObject
+from tests.bombs import pdf_shared_stream
 from tests.conftest import SAMPLES
 from tests.fakes import FakeKernel32
 from tests.processes import Proc, base_env, wait_for
@@ -162,6 +163,20 @@ def test_output_over_the_limit_is_refused_before_it_is_sent(text: str) -> None:
         convert(lambda *_: ProcessedContent(text, {}))
     assert caught.value.limit is Limit.OUTPUT
     assert "output larger than 1 MB" in caught.value.message
+
+
+def test_a_pdf_whose_pages_share_one_content_stream_stops_at_the_output_limit(tmp_path: Path) -> None:
+    """Issue 10's bomb: its text grows by a page at a time, and the PDF processor stops once it is over."""
+    bomb = tmp_path / "shared.pdf"
+    bomb.write_bytes(pdf_shared_stream(pages=3000, lines=1000))  # 126 MB of text; about 90 s to extract
+    processor = ProcessorRegistry.default().resolve(None, None, bomb)
+    started = time.monotonic()
+    with pytest.raises(ConverterLimitReached) as caught:
+        ConverterSandbox(ConverterLimits(max_output_bytes=MIB, deadline_s=60), StartMethod.FORK).convert(
+            processor, ConversionRequest(bomb), lambda *a: None
+        )
+    assert caught.value.limit is Limit.OUTPUT, caught.value.message
+    assert time.monotonic() - started < 20
 
 
 def test_stop_now_kills_the_child_and_the_cancellation_propagates(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from morag_worker.core.config.settings import ConverterLimits, SettingsError
 from morag_worker.core.processing import CorruptInput, EmptyContent, ProcessingError, TaskCancelled
+from morag_worker.core.processing.base import OutputTooLarge, WithOutputLimit, check_output
 from morag_worker.core.processing.sandbox import (
     ConverterCrashed,
     ConverterLimitReached,
@@ -165,6 +166,19 @@ def test_output_is_counted_as_it_will_be_stored() -> None:
     assert stored_size(text) == len(json.dumps(text)) - 2 == 6 + 2 + 2 + 6 + 1 + 12 + 6
     long = "ab\n" * 1_000_000
     assert stored_size(long, chunk=4096) == len(json.dumps(long)) - 2
+
+
+def test_only_a_converter_childs_options_carry_the_output_limit() -> None:
+    check_output({"max_output_bytes": 1}, 10**9)  # a plain mapping: no limit, whatever its keys
+    options = WithOutputLimit({"charset": "utf-8", "max_output_bytes": 10**12}, 100)
+    assert options.get("charset") == "utf-8" and dict(options) == {
+        "charset": "utf-8",
+        "max_output_bytes": 10**12,
+    }
+    check_output(options, 100)
+    with pytest.raises(OutputTooLarge) as caught:
+        check_output(options, 101)
+    assert caught.value.size == 101
 
 
 # --- the parent's loop, with a fake child -----------------------------------------------------------
