@@ -33,6 +33,7 @@ from morag_worker.core.processing.base import (
     ProgressFn,
     UnsupportedContent,
     a_file,
+    check_output,
     damaged,
     finish,
     guarded,
@@ -438,9 +439,12 @@ class XlsxProcessor:
                 workbook = load_workbook(stream, read_only=True, data_only=True)
             except Exception as exc:
                 raise damaged(self._what, self._kind, exc) from exc
-            return self._convert(workbook, facts, progress)
+            return self._convert(workbook, facts, progress, options)
 
-    def _convert(self, workbook: Any, facts: ZipFacts, progress: ProgressFn) -> ProcessedContent:
+    def _convert(
+        self, workbook: Any, facts: ZipFacts, progress: ProgressFn, options: Mapping[str, Any]
+    ) -> ProcessedContent:
+        chars = 0
         try:
             sheets = list(workbook.worksheets)
             parts: list[str] = []
@@ -452,7 +456,10 @@ class XlsxProcessor:
                 ):
                     if count and count % _ROWS_PER_CHECKPOINT == 0:
                         progress(index, len(sheets), f"sheet {index + 1} of {len(sheets)}: {count} rows")
-                    rows.append([_cell(value) for value in row])
+                        check_output(options, chars)  # a sheet of millions of rows stops at the limit
+                    cells = [_cell(value) for value in row]
+                    chars += sum(map(len, cells))
+                    rows.append(cells)
                 table = markdown_table(rows)
                 if table:
                     parts.append(f"## {sheet.title}\n\n{table}")

@@ -12,6 +12,7 @@ import json
 import signal
 import struct
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,6 +51,7 @@ from morag_worker.core.processing.winjob import (
     JobObject,
     JobObjectError,
 )
+from tests.bombs import pdf_shared_stream
 from tests.fakes import FakeKernel32
 
 pytestmark = pytest.mark.unit
@@ -179,6 +181,28 @@ def test_only_a_converter_childs_options_carry_the_output_limit() -> None:
     with pytest.raises(OutputTooLarge) as caught:
         check_output(options, 101)
     assert caught.value.size == 101
+
+
+def test_pdf_and_xlsx_stop_as_soon_as_their_text_is_over_the_limit(tmp_path: Path) -> None:
+    from openpyxl import Workbook
+
+    from morag_worker.core.processing.office import XlsxProcessor
+    from morag_worker.core.processing.pdf import PdfProcessor
+
+    pdf = tmp_path / "shared.pdf"
+    pdf.write_bytes(pdf_shared_stream(pages=50, lines=100))  # 4,200 characters a page
+    pages: list[float] = []
+    with pytest.raises(OutputTooLarge):
+        PdfProcessor().process(pdf, WithOutputLimit({}, 10_000), lambda done, total, msg: pages.append(done))
+    assert max(pages) == 2  # the third page passed 10,000 characters
+    workbook = Workbook(write_only=True)
+    sheet = workbook.create_sheet("rows")
+    for i in range(5000):
+        sheet.append([i, "some text in a cell"])
+    workbook.save(tmp_path / "rows.xlsx")
+    with pytest.raises(OutputTooLarge) as caught:
+        XlsxProcessor().process(tmp_path / "rows.xlsx", WithOutputLimit({}, 10_000), lambda *a: None)
+    assert caught.value.size < 50_000  # stopped at the first checkpoint past the limit (1,000 rows)
 
 
 # --- the parent's loop, with a fake child -----------------------------------------------------------
