@@ -11,9 +11,10 @@
 - **errors**: a ``ProcessingError`` arrives as the same kind with the same message, anything else as
   :class:`ConverterCrashed`. Only small typed messages cross (:mod:`.sandbox_wire`): nothing is unpickled.
 
-Starting: ``fork`` on POSIX (about 2 ms: the child inherits the worker's imports; :meth:`convert`
-imports the processor's parser in the worker first, once, so no child pays for it), ``spawn`` on
-Windows (``python -m morag_worker.core.processing.sandbox_child``). The parent never holds more than
+Starting (:mod:`.sandbox_process`): ``fork`` on POSIX (a few milliseconds: the child inherits the
+worker's imports; :meth:`convert` imports the processor's parser in the worker first, once, so no
+child pays for it), ``spawn`` on Windows (``python -m morag_worker.core.processing.sandbox_child``,
+in a Job object). The parent never holds more than
 the capped text. Processors that must keep state between tasks (the Whisper model on a GPU) declare
 ``isolated = False`` and run in-process as before. Runs on the calling task's thread, plus one reader
 thread per conversion.
@@ -21,20 +22,14 @@ thread per conversion.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import queue
 import signal
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
-from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 import structlog
 
@@ -46,7 +41,17 @@ from morag_worker.core.processing.base import (
     ProgressFn,
     TaskCancelled,
 )
-from morag_worker.core.processing.sandbox_child import ERROR_KINDS, prepare, run_forked
+from morag_worker.core.processing.sandbox_child import ERROR_KINDS
+from morag_worker.core.processing.sandbox_process import (
+    SPAWN_BASELINE_BYTES,
+    ConversionRequest,
+    ConverterChild,
+    ExitStatus,
+    StartMethod,
+    default_start_method,
+    fork_child,
+    spawn_child,
+)
 from morag_worker.core.processing.sandbox_wire import (
     ChildMessage,
     Content,
@@ -62,6 +67,7 @@ from morag_worker.core.processing.sandbox_wire import (
 from morag_worker.core.processing.winjob import JobObject, windows_kernel32
 
 __all__ = [
+    "SPAWN_BASELINE_BYTES",
     "ConversionRequest",
     "ConverterCrashed",
     "ConverterLimitReached",
@@ -73,22 +79,9 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-SPAWN_BASELINE_BYTES = 256 * 1024 * 1024  # a spawned child's interpreter and imports, on top of the limit
 _POLL_S = 0.25
 _REAP_S = 5.0
 _QUEUE_FRAMES = 16
-
-
-class StartMethod(StrEnum):
-    """How a converter child starts."""
-
-    FORK = "fork"
-    SPAWN = "spawn"
-
-
-def default_start_method() -> StartMethod:
-    """``fork`` where there is one (cheap, inherits the imports), ``spawn`` on Windows."""
-    return StartMethod.FORK if hasattr(os, "fork") else StartMethod.SPAWN
 
 
 class ConverterLimitReached(ProcessingError):
@@ -101,131 +94,6 @@ class ConverterLimitReached(ProcessingError):
 
 class ConverterCrashed(ProcessingError):
     """The converter child failed in a way that is not the input's ``ProcessingError``."""
-
-
-@dataclass(frozen=True)
-class ConversionRequest:
-    """One file to convert, with what a spawned child needs to resolve its processor again."""
-
-    path: Path
-    options: Mapping[str, Any] = field(default_factory=dict)
-    content_type: str | None = None
-    filename: str | None = None
-    name_from_path: bool = True
-
-
-@dataclass(frozen=True)
-class ExitStatus:
-    """How a child ended: an exit code, or the signal that killed it (both None: unknown)."""
-
-    code: int | None = None
-    signal: int | None = None
-
-    @classmethod
-    def from_returncode(cls, returncode: int) -> ExitStatus:
-        return cls(signal=-returncode) if returncode < 0 else cls(code=returncode)
-
-    def describe(self) -> str:
-        if self.signal is not None:
-            try:
-                return f"killed by {signal.Signals(self.signal).name}"
-            except ValueError:
-                return f"killed by signal {self.signal}"
-        return f"exit code {self.code}" if self.code is not None else "an unknown exit status"
-
-
-class _Child(Protocol):
-    """A started converter child: its frame stream, and how to wait for it and to end it."""
-
-    stream: IO[bytes]
-
-    def wait(self, timeout: float | None) -> ExitStatus | None: ...
-
-    def kill(self) -> None: ...
-
-    def reached_memory_limit(self) -> bool: ...
-
-    def close(self) -> None: ...
-
-
-# Read ends of the pipes of conversions running in this process: a child forked by another thread
-# closes them, so that each pipe's only writer is its own child and EOF means that child ended.
-_fork_lock = threading.Lock()
-_open_read_fds: set[int] = set()
-
-
-class _ForkedChild:
-    def __init__(self, pid: int, read_fd: int) -> None:
-        self.pid = pid
-        self._read_fd = read_fd
-        self.stream: IO[bytes] = os.fdopen(read_fd, "rb")
-        self._status: ExitStatus | None = None
-
-    def _reap(self, flags: int) -> ExitStatus | None:
-        if self._status is None:
-            try:
-                pid, raw = os.waitpid(self.pid, flags)
-            except ChildProcessError:  # reaped elsewhere: the status is lost
-                self._status = ExitStatus()
-                return self._status
-            if pid == 0:
-                return None
-            self._status = ExitStatus.from_returncode(os.waitstatus_to_exitcode(raw))
-        return self._status
-
-    def wait(self, timeout: float | None) -> ExitStatus | None:
-        if timeout is None:
-            return self._reap(0)
-        deadline = time.monotonic() + timeout
-        while (status := self._reap(os.WNOHANG)) is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return status
-
-    def kill(self) -> None:
-        if self._status is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-
-    def reached_memory_limit(self) -> bool:
-        return False  # RLIMIT_AS makes allocations fail in the child, which then says so itself
-
-    def close(self) -> None:
-        self.kill()
-        self.wait(None)
-        with _fork_lock:
-            _open_read_fds.discard(self._read_fd)
-        self.stream.close()
-
-
-class _SpawnedChild:
-    def __init__(self, process: subprocess.Popen[bytes], job: JobObject | None) -> None:
-        self._process = process
-        self._job = job
-        assert process.stdout is not None
-        self.stream: IO[bytes] = process.stdout
-
-    def wait(self, timeout: float | None) -> ExitStatus | None:
-        try:
-            return ExitStatus.from_returncode(self._process.wait(timeout))
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill(self) -> None:
-        if self._process.poll() is None:
-            if self._job is not None:
-                self._job.terminate()
-            with contextlib.suppress(OSError):
-                self._process.kill()
-
-    def reached_memory_limit(self) -> bool:
-        return self._job is not None and self._job.reached_limit()
-
-    def close(self) -> None:
-        self.kill()
-        self._process.wait()
-        self.stream.close()
-        if self._job is not None:
-            self._job.close()
 
 
 _EOF = object()
@@ -321,65 +189,17 @@ class ConverterSandbox:
                 log.info("converter.preload_failed", processor=processor.name, error=repr(exc))
             self._preloaded.add(id(processor))
 
-    def _start(self, processor: Processor, request: ConversionRequest) -> _Child:
+    def _start(self, processor: Processor, request: ConversionRequest) -> ConverterChild:
         if self.start is StartMethod.FORK:
-            return self._fork(processor, request)
-        return self._spawn(request)
-
-    def _fork(self, processor: Processor, request: ConversionRequest) -> _Child:
-        prepare()
-        with _fork_lock:
-            read_fd, write_fd = os.pipe()
-            others = sorted(_open_read_fds)
-            pid = os.fork()
-            if pid == 0:  # the child: never returns
-                os.close(read_fd)
-                run_forked(
-                    write_fd,
-                    others,
-                    processor,
-                    request.path,
-                    request.options,
-                    self.limits.memory_bytes,
-                    self.limits.max_output_bytes,
-                )
-            os.close(write_fd)
-            _open_read_fds.add(read_fd)
-        return _ForkedChild(pid, read_fd)
-
-    def _spawn(self, request: ConversionRequest) -> _Child:
-        argv = [sys.executable, "-m", "morag_worker.core.processing.sandbox_child"]
-        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)
-        process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, creationflags=flags)
-        job: JobObject | None = None
-        try:
-            if self.job_factory is not None:
-                job = self.job_factory(self.limits.memory_bytes + SPAWN_BASELINE_BYTES)
-                job.assign(process.pid)  # before the child reads its request, so before any input
-            payload = {
-                "path": str(request.path),
-                "options": dict(request.options),
-                "content_type": request.content_type,
-                "filename": request.filename,
-                "name_from_path": request.name_from_path,
-                "memory_bytes": self.limits.memory_bytes,
-                "max_output_bytes": self.limits.max_output_bytes,
-                "limit_memory_here": job is None,
-            }
-            stdin: IO[bytes] | None = process.stdin
-            assert stdin is not None
-            stdin.write(json.dumps(payload, default=str).encode())
-            stdin.close()
-        except BaseException:
-            process.kill()
-            process.wait()
-            if job is not None:
-                job.close()
-            raise
-        return _SpawnedChild(process, job)
+            return fork_child(processor, request, self.limits)
+        return spawn_child(request, self.limits, self.job_factory)
 
     def _follow(
-        self, child: _Child, progress: ProgressFn, started: float, cancel: threading.Event | None = None
+        self,
+        child: ConverterChild,
+        progress: ProgressFn,
+        started: float,
+        cancel: threading.Event | None = None,
     ) -> ProcessedContent:
         frames: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_FRAMES)
         stop = threading.Event()
@@ -447,7 +267,7 @@ class ConverterSandbox:
         detail = f"{message.error_type}: {message.message}" if message.message else message.error_type
         return ConverterCrashed(f"The converter failed unexpectedly ({detail}).")
 
-    def _died(self, child: _Child, deadline: float) -> ProcessingError:
+    def _died(self, child: ConverterChild, deadline: float) -> ProcessingError:
         status = child.wait(max(0.0, min(deadline - self.clock(), _REAP_S)))
         if status is None:  # it closed its pipe but lives on
             child.kill()
