@@ -62,6 +62,12 @@ def _non_negative(value: int) -> int:
 
 HUB_BOUNDS: tuple[tuple[str, _Kind, float, str], ...] = (
     ("max-json-kb", _COUNT, 1024, "body cap of non-upload routes, in KiB"),
+    (
+        "max-result-mb",
+        _COUNT,
+        80,
+        "answer 413 instead of reading a stored task result larger than this, in MiB",
+    ),
     ("header-timeout", _SECONDS, 10, "close a connection whose request headers are not complete in time"),
     ("body-timeout", _SECONDS, 30, "answer 408 when a request body stalls this long"),
     (

@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from morag_worker.core.config.settings import ConverterLimits
 from morag_worker.core.execution.celery_config import time_limits_from_env
 from morag_worker.core.execution.health.hub_outage import OutageBoard
 from morag_worker.core.execution.pipeline import Pipeline
@@ -23,6 +24,7 @@ from morag_worker.core.execution.progress_channel import ChannelWriter, summariz
 from morag_worker.core.execution.progress_reporter import ProgressReporter, ProgressSink
 from morag_worker.core.logging import register_secret
 from morag_worker.core.processing import ProcessorRegistry, TaskCancelled
+from morag_worker.core.processing.sandbox import ConverterSandbox, StartMethod, default_start_method
 from morag_worker.core.results import ProgressMeta, TaskOutcome, TaskResult
 from morag_worker.core.transfer.downloader import Downloader, DownloadLimits
 
@@ -43,6 +45,19 @@ class FinishedTask:
     processing_time: float | None = None
 
 
+CONVERTER_START_ENV = "MORAG_CONVERTER_START"  # fork or spawn; tests run the spawn path on Linux
+
+
+def _start_method(raw: str) -> StartMethod:
+    if not raw:
+        return default_start_method()
+    try:
+        return StartMethod(raw.lower())
+    except ValueError:
+        choices = " or ".join(m.value for m in StartMethod)
+        raise ValueError(f"{CONVERTER_START_ENV} must be {choices}, not {raw[:40]!r}") from None
+
+
 class WorkerRuntime:
     """The worker's role and collaborators, configured once from the environment."""
 
@@ -54,6 +69,8 @@ class WorkerRuntime:
         register_secret(self.api_key)
         # Read once, so a bad value stops the worker at start-up rather than failing every task.
         self.download_limits = download_limits(self._env)
+        self.converter_limits = ConverterLimits.from_env(self._env)
+        self.converter_start = _start_method(self._env.get(CONVERTER_START_ENV, "").strip())
         self.cancel_event = threading.Event()
         # Shared with the pool processes forked later: downloads mark hub outages, the main
         # process pauses its consumer meanwhile (hub_outage.py).
@@ -86,6 +103,7 @@ class WorkerRuntime:
                     temp_root=self.temp_root,
                     own_user_id=self.own_user_id,
                     cancel_event=self.cancel_event,
+                    sandbox=ConverterSandbox(self.converter_limits, self.converter_start),
                 )
             return self._pipeline
 

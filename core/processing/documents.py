@@ -107,6 +107,10 @@ class HtmlProcessor:
     name = "html"
     _what = "the HTML file"
 
+    def preload(self) -> None:
+        """Import markitdown's HTML converter in the worker, once, so converter children inherit it."""
+        import markitdown.converters  # noqa: F401
+
     def process(self, path: Path, options: Mapping[str, Any], progress: ProgressFn) -> ProcessedContent:
         """Decode (task charset, else ``<meta charset>``, else fallbacks) and convert to markdown."""
         from markitdown.converters import HtmlConverter
@@ -197,6 +201,11 @@ class StructuredTextProcessor:
             raise ValueError(f"unknown structured text format {fmt!r}")
         self.name = fmt
         self._what = f"the {fmt.upper()} file"
+
+    def preload(self) -> None:
+        """Import the XML parser in the worker, once, so converter children inherit it."""
+        if self.name == "xml":
+            import defusedxml.ElementTree  # noqa: F401
 
     def process(self, path: Path, options: Mapping[str, Any], progress: ProgressFn) -> ProcessedContent:
         """Convert the file; see the module docstring for what each format becomes."""

@@ -193,6 +193,11 @@ class WhisperProcessor:
     Options (besides the transcriber's): ``timestamps`` (default true) prefixes each segment with its start.
     """
 
+    # Runs in the worker, not in a converter child (core/processing/sandbox.py): the model is loaded once
+    # and kept between tasks, CUDA does not survive a fork, and a GPU's address space dwarfs RLIMIT_AS.
+    # Celery's task time limits still bound it.
+    isolated = False
+
     def __init__(self, transcriber: Transcriber, fmt: str = "audio") -> None:
         self.name = "whisper"
         self._fmt = fmt

@@ -27,6 +27,7 @@ from morag_worker.core.processing.base import (
     ProcessingError,
     ProgressFn,
     UnsupportedContent,
+    check_output,
     damaged,
     finish,
 )
@@ -57,6 +58,10 @@ class PdfProcessor:
 
     name = "pdf"
 
+    def preload(self) -> None:
+        """Import pypdf in the worker, once, so converter children inherit it."""
+        import pypdf  # noqa: F401
+
     def process(self, path: Path, options: Mapping[str, Any], progress: ProgressFn) -> ProcessedContent:
         """Extract the text layer of every page; see the module docstring for the error policy."""
         from pypdf import PdfReader
@@ -85,6 +90,7 @@ class PdfProcessor:
             raise EmptyContent(f"{_WHAT} has no pages")
 
         parts: list[str] = []
+        chars = 0
         empty_pages: list[int] = []
         for index in range(total):
             progress(index, total, f"page {index + 1} of {total}")
@@ -96,6 +102,8 @@ class PdfProcessor:
             text = text.strip()
             if text:
                 parts.append(text)
+                chars += len(text)
+                check_output(options, chars)  # pages sharing one huge content stream stop here
             else:
                 empty_pages.append(index + 1)
         progress(total, total, f"{total} pages extracted")

@@ -38,14 +38,19 @@ from morag_worker.core.execution.celery_config import (
 )
 from morag_worker.core.execution.health.presence import live_workers
 from morag_worker.core.naming import DEFAULT_QUEUE, WorkerType, acl_username, namespace_prefix, queue_name
-from morag_worker.core.results import ProgressMeta, TaskResult, TaskStage
-from morag_worker.core.routing import result_for_user, submit_task_for_user
+from morag_worker.core.routing import submit_task_for_user
 from morag_worker.core.server.acl import RedisAclHook
 from morag_worker.core.server.hub.connections import AddressGate
 from morag_worker.core.server.hub.guard import HubGuard, HubLimits
 from morag_worker.core.server.hub.maintenance import WATCHDOG_INTERVAL_S, HubMaintenance
 from morag_worker.core.server.hub.models import ModelShelf
 from morag_worker.core.server.hub.storage import FileStore, UploadTooLarge
+from morag_worker.core.server.hub.task_view import (
+    DEFAULT_MAX_RESULT_BYTES,
+    ResultReader,
+    ResultsBusy,
+    ResultTooLarge,
+)
 from morag_worker.core.server.hub.uploads import receive_upload
 from morag_worker.core.server.watchdog import Watchdog
 
@@ -75,6 +80,8 @@ class HubConfig:
     limits: HubLimits = field(default_factory=HubLimits)
     # Model folders served to workers (core/server/hub/models.py); None serves none.
     models_dir: Path | None = None
+    # Stored results over this are not read (core/server/hub/task_view.py).
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
 
 
 class TaskCreate(BaseModel):
@@ -121,6 +128,7 @@ def create_app(config: HubConfig, gate: AddressGate | None = None) -> FastAPI:
     limit refuses (``hub_protocol`` consults it as connections are accepted).
     """
     store = FileStore(config.storage_dir, config.max_upload_bytes)
+    results = ResultReader(config.max_result_bytes)
     state: dict[str, Any] = {}
 
     @asynccontextmanager
@@ -343,7 +351,13 @@ def create_app(config: HubConfig, gate: AddressGate | None = None) -> FastAPI:
         if not entry or entry.get("user_id") != key.user_id:
             raise HTTPException(404, "no such task")
         namespace_user = key.user_id if entry.get("remote") else None
-        return await run_in_threadpool(_task_view, task_id, namespace_user)
+        try:
+            return await run_in_threadpool(results.view, task_id, namespace_user)
+        except ResultTooLarge as exc:
+            log.warning("hub.result_too_large", user_id=key.user_id, task_id=task_id, size=exc.size)
+            raise HTTPException(413, str(exc)) from None
+        except ResultsBusy as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
 
     @app.get("/api/v1/workers")
     async def workers(key: Key) -> dict[str, Any]:
@@ -351,23 +365,3 @@ def create_app(config: HubConfig, gate: AddressGate | None = None) -> FastAPI:
         return {"user_id": key.user_id, "workers": [asdict(r) for r in records]}
 
     return app
-
-
-def _task_view(task_id: str, user_id: str | None) -> dict[str, Any]:
-    """The task's state, progress (while DOWNLOADING/PROCESSING) and result (once done)."""
-    async_result = result_for_user(task_id, user_id)
-    state = async_result.state
-    info = async_result.info
-    view: dict[str, Any] = {"task_id": task_id, "state": state, "progress": None, "result": None}
-    if state in (TaskStage.DOWNLOADING, TaskStage.PROCESSING):
-        meta = ProgressMeta.from_dict(info)
-        view["progress"] = meta.to_dict() if meta else None
-    elif state == "SUCCESS":
-        try:
-            view["result"] = TaskResult.from_dict(info).to_dict()
-        except ValueError:
-            view["result"] = None
-            view["error"] = "the worker returned something that is not a result object"
-    elif state == "FAILURE":
-        view["error"] = str(info) if info is not None else "the task failed"
-    return view
