@@ -87,8 +87,10 @@ def pdf_shared_stream(
     """A PDF of ``pages`` pages that all draw the same content stream of ``lines`` lines of ``text``.
 
     The file holds the stream once, so it stays small while its text grows with ``pages * lines``.
+    Each line has a baseline of its own (``14 TL``): lines drawn on top of one another would be read
+    once by PDFium, which drops text that overprints itself.
     """
-    content = b"BT /F1 12 Tf 72 720 Td " + (b"(" + text + b") Tj T* ") * lines + b"ET"
+    content = b"BT /F1 12 Tf 14 TL 72 720 Td " + (b"(" + text + b") Tj T* ") * lines + b"ET"
     font = 4 + pages
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",

@@ -21,11 +21,11 @@ look like::
 
 Decisions:
 
-- **PDF: pypdf** (:mod:`.pdf`), page by page. markitdown's PDF path glues words together, is 3-4x slower,
-  and through ``MarkItDown().convert`` a non-PDF named ``.pdf`` comes back as "success" with its bytes as
-  text. pypdfium2 gives the same words 15-20x faster but is native code (PDFium) parsing untrusted input
-  inside the worker process; pypdf is pure Python, so a hostile file can raise, not corrupt memory.
-  Revisit pypdfium2 once parsers run in an isolated subprocess.
+- **PDF: PDFium (pypdfium2), pypdf as the fallback** (:mod:`.pdf`), page by page. markitdown's PDF path
+  glues words together, is 3-4x slower, and through ``MarkItDown().convert`` a non-PDF named ``.pdf`` comes
+  back as "success" with its bytes as text. pypdfium2 gives the same words 15-20x faster than pypdf; it is
+  native code parsing untrusted input, which is acceptable because conversions run in their own child
+  process with memory, time and output limits. pypdf (pure Python) reads what PDFium cannot open.
 - **XLSX: openpyxl read-only** (:mod:`.office`): markitdown goes through pandas and HTML, 7-10x slower,
   writes ``NaN`` into every empty cell, leaves ``|`` unescaped (breaking the table), turns 7 into 7.0 and
   dates into ``2026-01-02 00:00:00``. Read-only openpyxl also allows progress per sheet and 1,000 rows.
