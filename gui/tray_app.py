@@ -27,7 +27,7 @@ from morag_worker.core.config.autostart import Autostart
 from morag_worker.core.config.credentials import CredentialStore, NoApiKey, resolve_api_key
 from morag_worker.core.config.history import HistoryStore
 from morag_worker.core.config.settings import Settings, SettingsStore
-from morag_worker.core.hub_client import HubClient, HubClientLike
+from morag_worker.core.hub_client import HubClientLike, quick_client
 from morag_worker.core.results import TaskRecord
 from morag_worker.core.supervisor.events import StopMode, WorkerState, WorkerStatus
 from morag_worker.core.supervisor.gpu import GpuProbe
@@ -35,10 +35,19 @@ from morag_worker.core.supervisor.gpu import GpuProbe
 from .actions import WorkerActions
 from .background import BackgroundOp, BackgroundRunner
 from .controller import IDLE_STATES, SupervisorFactory, WorkerController
-from .dialogs import QuitChoice, QuitDialog, RestartDialog, about_box, log_folder_box
+from .dialogs import (
+    QuitChoice,
+    QuitDialog,
+    RestartDialog,
+    StopNowChoice,
+    StopNowDialog,
+    about_box,
+    log_folder_box,
+)
 from .history_view import HistoryModel
 from .icons import IconSet
 from .notifications import Level, Notice, NotificationPolicy
+from .progress_text import lost_work
 from .progress_window import ProgressWindow
 from .qt_emit import emit
 from .settings_dialog import SettingsDialog, explain
@@ -99,7 +108,7 @@ class Services:
     tray_retry_ms: int = 2000
     tray_retries: int = 15
     open_url: Callable[[QUrl], object] = QDesktopServices.openUrl
-    client_factory: Callable[[str, str], HubClientLike] = HubClient
+    client_factory: Callable[[str, str], HubClientLike] = quick_client
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     api_key_file: Path | None = None
     clock: Callable[[], float] = time.time
@@ -147,6 +156,8 @@ class TrayApp(QObject):
 
         self.actions.show_progress.triggered.connect(self.show_window)
         self.actions.settings.triggered.connect(self._open_settings)
+        self.actions.enter_key.triggered.connect(self._open_settings)
+        self.actions.before_stop_now = self.confirm_stop_now
         self.actions.open_logs.triggered.connect(self.open_log_folder)
         self.actions.about.triggered.connect(self.show_about)
         self.actions.quit.triggered.connect(self.request_quit)
@@ -349,6 +360,21 @@ class TrayApp(QObject):
         box.finished.connect(lambda _code: setattr(self, "log_folder_box", None))
         self.log_folder_box = box
         box.show()
+
+    def confirm_stop_now(self) -> bool:
+        """Whether "Stop now" goes ahead: asked first when a task is past 10 % (its work is redone).
+
+        "Finish, then pause" in that question finishes instead (and answers False).
+        """
+        lost = lost_work(list(self.controller.tasks.values()))
+        if not lost:
+            return True
+        parent = self.window if self.window.isVisible() else None
+        choice = StopNowDialog.ask(lost, parent)
+        log.info("gui.stop_now_asked", choice=choice.value if choice else "cancel", tasks=len(lost))
+        if choice is StopNowChoice.FINISH:
+            self.controller.finish()
+        return choice is StopNowChoice.STOP_NOW
 
     # -- quitting -----------------------------------------------------------------------------
 

@@ -63,7 +63,7 @@ def test_only_running_looks_different_with_a_task() -> None:
         (
             WorkerStatus(WorkerState.BACKOFF, "hub unreachable"),
             "Cannot connect: hub unreachable",
-            ("Cannot connect", "hub unreachable Retrying soon."),
+            ("Cannot connect", "Hub unreachable. Retrying soon."),
         ),
         (
             WorkerStatus(WorkerState.CRASHED),
