@@ -51,9 +51,10 @@ from .progress_text import lost_work
 from .progress_window import ProgressWindow
 from .qt_emit import emit
 from .settings_dialog import SettingsDialog, explain
+from .state_presentation import key_problem
 from .tray_icon import TrayIcon
 
-__all__ = ["IN_TRAY_NOTICE", "NO_TRAY_NOTICE", "Services", "TrayApp"]
+__all__ = ["IN_TRAY_NOTICE", "NOT_SET_UP_NOTICE", "NO_TRAY_NOTICE", "Services", "TrayApp"]
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +69,12 @@ IN_TRAY_NOTICE = Notice(
     "It keeps working in the background. Click its icon in the notification area to see progress, "
     "or right-click it for the menu.",
     Level.INFO,
+)
+NOT_SET_UP_NOTICE = Notice(
+    "MoRAG Worker is not set up yet",
+    "It needs the API key from your MoRAG account before it can take tasks. When you have it, "
+    "choose Enter key… in its menu.",
+    Level.WARNING,
 )
 HISTORY_SHOWN = 500
 
@@ -150,6 +157,7 @@ class TrayApp(QObject):
         self.notices: list[Notice] = []
         self._policy = NotificationPolicy()
         self._finished = False
+        self._set_up = False  # a key was found or saved: the worker can work
         self._tray_checks_left = 0
         self._tray_timer = QTimer(self)
         self._tray_timer.timeout.connect(self._look_for_tray)
@@ -224,6 +232,7 @@ class TrayApp(QObject):
         emit(self.ready)
 
     def _key_looked_up(self, has_key: bool) -> None:
+        self._set_up = has_key
         if not has_key:
             log.info("gui.first_run")
             self.show_settings(first_run=True)
@@ -292,7 +301,7 @@ class TrayApp(QObject):
         )
         dialog.setWindowIcon(self.icons.app())
         dialog.saved.connect(lambda settings: self._settings_saved(settings, first_run))
-        dialog.finished.connect(self._settings_closed)
+        dialog.finished.connect(lambda _code: self._settings_closed(first_run))
         self.settings_dialog = dialog
         dialog.show()
         dialog.raise_()
@@ -301,6 +310,13 @@ class TrayApp(QObject):
 
     def _settings_saved(self, settings: Settings, first_run: bool) -> None:
         self.settings = settings
+        self._set_up = True
+        if key_problem(self.controller.status) is not None:
+            # The key was what stopped the worker; a new one was checked and saved: work again,
+            # so the error goes without the person pressing Start.
+            log.info("gui.key_fixed")
+            self.controller.start()
+            return
         if first_run:
             self.controller.start()
             if self.tray is not None:  # without a tray the window is already in front
@@ -323,10 +339,14 @@ class TrayApp(QObject):
                 )
             )
 
-    def _settings_closed(self) -> None:
+    def _settings_closed(self, first_run: bool = False) -> None:
         dialog, self.settings_dialog = self.settings_dialog, None
         if dialog is not None:
             dialog.deleteLater()
+        if first_run and not self._set_up and not self._finished:
+            # Cancelled before a key was saved: say what is missing and where to enter it.
+            self.actions.enter_key.setVisible(True)
+            self._notify(NOT_SET_UP_NOTICE)
 
     @Slot()
     def show_about(self) -> None:

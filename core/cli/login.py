@@ -13,7 +13,12 @@ from dataclasses import replace
 
 from morag_worker.core.cli.errors import CliError, ExitCode
 from morag_worker.core.cli.keysource import resolve_hub
-from morag_worker.core.config.credentials import CredentialError, CredentialStore, read_api_key_file
+from morag_worker.core.config.credentials import (
+    CredentialError,
+    CredentialStore,
+    key_file_path,
+    read_api_key_file,
+)
 from morag_worker.core.config.settings import SettingsError, SettingsStore
 from morag_worker.core.hub_client import HubClient, HubError, HubUnreachable, KeyRejected
 from morag_worker.core.logging import register_secret
@@ -38,7 +43,7 @@ def _read_key(args: argparse.Namespace) -> str:
 def run_login(args: argparse.Namespace) -> int:
     hub_url = resolve_hub(args)
     try:
-        store = CredentialStore()
+        store = CredentialStore(key_file=key_file_path(args.config_dir))
         backend = store.backend_description
     except CredentialError as exc:
         raise CliError(str(exc), ExitCode.CONFIG) from None
@@ -81,11 +86,12 @@ def run_login(args: argparse.Namespace) -> int:
 def run_logout(args: argparse.Namespace) -> int:
     hub_url = resolve_hub(args)
     try:
-        removed = CredentialStore().delete(hub_url)
+        # The keychain, and the key file a computer without one may have been given.
+        removed = CredentialStore(key_file=key_file_path(args.config_dir)).delete(hub_url)
     except CredentialError as exc:
         raise CliError(str(exc), ExitCode.CONFIG) from None
     if removed:
-        print(f"Removed the API key for {hub_url} from the keychain.", file=sys.stderr)
+        print(f"Removed the API key for {hub_url}.", file=sys.stderr)
     else:
         print(f"No API key for {hub_url} was stored.", file=sys.stderr)
     return int(ExitCode.OK)
