@@ -175,3 +175,47 @@ def test_an_uploaders_broken_file_is_in_history_but_no_balloon(
     assert finished.args is not None and finished.args[0].outcome is TaskOutcome.FAILED
     assert app.notices == []
     qtbot.waitUntil(lambda: app.history_model.rowCount() == 1, timeout=WAIT_MS)
+
+
+class _HungHub:
+    """A hub client factory whose queue-info hangs until released (a hub that never answers)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        from tests.fakes import queue_info
+
+        self.release = threading.Event()
+        self.asked = threading.Event()
+        self._info = queue_info("alice")
+
+    def __call__(self, hub_url: str, api_key: str) -> _HungHub:
+        return self
+
+    def queue_info(self) -> object:
+        self.asked.set()
+        self.release.wait(30)
+        return self._info
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_starts_hub_wait_can_be_cancelled(harness: Harness, qtbot: QtBot) -> None:
+    hung = _HungHub()
+    harness.hub = hung  # type: ignore[assignment]
+    harness.store_key()
+    app = harness.build()
+    with qtbot.waitSignal(app.ready, timeout=WAIT_MS):
+        app.start()
+    try:
+        _status(app, qtbot, _in(WorkerState.STARTING), app.actions.start.trigger)
+        qtbot.waitUntil(hung.asked.is_set, timeout=WAIT_MS)
+        assert app.controller.status.message == "Connecting to the hub at http://127.0.0.1:8700"
+        assert app.actions.stop_now.isEnabled()
+        _status(app, qtbot, _in(WorkerState.STOPPED), app.actions.stop_now.trigger)  # at once, hub or not
+    finally:
+        hung.release.set()
+    for thread in list(harness.supervisor._machine.prepare_threads):
+        thread.join(timeout=10)  # the late answer is in; the machine drops it
+    assert harness.launcher.children == [] and app.controller.status.state is WorkerState.STOPPED
