@@ -158,7 +158,7 @@ class _StatusHeader(QFrame):
         buttons = QHBoxLayout()
         buttons.setSpacing(6)
         self.buttons: dict[str, QToolButton] = {}
-        shown = (("enter_key", None), ("start", None), ("finish", "Finish and pause"),
+        shown = (("enter_key", "Enter key…"), ("start", None), ("finish", "Finish and pause"),
                  ("stop_now", "Stop now"), ("snooze", None), ("settings", "Settings"))  # fmt: skip
         for name, label in shown:
             button = QToolButton()

@@ -132,10 +132,8 @@ _NO_KEYCHAIN = (
 _LOCKED = "Your keychain is locked, so the key cannot be kept there until it is unlocked."
 _PLACE_TEXT = {
     KeyPlace.KEYCHAIN: "Your key is kept in: {backend}.",
-    KeyPlace.SESSION: "Your key is kept only while MoRAG Worker runs; you paste it again after it restarts.",
-    KeyPlace.FILE: (
-        "Your key is kept in a file in MoRAG Worker's settings folder that only your user account can read."
-    ),
+    KeyPlace.SESSION: "Chosen: the key is kept only while MoRAG Worker runs.",
+    KeyPlace.FILE: "Chosen: the key is kept in a file in MoRAG Worker's settings folder.",
 }
 _FILE_WARNING = "Anyone who can use your user account, or read a backup of it, can read the key in that file."
 
@@ -263,8 +261,8 @@ class SettingsDialog(QDialog):
         connection_layout = QVBoxLayout(connection)
         connection_layout.addLayout(form)
         connection_layout.addWidget(self.status_label)
-        connection_layout.addWidget(self.keychain_label)
         connection_layout.addWidget(self.place_box)
+        connection_layout.addWidget(self.keychain_label)  # below the choice: says which was chosen
 
         # -- worker --
         self.concurrency = QSpinBox()

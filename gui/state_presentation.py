@@ -216,16 +216,16 @@ def _finishing_title(m: Moment) -> str:
 
 
 def _after_finishing(m: Moment) -> str:
-    """What follows, as the end of a sentence: "then pauses", "then snoozes until 14:05"."""
+    """What follows, as the end of a sentence: "the worker pauses", "the worker snoozes until 14:05"."""
     then = m.status.then
     if then is WorkerState.STARTING:
-        return "then the worker restarts and takes new tasks again"
+        return "the worker restarts and takes new tasks again"
     if then is WorkerState.SNOOZED:
         until = m.status.snoozed_until
-        return "then the worker snoozes " + (
+        return "the worker snoozes " + (
             f"until {clock_time(until, m.now)}" if until is not None else "until you resume"
         )
-    return "then the worker pauses"
+    return "the worker pauses"
 
 
 def _finishing_tooltip(m: Moment) -> str:
