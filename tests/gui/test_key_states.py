@@ -100,3 +100,40 @@ def test_a_cancelled_first_run_leaves_a_hint(harness: Harness, qtbot: QtBot) -> 
     qtbot.waitUntil(lambda: NOT_SET_UP_NOTICE in app.notices, timeout=WAIT_MS)
     assert app.actions.enter_key.isVisible()
     assert "Enter key…" in NOT_SET_UP_NOTICE.message
+
+
+@pytest.mark.parametrize("keep_in_file", [False, True])
+def test_first_run_without_a_keychain_can_be_finished(
+    harness: Harness, qtbot: QtBot, keep_in_file: bool
+) -> None:
+    from morag_worker.core.config.credentials import KeyPlace, key_file_path
+    from morag_worker.core.config.settings import SettingsStore
+    from tests.fakes import FakePlaintextKeyring
+
+    config = harness.tmp / "config"
+    settings_store = SettingsStore(config)
+    credentials = CredentialStore(FakePlaintextKeyring(), key_file=key_file_path(config))  # no keychain
+    app = harness.build(
+        settings_store=settings_store,
+        credentials=credentials,
+        supervisor_factory=harness.supervisor_factory(settings_store, credentials),
+        client_factory=harness.hub,
+    )
+    with qtbot.waitSignal(app.ready, timeout=WAIT_MS):
+        app.start()
+    dialog = app.settings_dialog
+    assert dialog is not None
+    qtbot.waitUntil(lambda: dialog.place_box.isVisible(), timeout=WAIT_MS)
+    (dialog.keep_file if keep_in_file else dialog.keep_session).setChecked(True)
+    dialog.hub_edit.setText(HUB)
+    dialog.key_edit.setText("f" * 43)
+    dialog.key_edit.textEdited.emit("f" * 43)
+    with qtbot.waitSignal(
+        app.controller.state_changed,
+        timeout=WAIT_MS,
+        check_params_cb=lambda s: s.state is WorkerState.RUNNING,
+    ):
+        qtbot.mouseClick(dialog.save_button, Qt.MouseButton.LeftButton)  # the check, then the save
+    assert credentials.place(HUB) is (KeyPlace.FILE if keep_in_file else KeyPlace.SESSION)
+    assert key_file_path(config).exists() is keep_in_file
+    assert NOT_SET_UP_NOTICE not in app.notices
