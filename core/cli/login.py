@@ -16,6 +16,7 @@ from morag_worker.core.cli.keysource import resolve_hub
 from morag_worker.core.config.credentials import (
     CredentialError,
     CredentialStore,
+    KeyPlace,
     key_file_path,
     read_api_key_file,
 )
@@ -42,9 +43,11 @@ def _read_key(args: argparse.Namespace) -> str:
 
 def run_login(args: argparse.Namespace) -> int:
     hub_url = resolve_hub(args)
+    key_file = key_file_path(args.config_dir)
+    in_file = bool(getattr(args, "keep_key_in_file", False))
     try:
-        store = CredentialStore(key_file=key_file_path(args.config_dir))
-        backend = store.backend_description
+        store = CredentialStore(key_file=key_file)
+        backend = f"a file only you can read ({key_file})" if in_file else store.backend_description
     except CredentialError as exc:
         raise CliError(str(exc), ExitCode.CONFIG) from None
     key = _read_key(args)
@@ -63,7 +66,7 @@ def run_login(args: argparse.Namespace) -> int:
     finally:
         client.close()
     try:
-        store.set(hub_url, key)
+        store.set(hub_url, key, KeyPlace.FILE if in_file else KeyPlace.KEYCHAIN)
     except CredentialError as exc:
         raise CliError(str(exc), ExitCode.CONFIG) from None
     settings_store = SettingsStore(args.config_dir)

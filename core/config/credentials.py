@@ -226,7 +226,10 @@ class ResolvedKey:
     source: KeySource
 
 
-_OTHER_SOURCES = f"or set {API_KEY_ENV}, or use --api-key-file PATH (mode 0600)"
+_OTHER_SOURCES = (
+    f"or set {API_KEY_ENV}, or use --api-key-file PATH (mode 0600), or `morag-worker login "
+    "--keep-key-in-file`"
+)
 _HEADLESS_ADVICE = f"run inside dbus-run-session with gnome-keyring-daemon --unlock, {_OTHER_SOURCES}"
 
 
