@@ -62,7 +62,7 @@ from morag_worker.core.hub_client import (
 )
 from morag_worker.core.naming import WorkerType, consumed_queues
 from morag_worker.core.supervisor.gpu import GpuInfo, GpuProbe
-from morag_worker.core.wording import sentence
+from morag_worker.core.wording import error_words, sentence
 
 from .background import BackgroundOp, BackgroundRunner
 from .format import window_title
@@ -120,9 +120,7 @@ def explain(exc: BaseException, hub_url: str = "") -> Explanation:
         return Explanation(sentence(exc.message), sentence(exc.advice))
     if isinstance(exc, AutostartError):
         return Explanation(sentence(str(exc)))
-    return Explanation(
-        sentence(f"Unexpected error: {exc.__class__.__name__}: {exc}"), "See the log for details."
-    )
+    return Explanation(sentence(f"Something went wrong: {error_words(exc)}"), "See the log for details.")
 
 
 _NO_KEYCHAIN = (

@@ -42,3 +42,15 @@ def test_an_unreachable_hub_is_said_without_class_names() -> None:
 def test_a_damaged_file_is_said_without_class_names() -> None:
     error = damaged("the PDF file", "a PDF file", PdfStreamError("Stream has ended unexpectedly"))
     assert "PdfStreamError" not in error.message and "garbled" in error.message
+
+
+def test_a_settings_file_error_is_said_in_the_systems_words(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from morag_worker.core.config.settings import SettingsError, SettingsStore
+
+    folder = Path(str(tmp_path))
+    (folder / "settings.json").mkdir()  # a folder where the file should be: IsADirectoryError
+    with pytest.raises(SettingsError) as raised:
+        SettingsStore(folder).load()
+    assert "IsADirectoryError" not in raised.value.message and "Is a directory" in raised.value.message
