@@ -352,7 +352,7 @@ class ProgressWindow(QWidget):
         self.header.title.setText(title)
         self.header.detail.setText(detail)
         self.header.detail.setVisible(bool(detail))
-        look = shown.busy_look if tasks else shown.look
+        look = shown.look_for(status, bool(tasks))
         if look is not self._look:
             self._look = look
             self.header.icon.setPixmap(self._icons.pixmap(look, 48))

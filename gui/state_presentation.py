@@ -21,7 +21,14 @@ from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType
 
-from morag_worker.core.supervisor.events import PAUSED, Problem, TaskProgress, WorkerState, WorkerStatus
+from morag_worker.core.supervisor.events import (
+    PAUSED,
+    RECONNECTING,
+    Problem,
+    TaskProgress,
+    WorkerState,
+    WorkerStatus,
+)
 from morag_worker.core.wording import sentence
 
 from .format import clock_time, percent_text
@@ -155,6 +162,13 @@ class StatePresentation:
     works: bool = False
     enabled_by: Callable[[WorkerStatus], frozenset[str]] | None = None
 
+    def look_for(self, status: WorkerStatus, busy: bool) -> TrayLook:
+        """The icon: ``busy_look`` with a task in flight, else ``look``; never the working colours
+        while the worker has lost the broker (a revoked key is being found out then)."""
+        if status.message == RECONNECTING:
+            return TrayLook.CONNECTING
+        return self.busy_look if busy else self.look
+
     def actions(self, status: WorkerStatus) -> frozenset[str]:
         """Which of ``WORKER_ACTIONS`` may be asked with ``status`` (``enabled`` unless it depends)."""
         return self.enabled_by(status) if self.enabled_by is not None else self.enabled
@@ -187,6 +201,8 @@ def _snoozed_until(m: Moment) -> str:
 
 
 def _running_tooltip(m: Moment) -> str:
+    if m.status.message == RECONNECTING:
+        return "Reconnecting…"
     if not m.tasks:
         queues = m.status.queues
         return "Waiting for work" + (f" on {', '.join(queues)}" if queues else "")
@@ -198,6 +214,8 @@ def _running_tooltip(m: Moment) -> str:
 
 
 def _running_header(m: Moment) -> tuple[str, str]:
+    if m.status.message == RECONNECTING:
+        return "Reconnecting…", "The connection to your queue was lost; the worker is reconnecting."
     if m.tasks:
         pct = percent_text(overall_percent(m.tasks))
         return (f"Working: {pct}" if pct else "Working"), m.who

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from morag_worker.core.execution.progress_channel import HeartbeatMessage, ReadyMessage
 from morag_worker.core.supervisor.child_process import ChildProcess
-from morag_worker.core.supervisor.events import StopMode, WorkerState
+from morag_worker.core.supervisor.events import RECONNECTING, StopMode, WorkerState
 from morag_worker.core.supervisor.task_tracker import TaskTracker
 
 __all__ = ["ChildSession", "finishing_message", "stop_status"]
@@ -64,7 +64,7 @@ class ChildSession:
 
     def running_message(self) -> str:
         if self.reconnecting():
-            return "Reconnecting to the broker"
+            return RECONNECTING
         count = len(self.tracker)
         if count:
             return f"Working on {count} task" + ("s" if count > 1 else "")

@@ -14,6 +14,7 @@ from morag_worker.core.results import TaskRecord
 
 __all__ = [
     "PAUSED",
+    "RECONNECTING",
     "Problem",
     "StopMode",
     "SupervisorListener",
@@ -25,6 +26,8 @@ __all__ = [
 
 #: STOPPED's message after "finish and pause": the front ends say "Paused", not "Stopped".
 PAUSED = "Paused"
+#: RUNNING's message while the consumer has lost the broker (a blip, or a revoked key): not "working".
+RECONNECTING = "Reconnecting to the broker"
 
 
 class WorkerState(Enum):

@@ -137,3 +137,20 @@ def test_first_run_without_a_keychain_can_be_finished(
     assert credentials.place(HUB) is (KeyPlace.FILE if keep_in_file else KeyPlace.SESSION)
     assert key_file_path(config).exists() is keep_in_file
     assert NOT_SET_UP_NOTICE not in app.notices
+
+
+def test_no_working_colours_while_the_broker_is_lost(
+    started: Callable[..., TrayApp], harness: Harness, qtbot: QtBot
+) -> None:
+    from morag_worker.core.supervisor.events import RECONNECTING
+    from morag_worker.gui.state_presentation import TrayLook
+
+    app = started()
+    _wait_state(app, qtbot, WorkerState.RUNNING, app.actions.start.trigger)
+    assert app.tray is not None and app.tray.look is TrayLook.WAITING
+    with qtbot.waitSignal(
+        app.controller.state_changed, timeout=WAIT_MS, check_params_cb=lambda s: s.message == RECONNECTING
+    ):
+        harness.child.heartbeat(consumer="connecting", since_poll_s=None)  # a revoked key looks so at first
+    assert app.tray.look is TrayLook.CONNECTING and "Reconnecting" in app.tray.toolTip()
+    assert _window_texts(app).startswith("Reconnecting…")
