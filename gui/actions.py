@@ -90,6 +90,8 @@ class WorkerActions(QObject):
     def update_for(self, status: WorkerStatus) -> None:
         """Enable the worker actions that make sense with ``status``; offer the key when it is the problem."""
         enabled = enabled_names(status)
+        if self._controller.quitting:
+            enabled -= {"start"}  # quitting once the task is done: Resume would keep the app from quitting
         for name in WORKER_ACTIONS:
             getattr(self, name).setEnabled(name in enabled)
         self.start.setText(presentation(status.state).start_label)
