@@ -148,7 +148,9 @@ def a_file(label: str) -> str:
 def damaged(what: str, kind: str, exc: BaseException) -> CorruptInput:
     """The error for a parser that failed on ``what`` ("the DOCX file"), which should be ``kind``."""
     log.info("processing.parser_failed", what=what, error=repr(exc))
-    return CorruptInput(f"{what} is damaged or not {kind} ({error_words(exc)})")
+    detail = str(exc).strip()
+    words = error_words(exc) + (f": {detail}" if detail else "")
+    return CorruptInput(f"{what} is damaged or not {kind} ({words})")
 
 
 def guarded(items: Iterable[Any], what: str, kind: str) -> Iterator[Any]:

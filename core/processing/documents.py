@@ -128,7 +128,7 @@ class HtmlProcessor:
             markdown, title = _plain_text(decoded.text)
             notes.append("nested too deeply for markdown conversion; extracted as plain text")
         except Exception as exc:
-            raise CorruptInput(f"{self._what} could not be converted ({error_words(exc)})") from exc
+            raise CorruptInput(f"{self._what} could not be converted ({error_words(exc)}: {exc})") from exc
         content = finish(
             markdown,
             processor=self.name,
