@@ -292,6 +292,14 @@ def _backoff_header(m: Moment) -> tuple[str, str]:
     return "Cannot connect", sentence(status.message or "The hub or the broker cannot be reached.") + retry
 
 
+def _starting_header(m: Moment) -> tuple[str, str]:
+    """While the hub is asked: the hub's address, and how to stop waiting for it."""
+    message = sentence(m.status.message) if m.status.message else "Connecting to the hub and the broker."
+    if m.status.message.startswith("Connecting to the hub"):
+        message += " Choose Stop now to stop waiting."
+    return "Connecting…", message
+
+
 def _hub_retry(m: Moment) -> str:
     """``"Hub unreachable, retrying in 8 s."``, counting down to the status's ``retry_at``."""
     retry_at = m.status.retry_at
@@ -388,7 +396,7 @@ _TABLE: dict[WorkerState, StatePresentation] = {
         look=TrayLook.CONNECTING,
         busy_look=TrayLook.CONNECTING,
         tooltip=_text("Connecting…"),
-        header=lambda m: ("Connecting…", m.status.message or "Connecting to the hub and the broker."),
+        header=_starting_header,
         enabled=_WORKING_ACTIONS,
         idle=False,
         child_runs=True,

@@ -213,6 +213,10 @@ def test_the_starts_hub_wait_can_be_cancelled(harness: Harness, qtbot: QtBot) ->
         qtbot.waitUntil(hung.asked.is_set, timeout=WAIT_MS)
         assert app.controller.status.message == "Connecting to the hub at http://127.0.0.1:8700"
         assert app.actions.stop_now.isEnabled()
+        assert _header(app) == (
+            "Connecting…",
+            "Connecting to the hub at http://127.0.0.1:8700. Choose Stop now to stop waiting.",
+        )
         _status(app, qtbot, _in(WorkerState.STOPPED), app.actions.stop_now.trigger)  # at once, hub or not
     finally:
         hung.release.set()

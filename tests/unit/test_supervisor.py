@@ -737,3 +737,15 @@ def test_threaded_connecting_names_the_hub_saved_since_the_supervisor_was_built(
         assert "Error" not in sup.status.message  # no exception class names for people
     finally:
         sup.close(timeout=10)
+
+
+def test_threaded_the_start_asks_the_hub_with_a_bounded_wait() -> None:
+    from morag_worker.core.hub_client import QUICK_TIMEOUT, quick_client
+    from morag_worker.core.supervisor.supervisor import supervisor_for
+
+    sup = supervisor_for(RecordingListener(), settings_loader=Settings, credentials=None, env={})
+    try:
+        assert sup._machine._hub_client_factory is quick_client
+        assert quick_client("http://hub.test", KEY)._timeout == QUICK_TIMEOUT and max(QUICK_TIMEOUT) <= 15
+    finally:
+        sup.close(timeout=10)
