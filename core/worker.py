@@ -24,7 +24,7 @@ from morag_worker.core.execution.pipeline import HubUnavailableError, Infrastruc
 from morag_worker.core.execution.task_args import MalformedTask, read_task
 from morag_worker.core.naming import in_queue_order, namespace_prefix, user_id_from_queue, validate_user_id
 from morag_worker.core.processing import TaskCancelled
-from morag_worker.core.results import TaskOutcome, TaskResult
+from morag_worker.core.results import INPUT_PROBLEM, TaskOutcome, TaskResult
 
 # The seed defines its queue helpers in its worker module; a server written to it imports them from here.
 from morag_worker.core.routing import get_task_for_user, submit_task_for_user
@@ -176,7 +176,8 @@ class _MoragTask(Task):  # type: ignore[misc]
             FinishedTask(
                 TaskOutcome.SUCCEEDED if result.success else TaskOutcome.FAILED,
                 error=result.error_message,
-                metadata=result.metadata,
+                # A clean run that fails is the input's fault (run_file turns only those into results).
+                metadata=result.metadata if result.success else {INPUT_PROBLEM: True, **result.metadata},
                 processing_time=result.processing_time,
             ),
         )

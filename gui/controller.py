@@ -30,6 +30,7 @@ from morag_worker.core.supervisor.events import (
     WorkerState,
     WorkerStatus,
 )
+from morag_worker.core.wording import error_words, sentence
 
 from .background import BackgroundRunner
 from .qt_emit import emit, emit_steals_true
@@ -257,7 +258,7 @@ class WorkerController(QObject):
         )
 
     def _report_failure(self, doing: str, exc: Exception) -> None:
-        message = f"Could not {doing}: {exc}" if str(exc) else f"Could not {doing} ({exc.__class__.__name__})"
+        message = sentence(f"Could not {doing}: {str(exc) or error_words(exc)}")
         log.error("gui.supervisor_call_failed", doing=doing, error=f"{exc.__class__.__name__}: {exc}")
         emit(self.failed, message)
         if self._quitting and not self._closed:

@@ -121,10 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(common, suppress=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    sub.add_parser(
+    login = sub.add_parser(
         "login", parents=[common], help="check an API key against the hub and keep it in the keychain"
     )
-    sub.add_parser("logout", parents=[common], help="remove the API key from the keychain")
+    login.add_argument(
+        "--keep-key-in-file",
+        action="store_true",
+        help="where there is no keychain: keep the key in a file only you can read (mode 0600) in the "
+        "config folder; anyone with access to your account can read it",
+    )
+    sub.add_parser("logout", parents=[common], help="remove the API key from the keychain and the key file")
     demo = sub.add_parser(
         "demo", parents=[common], help="run the whole loop on this machine with the bundled samples"
     )

@@ -27,6 +27,7 @@ import structlog
 
 from morag_worker.core.config.atomic_file import write_atomically
 from morag_worker.core.naming import WorkerType
+from morag_worker.core.wording import error_words
 
 __all__ = [
     "APP_DIR_NAME",
@@ -262,7 +263,7 @@ class SettingsStore:
             return Settings()
         except (OSError, UnicodeDecodeError) as exc:
             raise SettingsError(
-                f"cannot read the settings file: {exc.__class__.__name__}: {exc}",
+                f"cannot read the settings file: {_os_words(exc)}",
                 path=path,
                 advice="check its permissions, or delete it to start from defaults",
             ) from exc
@@ -303,11 +304,17 @@ class SettingsStore:
             write_atomically(path, payload, mode=0o600, folder_mode=0o700)
         except OSError as exc:
             raise SettingsError(
-                f"cannot save the settings: {exc.__class__.__name__}: {exc}",
+                f"cannot save the settings: {_os_words(exc)}",
                 path=path,
                 advice="check that the folder is writable and the disk is not full",
             ) from exc
         log.info("settings.saved", path=str(path))
+
+
+def _os_words(exc: BaseException) -> str:
+    """``"Permission denied"``: the system's own words for a file error, never the class name."""
+    reason = getattr(exc, "strerror", None)
+    return str(reason) if reason else error_words(exc)
 
 
 def apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 import structlog
 
+from morag_worker.core.wording import error_words
+
 __all__ = [
     "CorruptInput",
     "EmptyContent",
@@ -198,9 +200,10 @@ def a_file(label: str) -> str:
 
 def damaged(what: str, kind: str, exc: BaseException) -> CorruptInput:
     """The error for a parser that failed on ``what`` ("the DOCX file"), which should be ``kind``."""
-    detail = str(exc).strip() or type(exc).__name__
     log.info("processing.parser_failed", what=what, error=repr(exc))
-    return CorruptInput(f"{what} is damaged or not {kind} ({type(exc).__name__}: {detail})")
+    detail = str(exc).strip()
+    words = error_words(exc) + (f": {detail}" if detail else "")
+    return CorruptInput(f"{what} is damaged or not {kind} ({words})")
 
 
 def guarded(items: Iterable[Any], what: str, kind: str) -> Iterator[Any]:

@@ -73,6 +73,7 @@ from morag_worker.core.processing.office import (
 )
 from morag_worker.core.processing.pdf import PdfProcessor
 from morag_worker.core.processing.text import declared_charset, decode_text
+from morag_worker.core.wording import error_words
 
 if TYPE_CHECKING:
     from morag_worker.core.processing.registry import ProcessorRegistry
@@ -131,7 +132,7 @@ class HtmlProcessor:
             markdown, title = _plain_text(decoded.text)
             notes.append("nested too deeply for markdown conversion; extracted as plain text")
         except Exception as exc:
-            raise CorruptInput(f"{self._what} could not be converted ({type(exc).__name__}: {exc})") from exc
+            raise CorruptInput(f"{self._what} could not be converted ({error_words(exc)}: {exc})") from exc
         content = finish(
             markdown,
             processor=self.name,

@@ -4,9 +4,10 @@ PDFium is the extractor Chrome uses: on the reference PDFs (Debian's libtasn1 ma
 shared-mime-info spec) it gives the same words as pypdf with none glued, 10-20x faster
 (:mod:`.documents` has the measurements). It is native code, so it runs only where conversions run in
 their own limited child process; a PDF PDFium cannot open or read, or in which it finds no text at all
-(a missing or broken font), is tried again with pypdf, which is pure Python. The order of words can differ from pypdf's where a line is drawn out of order: PDFium
-follows the line as it is seen (texinfo's right-aligned "[Function]" labels come last on their line),
-pypdf the order of the page's drawing commands.
+(a missing or broken font), is tried again with pypdf, which is pure Python. The order of words can
+differ from pypdf's where a line is drawn out of order: PDFium follows the line as it is seen
+(texinfo's right-aligned "[Function]" labels come last on their line), pypdf the order of the page's
+drawing commands.
 
 Structure: the document outline (bookmarks) marks headings, as ``#`` lines where a line of the page
 equals an outline title that points at that page; lines that start with a bullet become list items.

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 from morag_worker.core.execution.progress_channel import HeartbeatMessage, ReadyMessage
 from morag_worker.core.supervisor.child_process import ChildProcess
-from morag_worker.core.supervisor.events import Problem, StopMode, WorkerState
+from morag_worker.core.supervisor.events import RECONNECTING, Problem, StopMode, WorkerState
 from morag_worker.core.supervisor.task_tracker import TaskTracker
 
-__all__ = ["ChildSession", "stop_status"]
+__all__ = ["ChildSession", "finishing_message", "stop_status"]
 
 _RANK = {StopMode.FINISH: 1, StopMode.NOW: 2, StopMode.KILL: 3}
 _INTERRUPTED = {
@@ -69,7 +69,7 @@ class ChildSession:
 
     def running_message(self) -> str:
         if self.reconnecting():
-            return "Reconnecting to the broker"
+            return RECONNECTING
         count = len(self.tracker)
         if count:
             return f"Working on {count} task" + ("s" if count > 1 else "")
@@ -98,14 +98,20 @@ class ChildSession:
         return _INTERRUPTED.get(self.stop_mode, _INTERRUPTED[None])
 
 
-def stop_status(mode: StopMode, *, busy: bool, restart: bool, snoozing: bool) -> tuple[WorkerState, str]:
-    """The state and sentence shown while a stop in ``mode`` is under way."""
+def finishing_message(tasks: int, then: WorkerState) -> str:
+    """``"Finishing 2 tasks, then pausing"``: the sentence shown while a FINISH stop is under way."""
+    after = {WorkerState.SNOOZED: "snoozing", WorkerState.STARTING: "restarting"}.get(then, "pausing")
+    if not tasks:
+        return after.capitalize()
+    what = "the current task" if tasks == 1 else f"{tasks} tasks"
+    return f"Finishing {what}, then {after}"
+
+
+def stop_status(mode: StopMode, *, tasks: int, restart: bool, then: WorkerState) -> tuple[WorkerState, str]:
+    """The state and sentence shown while a stop in ``mode`` is under way (``then``: what follows)."""
     if mode is StopMode.FINISH:
-        then = "snoozing" if snoozing else "stopping"
-        return WorkerState.FINISHING, (
-            f"Finishing the current task, then {then}" if busy else then.capitalize()
-        )
+        return WorkerState.FINISHING, finishing_message(tasks, then)
     if mode is StopMode.NOW:
         text = "Restarting the worker" if restart else "Stopping now"
-        return WorkerState.STOPPING, text + ("; the current task goes back to the queue" if busy else "")
+        return WorkerState.STOPPING, text + ("; the current task goes back to the queue" if tasks else "")
     return WorkerState.STOPPING, "Killing the worker"

@@ -703,3 +703,87 @@ def test_stopping_while_the_hub_is_away_takes_over_the_status(rig: Rig) -> None:
     rig.expect(WorkerState.FINISHING)
     child.send("hub", reachable=False, retry_in_s=4)
     assert rig.state() is WorkerState.FINISHING
+
+
+# ---- finishing: what follows, shown at once (issue 11, points 7 and 11) --------------------------
+
+
+def _task(child: FakeChild, task_id: str) -> None:
+    child.send("task_start", task_id=task_id, name="morag.worker.process_file_task_remote", filename="a.pdf")
+
+
+def test_finishing_counts_the_tasks_and_says_what_follows(rig: Rig) -> None:
+    child = rig.running()
+    _task(child, "t1")
+    _task(child, "t2")
+    rig.stop(StopMode.FINISH)
+    status = rig.expect(WorkerState.FINISHING)
+    assert status.message == "Finishing 2 tasks, then pausing" and status.then is WorkerState.STOPPED
+    until = rig.clock.time() + 600
+    rig.snooze(until)  # already finishing: the snooze is shown at once, not when the tasks end
+    status = rig.expect(WorkerState.FINISHING)
+    assert status.then is WorkerState.SNOOZED and status.snoozed_until == until
+    assert status.message == "Finishing 2 tasks, then snoozing"
+    rig.start()  # undoes it: the worker starts again once the tasks are done
+    status = rig.expect(WorkerState.FINISHING)
+    assert status.then is WorkerState.STARTING and status.message == "Finishing 2 tasks, then restarting"
+    rig.stop(StopMode.FINISH)  # and pausing again undoes that
+    assert rig.expect(WorkerState.FINISHING).then is WorkerState.STOPPED
+    child.send("task_end", task_id="t1", outcome="succeeded", error=None, metadata={}, processing_time=1.0)
+    assert rig.expect(WorkerState.FINISHING).message == "Finishing the current task, then pausing"
+    child.send("task_end", task_id="t2", outcome="succeeded", error=None, metadata={}, processing_time=1.0)
+    child.exit(0)
+    assert rig.expect(WorkerState.STOPPED).message == "Paused"  # asked to pause, so not "Stopped"
+
+
+def test_stop_now_ends_in_stopped_not_paused(rig: Rig) -> None:
+    child = rig.running()
+    rig.stop(StopMode.NOW)
+    child.exit(0)
+    assert rig.expect(WorkerState.STOPPED).message == "Stopped"
+
+
+def test_a_key_that_fails_signs_the_user_out(rig: Rig) -> None:
+    child = rig.running()
+    assert rig.status.user_id is not None
+    rig.stop(StopMode.NOW)
+    child.exit(0)
+    rig.key_error = NoApiKey("no API key for http://hub.test:8700", "run `morag-worker login`")
+    rig.start()
+    status = rig.expect(WorkerState.CRASHED)
+    assert status.problem is Problem.NO_API_KEY and status.user_id is None and status.queues == ()
+
+
+def test_threaded_connecting_names_the_hub_saved_since_the_supervisor_was_built(tmp_path: Path) -> None:
+    from morag_worker.core.config.settings import SettingsStore
+    from morag_worker.core.supervisor.supervisor import supervisor_for
+
+    store = SettingsStore(tmp_path)
+    store.save(Settings(hub_url="http://127.0.0.1:1"))
+    listener = RecordingListener()
+    env = {"MORAG_API_KEY": KEY, "MAIN_SERVER_URL": ""}
+    sup = supervisor_for(
+        listener, settings_store=store, credentials=None, env=env, options=SupervisorOptions(max_attempts=1)
+    )
+    try:
+        store.save(Settings(hub_url="http://127.0.0.1:2"))  # a settings dialog saved a new hub
+        sup.start()
+        wait_for(lambda: sup.status.state is WorkerState.CRASHED, timeout=30)
+        starting = [s.message for s in listener.statuses if s.state is WorkerState.STARTING]
+        assert starting[-1] == "Connecting to the hub at http://127.0.0.1:2"
+        assert "127.0.0.1:2" in sup.status.message
+        assert "Error" not in sup.status.message  # no exception class names for people
+    finally:
+        sup.close(timeout=10)
+
+
+def test_threaded_the_start_asks_the_hub_with_a_bounded_wait() -> None:
+    from morag_worker.core.hub_client import QUICK_TIMEOUT, quick_client
+    from morag_worker.core.supervisor.supervisor import supervisor_for
+
+    sup = supervisor_for(RecordingListener(), settings_loader=Settings, credentials=None, env={})
+    try:
+        assert sup._machine._hub_client_factory is quick_client
+        assert quick_client("http://hub.test", KEY)._timeout == QUICK_TIMEOUT and max(QUICK_TIMEOUT) <= 15
+    finally:
+        sup.close(timeout=10)
