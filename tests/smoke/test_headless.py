@@ -63,7 +63,9 @@ def test_headless_worker_shows_up_in_the_hub_and_exits_0_on_sigterm(stack: Stack
     output = proc.output()
     assert key not in output
     states = [s["state"] for s in statuses(proc)]
-    assert states[:2] == ["starting", "starting"] and states[-2:] == ["finishing", "stopped"]
+    assert states[:2] == ["starting", "starting"] and "finishing" in states, states
+    # After the finish: "Paused" (the worker finished), then "Stopped" as the process ends.
+    assert set(states[states.index("finishing") + 1 :]) == {"stopped"}, states
     assert wait_for(lambda: client.workers() == [], what="the presence record to go")  # removed on stop
 
 
