@@ -37,8 +37,22 @@ need_tools() {  # command=package ...
     --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# PyInstaller bundles the interpreter's shared library; Debian's python3 has it in a package of its own.
+need_libpython() {
+  "$PYTHON" - <<'PY' && return 0
+import os, sys, sysconfig
+name = sysconfig.get_config_var("INSTSONAME") or f"libpython{sysconfig.get_python_version()}.so.1.0"
+dirs = [sysconfig.get_config_var("LIBDIR") or "", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu"]
+sys.exit(0 if any(os.path.exists(os.path.join(d, name)) for d in dirs) else 1)
+PY
+  local version
+  version=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_python_version())')
+  need_tools "/nonexistent-libpython$version=libpython$version"
+}
+
 build_env() {
   local stamp=$VENV/.bundle-lock.sha256 want
+  need_libpython
   want=$(sha256sum requirements/bundle.lock | cut -d' ' -f1)
   if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "build environment from requirements/bundle.lock"

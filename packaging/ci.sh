@@ -28,7 +28,8 @@ trap purge EXIT
 # The libraries the package depends on come from the archive; the package itself goes in with dpkg.
 "${APT[@]}" update -qq
 "${APT[@]}" satisfy -y -qq --no-install-recommends "$(dpkg-deb -f "$deb" Depends)" >/dev/null
-command -v redis-server >/dev/null || "${APT[@]}" install -y -qq --no-install-recommends redis-server >/dev/null
+# The demo needs redis-server; Xvfb gives the tray app a real X display (Qt's xcb plugin).
+"${APT[@]}" install -y -qq --no-install-recommends redis-server xvfb xauth >/dev/null
 say "dpkg -i, twice (install, then the same version over it)"
 $SUDO dpkg -i "$deb" >/dev/null
 $SUDO dpkg -i "$deb" >/dev/null

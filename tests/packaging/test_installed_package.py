@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from morag_worker import __version__
-from tests.processes import Proc
+from tests.processes import Proc, wait_for
 
 COMMAND = Path("/usr/bin/morag-worker")
 BUNDLE = Path("/opt/morag-worker")
@@ -98,6 +99,34 @@ def test_tray_app_starts_offscreen_from_the_package_and_quits(tmp_path: Path) ->
         assert "Traceback" not in app.output()
     finally:
         app.stop(timeout=10)
+
+
+@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="needs Xvfb (packaging/ci.sh installs it)")
+def test_tray_app_starts_on_an_x_server_through_qts_xcb_plugin(tmp_path: Path) -> None:
+    """With a display, Qt loads its xcb plugin, which aborts (rc 134) when a library in Depends is missing."""
+    xvfb = Proc(["Xvfb", "-displayfd", "1", "-nolisten", "tcp", "-screen", "0", "1280x800x24"], name="Xvfb")
+    app = None
+    try:
+        number = wait_for(
+            lambda: next((line for line in xvfb.lines if line.strip().isdigit()), None),
+            timeout=60,
+            what="Xvfb to say its display number",
+        )
+        env = _env(tmp_path, DISPLAY=f":{number.strip()}", QT_QPA_PLATFORM="xcb")
+        env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"
+        app = Proc(
+            [str(COMMAND), "--config-dir", str(tmp_path / "config"), "--log-format", "json"],
+            env=env,
+            name="packaged tray app on X",
+        )
+        app.wait_output('"event": "gui.ready"', timeout=120)
+        app.signal(signal.SIGTERM)
+        assert app.wait(timeout=60) == 0
+        assert "Could not load the Qt platform plugin" not in app.output()
+    finally:
+        if app is not None:
+            app.stop(timeout=10)
+        xvfb.stop(timeout=10)
 
 
 def test_desktop_metadata_icons_and_user_unit_are_installed() -> None:
