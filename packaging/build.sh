@@ -7,8 +7,8 @@
 #
 # The bundle is built from the installed wheel: a build environment in build/packaging/venv gets
 # exactly requirements/bundle.lock (hash-checked; reused while the lock's hash is unchanged), then
-# the wheel of this checkout. On Linux the build tools come from apt when missing (dpkg-dev,
-# desktop-file-utils, appstream, systemd, nsis). The Windows installer needs a Windows bundle in
+# the wheel of this checkout. On Linux the build tools come from apt when missing (binutils,
+# libpython3.X, dpkg-dev, desktop-file-utils, appstream, systemd, nsis). The Windows installer needs a Windows bundle in
 # dist/morag-worker/ (morag-worker.exe, built on Windows: .github/workflows/windows.yml); here,
 # without one, it compiles against stand-in files and says so.
 set -euo pipefail
@@ -76,6 +76,7 @@ icons() {
 
 bundle() {
   local began=$SECONDS
+  need_tools objdump=binutils  # PyInstaller reads the binaries' dependencies with it
   build_env
   icons
   say "PyInstaller one-folder bundle"
