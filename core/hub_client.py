@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 import requests
+import structlog
+
+from morag_worker.core.wording import error_words
 
 __all__ = [
     "HubClient",
@@ -23,7 +26,14 @@ __all__ = [
     "KeyRejected",
     "QueueInfo",
     "TaskView",
+    "quick_client",
 ]
+
+log = structlog.get_logger(__name__)
+
+#: (connect, read) seconds for a question that should answer at once (queue-info): a hung hub
+#: is said within seconds, not after the minute an upload may need.
+QUICK_TIMEOUT = (5.0, 15.0)
 
 
 class HubError(Exception):
@@ -149,7 +159,8 @@ class HubClient:
                 **kwargs,
             )
         except requests.RequestException as exc:
-            raise HubUnreachable(f"cannot reach the hub at {self.base_url} ({type(exc).__name__})") from None
+            log.info("hub_client.request_failed", error=type(exc).__name__)  # the class, for us
+            raise HubUnreachable(f"cannot reach the hub at {self.base_url}: {error_words(exc)}") from None
         if response.status_code == 401:
             raise KeyRejected("the hub rejected the API key (unknown, revoked or expired)")
         if response.status_code == 403:
@@ -222,3 +233,8 @@ def _error_text(response: requests.Response) -> str:
     if isinstance(data, dict):
         return str(data.get("error") or data.get("detail") or data)[:300]
     return str(data)[:300]
+
+
+def quick_client(base_url: str, api_key: str) -> HubClient:
+    """A client for the key check and the start's queue-info: it gives up after ``QUICK_TIMEOUT``."""
+    return HubClient(base_url, api_key, timeout=QUICK_TIMEOUT)

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum, StrEnum
 from typing import Any
 
-__all__ = ["ProgressMeta", "TaskOutcome", "TaskRecord", "TaskResult", "TaskStage"]
+__all__ = ["INPUT_PROBLEM", "ProgressMeta", "TaskOutcome", "TaskRecord", "TaskResult", "TaskStage"]
 
 
 class TaskStage(StrEnum):
@@ -96,6 +96,11 @@ class TaskResult:
             processing_time=processing_time,
             metadata=metadata or {},
         )
+
+
+#: A failed task's metadata key, True when the input was at fault (a damaged or unsupported
+#: file, a URL refused): the uploader's to fix, so the contributor is not alerted about it.
+INPUT_PROBLEM = "input_problem"
 
 
 class TaskOutcome(Enum):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["capitalised", "sentence"]
+__all__ = ["capitalised", "error_words", "sentence"]
 
 
 # A lower-case word that starts the text or follows a full stop; abbreviations are left alone.
@@ -47,3 +47,36 @@ def capitalised(text: str) -> str:
     """``text`` with a capital first letter and nothing added: a sentence that goes on after it."""
     text = text.strip()
     return text[:1].upper() + text[1:] if text else text
+
+
+# What a failure means, by the name of its exception class or one of its bases, most specific
+# first; a person never reads "ReadTimeout" or "PdfStreamError".
+_ERROR_WORDS: tuple[tuple[str, str], ...] = (
+    ("ConnectTimeout", "the connection timed out"),
+    ("ReadTimeout", "no answer came in time"),
+    ("Timeout", "no answer came in time"),
+    ("TimeoutError", "no answer came in time"),
+    ("SSLError", "the secure connection failed"),
+    ("ProxyError", "the proxy refused the connection"),
+    ("ConnectionRefusedError", "the connection was refused"),
+    ("ConnectionError", "no connection could be made"),
+    ("ChunkedEncodingError", "the connection broke off"),
+    ("PdfStreamError", "the PDF data ends too early or is garbled"),
+    ("PdfReadError", "the PDF cannot be read"),
+    ("UnicodeDecodeError", "the text is not in a known encoding"),
+    ("BadZipFile", "the file's archive structure is broken"),
+    ("MemoryError", "there was not enough memory"),
+    ("OSError", "the system reported an error"),
+)
+
+
+def error_words(exc: BaseException) -> str:
+    """What ``exc`` means in words ("no answer came in time"), never its class name.
+
+    Matched by the names of its class and bases, so no third-party module is imported here.
+    """
+    names = [cls.__name__ for cls in type(exc).__mro__]
+    for name, words in _ERROR_WORDS:
+        if name in names:
+            return words
+    return "an unexpected error occurred"

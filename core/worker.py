@@ -18,13 +18,13 @@ from celery.app import trace as celery_trace
 from celery.exceptions import Reject
 
 from morag_worker.core.execution.celery_config import base_config, reliability_summary, remote_worker_config
-from morag_worker.core.execution.context import WorkerRuntime, get_runtime
+from morag_worker.core.execution.context import FinishedTask, WorkerRuntime, get_runtime
 from morag_worker.core.execution.deliveries import DeliveryCounter, max_starts_from_env
 from morag_worker.core.execution.pipeline import HubUnavailableError, InfrastructureError, TaskCancelledError
 from morag_worker.core.execution.task_args import MalformedTask, read_task
 from morag_worker.core.naming import in_queue_order, namespace_prefix, user_id_from_queue, validate_user_id
 from morag_worker.core.processing import TaskCancelled
-from morag_worker.core.results import TaskOutcome, TaskResult
+from morag_worker.core.results import INPUT_PROBLEM, TaskOutcome, TaskResult
 
 # The seed defines its queue helpers in its worker module; a server written to it imports them from here.
 from morag_worker.core.routing import get_task_for_user, submit_task_for_user
@@ -60,6 +60,9 @@ def _queues_from_options(options: dict[str, Any]) -> list[str]:
 @signals.celeryd_init.connect
 def _select_role(sender: Any = None, conf: Any = None, options: Any = None, **_: Any) -> None:
     """Switch to the remote role when this worker serves one user's queue."""
+    from morag_worker.core.execution.broker_transport import on_unreadable_message
+
+    on_unreadable_message(_fail_unreadable_message)  # every role: its submitter must hear of it
     env = os.environ
     user_ids = {u for u in map(user_id_from_queue, _queues_from_options(options or {})) if u}
     explicit = env.get("MORAG_USER_ID")
@@ -106,6 +109,8 @@ class _MoragTask(Task):  # type: ignore[misc]
     """Base of the four tasks: maps pipeline outcomes onto Celery's."""
 
     typing = False  # arguments are checked by task_args.read_task, with clear messages
+    # Caps a message's time limits at the worker's own; cleans up after a killed pool process.
+    Request = "morag_worker.core.execution.consumer:MoragRequest"
 
     def _run(
         self,
@@ -165,15 +170,26 @@ class _MoragTask(Task):  # type: ignore[misc]
             counter.finished(task_id)  # every way out but the worker's death
         # Which worker ran it: the submitter can tell a redelivered task's runs apart.
         result.metadata.setdefault("worker_hostname", self.request.hostname)
-        log.info("task.done", task_id=task_id, success=result.success, seconds=result.processing_time)
-        runtime.task_finished(
+        # Reported once Celery has stored it (on_success), or as a failure when it could not be.
+        runtime.result_returned(
             task_id,
-            TaskOutcome.SUCCEEDED if result.success else TaskOutcome.FAILED,
-            error=result.error_message,
-            metadata=result.metadata,
-            processing_time=result.processing_time,
+            FinishedTask(
+                TaskOutcome.SUCCEEDED if result.success else TaskOutcome.FAILED,
+                error=result.error_message,
+                # A clean run that fails is the input's fault (run_file turns only those into results).
+                metadata=result.metadata if result.success else {INPUT_PROBLEM: True, **result.metadata},
+                processing_time=result.processing_time,
+            ),
         )
         return result.to_dict()
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        """Celery stored the result (it calls this only after the backend took it)."""
+        get_runtime().result_stored(task_id)
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """The task raised, or storing its result failed (an encoding or operational error)."""
+        get_runtime().result_not_stored(task_id, exc)
 
 
 @celery_app.task(bind=True, base=_MoragTask, name="morag.worker.process_file_task")
@@ -208,9 +224,9 @@ def process_url_task_remote(self: _MoragTask, *args: Any, **kwargs: Any) -> dict
 
 
 def _install_steps() -> None:
-    from morag_worker.core.execution.hub_outage import HubGateStep
-    from morag_worker.core.execution.liveness import HeartbeatStep
-    from morag_worker.core.execution.presence import PresenceStep
+    from morag_worker.core.execution.health.hub_outage import HubGateStep
+    from morag_worker.core.execution.health.liveness import HeartbeatStep
+    from morag_worker.core.execution.health.presence import PresenceStep
 
     celery_app.steps["worker"].add(PresenceStep)
     celery_app.steps["worker"].add(HeartbeatStep)
@@ -247,10 +263,32 @@ def _fail_rejected_message(sender: Any = None, message: Any = None, exc: Any = N
     reason = str(exc) if exc is not None else "the message is not in a format this worker knows"
     error = MalformedTask(f"the task message was refused before it ran: {reason[:500]}")
     log.warning("task.message_rejected", task_id=task_id, error=str(error))
+    _store_refusal(getattr(sender, "app", None) or celery_app, task_id, error)
+
+
+def _fail_unreadable_message(task_id: str, reason: str) -> None:
+    """A queue entry naming a task whose message cannot be read (a body that is not base64...).
+
+    The transport drops it (it never reaches Celery, nor the unacked set); its task id gets a
+    failure so the submitter is not left waiting forever.
+    """
+    error = MalformedTask(f"The task message could not be read: {reason[:500]}")
+    log.warning("task.message_unreadable", task_id=task_id, error=str(error))
+    _store_refusal(celery_app, task_id, error)
+
+
+def _store_refusal(app: Any, task_id: str, error: Exception) -> None:
     try:
-        (getattr(sender, "app", None) or celery_app).backend.mark_as_failure(task_id, error)
+        app.backend.mark_as_failure(task_id, error)
     except Exception as store_error:  # noqa: BLE001 - the broker may be down; the log line stays
         log.error("task.rejection_not_stored", task_id=task_id, error=repr(store_error))
+
+
+@signals.task_internal_error.connect
+def _result_not_stored(task_id: Any = None, exception: Any = None, **_: Any) -> None:
+    """An error outside the task's body, such as the backend failing to store the result after
+    its retries (a revoked key, a result too large for Redis): never reported as a success."""
+    get_runtime().result_not_stored(task_id, exception)
 
 
 @signals.worker_ready.connect

@@ -3,21 +3,23 @@
 One ``WorkerActions`` per app: the tray menu and the window's buttons show the same actions, so
 what is enabled always agrees. What may be asked in which state is the ``enabled`` column of
 ``state_presentation.PRESENTATION``. Worker actions are wired to the controller here; the
-app-level ones (show progress, settings, logs, about, quit) are connected by ``TrayApp``.
+app-level ones (show progress, settings, enter key, logs, about, quit) are connected by ``TrayApp``.
 
 GUI thread only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from PySide6.QtCore import QObject, Slot
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QMenu
 
-from morag_worker.core.supervisor.events import WorkerState, WorkerStatus
+from morag_worker.core.supervisor.events import WorkerStatus
 
 from .controller import WorkerController
-from .state_presentation import WORKER_ACTIONS, presentation
+from .state_presentation import WORKER_ACTIONS, key_problem, presentation
 
 __all__ = ["SNOOZE_30_MIN", "SNOOZE_1_H", "WORKER_ACTIONS", "WorkerActions", "enabled_names"]
 
@@ -25,9 +27,9 @@ SNOOZE_30_MIN = 30 * 60
 SNOOZE_1_H = 60 * 60
 
 
-def enabled_names(state: WorkerState) -> frozenset[str]:
-    """Which of ``WORKER_ACTIONS`` make sense in ``state``; pure."""
-    return presentation(state).enabled
+def enabled_names(status: WorkerStatus) -> frozenset[str]:
+    """Which of ``WORKER_ACTIONS`` make sense with ``status``; pure."""
+    return presentation(status.state).actions(status)
 
 
 class WorkerActions(QObject):
@@ -35,11 +37,14 @@ class WorkerActions(QObject):
 
     Attributes:
         snooze_menu: The ``Snooze ▸`` submenu (30 min, 1 h, until I resume), shown by ``snooze``.
+        before_stop_now: Asked before "Stop now" goes ahead (``TrayApp`` asks the person when
+            work would be lost); a false answer cancels it.
     """
 
     def __init__(self, controller: WorkerController, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._controller = controller
+        self.before_stop_now: Callable[[], bool] | None = None
         self.start = QAction("Start", self)
         self.finish = QAction("Finish current task and pause", self)
         self.stop_now = QAction("Stop now (the task goes back to the queue)", self)
@@ -51,6 +56,10 @@ class WorkerActions(QObject):
         self.snooze = self.snooze_menu.menuAction()
         self.show_progress = QAction("Show progress", self)
         self.settings = QAction("Settings…", self)
+        #: Shown only while the key is missing or refused; opens Settings at the key.
+        self.enter_key = QAction("Enter key…", self)
+        self.enter_key.setToolTip("Paste the API key from your MoRAG account")
+        self.enter_key.setVisible(False)
         self.open_logs = QAction("Open log folder", self)
         self.about = QAction("About MoRAG Worker", self)
         self.quit = QAction("Quit", self)
@@ -62,23 +71,31 @@ class WorkerActions(QObject):
 
         self.start.triggered.connect(controller.start)
         self.finish.triggered.connect(controller.finish)
-        self.stop_now.triggered.connect(controller.stop_now)
+        self.stop_now.triggered.connect(self._on_stop_now)
         self.snooze_30.triggered.connect(lambda: controller.snooze_for(SNOOZE_30_MIN))
         self.snooze_60.triggered.connect(lambda: controller.snooze_for(SNOOZE_1_H))
         self.snooze_resume.triggered.connect(lambda: controller.snooze(None))
         controller.state_changed.connect(self._on_status)
-        self.update_for(controller.status.state)
+        self.update_for(controller.status)
+
+    @Slot()
+    def _on_stop_now(self) -> None:
+        if self.before_stop_now is None or self.before_stop_now():
+            self._controller.stop_now()
 
     @Slot(object)
     def _on_status(self, status: WorkerStatus) -> None:
-        self.update_for(status.state)
+        self.update_for(status)
 
-    def update_for(self, state: WorkerState) -> None:
-        """Enable the worker actions that make sense in ``state``."""
-        enabled = enabled_names(state)
+    def update_for(self, status: WorkerStatus) -> None:
+        """Enable the worker actions that make sense with ``status``; offer the key when it is the problem."""
+        enabled = enabled_names(status)
+        if self._controller.quitting:
+            enabled -= {"start"}  # quitting once the task is done: Resume would keep the app from quitting
         for name in WORKER_ACTIONS:
             getattr(self, name).setEnabled(name in enabled)
-        self.start.setText(presentation(state).start_label)
+        self.start.setText(presentation(status.state).start_label)
+        self.enter_key.setVisible(key_problem(status) is not None)
 
     def enabled_worker_actions(self) -> frozenset[str]:
         """The names of the worker actions enabled now (for tests and the window)."""
@@ -86,6 +103,7 @@ class WorkerActions(QObject):
 
     def fill_menu(self, menu: QMenu) -> None:
         """Add the whole menu, in order, to ``menu``."""
+        menu.addAction(self.enter_key)
         menu.addAction(self.start)
         menu.addAction(self.finish)
         menu.addAction(self.stop_now)

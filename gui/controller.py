@@ -21,6 +21,7 @@ from typing import Protocol
 import structlog
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
+from morag_worker.core.diagnosis.selftest import SelfTestSetup, run_self_test
 from morag_worker.core.results import TaskOutcome, TaskRecord
 from morag_worker.core.supervisor.events import (
     StopMode,
@@ -29,6 +30,7 @@ from morag_worker.core.supervisor.events import (
     WorkerState,
     WorkerStatus,
 )
+from morag_worker.core.wording import error_words, sentence
 
 from .background import BackgroundRunner
 from .qt_emit import emit, emit_steals_true
@@ -106,6 +108,9 @@ class WorkerController(QObject):
     failed = Signal(str)
     #: After ``quit``: the supervisor is closed; the app may exit.
     closed = Signal()
+    #: The report of ``run_self_test`` (``SelfTestReport``).
+    self_test_done = Signal(object)
+    _self_test_runner: BackgroundRunner | None = None
 
     def __init__(
         self,
@@ -133,6 +138,19 @@ class WorkerController(QObject):
         self._kill_timer.setSingleShot(True)
         self._kill_timer.timeout.connect(self._hand_back_too_slow)
         self._supervisor = factory(self._relay)
+
+    def run_self_test(self, setup: SelfTestSetup) -> None:
+        """Run the core self-test off the GUI thread, beside the supervisor's calls rather than queued
+        behind them (it takes seconds: keychain, HTTP, Redis, a conversion); the report arrives as
+        ``self_test_done``, a crash of the test itself as ``failed``."""
+        if self._self_test_runner is None:
+            self._self_test_runner = BackgroundRunner(self, max_threads=1, name="self-test")
+        self._self_test_runner.submit(
+            lambda: run_self_test(setup),
+            on_success=lambda report: emit(self.self_test_done, report),
+            on_failure=lambda exc: self._report_failure("run the self-test", exc),
+            label="self_test",
+        )
 
     # -- what views read ---------------------------------------------------------------------
 
@@ -240,7 +258,7 @@ class WorkerController(QObject):
         )
 
     def _report_failure(self, doing: str, exc: Exception) -> None:
-        message = f"Could not {doing}: {exc}" if str(exc) else f"Could not {doing} ({exc.__class__.__name__})"
+        message = sentence(f"Could not {doing}: {str(exc) or error_words(exc)}")
         log.error("gui.supervisor_call_failed", doing=doing, error=f"{exc.__class__.__name__}: {exc}")
         emit(self.failed, message)
         if self._quitting and not self._closed:

@@ -21,7 +21,15 @@ from morag_worker import DISPLAY_NAME, __version__
 
 from .icons import IconSet
 
-__all__ = ["QuitChoice", "QuitDialog", "RestartDialog", "about_box", "log_folder_box"]
+__all__ = [
+    "QuitChoice",
+    "QuitDialog",
+    "RestartDialog",
+    "StopNowChoice",
+    "StopNowDialog",
+    "about_box",
+    "log_folder_box",
+]
 
 
 class QuitChoice(Enum):
@@ -134,3 +142,44 @@ def log_folder_box(path: Path, parent: QWidget | None = None) -> QMessageBox:
     box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
     box.setModal(False)
     return box
+
+
+class StopNowChoice(Enum):
+    """The answer to "Stop now?" when work would be lost."""
+
+    STOP_NOW = "stop_now"  # hand the tasks back now; their progress is lost
+    FINISH = "finish"  # finish them, then pause
+
+
+class StopNowDialog(QMessageBox):
+    """Asks before "Stop now" throws work away: says how much, and offers to finish first."""
+
+    def __init__(self, lost: list[str], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Stop now?")
+        self.setIcon(QMessageBox.Icon.Warning)
+        self.setText("Stopping now hands the work in progress back to your queue, where it starts over.")
+        self.setInformativeText(
+            " ".join(lost) + " Finish and pause keeps it: the worker takes no new task and pauses "
+            "once the current work is done."
+        )
+        self.stop_button = self.addButton("Stop now", QMessageBox.ButtonRole.DestructiveRole)
+        self.finish_button = self.addButton("Finish, then pause", QMessageBox.ButtonRole.AcceptRole)
+        self.cancel_button = self.addButton(QMessageBox.StandardButton.Cancel)
+        self.setDefaultButton(self.finish_button)
+        self.setEscapeButton(self.cancel_button)
+
+    def choice(self) -> StopNowChoice | None:
+        clicked = self.clickedButton()
+        if clicked is self.stop_button:
+            return StopNowChoice.STOP_NOW
+        if clicked is self.finish_button:
+            return StopNowChoice.FINISH
+        return None
+
+    @classmethod
+    def ask(cls, lost: list[str], parent: QWidget | None = None) -> StopNowChoice | None:
+        """Ask (modal) and return the choice; None when the user cancels."""
+        dialog = cls(lost, parent)
+        dialog.exec()
+        return dialog.choice()

@@ -37,7 +37,7 @@ from PySide6.QtWidgets import QApplication
 
 from morag_worker import APP_NAME, DISPLAY_NAME, __version__
 from morag_worker.core.config.autostart import autostart_for_platform, launch_command
-from morag_worker.core.config.credentials import CredentialStore
+from morag_worker.core.config.credentials import CredentialStore, key_file_path
 from morag_worker.core.config.history import HISTORY_FILE_NAME, HistoryStore, default_history_path
 from morag_worker.core.config.settings import SettingsStore, default_log_dir
 from morag_worker.core.supervisor.events import SupervisorListener
@@ -179,7 +179,7 @@ def build_services(
 ) -> Services:
     """The real collaborators for ``TrayApp``."""
     store = SettingsStore(config_dir)
-    credentials = CredentialStore()
+    credentials = CredentialStore(key_file=key_file_path(config_dir))
     extra = ["--config-dir", str(config_dir.resolve())] if config_dir is not None else []
     return Services(
         settings_store=store,

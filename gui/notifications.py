@@ -13,10 +13,10 @@ Pure Python, no Qt: ``TrayApp`` shows each ``Notice`` (tray balloon, or the wind
 
 from __future__ import annotations
 
-from morag_worker.core.results import TaskOutcome, TaskRecord
-from morag_worker.core.supervisor.events import Problem, WorkerState, WorkerStatus
+from morag_worker.core.results import INPUT_PROBLEM, TaskOutcome, TaskRecord
+from morag_worker.core.supervisor.events import WorkerState, WorkerStatus
 
-from .state_presentation import Level, Notice, Notify, presentation
+from .state_presentation import Level, Notice, Notify, key_problem, presentation
 
 __all__ = ["Level", "Notice", "NotificationPolicy"]  # Level and Notice re-exported from state_presentation
 
@@ -41,13 +41,9 @@ class NotificationPolicy:
             return None
         shown = presentation(status.state)
         detail = status.message.strip()
-        if status.problem is Problem.KEY_REJECTED:
-            return Notice(
-                "MoRAG Worker stopped: API key refused",
-                (detail + ". " if detail else "")
-                + "Open Settings and paste a valid key from your MoRAG account.",
-                Level.ERROR,
-            )
+        if (key := key_problem(status)) is not None:
+            title, text = key
+            return Notice(f"MoRAG Worker stopped: {title}", text, Level.ERROR)
         if shown.notify is Notify.ALWAYS and shown.notice is not None:
             return shown.notice.notice(detail)
         if shown.notify is Notify.ONCE_PER_OUTAGE and shown.notice is not None:
@@ -79,6 +75,8 @@ class NotificationPolicy:
     def on_task_finished(record: TaskRecord, *, requeue_expected: bool) -> Notice | None:
         """A notice for a failed task, or an unexpected hand-back; None for a success."""
         name = record.filename or record.task_id
+        if record.outcome is TaskOutcome.FAILED and record.metadata.get(INPUT_PROBLEM):
+            return None  # the uploader's broken file: theirs to fix; the history shows it
         if record.outcome is TaskOutcome.FAILED:
             return Notice(f"Task failed: {name}", record.error or "The task failed.", Level.WARNING)
         if record.outcome is TaskOutcome.REQUEUED and not requeue_expected:

@@ -22,7 +22,10 @@ from morag_worker.core.wording import capitalised
 from .format import percent_text
 from .state_presentation import task_percent
 
-__all__ = ["RowTexts", "row_texts"]
+__all__ = ["LOST_WORK_PERCENT", "RowTexts", "lost_work", "row_texts"]
+
+#: "Stop now" asks first when a task is further along than this (a percentage).
+LOST_WORK_PERCENT = 10.0
 
 STAGE_NAMES = {"DOWNLOADING": "Downloading", "PROCESSING": "Processing"}
 #: "page 489 of 1588", "sheet 2 of 5: Sales": a noun, a count, a total, and what follows.
@@ -89,3 +92,28 @@ def row_texts(p: TaskProgress) -> RowTexts:
         percent=percent,
         bar_text=percent_text(percent),
     )
+
+
+def _what(p: TaskProgress) -> str:
+    """``"report.pdf, a 4,764-page PDF,"``: as much as is known of the file."""
+    name = p.filename or "a task"
+    kind = name.rsplit(".", 1)[-1].upper() if "." in name else ""
+    count = _COUNT.match(p.message.strip()) if p.stage != "DOWNLOADING" else None
+    if count and kind:
+        total = _with_separators(count["total"])
+        return f"{name}, a {total}-{count['noun'].lower()} {kind},"
+    return name
+
+
+def lost_work(tasks: list[TaskProgress], threshold: float = LOST_WORK_PERCENT) -> list[str]:
+    """What "Stop now" throws away, one sentence per task past ``threshold`` percent; pure.
+
+    ``"33 % of report.pdf, a 4,764-page PDF, will be redone from the start."`` A task goes back to
+    the queue whole: whoever takes it next starts again from its first page.
+    """
+    lines = []
+    for p in tasks:
+        percent = task_percent(p)
+        if percent is not None and percent > threshold:
+            lines.append(f"{percent_text(percent)} of {_what(p)} will be redone from the start.")
+    return lines

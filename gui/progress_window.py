@@ -158,8 +158,9 @@ class _StatusHeader(QFrame):
         buttons = QHBoxLayout()
         buttons.setSpacing(6)
         self.buttons: dict[str, QToolButton] = {}
-        for name, label in (("start", None), ("finish", "Finish and pause"), ("stop_now", "Stop now"),
-                            ("snooze", None), ("settings", "Settings")):  # fmt: skip
+        shown = (("enter_key", "Enter key…"), ("start", None), ("finish", "Finish and pause"),
+                 ("stop_now", "Stop now"), ("snooze", None), ("settings", "Settings"))  # fmt: skip
+        for name, label in shown:
             button = QToolButton()
             button.setDefaultAction(getattr(actions, name))
             button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
@@ -168,6 +169,10 @@ class _StatusHeader(QFrame):
                 getattr(actions, name).changed.connect(lambda b=button, text=label: b.setText(text))
             if name == "snooze":
                 button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+            if name == "enter_key":  # shown only while the key is the problem
+                action = actions.enter_key
+                button.setVisible(action.isVisible())
+                action.changed.connect(lambda b=button, a=action: b.setVisible(a.isVisible()))
             buttons.addWidget(button)
             self.buttons[name] = button
         self.more_menu = QMenu(self)
@@ -347,7 +352,7 @@ class ProgressWindow(QWidget):
         self.header.title.setText(title)
         self.header.detail.setText(detail)
         self.header.detail.setVisible(bool(detail))
-        look = shown.busy_look if tasks else shown.look
+        look = shown.look_for(status, bool(tasks))
         if look is not self._look:
             self._look = look
             self.header.icon.setPixmap(self._icons.pixmap(look, 48))

@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
+    QRadioButton,
     QSpinBox,
     QToolButton,
     QVBoxLayout,
@@ -36,7 +37,13 @@ from PySide6.QtWidgets import (
 
 from morag_worker import DISPLAY_NAME
 from morag_worker.core.config.autostart import Autostart, AutostartError
-from morag_worker.core.config.credentials import CredentialError, CredentialStore
+from morag_worker.core.config.credentials import (
+    CredentialError,
+    CredentialStore,
+    KeychainProblem,
+    KeychainUnavailable,
+    KeyPlace,
+)
 from morag_worker.core.config.settings import (
     DEFAULT_HUB_URL,
     InvalidHubUrl,
@@ -46,16 +53,16 @@ from morag_worker.core.config.settings import (
     normalise_hub_url,
 )
 from morag_worker.core.hub_client import (
-    HubClient,
     HubClientLike,
     HubError,
     HubUnreachable,
     KeyRejected,
     QueueInfo,
+    quick_client,
 )
 from morag_worker.core.naming import WorkerType, consumed_queues
 from morag_worker.core.supervisor.gpu import GpuInfo, GpuProbe
-from morag_worker.core.wording import sentence
+from morag_worker.core.wording import error_words, sentence
 
 from .background import BackgroundOp, BackgroundRunner
 from .format import window_title
@@ -105,16 +112,28 @@ def explain(exc: BaseException, hub_url: str = "") -> Explanation:
             sentence(f"The hub address is not valid: {exc}"),
             "Use the address your MoRAG admin gave you, such as https://hub.example.org.",
         )
-    if isinstance(exc, CredentialError):  # KeychainUnavailable, InvalidApiKey
+    if isinstance(exc, KeychainUnavailable):
+        return Explanation(_NO_KEYCHAIN if exc.problem is not KeychainProblem.LOCKED else _LOCKED)
+    if isinstance(exc, CredentialError):  # InvalidApiKey, ApiKeyFileError
         return Explanation(sentence(exc.message), sentence(exc.advice))
     if isinstance(exc, SettingsError):
         return Explanation(sentence(exc.message), sentence(exc.advice))
     if isinstance(exc, AutostartError):
         return Explanation(sentence(str(exc)))
-    return Explanation(
-        sentence(f"Unexpected error: {exc.__class__.__name__}: {exc}"), "See the log for details."
-    )
+    return Explanation(sentence(f"Something went wrong: {error_words(exc)}"), "See the log for details.")
 
+
+_NO_KEYCHAIN = (
+    "This computer has no keychain (the safe store for passwords) that MoRAG Worker can use, "
+    "so the key cannot be kept there."
+)
+_LOCKED = "Your keychain is locked, so the key cannot be kept there until it is unlocked."
+_PLACE_TEXT = {
+    KeyPlace.KEYCHAIN: "Your key is kept in: {backend}.",
+    KeyPlace.SESSION: "Chosen: the key is kept only while MoRAG Worker runs.",
+    KeyPlace.FILE: "Chosen: the key is kept in a file in MoRAG Worker's settings folder.",
+}
+_FILE_WARNING = "Anyone who can use your user account, or read a backup of it, can read the key in that file."
 
 _OK_STYLE = "color:#1e8449;"
 _ERROR_STYLE = "color:#c0392b;"
@@ -150,7 +169,7 @@ class SettingsDialog(QDialog):
         autostart_command: Callable[[], Sequence[str]],
         runner: BackgroundRunner,
         *,
-        client_factory: Callable[[str, str], HubClientLike] = HubClient,
+        client_factory: Callable[[str, str], HubClientLike] = quick_client,
         first_run: bool = False,
         parent: QWidget | None = None,
     ) -> None:
@@ -168,6 +187,11 @@ class SettingsDialog(QDialog):
         self._verified: tuple[str, str, QueueInfo] | None = None
         self._generation = 0
         self._busy = False
+        self._checking = False
+        self._no_keychain = False
+        #: Where the key was kept by the last save (the keychain, or the person's choice without one).
+        self.saved_place: KeyPlace | None = None
+        self._backend_name = "the system keychain"
         self.setWindowTitle(f"Welcome to {DISPLAY_NAME}" if first_run else window_title("Settings"))
         self.setMinimumWidth(540)  # lowered by fit_to_screen on a small screen
         self.setStyleSheet("QLabel#muted { color: palette(placeholder-text); }")
@@ -206,6 +230,25 @@ class SettingsDialog(QDialog):
         self.keychain_label = QLabel("Keychain: looking…")
         self.keychain_label.setObjectName("muted")
         self.keychain_label.setWordWrap(True)
+        # Without a keychain: the person chooses, knowingly, where the key goes (shown only then).
+        self.place_box = QGroupBox("Where to keep the key")
+        self.place_reason = QLabel(_NO_KEYCHAIN)
+        self.place_reason.setWordWrap(True)
+        self.keep_session = QRadioButton("Only while MoRAG Worker runs (paste it again after a restart)")
+        self.keep_file = QRadioButton("In a file in MoRAG Worker's settings folder that only you can read")
+        self.keep_session.setChecked(True)
+        self.file_warning = QLabel(_FILE_WARNING)
+        self.file_warning.setWordWrap(True)
+        self.file_warning.setObjectName("muted")
+        self.file_warning.setVisible(False)
+        self.keep_file.toggled.connect(self.file_warning.setVisible)
+        self.keep_file.toggled.connect(self._place_changed)
+        place_layout = QVBoxLayout(self.place_box)
+        place_layout.addWidget(self.place_reason)
+        place_layout.addWidget(self.keep_session)
+        place_layout.addWidget(self.keep_file)
+        place_layout.addWidget(self.file_warning)
+        self.place_box.setVisible(False)
         connection = QGroupBox("Connection")
         form = QFormLayout()
         form.addRow("Hub address", self.hub_edit)
@@ -216,7 +259,8 @@ class SettingsDialog(QDialog):
         connection_layout = QVBoxLayout(connection)
         connection_layout.addLayout(form)
         connection_layout.addWidget(self.status_label)
-        connection_layout.addWidget(self.keychain_label)
+        connection_layout.addWidget(self.place_box)
+        connection_layout.addWidget(self.keychain_label)  # below the choice: says which was chosen
 
         # -- worker --
         self.concurrency = QSpinBox()
@@ -299,8 +343,9 @@ class SettingsDialog(QDialog):
         hub = self._settings.hub_url
         credentials = self._credentials
 
-        def read_keychain() -> tuple[str, str | None]:
-            return credentials.backend_description, credentials.get(hub)
+        def read_keychain() -> tuple[str, str | None, KeyPlace | None]:
+            place = credentials.place(hub)
+            return credentials.backend_description, credentials.get(hub), place
 
         BackgroundOp(
             self._runner, read_keychain, self._show_stored_key, parent=self, label="read key"
@@ -314,9 +359,15 @@ class SettingsDialog(QDialog):
                 self._runner, autostart.is_enabled, self._show_autostart, parent=self, label="autostart state"
             ).run()
 
-    def _show_stored_key(self, found: tuple[str, str | None]) -> None:
-        backend, key = found
-        self.keychain_label.setText(f"Your key is kept in: {backend}")
+    def _show_stored_key(self, found: tuple[str, str | None, KeyPlace | None]) -> None:
+        backend, key, place = found
+        self._backend_name = backend
+        if place in (KeyPlace.FILE, KeyPlace.SESSION):
+            # Kept there because there is no keychain: the same choice stays on offer.
+            self._offer_places(KeychainUnavailable("", "", KeychainProblem.NO_KEYCHAIN))
+            (self.keep_file if place is KeyPlace.FILE else self.keep_session).setChecked(True)
+        else:
+            self.keychain_label.setText(_PLACE_TEXT[KeyPlace.KEYCHAIN].format(backend=backend))
         self._stored = (self._settings.hub_url, key)
         if key and not self.key_edit.text():
             self.key_edit.setText(key)
@@ -324,9 +375,28 @@ class SettingsDialog(QDialog):
             self.key_edit.setFocus()
 
     def _show_keychain_problem(self, exc: Exception) -> None:
-        problem = explain(exc)
-        self.keychain_label.setText(f"Keychain: {problem.message} {problem.advice}")
         self._stored = (self._settings.hub_url, None)
+        if isinstance(exc, KeychainUnavailable):
+            self._offer_places(exc)
+            return
+        problem = explain(exc)
+        self.keychain_label.setText(f"{problem.message} {problem.advice}".strip())
+
+    def _offer_places(self, exc: KeychainUnavailable) -> None:
+        """No usable keychain: say so once, in the choice of where the key goes instead."""
+        self._no_keychain = True
+        self.place_reason.setText(explain(exc).message)
+        self.place_box.setVisible(True)
+        self._place_changed()
+
+    def _place_changed(self) -> None:
+        self.keychain_label.setText(_PLACE_TEXT[self.chosen_place()])
+
+    def chosen_place(self) -> KeyPlace:
+        """Where Save keeps the key: the keychain, or what the person chose without one."""
+        if not self._no_keychain:
+            return KeyPlace.KEYCHAIN
+        return KeyPlace.FILE if self.keep_file.isChecked() else KeyPlace.SESSION
 
     def _show_autostart(self, enabled: bool) -> None:
         self.start_at_login.setChecked(enabled or self._settings.start_at_login)
@@ -360,6 +430,9 @@ class SettingsDialog(QDialog):
         self.show_key.setText("Hide" if visible else "Show")
 
     def _inputs_changed(self) -> None:
+        if self._checking:  # the answer would be about other inputs: stop waiting for it
+            self._set_checking(False)
+            self._set_busy(False)
         self._generation += 1
         self._verified = None
         self.status_label.clear()
@@ -374,7 +447,27 @@ class SettingsDialog(QDialog):
 
     @Slot()
     def _on_check_clicked(self) -> None:
-        self.check_key()
+        if self._checking:
+            self.cancel_check()
+        else:
+            self.check_key()
+
+    def cancel_check(self) -> None:
+        """Stop waiting for the hub's answer (it is ignored when it comes)."""
+        if not self._checking:
+            return
+        self._generation += 1
+        self._set_checking(False)
+        self._set_busy(False)
+        self.status_label.setStyleSheet("")
+        self.status_label.setText("Key check cancelled. Choose Check key to try again.")
+        log.info("settings.key_check_cancelled")
+        emit(self.checked, False)
+
+    def _set_checking(self, checking: bool) -> None:
+        self._checking = checking
+        self.check_button.setText("Cancel" if checking else "Check key")
+        self.check_button.setToolTip("Stop waiting for the hub" if checking else "")
 
     def check_key(self, then: Callable[[], None] | None = None) -> None:
         """Ask the hub who the key belongs to; show the user id and queue, or what is wrong.
@@ -394,6 +487,7 @@ class SettingsDialog(QDialog):
             return
         self._generation += 1
         generation = self._generation
+        self._set_checking(True)  # the check button turns into Cancel
         self._set_busy(True, "Checking the key with the hub…")
         factory = self._client_factory
 
@@ -407,6 +501,7 @@ class SettingsDialog(QDialog):
         def accepted(info: QueueInfo) -> None:
             if generation != self._generation:
                 return
+            self._set_checking(False)
             self._set_busy(False)
             self._verified = (hub, key, info)
             queues = consumed_queues(info.user_id, self._chosen_worker()[0])
@@ -423,6 +518,7 @@ class SettingsDialog(QDialog):
         def refused(exc: Exception) -> None:
             if generation != self._generation:
                 return
+            self._set_checking(False)
             self._set_busy(False)
             log.info("settings.key_check_failed", hub=hub, error=exc.__class__.__name__)
             self._show_problem(explain(exc, hub))
@@ -439,7 +535,7 @@ class SettingsDialog(QDialog):
 
     def _set_busy(self, busy: bool, text: str = "") -> None:
         self._busy = busy
-        self.check_button.setEnabled(not busy)
+        self.check_button.setEnabled(not busy or self._checking)
         self.save_button.setEnabled(not busy)
         if text:
             self.status_label.setStyleSheet("")
@@ -488,17 +584,20 @@ class SettingsDialog(QDialog):
         if not (unchanged or verified):
             self.check_key(then=self.save)
             return
-        self._store_all(settings, key, store_key=not unchanged)
+        # A place chosen without a keychain is kept even when the key did not change.
+        store_key = not unchanged or self.chosen_place() is not KeyPlace.KEYCHAIN
+        self._store_all(settings, key, store_key=store_key)
 
     def _store_all(self, settings: Settings, key: str, *, store_key: bool) -> None:
         self._set_busy(True, "Saving…")
+        place = self.chosen_place()
         credentials, store, autostart = self._credentials, self._store, self._autostart
         command = list(self._autostart_command()) if autostart is not None and settings.start_at_login else []
 
         def write() -> Settings:
             # The key first: settings that point at a hub without a stored key would not start.
             if store_key:
-                credentials.set(settings.hub_url, key)
+                credentials.set(settings.hub_url, key, place)
             store.save(settings)
             if autostart is not None:
                 # Both are idempotent; enabling again refreshes the command after a reinstall.
@@ -512,13 +611,24 @@ class SettingsDialog(QDialog):
             self._set_busy(False)
             self._settings = saved
             self._stored = (saved.hub_url, key)
-            log.info("settings.saved_from_dialog", hub=saved.hub_url, key_stored=store_key)
+            log.info("settings.saved_from_dialog", hub=saved.hub_url, key_stored=store_key, place=place.value)
+            self.saved_place = place
             emit(self.saved, saved)
             self.accept()
 
         def failed(exc: Exception) -> None:
             self._set_busy(False)
             log.warning("settings.save_failed", error=f"{exc.__class__.__name__}: {exc}")
+            if isinstance(exc, KeychainUnavailable) and not self._no_keychain:
+                # The key check passed; only the keychain failed: offer the other places.
+                self._offer_places(exc)
+                self._show_problem(
+                    Explanation(
+                        "The key is fine, but the keychain could not keep it.",
+                        "Choose where to keep it, then save again.",
+                    )
+                )
+                return
             self._show_problem(explain(exc, settings.hub_url))
 
         BackgroundOp(self._runner, write, done, parent=self, label="save settings").failure(failed).run()

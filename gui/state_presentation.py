@@ -21,7 +21,15 @@ from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType
 
-from morag_worker.core.supervisor.events import TaskProgress, WorkerState, WorkerStatus
+from morag_worker.core.supervisor.events import (
+    PAUSED,
+    RECONNECTING,
+    Problem,
+    TaskProgress,
+    WorkerState,
+    WorkerStatus,
+)
+from morag_worker.core.wording import sentence
 
 from .format import clock_time, percent_text
 
@@ -36,6 +44,7 @@ __all__ = [
     "StatePresentation",
     "TrayLook",
     "overall_percent",
+    "key_problem",
     "presentation",
     "task_percent",
 ]
@@ -83,7 +92,7 @@ class NoticeText:
     suffix: str = ""  # appended to the message either way
 
     def notice(self, detail: str) -> Notice:
-        return Notice(self.title, (detail or self.fallback) + self.suffix, self.level)
+        return Notice(self.title, sentence(detail or self.fallback) + self.suffix, self.level)
 
 
 class Notify(Enum):
@@ -121,6 +130,7 @@ class StatePresentation:
         tooltip: The tray tooltip's text (without the app's name; ``tray_icon`` adds it and truncates).
         header: The progress window's title and detail line.
         enabled: Which of ``WORKER_ACTIONS`` may be asked.
+        enabled_by: When given, decides ``enabled`` by the status (finishing: what follows).
         start_label: The text of the start action ("Resume" while snoozed).
         idle: No worker child runs and none will start on its own: quitting closes at once, new
             settings apply at the next start.
@@ -150,6 +160,18 @@ class StatePresentation:
     recovered: NoticeText | None = None
     ends_outage: bool = False
     works: bool = False
+    enabled_by: Callable[[WorkerStatus], frozenset[str]] | None = None
+
+    def look_for(self, status: WorkerStatus, busy: bool) -> TrayLook:
+        """The icon: ``busy_look`` with a task in flight, else ``look``; never the working colours
+        while the worker has lost the broker (a revoked key is being found out then)."""
+        if status.message == RECONNECTING:
+            return TrayLook.CONNECTING
+        return self.busy_look if busy else self.look
+
+    def actions(self, status: WorkerStatus) -> frozenset[str]:
+        """Which of ``WORKER_ACTIONS`` may be asked with ``status`` (``enabled`` unless it depends)."""
+        return self.enabled_by(status) if self.enabled_by is not None else self.enabled
 
 
 # -- percentages ---------------------------------------------------------------------
@@ -179,6 +201,8 @@ def _snoozed_until(m: Moment) -> str:
 
 
 def _running_tooltip(m: Moment) -> str:
+    if m.status.message == RECONNECTING:
+        return "Reconnecting…"
     if not m.tasks:
         queues = m.status.queues
         return "Waiting for work" + (f" on {', '.join(queues)}" if queues else "")
@@ -190,17 +214,68 @@ def _running_tooltip(m: Moment) -> str:
 
 
 def _running_header(m: Moment) -> tuple[str, str]:
+    if m.status.message == RECONNECTING:
+        return "Reconnecting…", "The connection to your queue was lost; the worker is reconnecting."
     if m.tasks:
         pct = percent_text(overall_percent(m.tasks))
         return (f"Working: {pct}" if pct else "Working"), m.who
     return "Waiting for work", m.who or m.status.message
 
 
+def _finishing_count(m: Moment) -> int:
+    return max(len(m.tasks), m.status.active_tasks)
+
+
+def _finishing_title(m: Moment) -> str:
+    count = _finishing_count(m)
+    if count > 1:
+        return f"Finishing {count} tasks"
+    return "Finishing the current task" if count else "Finishing"
+
+
+def _after_finishing(m: Moment) -> str:
+    """What follows, as the end of a sentence: "the worker pauses", "the worker snoozes until 14:05"."""
+    then = m.status.then
+    if then is WorkerState.STARTING:
+        return "the worker restarts and takes new tasks again"
+    if then is WorkerState.SNOOZED:
+        until = m.status.snoozed_until
+        return "the worker snoozes " + (
+            f"until {clock_time(until, m.now)}" if until is not None else "until you resume"
+        )
+    return "the worker pauses"
+
+
 def _finishing_tooltip(m: Moment) -> str:
-    text = "Finishing the current task, then pausing"
+    then = m.status.then
+    short = (
+        "restarting"
+        if then is WorkerState.STARTING
+        else "snoozing"
+        if then is WorkerState.SNOOZED
+        else "pausing"
+    )
+    text = f"{_finishing_title(m)}, then {short}"
     if m.tasks and (pct := percent_text(overall_percent(m.tasks))):
         text += f" ({pct})"
     return text
+
+
+def _finishing_header(m: Moment) -> tuple[str, str]:
+    count = _finishing_count(m)
+    done = "they are done" if count > 1 else "it is done"
+    detail = f"No new task is taken; when {done}, {_after_finishing(m)}."
+    if m.status.then is not WorkerState.STARTING:
+        detail += " Choose Resume to keep working."
+    return _finishing_title(m), detail
+
+
+def _finishing_actions(status: WorkerStatus) -> frozenset[str]:
+    if status.then is WorkerState.STARTING:  # already resuming: pausing or snoozing undo it
+        return frozenset({"finish", "stop_now", "snooze"})
+    if status.then is WorkerState.SNOOZED:
+        return frozenset({"start", "finish", "stop_now", "snooze"})
+    return frozenset({"start", "stop_now", "snooze"})
 
 
 def _backoff_tooltip(m: Moment) -> str:
@@ -214,7 +289,15 @@ def _backoff_tooltip(m: Moment) -> str:
 def _backoff_header(m: Moment) -> tuple[str, str]:
     status = m.status
     retry = f" Retrying at {clock_time(status.retry_at, m.now)}." if status.retry_at else " Retrying soon."
-    return "Cannot connect", (status.message or "The hub or the broker cannot be reached.") + retry
+    return "Cannot connect", sentence(status.message or "The hub or the broker cannot be reached.") + retry
+
+
+def _starting_header(m: Moment) -> tuple[str, str]:
+    """While the hub is asked: the hub's address, and how to stop waiting for it."""
+    message = sentence(m.status.message) if m.status.message else "Connecting to the hub and the broker."
+    if m.status.message.startswith("Connecting to the hub"):
+        message += " Choose Stop now to stop waiting."
+    return "Connecting…", message
 
 
 def _hub_retry(m: Moment) -> str:
@@ -231,12 +314,54 @@ def _hub_wait_header(m: Moment) -> tuple[str, str]:
     return "Hub unreachable", f"{_hub_retry(m)} No new task is taken until the hub answers{waiting}."
 
 
+def _stopped_title(m: Moment) -> str:
+    """ "Paused" after "Finish current task and pause", else "Stopped"."""
+    return "Paused" if m.status.message == PAUSED else "Stopped"
+
+
 def _stopped_header(m: Moment) -> tuple[str, str]:
     message = m.status.message
-    return "Stopped", message if message not in ("", "Stopped") else "Choose Start to work."
+    if message in ("", "Stopped", PAUSED):
+        return _stopped_title(m), "Choose Start to work."
+    return _stopped_title(m), sentence(message)
+
+
+def key_problem(status: WorkerStatus) -> tuple[str, str] | None:
+    """(title, sentence) when the worker stopped for want of a usable key; None otherwise.
+
+    The supervisor's own message is the terminal's (it names ``morag-worker login`` and
+    ``--api-key-file``); a window says what happened and the button that fixes it.
+    """
+    if status.problem is Problem.KEY_REJECTED:
+        return (
+            "API key refused",
+            "The hub did not accept the API key: it may have been revoked or have expired. "
+            "Choose Enter key… and paste a valid key from your MoRAG account.",
+        )
+    if status.problem is Problem.NO_API_KEY:
+        if status.message.lower().startswith("no api key"):
+            return (
+                "API key missing",
+                "No API key is stored for this hub. "
+                "Choose Enter key… and paste the key from your MoRAG account.",
+            )
+        return (
+            "API key unavailable",
+            "The API key could not be read from where it is kept. Choose Enter key… to enter it again.",
+        )
+    return None
+
+
+def _crashed_header(m: Moment) -> tuple[str, str]:
+    if (key := key_problem(m.status)) is not None:
+        return key
+    message = m.status.message
+    return "Stopped by an error", sentence(message) if message else "See the Log tab for details."
 
 
 def _crashed_tooltip(m: Moment) -> str:
+    if (key := key_problem(m.status)) is not None:
+        return key[0]
     return "Stopped by an error" + (f": {m.status.message}" if m.status.message else "")
 
 
@@ -256,7 +381,7 @@ _TABLE: dict[WorkerState, StatePresentation] = {
     WorkerState.STOPPED: StatePresentation(
         look=TrayLook.STOPPED,
         busy_look=TrayLook.STOPPED,
-        tooltip=_text("Stopped"),
+        tooltip=_stopped_title,
         header=_stopped_header,
         enabled=_IDLE_ACTIONS,
         idle=True,
@@ -271,7 +396,7 @@ _TABLE: dict[WorkerState, StatePresentation] = {
         look=TrayLook.CONNECTING,
         busy_look=TrayLook.CONNECTING,
         tooltip=_text("Connecting…"),
-        header=lambda m: ("Connecting…", m.status.message or "Connecting to the hub and the broker."),
+        header=_starting_header,
         enabled=_WORKING_ACTIONS,
         idle=False,
         child_runs=True,
@@ -312,13 +437,12 @@ _TABLE: dict[WorkerState, StatePresentation] = {
         look=TrayLook.FINISHING,
         busy_look=TrayLook.FINISHING,
         tooltip=_finishing_tooltip,
-        header=lambda _m: (
-            "Finishing the current task",
-            "No new task is taken; the worker pauses when this one is done.",
-        ),
-        enabled=frozenset({"stop_now"}),
+        header=_finishing_header,
+        enabled=frozenset({"start", "stop_now", "snooze"}),
+        enabled_by=_finishing_actions,
         idle=False,
         child_runs=True,
+        start_label="Resume",
         shows_tasks=True,
     ),
     WorkerState.STOPPING: StatePresentation(
@@ -343,7 +467,7 @@ _TABLE: dict[WorkerState, StatePresentation] = {
             "MoRAG Worker cannot connect",
             "The hub or the broker cannot be reached.",
             Level.WARNING,
-            suffix=" It will keep retrying; no action is needed if your network is down.",
+            suffix=" It keeps retrying; no action is needed if your network is down.",
         ),
         recovered=NoticeText("MoRAG Worker is connected again", "Waiting for work.", Level.INFO),
     ),
@@ -351,7 +475,7 @@ _TABLE: dict[WorkerState, StatePresentation] = {
         look=TrayLook.ERROR,
         busy_look=TrayLook.ERROR,
         tooltip=_crashed_tooltip,
-        header=lambda m: ("Stopped by an error", m.status.message or "See the Log tab for details."),
+        header=_crashed_header,
         enabled=_IDLE_ACTIONS,
         idle=True,
         child_runs=False,

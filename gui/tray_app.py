@@ -19,7 +19,7 @@ from pathlib import Path
 
 import shiboken6
 import structlog
-from PySide6.QtCore import QObject, QTimer, QUrl, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QTimer, QUrl, Signal, Slot
 from PySide6.QtGui import QDesktopServices, QGuiApplication
 from PySide6.QtWidgets import QMessageBox, QSystemTrayIcon
 
@@ -27,7 +27,9 @@ from morag_worker.core.config.autostart import Autostart
 from morag_worker.core.config.credentials import CredentialStore, NoApiKey, resolve_api_key
 from morag_worker.core.config.history import HistoryStore
 from morag_worker.core.config.settings import Settings, SettingsStore
-from morag_worker.core.hub_client import HubClient, HubClientLike
+from morag_worker.core.diagnosis.report import SelfTestReport
+from morag_worker.core.diagnosis.selftest import SelfTestSetup
+from morag_worker.core.hub_client import HubClientLike, quick_client
 from morag_worker.core.results import TaskRecord
 from morag_worker.core.supervisor.events import StopMode, WorkerState, WorkerStatus
 from morag_worker.core.supervisor.gpu import GpuProbe
@@ -35,16 +37,27 @@ from morag_worker.core.supervisor.gpu import GpuProbe
 from .actions import WorkerActions
 from .background import BackgroundOp, BackgroundRunner
 from .controller import IDLE_STATES, SupervisorFactory, WorkerController
-from .dialogs import QuitChoice, QuitDialog, RestartDialog, about_box, log_folder_box
+from .dialogs import (
+    QuitChoice,
+    QuitDialog,
+    RestartDialog,
+    StopNowChoice,
+    StopNowDialog,
+    about_box,
+    log_folder_box,
+)
 from .history_view import HistoryModel
 from .icons import IconSet
 from .notifications import Level, Notice, NotificationPolicy
+from .progress_text import lost_work
 from .progress_window import ProgressWindow
 from .qt_emit import emit
+from .self_test_view import self_test_offer, self_test_results
 from .settings_dialog import SettingsDialog, explain
+from .state_presentation import key_problem
 from .tray_icon import TrayIcon
 
-__all__ = ["IN_TRAY_NOTICE", "NO_TRAY_NOTICE", "Services", "TrayApp"]
+__all__ = ["IN_TRAY_NOTICE", "NOT_SET_UP_NOTICE", "NO_TRAY_NOTICE", "Services", "TrayApp"]
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +72,12 @@ IN_TRAY_NOTICE = Notice(
     "It keeps working in the background. Click its icon in the notification area to see progress, "
     "or right-click it for the menu.",
     Level.INFO,
+)
+NOT_SET_UP_NOTICE = Notice(
+    "MoRAG Worker is not set up yet",
+    "It needs the API key from your MoRAG account before it can take tasks. When you have it, "
+    "choose Enter key… in its menu.",
+    Level.WARNING,
 )
 HISTORY_SHOWN = 500
 
@@ -99,7 +118,7 @@ class Services:
     tray_retry_ms: int = 2000
     tray_retries: int = 15
     open_url: Callable[[QUrl], object] = QDesktopServices.openUrl
-    client_factory: Callable[[str, str], HubClientLike] = HubClient
+    client_factory: Callable[[str, str], HubClientLike] = quick_client
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     api_key_file: Path | None = None
     clock: Callable[[], float] = time.time
@@ -141,12 +160,15 @@ class TrayApp(QObject):
         self.notices: list[Notice] = []
         self._policy = NotificationPolicy()
         self._finished = False
+        self._set_up = False  # a key was found or saved: the worker can work
         self._tray_checks_left = 0
         self._tray_timer = QTimer(self)
         self._tray_timer.timeout.connect(self._look_for_tray)
 
         self.actions.show_progress.triggered.connect(self.show_window)
         self.actions.settings.triggered.connect(self._open_settings)
+        self.actions.enter_key.triggered.connect(self._open_settings)
+        self.actions.before_stop_now = self.confirm_stop_now
         self.actions.open_logs.triggered.connect(self.open_log_folder)
         self.actions.about.triggered.connect(self.show_about)
         self.actions.quit.triggered.connect(self.request_quit)
@@ -213,6 +235,7 @@ class TrayApp(QObject):
         emit(self.ready)
 
     def _key_looked_up(self, has_key: bool) -> None:
+        self._set_up = has_key
         if not has_key:
             log.info("gui.first_run")
             self.show_settings(first_run=True)
@@ -281,7 +304,7 @@ class TrayApp(QObject):
         )
         dialog.setWindowIcon(self.icons.app())
         dialog.saved.connect(lambda settings: self._settings_saved(settings, first_run))
-        dialog.finished.connect(self._settings_closed)
+        dialog.finished.connect(lambda _code: self._settings_closed(first_run))
         self.settings_dialog = dialog
         dialog.show()
         dialog.raise_()
@@ -290,10 +313,18 @@ class TrayApp(QObject):
 
     def _settings_saved(self, settings: Settings, first_run: bool) -> None:
         self.settings = settings
+        self._set_up = True
+        if key_problem(self.controller.status) is not None:
+            # The key was what stopped the worker; a new one was checked and saved: work again,
+            # so the error goes without the person pressing Start.
+            log.info("gui.key_fixed")
+            self.controller.start()
+            return
         if first_run:
             self.controller.start()
             if self.tray is not None:  # without a tray the window is already in front
                 self._notify(IN_TRAY_NOTICE)
+            QTimer.singleShot(0, self, self.offer_self_test)
         elif self.controller.status.state not in IDLE_STATES:
             # Asked once the Settings dialog has closed, not on top of it.
             QTimer.singleShot(0, self, self._offer_restart)
@@ -312,10 +343,47 @@ class TrayApp(QObject):
                 )
             )
 
-    def _settings_closed(self) -> None:
+    # -- the self-test, offered after the first run ----------------------------------------------
+
+    #: The open offer and the last results box (non-modal; tests press their buttons).
+    self_test_offer_box: QMessageBox | None = None
+    self_test_box: QMessageBox | None = None
+
+    @Slot()
+    def offer_self_test(self) -> None:
+        """Offer the self-test (after the first run's Save): does everything a worker needs work here?"""
+        box, run = self_test_offer(self.window if self.window.isVisible() else None)
+        run.clicked.connect(self.run_self_test)
+        self.self_test_offer_box = box
+        box.show()
+
+    @Slot()
+    def run_self_test(self) -> None:
+        services = self.services
+        setup = SelfTestSetup(
+            settings=self.settings,
+            env=services.env,
+            api_key_file=services.api_key_file,
+            credentials=services.credentials,
+            hub_client_factory=services.client_factory,
+            gpu_probe=services.gpu_probe,
+        )
+        self.controller.self_test_done.connect(self._show_self_test, Qt.ConnectionType.SingleShotConnection)
+        self.controller.run_self_test(setup)
+
+    def _show_self_test(self, report: SelfTestReport) -> None:
+        box = self_test_results(report, self.window if self.window.isVisible() else None)
+        self.self_test_box = box
+        box.show()
+
+    def _settings_closed(self, first_run: bool = False) -> None:
         dialog, self.settings_dialog = self.settings_dialog, None
         if dialog is not None:
             dialog.deleteLater()
+        if first_run and not self._set_up and not self._finished:
+            # Cancelled before a key was saved: say what is missing and where to enter it.
+            self.actions.enter_key.setVisible(True)
+            self._notify(NOT_SET_UP_NOTICE)
 
     @Slot()
     def show_about(self) -> None:
@@ -349,6 +417,21 @@ class TrayApp(QObject):
         box.finished.connect(lambda _code: setattr(self, "log_folder_box", None))
         self.log_folder_box = box
         box.show()
+
+    def confirm_stop_now(self) -> bool:
+        """Whether "Stop now" goes ahead: asked first when a task is past 10 % (its work is redone).
+
+        "Finish, then pause" in that question finishes instead (and answers False).
+        """
+        lost = lost_work(list(self.controller.tasks.values()))
+        if not lost:
+            return True
+        parent = self.window if self.window.isVisible() else None
+        choice = StopNowDialog.ask(lost, parent)
+        log.info("gui.stop_now_asked", choice=choice.value if choice else "cancel", tasks=len(lost))
+        if choice is StopNowChoice.FINISH:
+            self.controller.finish()
+        return choice is StopNowChoice.STOP_NOW
 
     # -- quitting -----------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
 from morag_worker import DISPLAY_NAME
-from morag_worker.core.supervisor.events import TaskProgress, WorkerState, WorkerStatus
+from morag_worker.core.supervisor.events import TaskProgress, WorkerStatus
 
 from .actions import WorkerActions
 from .controller import WorkerController
@@ -31,10 +31,9 @@ __all__ = ["TrayIcon", "tray_look", "tray_tooltip"]
 _TOOLTIP_MAX = 127
 
 
-def tray_look(state: WorkerState, busy: bool) -> TrayLook:
-    """The icon for ``state``, with (``busy``) or without a task in flight."""
-    shown = presentation(state)
-    return shown.busy_look if busy else shown.look
+def tray_look(status: WorkerStatus, busy: bool) -> TrayLook:
+    """The icon for ``status``, with (``busy``) or without a task in flight."""
+    return presentation(status.state).look_for(status, busy)
 
 
 def tray_tooltip(status: WorkerStatus, tasks: Sequence[TaskProgress], now: float | None = None) -> str:
@@ -92,7 +91,7 @@ class TrayIcon(QSystemTrayIcon):
     def _refresh(self, _event: object = None) -> None:
         status = self._controller.status
         tasks = list(self._controller.tasks.values())
-        look = tray_look(status.state, bool(tasks))
+        look = tray_look(status, bool(tasks))
         if look is not self.look:
             self.look = look
             self.setIcon(self._icons.tray(look))

@@ -19,7 +19,7 @@ from morag_worker.core.wording import sentence
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    quiet_verbs = args.command in ("keys", "submit", "demo", "login", "logout")
+    quiet_verbs = args.command in ("keys", "submit", "demo", "login", "logout", "self-test", "diagnostics")
     level = logging.DEBUG if args.verbose > 1 else logging.INFO
     if quiet_verbs and not args.verbose:
         level = logging.WARNING

@@ -37,6 +37,16 @@ fi
 for module in writer calc impress; do
   [ -e "$soffice_registry/$module.xcd" ] || missing+=("libreoffice-$module-nogui")
 done
+# Real public documents that the text-quality tests read; Debian ships them under /usr/share/doc.
+declare -A DOCUMENTS=(
+  [/usr/share/doc/shared-mime-info/shared-mime-info-spec.pdf]=shared-mime-info
+  [/usr/share/doc/libtasn1-doc/libtasn1.pdf]=libtasn1-doc
+  [/usr/share/doc/socat/socat.html]=socat
+  [/usr/share/doc/zlib1g-dev/examples/zlib_how.html]=zlib1g-dev
+)
+for document in "${!DOCUMENTS[@]}"; do
+  [ -e "$document" ] || missing+=("${DOCUMENTS[$document]}")
+done
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -1,17 +1,27 @@
 """Decompression bombs for tests, built in milliseconds without ever holding what they expand to.
 
 After a full flush a deflate compressor starts afresh, so every 1 MiB block of zeros compresses to
-the same ~1 KiB; repeating that block makes a valid stream of any length.
+the same ~1 KiB; repeating that block makes a valid stream of any length. Converter bombs expand in
+the parser instead: a PDF whose pages all share one content stream (issue 10: a 34 KB file gave
+210 MB of text), and a CSV of empty cells (about 30 bytes of memory per byte of input).
 """
 
 from __future__ import annotations
 
+import io
 import struct
 import zipfile
 import zlib
 from pathlib import Path
 
-__all__ = ["docx_with_member", "gzip_bomb", "zero_crc", "zero_deflate"]
+__all__ = [
+    "csv_of_empty_cells",
+    "docx_with_member",
+    "gzip_bomb",
+    "pdf_shared_stream",
+    "zero_crc",
+    "zero_deflate",
+]
 
 MIB = 1024 * 1024
 
@@ -69,3 +79,43 @@ def docx_with_member(
     out += central
     out += struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(entries), len(entries), len(central), start, 0)
     return bytes(out)
+
+
+def pdf_shared_stream(
+    pages: int, lines: int, text: bytes = b"All work and no play makes Jack a dull boy"
+) -> bytes:
+    """A PDF of ``pages`` pages that all draw the same content stream of ``lines`` lines of ``text``.
+
+    The file holds the stream once, so it stays small while its text grows with ``pages * lines``.
+    Each line has a baseline of its own (``14 TL``): lines drawn on top of one another would be read
+    once by PDFium, which drops text that overprints itself.
+    """
+    content = b"BT /F1 12 Tf 14 TL 72 720 Td " + (b"(" + text + b") Tj T* ") * lines + b"ET"
+    font = 4 + pages
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [%s] /Count %d >>"
+        % (b" ".join(b"%d 0 R" % (4 + i) for i in range(pages)), pages),
+        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content),
+    ]
+    page = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 3 0 R "
+    page += b"/Resources << /Font << /F1 %d 0 R >> >> >>" % font
+    objects += [page] * pages
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    out = io.BytesIO()
+    out.write(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(out.tell())
+        out.write(b"%d 0 obj\n%s\nendobj\n" % (number, body))
+    xref = out.tell()
+    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
+    out.write(b"".join(b"%010d 00000 n \n" % offset for offset in offsets))
+    out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref))
+    return out.getvalue()
+
+
+def csv_of_empty_cells(mib: int, width: int = 20) -> bytes:
+    """About ``mib`` MiB of CSV rows of ``width + 1`` empty cells (parsed, about 30 times as much memory)."""
+    row = b"," * width + b"\n"
+    return b"a,b\n" + row * (mib * MIB // len(row))

@@ -6,6 +6,7 @@ every subclass of ``KeyringBackend``) never picks them; tests pass them in expli
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,11 @@ from keyring.errors import PasswordDeleteError
 
 from morag_worker.core.execution.progress_channel import encode_message
 from morag_worker.core.hub_client import QueueInfo
+from morag_worker.core.processing.winjob import (
+    JOB_OBJECT_EXTENDED_LIMIT_INFORMATION_CLASS,
+    JOB_OBJECT_LIMIT_PROCESS_MEMORY,
+    ExtendedLimitInformation,
+)
 from morag_worker.core.results import TaskOutcome, TaskRecord
 from morag_worker.core.supervisor.child_process import ChildCallbacks
 from morag_worker.core.supervisor.events import (
@@ -35,6 +41,7 @@ __all__ = [
     "FakeChild",
     "FakeClock",
     "FakeHub",
+    "FakeKernel32",
     "FakeLauncher",
     "RecordingListener",
     "queue_info",
@@ -645,3 +652,120 @@ class RecordingOutageWatch:
 
     def seen_back(self) -> bool:
         return False
+
+
+ERROR_ACCESS_DENIED = 5
+ERROR_INVALID_HANDLE = 6
+ERROR_INVALID_PARAMETER = 87
+
+
+class FakeKernel32:
+    """The Job object calls of kernel32, keeping Windows' state: handles, jobs, their limits and members.
+
+    ``fail`` names calls that fail (return 0, with ``ERROR_ACCESS_DENIED`` as the last error).
+    ``commit(pid, n)`` plays a process committing memory: refused past its job's limit, as Windows does.
+    """
+
+    def __init__(self, *, fail: Sequence[str] = ()) -> None:
+        self.fail = set(fail)
+        self.calls: list[str] = []
+        self._next = 100
+        self._error = 0
+        self.jobs: dict[int, dict[str, Any]] = {}  # job handle -> {"flags", "limit", "pids", "peak", "alive"}
+        self.processes: dict[int, int] = {}  # open process handle -> pid
+        self.open_handles: set[int] = set()
+        self.terminated: list[int] = []
+
+    def _handle(self) -> int:
+        self._next += 4
+        self.open_handles.add(self._next)
+        return self._next
+
+    def _failing(self, call: str, error: int = ERROR_ACCESS_DENIED) -> bool:
+        self.calls.append(call)
+        if call in self.fail:
+            self._error = error
+            return True
+        return False
+
+    def last_error(self) -> int:
+        return self._error
+
+    def CreateJobObjectW(self, attributes: Any, name: Any) -> int:  # noqa: N802
+        if self._failing("CreateJobObjectW"):
+            return 0
+        handle = self._handle()
+        self.jobs[handle] = {"flags": 0, "limit": 0, "pids": set(), "peak": 0}
+        return handle
+
+    def SetInformationJobObject(  # noqa: N802
+        self, job: int, info_class: int, info: ExtendedLimitInformation, size: int
+    ) -> int:
+        if self._failing("SetInformationJobObject"):
+            return 0
+        if job not in self.jobs or info_class != JOB_OBJECT_EXTENDED_LIMIT_INFORMATION_CLASS:
+            self._error = ERROR_INVALID_PARAMETER
+            return 0
+        if size != ctypes.sizeof(ExtendedLimitInformation):
+            self._error = ERROR_INVALID_PARAMETER  # Windows checks the structure's size
+            return 0
+        self.jobs[job]["flags"] = info.BasicLimitInformation.LimitFlags
+        self.jobs[job]["limit"] = info.ProcessMemoryLimit
+        return 1
+
+    def QueryInformationJobObject(  # noqa: N802
+        self, job: int, info_class: int, info: ExtendedLimitInformation, size: int, returned: Any
+    ) -> int:
+        if self._failing("QueryInformationJobObject") or job not in self.jobs:
+            return 0
+        info.BasicLimitInformation.LimitFlags = self.jobs[job]["flags"]
+        info.ProcessMemoryLimit = self.jobs[job]["limit"]
+        info.PeakProcessMemoryUsed = self.jobs[job]["peak"]
+        return 1
+
+    def OpenProcess(self, access: int, inherit: bool, pid: int) -> int:  # noqa: N802
+        if self._failing("OpenProcess"):
+            return 0
+        handle = self._handle()
+        self.processes[handle] = pid
+        self.last_access = access
+        return handle
+
+    def AssignProcessToJobObject(self, job: int, process: int) -> int:  # noqa: N802
+        if self._failing("AssignProcessToJobObject"):
+            return 0
+        if job not in self.jobs or process not in self.processes:
+            self._error = ERROR_INVALID_HANDLE
+            return 0
+        self.jobs[job]["pids"].add(self.processes[process])
+        return 1
+
+    def TerminateJobObject(self, job: int, exit_code: int) -> int:  # noqa: N802
+        if self._failing("TerminateJobObject") or job not in self.jobs:
+            return 0
+        self.terminated.extend(sorted(self.jobs[job]["pids"]))
+        self.jobs[job]["pids"].clear()
+        return 1
+
+    def CloseHandle(self, handle: int) -> int:  # noqa: N802
+        self.calls.append("CloseHandle")
+        if handle not in self.open_handles:
+            self._error = ERROR_INVALID_HANDLE
+            return 0
+        self.open_handles.discard(handle)
+        self.processes.pop(handle, None)
+        job = self.jobs.pop(handle, None)
+        if job is not None and job["flags"] & 0x2000:  # KILL_ON_JOB_CLOSE
+            self.terminated.extend(sorted(job["pids"]))
+        return 1
+
+    def commit(self, pid: int, nbytes: int) -> bool:
+        """A process in a job asks for ``nbytes`` in all; False (the allocation fails) past its limit."""
+        for job in self.jobs.values():
+            if pid in job["pids"]:
+                limited = job["flags"] & JOB_OBJECT_LIMIT_PROCESS_MEMORY
+                if limited and nbytes > job["limit"]:
+                    job["peak"] = max(job["peak"], job["limit"])
+                    return False
+                job["peak"] = max(job["peak"], nbytes)
+        return True

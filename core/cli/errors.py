@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     BROKER_UNREACHABLE = 6
     WORKER_CRASHED = 7  # --no-gui: the worker child kept failing and the retries ran out
     NO_WORKER = 8  # submit --wait: no online worker consumes the task's queue (the task stays queued)
+    CHECK_FAILED = 9  # self-test: at least one check failed (its advice says what to do)
     INTERRUPTED = 130
 
 

@@ -97,13 +97,13 @@ def run(args: argparse.Namespace) -> int:
         # The live view owns the terminal; our own info events would break its in-place redraw.
         logging.getLogger("morag_worker").setLevel(logging.WARNING)
     ending = _Ending(TerminalView(sys.stderr, verbose=verbose) if tty else JsonView(verbose=verbose))
-    from morag_worker.core.config.credentials import CredentialStore
+    from morag_worker.core.config.credentials import CredentialStore, key_file_path
 
     retries = getattr(args, "retries", 6)
     supervisor = supervisor_for(
         ending,
         settings_loader=lambda: settings,
-        credentials=CredentialStore(),
+        credentials=CredentialStore(key_file=key_file_path(getattr(args, "config_dir", None))),
         api_key_file=getattr(args, "api_key_file", None),
         options=SupervisorOptions(max_attempts=retries or None, log_level="DEBUG" if verbose else "INFO"),
     )

@@ -34,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
         maintenance_interval_s=args.maintenance_interval,
         watchdog_interval_s=args.watchdog_interval,
         visibility_timeout_s=visibility,
+        models_dir=args.models_dir,
+        max_result_bytes=int(args.max_result_mb) * 1024 * 1024,
         limits=HubLimits(
             max_json_bytes=int(args.max_json_kb) * 1024,
             header_timeout_s=args.header_timeout,

@@ -10,6 +10,7 @@ from morag_worker.core.config.credentials import (
     CredentialError,
     CredentialStore,
     ResolvedKey,
+    key_file_path,
     resolve_api_key,
 )
 from morag_worker.core.config.settings import InvalidHubUrl, SettingsError, SettingsStore, normalise_hub_url
@@ -37,7 +38,7 @@ def resolve_key(args: argparse.Namespace, hub_url: str) -> ResolvedKey:
         return resolve_api_key(
             env=os.environ,
             api_key_file=getattr(args, "api_key_file", None),
-            store=CredentialStore(),
+            store=CredentialStore(key_file=key_file_path(getattr(args, "config_dir", None))),
             hub_url=hub_url,
         )
     except CredentialError as exc:

@@ -13,7 +13,13 @@ from dataclasses import replace
 
 from morag_worker.core.cli.errors import CliError, ExitCode
 from morag_worker.core.cli.keysource import resolve_hub
-from morag_worker.core.config.credentials import CredentialError, CredentialStore, read_api_key_file
+from morag_worker.core.config.credentials import (
+    CredentialError,
+    CredentialStore,
+    KeyPlace,
+    key_file_path,
+    read_api_key_file,
+)
 from morag_worker.core.config.settings import SettingsError, SettingsStore
 from morag_worker.core.hub_client import HubClient, HubError, HubUnreachable, KeyRejected
 from morag_worker.core.logging import register_secret
@@ -37,9 +43,11 @@ def _read_key(args: argparse.Namespace) -> str:
 
 def run_login(args: argparse.Namespace) -> int:
     hub_url = resolve_hub(args)
+    key_file = key_file_path(args.config_dir)
+    in_file = bool(getattr(args, "keep_key_in_file", False))
     try:
-        store = CredentialStore()
-        backend = store.backend_description
+        store = CredentialStore(key_file=key_file)
+        backend = f"a file only you can read ({key_file})" if in_file else store.backend_description
     except CredentialError as exc:
         raise CliError(str(exc), ExitCode.CONFIG) from None
     key = _read_key(args)
@@ -58,7 +66,7 @@ def run_login(args: argparse.Namespace) -> int:
     finally:
         client.close()
     try:
-        store.set(hub_url, key)
+        store.set(hub_url, key, KeyPlace.FILE if in_file else KeyPlace.KEYCHAIN)
     except CredentialError as exc:
         raise CliError(str(exc), ExitCode.CONFIG) from None
     settings_store = SettingsStore(args.config_dir)
@@ -75,17 +83,19 @@ def run_login(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     print(f"The key is stored in: {backend}.", file=sys.stderr)
+    print("To check everything a worker needs, run `morag-worker self-test`.", file=sys.stderr)
     return int(ExitCode.OK)
 
 
 def run_logout(args: argparse.Namespace) -> int:
     hub_url = resolve_hub(args)
     try:
-        removed = CredentialStore().delete(hub_url)
+        # The keychain, and the key file a computer without one may have been given.
+        removed = CredentialStore(key_file=key_file_path(args.config_dir)).delete(hub_url)
     except CredentialError as exc:
         raise CliError(str(exc), ExitCode.CONFIG) from None
     if removed:
-        print(f"Removed the API key for {hub_url} from the keychain.", file=sys.stderr)
+        print(f"Removed the API key for {hub_url}.", file=sys.stderr)
     else:
         print(f"No API key for {hub_url} was stored.", file=sys.stderr)
     return int(ExitCode.OK)

@@ -27,6 +27,8 @@ _VERBS = {
     "keys": "keys",
     "hub": "hub",
     "submit": "submit",
+    "self-test": "checkup:run_self_test_command",
+    "diagnostics": "checkup:run_diagnostics",
 }
 
 
@@ -60,6 +62,12 @@ def _non_negative(value: int) -> int:
 
 HUB_BOUNDS: tuple[tuple[str, _Kind, float, str], ...] = (
     ("max-json-kb", _COUNT, 1024, "body cap of non-upload routes, in KiB"),
+    (
+        "max-result-mb",
+        _COUNT,
+        80,
+        "answer 413 instead of reading a stored task result larger than this, in MiB",
+    ),
     ("header-timeout", _SECONDS, 10, "close a connection whose request headers are not complete in time"),
     ("body-timeout", _SECONDS, 30, "answer 408 when a request body stalls this long"),
     (
@@ -113,10 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(common, suppress=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    sub.add_parser(
+    login = sub.add_parser(
         "login", parents=[common], help="check an API key against the hub and keep it in the keychain"
     )
-    sub.add_parser("logout", parents=[common], help="remove the API key from the keychain")
+    login.add_argument(
+        "--keep-key-in-file",
+        action="store_true",
+        help="where there is no keychain: keep the key in a file only you can read (mode 0600) in the "
+        "config folder; anyone with access to your account can read it",
+    )
+    sub.add_parser("logout", parents=[common], help="remove the API key from the keychain and the key file")
     demo = sub.add_parser(
         "demo", parents=[common], help="run the whole loop on this machine with the bundled samples"
     )
@@ -168,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("--public-url", help="URL workers use to reach this hub")
     hub.add_argument("--worker-broker-url", help="broker URL told to workers (no credentials)")
     hub.add_argument("--max-upload-mb", type=int, default=2048)
+    hub.add_argument(
+        "--models-dir",
+        type=Path,
+        metavar="DIR",
+        help="serve the model folders under DIR (DIR/NAME/...) to workers at /api/v1/models/NAME, "
+        "so that workers without internet fetch a speech model from the hub (default: none)",
+    )
     hub.add_argument(
         "--maintenance-interval",
         type=_positive_seconds,
@@ -221,7 +242,31 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --wait: wait even when none of your workers is online for the task's queue",
     )
+    _add_checkup(sub, common)
     return parser
+
+
+def _add_checkup(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``self-test`` and ``diagnostics``: what a contributor runs when something does not work."""
+    selftest = sub.add_parser(
+        "self-test",
+        parents=[common],
+        help="check the keychain, the hub, the broker login, conversion, transcription and the GPU",
+    )
+    selftest.add_argument("--json", action="store_true", help="print the results as a JSON document")
+    diagnostics = sub.add_parser(
+        "diagnostics",
+        parents=[common],
+        help="write versions, settings, recent logs, self-test results and GPU facts to a zip, "
+        "secrets removed",
+    )
+    diagnostics.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="FILE.zip", help="the zip to write"
+    )
+    diagnostics.add_argument("--no-self-test", action="store_true", help="leave the self-test out (faster)")
+    diagnostics.add_argument(
+        "--log-kb", type=int, default=256, metavar="N", help="the last N KiB of each log file (default: 256)"
+    )
 
 
 def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:

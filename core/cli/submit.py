@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from morag_worker.core.cli.errors import CliError, ExitCode
 from morag_worker.core.cli.keysource import resolve_hub_and_key
-from morag_worker.core.execution.presence import PresenceRecord
+from morag_worker.core.execution.health.presence import PresenceRecord
 from morag_worker.core.hub_client import (
     HubClient,
     HubError,

@@ -1,11 +1,15 @@
 """Credentials: the one module that touches ``keyring``, API-key files and ``MORAG_API_KEY``.
 
 The user's API key is kept in the OS keychain (service ``morag-worker``, account = the hub URL
-in ``normalise_hub_url`` form). The backend ``keyring`` picked is checked before use: plaintext
-and other non-recommended backends (``keyrings.alt``), the fail and null backends and an empty
-chainer are refused, so the key never lands in a plaintext file unless the caller asked for
-that. Every keychain failure becomes one ``KeychainUnavailable`` with a message and advice a
-person can act on. The key itself is never logged nor put in an error message.
+in ``normalise_hub_url`` form). Where there is no keychain, the person may choose, knowingly, to
+keep it only for this session (in memory) or in a file only they can read (``KeyFile``: mode
+0600 in the config folder, written atomically); the headless worker reads that file too.
+
+The backend ``keyring`` picked is checked before use: plaintext and other non-recommended
+backends (``keyrings.alt``), the fail and null backends and an empty chainer are refused, so the
+key never lands in a plaintext file unless the person asked for that. Every keychain failure
+becomes one ``KeychainUnavailable`` with a message and advice a person can act on. The key itself
+is never logged nor put in an error message.
 
 Keychain calls block (D-Bus, unlock prompts): the GUI runs them through its background helper,
 never on the GUI thread. A ``CredentialStore`` is safe to share between threads.
@@ -13,6 +17,7 @@ never on the GUI thread. A ``CredentialStore`` is safe to share between threads.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
@@ -20,6 +25,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 import keyring
 import keyring.errors
@@ -27,7 +33,8 @@ import structlog
 from keyring.backend import KeyringBackend
 from keyring.backends.chainer import ChainerBackend
 
-from morag_worker.core.config.settings import normalise_hub_url
+from morag_worker.core.config.atomic_file import write_atomically
+from morag_worker.core.config.settings import SettingsStore, normalise_hub_url
 from morag_worker.core.logging import redact, register_secret
 
 __all__ = [
@@ -38,11 +45,15 @@ __all__ = [
     "CredentialError",
     "CredentialStore",
     "InvalidApiKey",
+    "KEY_FILE_NAME",
+    "KeyFile",
+    "KeyPlace",
     "KeySource",
     "KeychainProblem",
     "KeychainUnavailable",
     "NoApiKey",
     "ResolvedKey",
+    "key_file_path",
     "read_api_key_file",
     "resolve_api_key",
 ]
@@ -113,6 +124,92 @@ class NoApiKey(CredentialError):
     """No API key was given by file, environment or keychain."""
 
 
+class KeyPlace(StrEnum):
+    """Where ``CredentialStore.set`` keeps a key: the keychain, or a choice made without one."""
+
+    KEYCHAIN = "keychain"
+    FILE = "file"  # a 0600 file in the config folder, chosen knowingly
+    SESSION = "session"  # memory only: gone when the app quits
+
+
+KEY_FILE_NAME = "api-keys.json"
+
+
+def key_file_path(config_dir: Path | None) -> Path:
+    """The key file of the config folder (``--config-dir`` or the platform's; nothing is created)."""
+    return SettingsStore(config_dir).config_dir / KEY_FILE_NAME
+
+
+class KeyFile:
+    """API keys by hub in a JSON file only its owner may read; for a computer without a keychain.
+
+    Written atomically with mode 0600 (folder 0700); refused when readable by others or not the
+    user's, like ``--api-key-file``. Keys read are registered for redaction.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read_all(self) -> dict[str, str]:
+        """Every stored key by hub; empty when there is no file.
+
+        Raises:
+            ApiKeyFileError: The file is unsafe or unreadable, or not what this module writes.
+        """
+        if not self.path.exists():
+            return {}
+        shown = str(self.path)
+        try:
+            with open(self.path, "rb") as handle:
+                _check_key_file(shown, os.fstat(handle.fileno()))
+                raw = handle.read(_MAX_KEY_FILE_BYTES + 1)
+        except OSError as exc:
+            raise ApiKeyFileError(
+                f"cannot read the key file {shown} ({exc.strerror})", "enter the API key again"
+            ) from exc
+        try:
+            keys = json.loads(raw.decode("utf-8"))["keys"]
+            if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
+                raise ValueError("keys")
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise ApiKeyFileError(
+                f"the key file {shown} is damaged", "delete it and enter the API key again"
+            ) from exc
+        for key in keys.values():
+            register_secret(key)
+        return {str(hub): key for hub, key in keys.items()}
+
+    def get(self, account: str) -> str | None:
+        return self.read_all().get(account)
+
+    def set(self, account: str, api_key: str) -> None:
+        keys = self.read_all()
+        keys[account] = api_key
+        self._write(keys)
+        log.info("credentials.stored_in_file", account=account, path=str(self.path))
+
+    def delete(self, account: str) -> bool:
+        keys = self.read_all()
+        if keys.pop(account, None) is None:
+            return False
+        if keys:
+            self._write(keys)
+        else:
+            self.path.unlink(missing_ok=True)
+        log.info("credentials.deleted_from_file", account=account, path=str(self.path))
+        return True
+
+    def _write(self, keys: dict[str, str]) -> None:
+        payload = json.dumps({"version": 1, "keys": keys}, indent=2, sort_keys=True) + "\n"
+        try:
+            write_atomically(self.path, payload, mode=0o600, folder_mode=0o700)
+        except OSError as exc:
+            raise ApiKeyFileError(
+                f"cannot write the key file {self.path} ({exc.strerror})",
+                "check that the folder is writable and the disk is not full",
+            ) from exc
+
+
 class KeySource(StrEnum):
     """Where a resolved API key came from."""
 
@@ -129,7 +226,10 @@ class ResolvedKey:
     source: KeySource
 
 
-_OTHER_SOURCES = f"or set {API_KEY_ENV}, or use --api-key-file PATH (mode 0600)"
+_OTHER_SOURCES = (
+    f"or set {API_KEY_ENV}, or use --api-key-file PATH (mode 0600), or `morag-worker login "
+    "--keep-key-in-file`"
+)
 _HEADLESS_ADVICE = f"run inside dbus-run-session with gnome-keyring-daemon --unlock, {_OTHER_SOURCES}"
 
 
@@ -192,10 +292,22 @@ class CredentialStore:
             so the key is read from and written to exactly one place.
         allow_plaintext: Accept a plaintext or otherwise non-recommended backend. Off by
             default: the fail/null backends are refused whatever this says.
+        key_file: Where ``KeyPlace.FILE`` keeps keys (``key_file_path``); None: no file is read
+            or written.
+
+    A key is looked up in this session's memory, then the keychain, then the key file.
     """
 
-    def __init__(self, backend: KeyringBackend | None = None, *, allow_plaintext: bool = False) -> None:
+    def __init__(
+        self,
+        backend: KeyringBackend | None = None,
+        *,
+        allow_plaintext: bool = False,
+        key_file: Path | None = None,
+    ) -> None:
         self._requested = backend
+        self._file = KeyFile(key_file) if key_file is not None else None
+        self._session: dict[str, str] = {}
         self._allow_plaintext = allow_plaintext
         self._lock = threading.Lock()
         self._resolved: tuple[KeyringBackend | None, KeychainUnavailable | None] | None = None
@@ -273,17 +385,45 @@ class CredentialStore:
             KeychainUnavailable: The keychain is missing, locked, refused or failed.
         """
         account = normalise_hub_url(hub_url)
-        backend = self._backend()
-        try:
-            key = backend.get_password(SERVICE_NAME, account)
-        except Exception as exc:
-            raise self._wrap(exc, backend, "read the API key from") from exc
-        register_secret(key)
-        log.debug("credentials.read", account=account, found=key is not None)
-        return key
+        found = self._lookup(account)
+        log.debug("credentials.read", account=account, place=found[0].value if found else None)
+        return found[1] if found is not None else None
 
-    def set(self, hub_url: str, api_key: str) -> None:
-        """Store ``api_key`` for ``hub_url``, replacing any earlier one.
+    def place(self, hub_url: str) -> KeyPlace | None:
+        """Where the key for ``hub_url`` is kept, or None when there is none (raises as ``get``)."""
+        found = self._lookup(normalise_hub_url(hub_url))
+        return found[0] if found is not None else None
+
+    def _lookup(self, account: str) -> tuple[KeyPlace, str] | None:
+        """This session's memory, then the keychain, then the key file.
+
+        A keychain that cannot be used is an error only when the file holds no key either.
+        """
+        session = self._session.get(account)
+        if session is not None:
+            return KeyPlace.SESSION, session
+        in_file = self._file.get(account) if self._file is not None else None
+        try:
+            backend = self._backend()
+            try:
+                key = backend.get_password(SERVICE_NAME, account)
+            except Exception as exc:
+                raise self._wrap(exc, backend, "read the API key from") from exc
+        except KeychainUnavailable:
+            if in_file is not None:
+                return KeyPlace.FILE, in_file
+            raise
+        if key is not None:
+            register_secret(key)
+            return KeyPlace.KEYCHAIN, key
+        return (KeyPlace.FILE, in_file) if in_file is not None else None
+
+    def set(self, hub_url: str, api_key: str, place: KeyPlace = KeyPlace.KEYCHAIN) -> None:
+        """Store ``api_key`` for ``hub_url`` in ``place``, replacing any earlier one.
+
+        ``KeyPlace.SESSION`` keeps it in memory until the process ends; ``KeyPlace.FILE`` in the
+        key file (only when the person chose it: there is no keychain). Either way the key in
+        the other places is removed, so one place answers.
 
         Raises:
             InvalidHubUrl: ``hub_url`` is not a valid hub URL.
@@ -293,6 +433,12 @@ class CredentialStore:
         account = normalise_hub_url(hub_url)
         _check_key(api_key)
         register_secret(api_key)
+        if place is not KeyPlace.KEYCHAIN:
+            self._set_elsewhere(account, api_key, place)
+            return
+        self._session.pop(account, None)
+        if self._file is not None:
+            self._file.delete(account)
         backend = self._backend()
         try:
             backend.set_password(SERVICE_NAME, account, api_key)
@@ -300,17 +446,39 @@ class CredentialStore:
             raise self._wrap(exc, backend, "store the API key in") from exc
         log.info("credentials.stored", account=account, backend=_describe(backend))
 
+    def _set_elsewhere(self, account: str, api_key: str, place: KeyPlace) -> None:
+        if place is KeyPlace.FILE:
+            if self._file is None:
+                raise ApiKeyFileError("no key file is configured", "keep the key for this session only")
+            self._file.set(account, api_key)
+            self._session.pop(account, None)
+        else:
+            self._session[account] = api_key
+            log.info("credentials.kept_for_session", account=account)
+
     def delete(self, hub_url: str) -> bool:
-        """Remove the key stored for ``hub_url``; False when there was none.
+        """Remove the key stored for ``hub_url`` from every place; False when there was none.
 
         Raises:
             InvalidHubUrl: ``hub_url`` is not a valid hub URL.
-            KeychainUnavailable: The keychain is missing, locked, refused or failed.
+            KeychainUnavailable: The keychain is missing, locked, refused or failed, and no
+                other place held a key.
         """
         account = normalise_hub_url(hub_url)
-        if self.get(account) is None:
-            return False
-        backend = self._backend()
+        removed = self._session.pop(account, None) is not None
+        if self._file is not None:
+            removed = self._file.delete(account) or removed
+        try:
+            backend = self._backend()
+            in_keychain = backend.get_password(SERVICE_NAME, account) is not None
+        except KeychainUnavailable:
+            if removed:
+                return True
+            raise
+        except Exception as exc:
+            raise self._wrap(exc, backend, "read the API key from") from exc
+        if not in_keychain:
+            return removed
         try:
             backend.delete_password(SERVICE_NAME, account)
         except Exception as exc:

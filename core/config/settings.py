@@ -2,8 +2,9 @@
 
 This module owns ``settings.json`` under the platform's config folder (``platformdirs``), its
 format version and migrations, the environment overrides of MoRAG's worker config
-(``MAIN_SERVER_URL``, ``WORKER_TYPE``, ``WORKER_CONCURRENCY``, ``TEMP_DIR``) and the hub URL's
-normal form. It never holds a secret: the API key lives in the keychain (``credentials``).
+(``MAIN_SERVER_URL``, ``WORKER_TYPE``, ``WORKER_CONCURRENCY``, ``TEMP_DIR``), the hub URL's
+normal form, and the converter child's limits (``ConverterLimits``, read from ``MORAG_*`` variables
+only). It never holds a secret: the API key lives in the keychain (``credentials``).
 
 Plain functions without threads; ``SettingsStore.load``/``save`` do file I/O and may run on any
 thread. Nothing touches the file system at import or construction; only ``save`` creates folders.
@@ -26,11 +27,14 @@ import structlog
 
 from morag_worker.core.config.atomic_file import write_atomically
 from morag_worker.core.naming import WorkerType
+from morag_worker.core.wording import error_words
 
 __all__ = [
     "APP_DIR_NAME",
+    "CONVERTER_LIMIT_ENV",
     "SETTINGS_FILE_NAME",
     "SETTINGS_VERSION",
+    "ConverterLimits",
     "InvalidHubUrl",
     "Settings",
     "SettingsError",
@@ -259,7 +263,7 @@ class SettingsStore:
             return Settings()
         except (OSError, UnicodeDecodeError) as exc:
             raise SettingsError(
-                f"cannot read the settings file: {exc.__class__.__name__}: {exc}",
+                f"cannot read the settings file: {_os_words(exc)}",
                 path=path,
                 advice="check its permissions, or delete it to start from defaults",
             ) from exc
@@ -300,11 +304,17 @@ class SettingsStore:
             write_atomically(path, payload, mode=0o600, folder_mode=0o700)
         except OSError as exc:
             raise SettingsError(
-                f"cannot save the settings: {exc.__class__.__name__}: {exc}",
+                f"cannot save the settings: {_os_words(exc)}",
                 path=path,
                 advice="check that the folder is writable and the disk is not full",
             ) from exc
         log.info("settings.saved", path=str(path))
+
+
+def _os_words(exc: BaseException) -> str:
+    """``"Permission denied"``: the system's own words for a file error, never the class name."""
+    reason = getattr(exc, "strerror", None)
+    return str(reason) if reason else error_words(exc)
 
 
 def apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
@@ -348,3 +358,67 @@ def default_log_dir() -> Path:
 def default_temp_dir() -> Path:
     """The per-user folder for task downloads (under the cache folder, not ``/tmp``); not created here."""
     return platformdirs.user_cache_path(APP_DIR_NAME) / "tasks"
+
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ConverterLimits:
+    """What one conversion may use in its converter child (``core/processing/sandbox.py``).
+
+    Defaults, and why:
+
+    - ``memory_mb`` 2048: memory the conversion may add to what the child starts with (on Linux the
+      child's address space, ``RLIMIT_AS``, is set to its size at start plus this; on Windows the Job
+      object's per-process limit is this plus 256 MB for the fresh interpreter). Real documents need
+      far less (``bench/converter_child.py``: the samples, a 36-page PDF and a 20,000-row XLSX each add
+      under 10 MB resident), while a bomb needs far more (a 4 MB CSV of empty cells: over 100 MB).
+      Address space runs ahead of resident memory (allocator arenas, thread stacks, parsers that read
+      a whole file), hence the generous margin; a worker on a small machine may lower it.
+    - ``deadline_s`` 1800: wall time of one conversion, well under Celery's soft time limit (7200 s),
+      so a slow bomb ends as a clear ``success: false`` rather than a killed pool child.
+    - ``max_output_bytes`` 64 MiB (``MORAG_MAX_OUTPUT_MB``): the markdown one task may return; the
+      result travels through Redis and the hub, and a 34 KB PDF can expand to hundreds of MB of text.
+    """
+
+    memory_bytes: int = 2048 * MiB
+    deadline_s: float = 1800.0
+    max_output_bytes: int = 64 * MiB
+
+    @property
+    def memory_mb(self) -> int:
+        return self.memory_bytes // MiB
+
+    @property
+    def max_output_mb(self) -> float:
+        return self.max_output_bytes / MiB
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ConverterLimits:
+        """The defaults, with any of :data:`CONVERTER_LIMIT_ENV` set in ``env`` applied.
+
+        Raises:
+            SettingsError: A variable is not a positive number (its name is in the message).
+        """
+        changes: dict[str, Any] = {}
+        for name, (attribute, scale) in CONVERTER_LIMIT_ENV.items():
+            raw = env.get(name, "").strip()
+            if not raw:
+                continue
+            try:
+                value = float(raw)
+            except ValueError:
+                raise SettingsError(f"{name} must be a number, not {raw[:40]!r}") from None
+            if not value > 0 or not math.isfinite(value):
+                raise SettingsError(f"{name} must be a positive number, not {raw[:40]!r}")
+            changes[attribute] = int(value * scale) if scale != 1 else value
+        return dataclasses.replace(cls(), **changes)
+
+
+CONVERTER_LIMIT_ENV: dict[str, tuple[str, int]] = {
+    # variable: (ConverterLimits field, multiplier)
+    "MORAG_CONVERTER_MEMORY_MB": ("memory_bytes", MiB),
+    "MORAG_CONVERTER_DEADLINE_S": ("deadline_s", 1),
+    "MORAG_MAX_OUTPUT_MB": ("max_output_bytes", MiB),
+}

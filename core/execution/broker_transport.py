@@ -5,8 +5,14 @@ transport, one entry that is not JSON, or JSON that is not a kombu envelope (a l
 object without ``properties``...), raises out of the consumer's event loop and Celery stops the
 worker with "Unrecoverable error". Here such an entry is logged (``broker.message_dropped``, with
 the reason, never the content) and dropped; it was already popped off the queue and never reached
-the unacked set, so nothing is restored later. Entries that are envelopes go on to Celery, which
-refuses bad bodies (pickle, undecodable JSON, unknown tasks) on its own.
+the unacked set, so nothing is restored later. An envelope whose headers name a task id but which
+cannot be read (a body that is not base64...) is handed to the handler set with
+:func:`on_unreadable_message`, which stores a failure for that id so its submitter does not wait
+forever. Entries that are envelopes go on to Celery, which refuses bad bodies (pickle, undecodable
+JSON, unknown tasks) on its own.
+
+A new channel whose login Redis refuses (a revoked key) is reported at once through
+``broker_auth.report_refusal`` before Celery starts its endless reconnect loop.
 
 Selected by ``broker_transport`` in :func:`~morag_worker.core.execution.celery_config.base_config`; URL
 parsing, TLS and the key prefix are kombu's. Runs on the worker's consumer (event loop) thread.
@@ -22,9 +28,37 @@ import structlog
 from kombu.transport import redis, virtual
 from kombu.transport.virtual import Empty
 
-__all__ = ["CheckedMessage", "MalformedEnvelope", "Transport", "envelope_problem"]
+from morag_worker.core.execution.health.broker_auth import report_refusal
+
+__all__ = [
+    "CheckedMessage",
+    "MalformedEnvelope",
+    "Transport",
+    "envelope_problem",
+    "on_unreadable_message",
+    "task_id_of",
+]
 
 log = structlog.get_logger(__name__)
+
+UnreadableHandler = Callable[[str, str], None]  # (task id, why the message cannot be read)
+_unreadable_handler: UnreadableHandler | None = None
+_MAX_TASK_ID = 255
+
+
+def on_unreadable_message(handler: UnreadableHandler | None) -> None:
+    """Call ``handler(task_id, reason)`` for each dropped envelope that names a task id."""
+    global _unreadable_handler
+    _unreadable_handler = handler
+
+
+def task_id_of(payload: object) -> str | None:
+    """The task id in a (possibly malformed) envelope's headers, when it has a usable one."""
+    headers = payload.get("headers") if isinstance(payload, Mapping) else None
+    task_id = headers.get("id") if isinstance(headers, Mapping) else None
+    if isinstance(task_id, str) and 0 < len(task_id) <= _MAX_TASK_ID:
+        return task_id
+    return None
 
 
 class MalformedEnvelope(ValueError):
@@ -82,6 +116,13 @@ class Channel(redis.Channel):
 
     Message = CheckedMessage
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            report_refusal("consumer", exc)  # only an authentication failure is reported
+            raise
+
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         result = super().basic_consume(queue, *args, **kwargs)  # type: ignore[no-untyped-call]
         deliver: Callable[[Any], Any] = self.connection._callbacks[queue]
@@ -90,7 +131,11 @@ class Channel(redis.Channel):
             try:
                 return deliver(raw_message)
             except MalformedEnvelope as exc:
-                log.error("broker.message_dropped", queue=queue, reason=str(exc))
+                task_id = task_id_of(raw_message)
+                log.error("broker.message_dropped", queue=queue, reason=str(exc), task_id=task_id)
+                handler = _unreadable_handler
+                if task_id is not None and handler is not None:
+                    handler(task_id, str(exc))
                 return None
 
         self.connection._callbacks[queue] = checked

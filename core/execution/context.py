@@ -10,25 +10,52 @@ import os
 import tempfile
 import threading
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from morag_worker.core.config.settings import ConverterLimits
 from morag_worker.core.execution.celery_config import time_limits_from_env
-from morag_worker.core.execution.hub_outage import OutageBoard
+from morag_worker.core.execution.health.hub_outage import OutageBoard
 from morag_worker.core.execution.pipeline import Pipeline
 from morag_worker.core.execution.progress_channel import ChannelWriter, summarize_metadata
 from morag_worker.core.execution.progress_reporter import ProgressReporter, ProgressSink
 from morag_worker.core.logging import register_secret
 from morag_worker.core.processing import ProcessorRegistry, TaskCancelled
+from morag_worker.core.processing.sandbox import ConverterSandbox, StartMethod, default_start_method
 from morag_worker.core.results import ProgressMeta, TaskOutcome, TaskResult
 from morag_worker.core.transfer.downloader import Downloader, DownloadLimits
 
-__all__ = ["WorkerRuntime", "get_runtime"]
+__all__ = ["NOT_STORED", "FinishedTask", "WorkerRuntime", "get_runtime"]
 
 log = structlog.get_logger(__name__)
+
+NOT_STORED = "The result could not be stored: {reason}"
+
+
+@dataclass(frozen=True)
+class FinishedTask:
+    """A task that returned its result object, which Celery has yet to store."""
+
+    outcome: TaskOutcome
+    error: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    processing_time: float | None = None
+
+
+CONVERTER_START_ENV = "MORAG_CONVERTER_START"  # fork or spawn; tests run the spawn path on Linux
+
+
+def _start_method(raw: str) -> StartMethod:
+    if not raw:
+        return default_start_method()
+    try:
+        return StartMethod(raw.lower())
+    except ValueError:
+        choices = " or ".join(m.value for m in StartMethod)
+        raise ValueError(f"{CONVERTER_START_ENV} must be {choices}, not {raw[:40]!r}") from None
 
 
 class WorkerRuntime:
@@ -42,6 +69,8 @@ class WorkerRuntime:
         register_secret(self.api_key)
         # Read once, so a bad value stops the worker at start-up rather than failing every task.
         self.download_limits = download_limits(self._env)
+        self.converter_limits = ConverterLimits.from_env(self._env)
+        self.converter_start = _start_method(self._env.get(CONVERTER_START_ENV, "").strip())
         self.cancel_event = threading.Event()
         # Shared with the pool processes forked later: downloads mark hub outages, the main
         # process pauses its consumer meanwhile (hub_outage.py).
@@ -53,6 +82,8 @@ class WorkerRuntime:
             self.extra_sinks.append(self.channel.progress_sink)
         self._pipeline: Pipeline | None = None
         self._lock = threading.Lock()
+        # Tasks that returned, until their result is stored (pool process; one per running task).
+        self._unstored: dict[str, FinishedTask] = {}
 
     def configure(self, *, own_user_id: str | None) -> None:
         self.own_user_id = own_user_id
@@ -72,6 +103,7 @@ class WorkerRuntime:
                     temp_root=self.temp_root,
                     own_user_id=self.own_user_id,
                     cancel_event=self.cancel_event,
+                    sandbox=ConverterSandbox(self.converter_limits, self.converter_start),
                 )
             return self._pipeline
 
@@ -118,6 +150,52 @@ class WorkerRuntime:
                 metadata=summarize_metadata(metadata),
                 processing_time=processing_time,
             )
+
+    def result_returned(self, task_id: str | None, finished: FinishedTask) -> None:
+        """A task returned its result: nothing is reported until Celery has stored it."""
+        if task_id:
+            with self._lock:
+                self._unstored[task_id] = finished
+
+    def result_stored(self, task_id: str | None) -> None:
+        """Celery stored the result: now the task is done, as its result says."""
+        with self._lock:
+            finished = self._unstored.pop(task_id, None) if task_id else None
+        if finished is None:
+            return
+        log.info(
+            "task.done",
+            task_id=task_id,
+            success=finished.outcome is TaskOutcome.SUCCEEDED,
+            seconds=finished.processing_time,
+        )
+        self.task_finished(
+            task_id,
+            finished.outcome,
+            error=finished.error,
+            metadata=finished.metadata,
+            processing_time=finished.processing_time,
+        )
+
+    def result_not_stored(self, task_id: str | None, exc: BaseException | None) -> None:
+        """Storing the result failed (the backend raised after its retries): the task failed.
+
+        A no-op for a task with no result waiting to be stored (it raised, and said so itself).
+        """
+        with self._lock:
+            finished = self._unstored.pop(task_id, None) if task_id else None
+        if finished is None:
+            return
+        reason = f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
+        error = NOT_STORED.format(reason=reason[:500])
+        log.error("task.result_not_stored", task_id=task_id, error=error)
+        self.task_finished(
+            task_id,
+            TaskOutcome.FAILED,
+            error=error,
+            metadata=finished.metadata,
+            processing_time=finished.processing_time,
+        )
 
     def announce_ready(self, *, hostname: str | None, queues: list[str], config: dict[str, Any]) -> None:
         """Tell the supervisor that the consumer is ready (runs in the worker's main process)."""

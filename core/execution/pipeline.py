@@ -6,6 +6,8 @@ Processing errors (corrupt or unsupported input, unsafe or oversized input) beco
 disk space) raise ``InfrastructureError`` so the task fails with that message. A hub that stayed
 unreachable (until the download's deadline, or until the worker began to stop) is no failure of
 the task: ``HubUnavailableError`` sends it back to the queue, like a stop now.
+Conversions run in converter children under the worker's limits (``Pipeline.sandbox``); a limit reached
+is a ``success: false`` result.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import structlog
 from morag_worker.core.execution.progress_reporter import ProgressReporter
 from morag_worker.core.execution.task_args import TaskRequest
 from morag_worker.core.processing import ProcessingError, ProcessorRegistry, TaskCancelled
+from morag_worker.core.processing.sandbox import ConversionRequest, ConverterSandbox
 from morag_worker.core.results import TaskResult, TaskStage
 from morag_worker.core.transfer.downloader import (
     DownloadCancelled,
@@ -54,13 +57,18 @@ class HubUnavailableError(RuntimeError):
 
 @dataclass
 class Pipeline:
-    """Runs tasks for one worker: ``own_user_id`` is None on the server's own (local) workers."""
+    """Runs tasks for one worker: ``own_user_id`` is None on the server's own (local) workers.
+
+    Conversions run in converter children under ``sandbox``'s limits; None runs them in this process
+    (tests of the pipeline's own logic only).
+    """
 
     downloader_factory: Callable[[], Downloader]
     registry: ProcessorRegistry
     temp_root: Path
     own_user_id: str | None = None
     cancel_event: threading.Event | None = None
+    sandbox: ConverterSandbox | None = None
 
     def run_file(
         self, reporter: ProgressReporter, request: TaskRequest, *, remote: bool, url_task: bool
@@ -143,7 +151,11 @@ class Pipeline:
     ) -> TaskResult:
         reporter.report(TaskStage.PROCESSING, 0, None, "converting to markdown", force=True)
         processor = self.registry.resolve(content_type, filename, path, name_from_path=name_from_path)
-        processed = processor.process(path, request.options, reporter.processing)
+        if self.sandbox is None:
+            processed = processor.process(path, request.options, reporter.processing)
+        else:
+            job = ConversionRequest(path, request.options, content_type, filename, name_from_path)
+            processed = self.sandbox.convert(processor, job, reporter.processing, self.cancel_event)
         metadata = dict(processed.metadata)
         metadata.setdefault("processor", processor.name)
         return TaskResult(success=True, content=processed.markdown, metadata=metadata)

@@ -15,6 +15,8 @@ seconds of the writer). The types and their other fields:
 - ``progress``: ``task_id``, ``stage``, ``done``, ``total``, ``percent``, ``message``.
 - ``task_end``: ``task_id``, ``outcome`` (``succeeded``, ``failed`` or ``requeued``), ``error``,
   ``metadata`` (a summary: a few scalar values), ``processing_time``.
+- ``broker_refused``: ``source`` (``consumer``, ``presence``...), ``error``: Redis refused the
+  worker's login (``core/execution/broker_auth.py``), as it does once the key is revoked.
 
 Transport. POSIX: a pipe the supervisor creates; the child inherits its write end and finds the
 descriptor number in ``MORAG_PROGRESS_FD``. The Celery main process and its prefork pool processes
@@ -49,6 +51,7 @@ __all__ = [
     "CHANNEL_ENV",
     "MAX_LINE_BYTES",
     "ChannelMessage",
+    "BrokerRefusedMessage",
     "ChannelWriter",
     "HeartbeatMessage",
     "HubMessage",
@@ -149,8 +152,22 @@ class TaskEndMessage:
     processing_time: float | None
 
 
+@dataclass(frozen=True)
+class BrokerRefusedMessage:
+    pid: int
+    ts: float
+    source: str  # who met the refusal: consumer, presence
+    error: str
+
+
 ChannelMessage = (
-    ReadyMessage | HeartbeatMessage | HubMessage | TaskStartMessage | ProgressMessage | TaskEndMessage
+    ReadyMessage
+    | HeartbeatMessage
+    | HubMessage
+    | TaskStartMessage
+    | ProgressMessage
+    | TaskEndMessage
+    | BrokerRefusedMessage
 )
 
 
@@ -277,6 +294,8 @@ def _build(kind: str, data: Mapping[str, Any], pid: int, ts: float) -> ChannelMe
             summarize_metadata(metadata) if isinstance(metadata, dict) else {},
             _number(data, "processing_time"),
         )
+    if kind == "broker_refused":
+        return BrokerRefusedMessage(pid, ts, _text(data, "source"), _text(data, "error"))
     raise ValueError(f"unknown message type {kind!r}")
 
 

@@ -10,6 +10,10 @@ Built in: plain text and markdown (:mod:`.text`); PDF, DOCX, PPTX, XLSX, EPUB, H
 (:mod:`.documents`, which also records why each parser was chosen); audio and video through faster-whisper
 when the ``audio`` extra is installed (:mod:`.media`). Third-party processors come from the entry-point group
 ``morag_worker.processors`` (:mod:`.registry`). Nothing here imports a parser until it is used.
+
+A worker runs each conversion in a converter child process with memory, wall-time and output limits
+(:mod:`.sandbox`; starting and ending children in :mod:`.sandbox_process`, the child's side in
+:mod:`.sandbox_child`, their messages in :mod:`.sandbox_wire`, the Windows Job object in :mod:`.winjob`).
 """
 
 from __future__ import annotations

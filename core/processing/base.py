@@ -1,9 +1,10 @@
 """What every processor shares: its protocol, its result, its errors, and the progress callback.
 
-A processor turns one local file into markdown plus metadata. It runs on the thread of the Celery task that
-called it, in the worker's child process. It reports progress through a :data:`ProgressFn`, which is also the
-cooperative cancellation checkpoint: the callback may raise (:class:`TaskCancelled` or any other exception),
-and a processor calls it between pages or other units of work and lets whatever it raises propagate.
+A processor turns one local file into markdown plus metadata. In a worker it runs in a converter child
+process with limits (:mod:`.sandbox`), on that child's only thread. It reports progress through a
+:data:`ProgressFn`, which is also the cooperative cancellation checkpoint: the callback may raise
+(:class:`TaskCancelled` or any other exception), and a processor calls it between pages or other units of
+work and lets whatever it raises propagate.
 
 Errors that are the input's fault (damaged file, unsupported type, nothing to extract) are
 :class:`ProcessingError` subclasses whose message is shown to a person as the task's ``error_message``;
@@ -20,16 +21,21 @@ from typing import Any, Protocol
 
 import structlog
 
+from morag_worker.core.wording import error_words
+
 __all__ = [
     "CorruptInput",
     "EmptyContent",
+    "OutputTooLarge",
     "ProcessedContent",
     "ProcessingError",
     "Processor",
     "ProgressFn",
     "TaskCancelled",
     "UnsupportedContent",
+    "WithOutputLimit",
     "a_file",
+    "check_output",
     "count_words",
     "damaged",
     "finish",
@@ -75,6 +81,49 @@ class EmptyContent(ProcessingError):
     """The file is valid but holds no text to extract (an empty file, a scanned PDF without a text layer)."""
 
 
+class OutputTooLarge(ProcessingError):
+    """The text passed the output limit while the processor was still converting (:func:`check_output`)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"the converted text passed the output limit ({size} characters so far)")
+        self.size = size
+
+
+class WithOutputLimit(Mapping[str, Any]):
+    """A task's options as a converter child hands them to a processor, with the output limit attached.
+
+    The limit is an attribute, not a key, so no task option can set or hide it.
+    """
+
+    def __init__(self, options: Mapping[str, Any], max_output_bytes: int) -> None:
+        self._options = options
+        self.max_output_bytes = max_output_bytes
+
+    def __getitem__(self, key: str) -> Any:
+        return self._options[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._options)
+
+    def __len__(self) -> int:
+        return len(self._options)
+
+
+def check_output(options: Mapping[str, Any], chars: int) -> None:
+    """Stop early once ``chars`` characters of text are certainly over the output limit.
+
+    A processor that builds its text piece by piece (pages) calls this with the running total, so a
+    small file that expands enormously (200 pages sharing one content stream) ends at the limit rather
+    than after converting everything. Without a limit (``options`` is a plain mapping) it does nothing.
+
+    Raises:
+        OutputTooLarge: ``chars`` is over the limit (each character is at least one byte).
+    """
+    limit = getattr(options, "max_output_bytes", None)
+    if limit is not None and chars > limit:
+        raise OutputTooLarge(chars)
+
+
 @dataclass(frozen=True)
 class ProcessedContent:
     """A processor's output: the markdown text and metadata about the source (format, pages, title...)."""
@@ -88,6 +137,12 @@ class Processor(Protocol):
 
     Implementations raise :class:`ProcessingError` subclasses for bad input, call ``progress`` between units
     of work, and never swallow what ``progress`` raises.
+
+    The worker runs ``process`` in a converter child with limits (:mod:`.sandbox`). Two optional
+    attributes change that: ``isolated = False`` keeps a processor in the worker process (one that must
+    keep state between tasks, such as a loaded model), and a ``preload()`` method imports the
+    processor's parser in the worker once, so that forked children start without importing it. A
+    processor that builds its text piece by piece calls :func:`check_output` with the running total.
     """
 
     name: str
@@ -145,9 +200,10 @@ def a_file(label: str) -> str:
 
 def damaged(what: str, kind: str, exc: BaseException) -> CorruptInput:
     """The error for a parser that failed on ``what`` ("the DOCX file"), which should be ``kind``."""
-    detail = str(exc).strip() or type(exc).__name__
     log.info("processing.parser_failed", what=what, error=repr(exc))
-    return CorruptInput(f"{what} is damaged or not {kind} ({type(exc).__name__}: {detail})")
+    detail = str(exc).strip()
+    words = error_words(exc) + (f": {detail}" if detail else "")
+    return CorruptInput(f"{what} is damaged or not {kind} ({words})")
 
 
 def guarded(items: Iterable[Any], what: str, kind: str) -> Iterator[Any]:

@@ -21,11 +21,11 @@ look like::
 
 Decisions:
 
-- **PDF: pypdf** (:mod:`.pdf`), page by page. markitdown's PDF path glues words together, is 3-4x slower,
-  and through ``MarkItDown().convert`` a non-PDF named ``.pdf`` comes back as "success" with its bytes as
-  text. pypdfium2 gives the same words 15-20x faster but is native code (PDFium) parsing untrusted input
-  inside the worker process; pypdf is pure Python, so a hostile file can raise, not corrupt memory.
-  Revisit pypdfium2 once parsers run in an isolated subprocess.
+- **PDF: PDFium (pypdfium2), pypdf as the fallback** (:mod:`.pdf`), page by page. markitdown's PDF path
+  glues words together, is 3-4x slower, and through ``MarkItDown().convert`` a non-PDF named ``.pdf`` comes
+  back as "success" with its bytes as text. pypdfium2 gives the same words 15-20x faster than pypdf; it is
+  native code parsing untrusted input, which is acceptable because conversions run in their own child
+  process with memory, time and output limits. pypdf (pure Python) reads what PDFium cannot open.
 - **XLSX: openpyxl read-only** (:mod:`.office`): markitdown goes through pandas and HTML, 7-10x slower,
   writes ``NaN`` into every empty cell, leaves ``|`` unescaped (breaking the table), turns 7 into 7.0 and
   dates into ``2026-01-02 00:00:00``. Read-only openpyxl also allows progress per sheet and 1,000 rows.
@@ -73,6 +73,7 @@ from morag_worker.core.processing.office import (
 )
 from morag_worker.core.processing.pdf import PdfProcessor
 from morag_worker.core.processing.text import declared_charset, decode_text
+from morag_worker.core.wording import error_words
 
 if TYPE_CHECKING:
     from morag_worker.core.processing.registry import ProcessorRegistry
@@ -107,6 +108,10 @@ class HtmlProcessor:
     name = "html"
     _what = "the HTML file"
 
+    def preload(self) -> None:
+        """Import markitdown's HTML converter in the worker, once, so converter children inherit it."""
+        import markitdown.converters  # noqa: F401
+
     def process(self, path: Path, options: Mapping[str, Any], progress: ProgressFn) -> ProcessedContent:
         """Decode (task charset, else ``<meta charset>``, else fallbacks) and convert to markdown."""
         from markitdown.converters import HtmlConverter
@@ -127,7 +132,7 @@ class HtmlProcessor:
             markdown, title = _plain_text(decoded.text)
             notes.append("nested too deeply for markdown conversion; extracted as plain text")
         except Exception as exc:
-            raise CorruptInput(f"{self._what} could not be converted ({type(exc).__name__}: {exc})") from exc
+            raise CorruptInput(f"{self._what} could not be converted ({error_words(exc)}: {exc})") from exc
         content = finish(
             markdown,
             processor=self.name,
@@ -197,6 +202,11 @@ class StructuredTextProcessor:
             raise ValueError(f"unknown structured text format {fmt!r}")
         self.name = fmt
         self._what = f"the {fmt.upper()} file"
+
+    def preload(self) -> None:
+        """Import the XML parser in the worker, once, so converter children inherit it."""
+        if self.name == "xml":
+            import defusedxml.ElementTree  # noqa: F401
 
     def process(self, path: Path, options: Mapping[str, Any], progress: ProgressFn) -> ProcessedContent:
         """Convert the file; see the module docstring for what each format becomes."""

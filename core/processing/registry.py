@@ -29,7 +29,9 @@ plugin's ``pyproject.toml``::
 
 Plugins load after the built-ins, so a plugin may take over a content type or extension (it is logged). A
 plugin that fails to import or to register is logged and skipped, and what it registered before failing is
-undone. The registry is built once per worker process and only read afterwards.
+undone. The registry is built once per worker process and only read afterwards. A plugin's processor runs
+in a converter child under the worker's limits like the built-ins (its optional ``isolated``, ``preload``
+and :func:`.base.check_output` are described on :class:`.base.Processor`).
 """
 
 from __future__ import annotations

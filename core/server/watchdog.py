@@ -64,7 +64,7 @@ from kombu.connection import Connection
 from kombu.transport.redis import Mutex, MutexHeld
 
 from morag_worker.core.auth import USER_INDEX_PREFIX
-from morag_worker.core.execution.presence import live_workers
+from morag_worker.core.execution.health.presence import live_workers
 from morag_worker.core.naming import InvalidUserId, namespace_prefix, validate_user_id
 
 __all__ = ["CLAIM_GRACE_S", "RestoreReport", "Watchdog"]

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 from morag_worker.core.execution.progress_channel import HeartbeatMessage, ReadyMessage
 from morag_worker.core.supervisor.child_process import ChildProcess
-from morag_worker.core.supervisor.events import StopMode, WorkerState
+from morag_worker.core.supervisor.events import RECONNECTING, Problem, StopMode, WorkerState
 from morag_worker.core.supervisor.task_tracker import TaskTracker
 
-__all__ = ["ChildSession", "stop_status"]
+__all__ = ["ChildSession", "finishing_message", "stop_status"]
 
 _RANK = {StopMode.FINISH: 1, StopMode.NOW: 2, StopMode.KILL: 3}
 _INTERRUPTED = {
@@ -25,6 +25,10 @@ _INTERRUPTED = {
     StopMode.KILL: "the worker was killed; the task returns to the queue after the visibility timeout",
     None: "the worker stopped unexpectedly; the task returns to the queue after the visibility timeout",
 }
+
+_KEY_REJECTED = (
+    "the hub rejected the API key, so the worker stopped; the task goes back to the queue for another worker"
+)
 
 USER = "user"  # stop reasons: asked by the front end (stop, snooze, close) ...
 RESTART = "restart"  # ... or by the supervisor itself (start deadline, silence, stall)
@@ -44,6 +48,7 @@ class ChildSession:
     connecting_since: float | None = None  # monotonic: first of the beats saying "connecting" in a row
     hub_retry_at: float | None = None  # epoch: the child's next try of a hub that does not answer
     hub_text: str = ""  # what a person reads meanwhile
+    rejected: tuple[Problem, str] | None = None  # the hub refused the key while this child ran
 
     @property
     def ready(self) -> bool:
@@ -64,7 +69,7 @@ class ChildSession:
 
     def running_message(self) -> str:
         if self.reconnecting():
-            return "Reconnecting to the broker"
+            return RECONNECTING
         count = len(self.tracker)
         if count:
             return f"Working on {count} task" + ("s" if count > 1 else "")
@@ -88,17 +93,25 @@ class ChildSession:
 
     def interrupted_reason(self) -> str:
         """Why a task that never reported its end is over, given how the child was stopped."""
+        if self.rejected is not None:
+            return _KEY_REJECTED
         return _INTERRUPTED.get(self.stop_mode, _INTERRUPTED[None])
 
 
-def stop_status(mode: StopMode, *, busy: bool, restart: bool, snoozing: bool) -> tuple[WorkerState, str]:
-    """The state and sentence shown while a stop in ``mode`` is under way."""
+def finishing_message(tasks: int, then: WorkerState) -> str:
+    """``"Finishing 2 tasks, then pausing"``: the sentence shown while a FINISH stop is under way."""
+    after = {WorkerState.SNOOZED: "snoozing", WorkerState.STARTING: "restarting"}.get(then, "pausing")
+    if not tasks:
+        return after.capitalize()
+    what = "the current task" if tasks == 1 else f"{tasks} tasks"
+    return f"Finishing {what}, then {after}"
+
+
+def stop_status(mode: StopMode, *, tasks: int, restart: bool, then: WorkerState) -> tuple[WorkerState, str]:
+    """The state and sentence shown while a stop in ``mode`` is under way (``then``: what follows)."""
     if mode is StopMode.FINISH:
-        then = "snoozing" if snoozing else "stopping"
-        return WorkerState.FINISHING, (
-            f"Finishing the current task, then {then}" if busy else then.capitalize()
-        )
+        return WorkerState.FINISHING, finishing_message(tasks, then)
     if mode is StopMode.NOW:
         text = "Restarting the worker" if restart else "Stopping now"
-        return WorkerState.STOPPING, text + ("; the current task goes back to the queue" if busy else "")
+        return WorkerState.STOPPING, text + ("; the current task goes back to the queue" if tasks else "")
     return WorkerState.STOPPING, "Killing the worker"

@@ -13,6 +13,8 @@ from typing import Protocol
 from morag_worker.core.results import TaskRecord
 
 __all__ = [
+    "PAUSED",
+    "RECONNECTING",
     "Problem",
     "StopMode",
     "SupervisorListener",
@@ -20,6 +22,12 @@ __all__ = [
     "WorkerState",
     "WorkerStatus",
 ]
+
+
+#: STOPPED's message after "finish and pause": the front ends say "Paused", not "Stopped".
+PAUSED = "Paused"
+#: RUNNING's message while the consumer has lost the broker (a blip, or a revoked key): not "working".
+RECONNECTING = "Reconnecting to the broker"
 
 
 class WorkerState(Enum):
@@ -70,6 +78,9 @@ class WorkerStatus:
     problem: Problem | None = None  # set in BACKOFF, CRASHED and WAITING_FOR_HUB
     attempt: int = 0  # consecutive failed attempts so far (BACKOFF shows "retry n")
     active_tasks: int = 0  # tasks the child is working on (RUNNING, FINISHING, STOPPING)
+    #: FINISHING: what follows once the tasks are done: STOPPED (pause), SNOOZED (``snoozed_until``)
+    #: or STARTING (a restart, or Start/Resume pressed while finishing). None in other states.
+    then: WorkerState | None = None
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import structlog
 
 from morag_worker.core.config.settings import Settings
 from morag_worker.core.execution.progress_channel import (
+    BrokerRefusedMessage,
     HeartbeatMessage,
     HubMessage,
     ProgressMessage,
@@ -37,14 +38,28 @@ from morag_worker.core.hub_client import HubClientFactory
 from morag_worker.core.logging import redact
 from morag_worker.core.results import TaskRecord
 from morag_worker.core.supervisor.child_process import ChildCallbacks, Launcher
-from morag_worker.core.supervisor.child_session import RESTART, USER, ChildSession, stop_status
-from morag_worker.core.supervisor.events import Problem, StopMode, TaskProgress, WorkerState, WorkerStatus
+from morag_worker.core.supervisor.child_session import (
+    RESTART,
+    USER,
+    ChildSession,
+    finishing_message,
+    stop_status,
+)
+from morag_worker.core.supervisor.events import (
+    PAUSED,
+    Problem,
+    StopMode,
+    TaskProgress,
+    WorkerState,
+    WorkerStatus,
+)
 from morag_worker.core.supervisor.gpu import GpuProbe
 from morag_worker.core.supervisor.options import Clock, SupervisorOptions, backoff_delay
 from morag_worker.core.supervisor.prepare import (
     KeyResolver,
     Prepared,
     PrepareFailed,
+    check_key,
     prepare_outcome,
 )
 from morag_worker.core.supervisor.task_tracker import TaskTracker
@@ -68,6 +83,7 @@ class Event(Enum):
     OUTPUT = "output"  # a line the child printed
     MESSAGE = "message"  # a line on the child's progress channel
     EXIT = "exit"  # the child exited
+    KEY_CHECKED = "key_checked"  # the hub's verdict on the key after the broker refused it
 
 
 class Timer(Enum):
@@ -144,6 +160,7 @@ class SupervisorMachine:
         self._user_id: str | None = None
         self._queues: tuple[str, ...] = ()
         self._notice: str | None = None
+        self._key_check: int | None = None  # the child generation whose key the hub is checking
         self._handlers: dict[Event, Callable[[int, Any], None]] = {
             Event.TICK: self._on_tick,
             Event.SETTINGS: self._on_settings,
@@ -155,6 +172,7 @@ class SupervisorMachine:
             Event.OUTPUT: self._on_output,
             Event.MESSAGE: self._on_message,
             Event.EXIT: self._on_exit,
+            Event.KEY_CHECKED: self._on_key_checked,
         }
         self._timer_handlers: dict[Timer, Callable[[], None]] = {
             Timer.RETRY: self._timer_retry,
@@ -191,8 +209,11 @@ class SupervisorMachine:
     def _on_tick(self, _gen: int, _payload: None) -> None:
         pass
 
-    def _on_settings(self, _gen: int, settings: Settings) -> None:
+    def _on_settings(self, gen: int, settings: Settings) -> None:
         self.settings = settings
+        if gen and gen == self._preparing and self.status.state is WorkerState.STARTING:
+            # The attempt read the settings saved since: name the hub it really asks.
+            self._set_status(WorkerState.STARTING, _connecting(settings))
 
     def _on_start(self, _gen: int, _payload: None) -> None:
         if self._closing:
@@ -200,7 +221,10 @@ class SupervisorMachine:
         self._want, self._snooze_until = Intent.RUN, None
         self.timers.pop(Timer.SNOOZE, None)
         if self.session is not None or self._preparing is not None:
-            return  # running or starting; a stopping child is started again when it has exited
+            # Running or starting; a stopping child is started again when it has exited, and a
+            # finishing one says so at once (Start undoes "finish and pause" and a snooze).
+            self._refresh_finishing()
+            return
         if self.status.state in (WorkerState.STOPPED, WorkerState.CRASHED, WorkerState.SNOOZED):
             self._failures = 0
         self.timers.pop(Timer.RETRY, None)
@@ -234,6 +258,22 @@ class SupervisorMachine:
         if self.session is not None:
             self._send_stop(StopMode.NOW, USER)
 
+    def _after_finish(self) -> WorkerState:
+        """What follows a FINISH stop, by what the person asked for last."""
+        return {
+            Intent.RUN: WorkerState.STARTING,
+            Intent.SNOOZE: WorkerState.SNOOZED,
+            Intent.STOP: WorkerState.STOPPED,
+        }[self._want]
+
+    def _refresh_finishing(self) -> None:
+        """While finishing, say what follows now (a Start, snooze or pause asked meanwhile)."""
+        session = self.session
+        if session is not None and self.status.state is WorkerState.FINISHING:
+            self._set_status(
+                WorkerState.FINISHING, finishing_message(len(session.tracker), self._after_finish())
+            )
+
     def _cancel_plans(self) -> None:
         self._preparing = None
         self.timers.pop(Timer.RETRY, None)
@@ -244,7 +284,7 @@ class SupervisorMachine:
         self._gen += 1
         self._preparing = gen = self._gen
         settings = self.settings
-        self._set_status(WorkerState.STARTING, f"Connecting to the hub at {settings.hub_url}")
+        self._set_status(WorkerState.STARTING, _connecting(settings))
         self._spawn(lambda: self._prepare(gen, settings))
 
     def _spawn_thread(self, work: Callable[[], None]) -> None:
@@ -260,6 +300,7 @@ class SupervisorMachine:
             except Exception as exc:  # noqa: BLE001 - SettingsError and the like: the user must act
                 self._post(Event.PREPARED, PrepareFailed(Problem.CONFIG, str(exc), retry=False), gen)
                 return
+            self._post(Event.SETTINGS, settings, gen)
         outcome = prepare_outcome(
             settings,
             key_resolver=self._key_resolver,
@@ -325,6 +366,8 @@ class SupervisorMachine:
 
     def _give_up(self, problem: Problem, message: str, last_output: tuple[str, ...] = ()) -> None:
         self._want = Intent.STOP
+        if problem in (Problem.NO_API_KEY, Problem.KEY_REJECTED):
+            self._user_id, self._queues = None, ()  # nobody is signed in any more
         log.warning("supervisor.gave_up", problem=problem.value, message=message)
         self._set_status(WorkerState.CRASHED, _for_person(message), problem=problem, last_output=last_output)
 
@@ -373,6 +416,41 @@ class SupervisorMachine:
             self.active = tuple(session.tracker.active())
         elif isinstance(msg, TaskEndMessage):
             self._finished(session, [session.tracker.ended(msg)])
+        elif isinstance(msg, BrokerRefusedMessage):
+            self._on_broker_refused(session, msg)
+
+    def _on_broker_refused(self, session: ChildSession, msg: BrokerRefusedMessage) -> None:
+        """Redis refused the worker's login: ask the hub now rather than wait out the reconnecting."""
+        if session.stop_mode is not None or self._key_check == session.gen:
+            return
+        log.warning("supervisor.broker_refused", source=msg.source, error=redact(msg.error))
+        self._key_check = gen = session.gen
+        settings = self.settings
+        self._spawn(
+            lambda: self._post(
+                Event.KEY_CHECKED,
+                check_key(
+                    settings, key_resolver=self._key_resolver, hub_client_factory=self._hub_client_factory
+                ),
+                gen,
+            )
+        )
+
+    def _on_key_checked(self, gen: int, verdict: PrepareFailed | None) -> None:
+        if self._key_check == gen:
+            self._key_check = None
+        session = self._current(gen)
+        if session is None or session.stop_mode is not None:
+            return
+        if verdict is None or verdict.retry:
+            # The key holds (or the hub cannot say): the consumer's reconnecting goes on, watched
+            # by connect_timeout_s as before.
+            log.info("supervisor.key_still_valid" if verdict is None else "supervisor.key_unconfirmed")
+            return
+        # The task in hand cannot be acked any more: killing the child leaves it unacked, and the
+        # hub's watchdog gives it to another worker once this one's presence has expired.
+        session.rejected = (verdict.problem, verdict.message)
+        self._restart(verdict.problem, verdict.message, StopMode.KILL)
 
     def _on_ready(self, session: ChildSession, msg: ReadyMessage) -> None:
         if session.ready:
@@ -458,9 +536,9 @@ class SupervisorMachine:
         state = self.status.state
         if state in (WorkerState.RUNNING, WorkerState.WAITING_FOR_HUB):
             self._set_running(session)
-        elif state is WorkerState.FINISHING and not session.busy:
-            self._set_status(state, "Snoozing" if self._want is Intent.SNOOZE else "Stopping")
-        elif state in (WorkerState.FINISHING, WorkerState.STOPPING):
+        elif state is WorkerState.FINISHING:
+            self._refresh_finishing()
+        elif state is WorkerState.STOPPING:
             self._set_status(state, self.status.message)
 
     def _on_exit(self, gen: int, code: int) -> None:
@@ -488,7 +566,9 @@ class SupervisorMachine:
             self._failures = 0
         if self._closing:
             return
-        if reason == RESTART and self._want is Intent.RUN:
+        if session.rejected is not None and self._want is Intent.RUN:
+            self._give_up(*session.rejected, output)  # the hub said so: no retry can help
+        elif reason == RESTART and self._want is Intent.RUN:
             self._retry_later(*self._restart_problem, output)
         elif reason is None and self._want is Intent.RUN:
             early = not session.ready
@@ -501,7 +581,8 @@ class SupervisorMachine:
         elif self._want is Intent.SNOOZE:
             self._set_snoozed()
         else:
-            self._set_status(WorkerState.STOPPED, "Stopped")
+            paused = session.stop_mode is StopMode.FINISH and reason == USER
+            self._set_status(WorkerState.STOPPED, PAUSED if paused else "Stopped")
 
     # ---- stopping ----------------------------------------------------------------------
     def _send_stop(self, mode: StopMode, reason: str) -> None:
@@ -511,6 +592,7 @@ class SupervisorMachine:
         if reason == USER or session.stop_reason is None:
             session.stop_reason = reason
         if not session.escalates_to(mode):
+            self._refresh_finishing()  # e.g. a snooze asked while finishing: shown at once
             return
         session.stop_mode = mode
         self.timers.pop(Timer.ESCALATE, None)
@@ -524,7 +606,7 @@ class SupervisorMachine:
         if wait is not None:
             self.timers[Timer.ESCALATE] = self._clock.monotonic() + wait
         state, message = stop_status(
-            mode, busy=session.busy, restart=reason == RESTART, snoozing=self._want is Intent.SNOOZE
+            mode, tasks=len(session.tracker), restart=reason == RESTART, then=self._after_finish()
         )
         self._set_status(state, message)
 
@@ -572,6 +654,10 @@ class SupervisorMachine:
             "active_tasks": busy,
             **extra,
         }
+        if state is WorkerState.FINISHING:
+            fields["then"] = self._after_finish()
+            if self._want is Intent.SNOOZE:
+                fields["snoozed_until"] = self._snooze_until
         status = WorkerStatus(state=state, message=message, **fields)
         if status == self.status:
             return
@@ -583,3 +669,7 @@ class SupervisorMachine:
 def _for_person(text: str) -> str:
     """A message for a status line: redacted (no key can slip through), with a capital first letter."""
     return capitalised(redact(text))
+
+
+def _connecting(settings: Settings) -> str:
+    return f"Connecting to the hub at {settings.hub_url}"

@@ -34,6 +34,7 @@ __all__ = [
     "KeyResolver",
     "PrepareFailed",
     "Prepared",
+    "check_key",
     "prepare",
     "prepare_outcome",
 ]
@@ -145,6 +146,27 @@ def prepare_outcome(
     except Exception as exc:  # noqa: BLE001 - the prepare thread must always report back
         log.exception("supervisor.prepare_failed")
         return PrepareFailed(Problem.CONFIG, f"cannot prepare the worker: {exc}", retry=False)
+
+
+def check_key(
+    settings: Settings, *, key_resolver: KeyResolver, hub_client_factory: HubClientFactory
+) -> PrepareFailed | None:
+    """Ask the hub whether the key still holds (the broker refused it); the failure, or None.
+
+    Blocks (keychain, HTTP): runs on a short-lived thread, like ``prepare``.
+    """
+    try:
+        api_key = key_resolver()
+        register_secret(api_key)
+        _queue_info(hub_client_factory, settings.hub_url, api_key)
+    except CredentialError as exc:
+        return PrepareFailed(Problem.NO_API_KEY, str(exc), retry=False)
+    except PrepareFailed as exc:
+        return exc
+    except Exception as exc:  # noqa: BLE001 - the checking thread must always report back
+        log.warning("supervisor.key_check_failed", error=type(exc).__name__)
+        return PrepareFailed(Problem.HUB_ERROR, f"cannot check the API key: {exc}", retry=True)
+    return None
 
 
 def _queue_info(factory: HubClientFactory, hub_url: str, api_key: str) -> QueueInfo:

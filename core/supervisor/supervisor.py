@@ -29,7 +29,7 @@ import structlog
 from morag_worker.core.config.credentials import CredentialStore, resolve_api_key
 from morag_worker.core.config.settings import Settings, SettingsError, SettingsStore, apply_env
 from morag_worker.core.execution.progress_channel import ReadyMessage
-from morag_worker.core.hub_client import HubClient, HubClientFactory
+from morag_worker.core.hub_client import HubClientFactory, quick_client
 from morag_worker.core.supervisor.child_process import Launcher, SubprocessLauncher
 from morag_worker.core.supervisor.events import StopMode, SupervisorListener, TaskProgress, WorkerStatus
 from morag_worker.core.supervisor.gpu import GpuProbe, NvmlProbe
@@ -211,7 +211,7 @@ def supervisor_for(
     return Supervisor(
         first,
         key_resolver=resolve_key,
-        hub_client_factory=HubClient,
+        hub_client_factory=quick_client,
         listener=listener,
         env=environ,
         options=options,

@@ -2,8 +2,11 @@
 
 A task's input lands in ``<root>/task-<safe id>-<random>/input.bin``; the task id only contributes a
 sanitised, length-capped label, never a path. ``finally`` does not run on SIGKILL or power loss, so
-the worker calls :func:`sweep_stale_workspaces` at start-up. Also home of :func:`safe_display_name`,
-the only way a server-supplied file name reaches the rest of the app (as a label, never a path).
+the worker calls :func:`sweep_stale_workspaces` at start-up; and each workspace names the process
+that owns it (``.owner``: pid and host), so that when a pool process is killed under a task, the
+worker's main process removes its workspace at once with :func:`sweep_orphaned_workspaces`. Also
+home of :func:`safe_display_name`, the only way a server-supplied file name reaches the rest of the
+app (as a label, never a path).
 
 Runs on whichever thread runs the task; nothing here is shared between threads.
 """
@@ -13,22 +16,31 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import stat
 import sys
 import tempfile
 import time
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import structlog
 
-__all__ = ["TaskWorkspace", "safe_display_name", "sweep_stale_workspaces"]
+__all__ = [
+    "TaskWorkspace",
+    "pid_alive",
+    "safe_display_name",
+    "sweep_orphaned_workspaces",
+    "sweep_stale_workspaces",
+]
 
 log = structlog.get_logger(__name__)
 
 _PREFIX = "task-"
+_OWNER = ".owner"  # "<pid> <host name>" of the process the workspace belongs to
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9_.-]+")
 _FORBIDDEN_NAME_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
 _WINDOWS_RESERVED = frozenset(
@@ -104,6 +116,7 @@ class TaskWorkspace:
         # mkdtemp creates the directory 0700 atomically, with a unique name even when the same
         # task id is delivered twice.
         self._path = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{self.label}-", dir=self.root))
+        _write_owner(self._path)
         log.debug("workspace.created", path=str(self._path))
         return self
 
@@ -116,6 +129,59 @@ class TaskWorkspace:
         path, self._path = self._path, None
         if path is not None and _remove_tree(path):
             log.debug("workspace.removed", path=str(path))
+
+
+def _write_owner(path: Path) -> None:
+    fd = os.open(path / _OWNER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"{os.getpid()} {socket.gethostname()}\n")
+
+
+def _read_owner(path: Path) -> tuple[int, str] | None:
+    try:
+        pid, _, host = (path / _OWNER).read_text().strip().partition(" ")
+        return int(pid), host
+    except (OSError, ValueError):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (assumed so where that cannot be asked)."""
+    if os.name != "posix":
+        return True  # os.kill(pid, 0) would send CTRL_C_EVENT on Windows; no pool processes there
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_orphaned_workspaces(root: Path, *, alive: Callable[[int], bool] = pid_alive) -> int:
+    """Remove workspaces whose owning process on this host has died; return how many.
+
+    A pool process killed under its task (out of memory, kill -9) leaves its download behind; its
+    worker calls this as soon as it learns of the death. Workspaces of live processes, of other
+    hosts sharing ``root`` and without an owner file are left to :func:`sweep_stale_workspaces`.
+    """
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return 0
+    host = socket.gethostname()
+    removed = 0
+    for entry in entries:
+        if not entry.name.startswith(_PREFIX) or not entry.is_dir(follow_symlinks=False):
+            continue
+        owner = _read_owner(Path(entry.path))
+        if owner is None or owner[1] != host or owner[0] == os.getpid() or alive(owner[0]):
+            continue
+        if _remove_tree(Path(entry.path)):
+            removed += 1
+    if removed:
+        log.info("workspace.orphans_removed", root=str(root), removed=removed)
+    return removed
 
 
 def sweep_stale_workspaces(root: Path, older_than_s: float, *, now: float | None = None) -> int:

@@ -103,7 +103,7 @@ def test_a_failing_request_becomes_failed_with_a_sentence(qtbot: QtBot) -> None:
     made[0].errors["start"] = RuntimeError("the hub refused the key")
     with qtbot.waitSignal(controller.failed, timeout=WAIT_MS) as blocker:
         controller.start()
-    assert blocker.args == ["Could not start the worker: the hub refused the key"]
+    assert blocker.args == ["Could not start the worker: the hub refused the key."]
 
 
 def test_quit_when_idle_closes_without_stopping(harness: Harness, qtbot: QtBot) -> None:

@@ -74,6 +74,7 @@ def test_quit_during_a_task_and_finish_it_first(
     assert harness.supervisor.calls_named("stop") == [StopMode.FINISH]
     assert not finished and app.controller.busy
     assert app.notices[-1].title == "MoRAG Worker will quit soon"
+    assert not app.actions.start.isEnabled()  # Resume would keep the app from quitting
     with qtbot.waitSignal(app.finished, timeout=WAIT_MS):
         harness.child.end_task("t1", TaskOutcome.SUCCEEDED)  # the finishing child then exits
     assert harness.supervisor.calls[-1] == ("close", None)

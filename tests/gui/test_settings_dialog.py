@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import stat
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -14,7 +15,7 @@ from PySide6.QtWidgets import QLabel, QLineEdit
 from pytestqt.qtbot import QtBot
 
 from morag_worker.core.auth import APIKeyService
-from morag_worker.core.config.credentials import CredentialStore
+from morag_worker.core.config.credentials import CredentialStore, KeyPlace, key_file_path
 from morag_worker.core.config.settings import Settings, SettingsStore, normalise_hub_url
 from morag_worker.core.supervisor.events import WorkerState
 from morag_worker.gui.background import BackgroundRunner
@@ -85,7 +86,7 @@ def test_good_key_shows_user_and_queue_and_is_stored_in_the_keychain(
 ) -> None:
     key = hub_key(stack, "alice-gui")
     dialog = make_dialog(stack.hub_url)
-    assert dialog.keychain_label.text() == "Your key is kept in: tests.fakes.InMemoryKeyring"
+    assert dialog.keychain_label.text() == "Your key is kept in: tests.fakes.InMemoryKeyring."
     assert dialog.key_edit.echoMode() is QLineEdit.EchoMode.Password
     qtbot.keyClicks(dialog.key_edit, key)
     qtbot.mouseClick(dialog.show_key, Qt.MouseButton.LeftButton)
@@ -176,22 +177,88 @@ def test_invalid_address_and_empty_key_are_explained_without_a_request(
     assert "The hub address is not valid" in text
 
 
-def test_refused_keychain_shows_its_message_and_advice(
-    stack: Stack, harness: Harness, make_dialog: MakeDialog, qtbot: QtBot
+def _no_keychain_dialog(
+    stack: Stack, harness: Harness, qtbot: QtBot
+) -> tuple[SettingsDialog, CredentialStore]:
+    runner = BackgroundRunner(max_threads=2)
+    credentials = CredentialStore(FakePlaintextKeyring(), key_file=key_file_path(harness.tmp / "config"))
+    dialog = SettingsDialog(
+        Settings(hub_url=stack.hub_url),
+        SettingsStore(harness.tmp / "config"),
+        credentials,
+        harness.gpu_probe,
+        harness.autostart,
+        lambda: ["/usr/bin/morag-worker"],
+        runner,
+        first_run=True,
+    )
+    qtbot.addWidget(dialog)
+    dialog.show()
+    qtbot.waitUntil(lambda: runner.pending == 0, timeout=WAIT_MS)
+    return dialog, credentials
+
+
+def _words_for_a_person(text: str) -> None:
+    for developer in ("dbus", "D-Bus", "MORAG_API_KEY", "--api-key-file", "keyrings.alt", "PYTHON_KEYRING"):
+        assert developer not in text
+
+
+def test_without_a_keychain_the_key_can_be_kept_for_this_session(
+    stack: Stack, harness: Harness, qtbot: QtBot
 ) -> None:
-    plaintext = FakePlaintextKeyring()
-    dialog = make_dialog(stack.hub_url, keyring=plaintext)
-    label = dialog.keychain_label.text()
-    assert "plaintext file" in label and "refused" in label.lower()
-    assert "keyrings.alt" in label  # the advice
-    qtbot.keyClicks(dialog.key_edit, hub_key(stack, "bob-gui"))
-    qtbot.mouseClick(dialog.save_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: "not a keychain" in dialog.status_label.text(), timeout=WAIT_MS)
-    text = dialog.status_label.text()
-    assert "Uninstall keyrings.alt" in text or "uninstall keyrings.alt" in text.lower()
-    assert plaintext.passwords == {}
-    assert not (harness.tmp / "config" / "settings.json").exists()
-    assert dialog.isVisible()
+    dialog, credentials = _no_keychain_dialog(stack, harness, qtbot)
+    assert dialog.place_box.isVisible() and dialog.keep_session.isChecked()
+    explanation = dialog.place_reason.text()
+    assert "no keychain" in explanation
+    _words_for_a_person(explanation + dialog.keychain_label.text() + dialog.status_label.text())
+    assert explanation not in dialog.keychain_label.text() + dialog.status_label.text()  # said once
+    assert dialog.keychain_label.text() == "Chosen: the key is kept only while MoRAG Worker runs."
+    key = hub_key(stack, "bob-gui")
+    qtbot.keyClicks(dialog.key_edit, key)
+    with qtbot.waitSignal(dialog.saved, timeout=WAIT_MS):
+        qtbot.mouseClick(dialog.save_button, Qt.MouseButton.LeftButton)
+    assert dialog.saved_place is KeyPlace.SESSION
+    assert credentials.get(stack.hub_url) == key
+    assert not key_file_path(harness.tmp / "config").exists()
+    assert (harness.tmp / "config" / "settings.json").exists()
+
+
+def test_without_a_keychain_the_key_can_be_kept_in_a_private_file(
+    stack: Stack, harness: Harness, qtbot: QtBot
+) -> None:
+    dialog, _credentials = _no_keychain_dialog(stack, harness, qtbot)
+    dialog.keep_file.setChecked(True)
+    assert dialog.file_warning.isVisible() and "can read the key" in dialog.file_warning.text()
+    assert (
+        dialog.keychain_label.text() == "Chosen: the key is kept in a file in MoRAG Worker's settings folder."
+    )
+    key = hub_key(stack, "carol-gui")
+    qtbot.keyClicks(dialog.key_edit, key)
+    with qtbot.waitSignal(dialog.saved, timeout=WAIT_MS):
+        qtbot.mouseClick(dialog.save_button, Qt.MouseButton.LeftButton)
+    assert dialog.saved_place is KeyPlace.FILE
+    path = key_file_path(harness.tmp / "config")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # Another process (the headless worker) reads it with a fresh store.
+    fresh = CredentialStore(FakePlaintextKeyring(), key_file=path)
+    assert fresh.get(stack.hub_url) == key and fresh.place(stack.hub_url) is KeyPlace.FILE
+
+
+def test_the_key_check_can_be_cancelled(harness: Harness, make_dialog: MakeDialog, qtbot: QtBot) -> None:
+    import socket
+
+    with socket.socket() as hung:  # accepts connections and never answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(1)
+        dialog = make_dialog(f"http://127.0.0.1:{hung.getsockname()[1]}")
+        qtbot.keyClicks(dialog.key_edit, "k" * 43)
+        qtbot.mouseClick(dialog.check_button, Qt.MouseButton.LeftButton)
+        assert dialog.status_label.text() == "Checking the key with the hub…"
+        assert dialog.check_button.text() == "Cancel" and dialog.check_button.isEnabled()
+        with qtbot.waitSignal(dialog.checked, timeout=WAIT_MS, check_params_cb=lambda ok: ok is False):
+            qtbot.mouseClick(dialog.check_button, Qt.MouseButton.LeftButton)
+        assert "cancelled" in dialog.status_label.text()
+        assert dialog.check_button.text() == "Check key" and dialog.save_button.isEnabled()
 
 
 def test_gpu_choices_come_from_the_probe(stack: Stack, make_dialog: MakeDialog, qtbot: QtBot) -> None:

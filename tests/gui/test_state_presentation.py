@@ -63,7 +63,7 @@ def test_only_running_looks_different_with_a_task() -> None:
         (
             WorkerStatus(WorkerState.BACKOFF, "hub unreachable"),
             "Cannot connect: hub unreachable",
-            ("Cannot connect", "hub unreachable Retrying soon."),
+            ("Cannot connect", "Hub unreachable. Retrying soon."),
         ),
         (
             WorkerStatus(WorkerState.CRASHED),
@@ -113,3 +113,28 @@ def test_a_hub_outage_is_notified_once_and_its_end_too() -> None:
     assert policy.on_status(again, expected=False) is None
     back = policy.on_status(WorkerStatus(WorkerState.RUNNING, "Working on 1 task"), expected=False)
     assert back is not None and back.title == "MoRAG Worker reaches the hub again"
+
+
+def test_a_notice_built_from_a_status_message_is_sentences() -> None:
+    from morag_worker.gui.notifications import NotificationPolicy
+
+    status = WorkerStatus(
+        WorkerState.BACKOFF, "Cannot reach the hub: no connection could be made; retrying in 5 s (attempt 2)"
+    )
+    notice = NotificationPolicy().on_status(status, expected=False)
+    assert notice is not None
+    assert "(attempt 2). It keeps retrying;" in notice.message and notice.message.endswith(".")
+
+
+def test_finishing_texts_count_the_tasks_and_say_what_follows() -> None:
+    status = WorkerStatus(WorkerState.FINISHING, "Finishing 2 tasks, then restarting", active_tasks=2,
+                          then=WorkerState.STARTING)  # fmt: skip
+    shown = presentation(WorkerState.FINISHING)
+    title, detail = shown.header(Moment(status, [], NOW))
+    assert title == "Finishing 2 tasks" and "the worker restarts" in detail and "pauses" not in detail
+    assert shown.tooltip(Moment(status, [], NOW)) == "Finishing 2 tasks, then restarting"
+    assert shown.actions(status) == {"finish", "stop_now", "snooze"}  # already resuming
+    paused = WorkerStatus(WorkerState.FINISHING, "", active_tasks=1, then=WorkerState.STOPPED)
+    assert "start" in shown.actions(paused) and shown.start_label == "Resume"
+    stopped = presentation(WorkerState.STOPPED)
+    assert stopped.header(Moment(WorkerStatus(WorkerState.STOPPED, "Paused"), [], NOW))[0] == "Paused"

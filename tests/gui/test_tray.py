@@ -59,7 +59,8 @@ def _status(app: TrayApp, qtbot: QtBot, state: WorkerState, emit: Callable[[], o
 def test_menu_has_every_item_in_order(started: Callable[..., TrayApp]) -> None:
     app = started()
     assert app.tray is not None
-    assert [a.text() for a in app.tray.menu.actions()] == MENU_TEXTS
+    assert [a.text() for a in app.tray.menu.actions() if a.isVisible()] == MENU_TEXTS
+    assert not app.actions.enter_key.isVisible()  # shown only while the key is the problem
     sub = app.actions.snooze_menu
     assert [a.text() for a in sub.actions()] == ["For 30 minutes", "For 1 hour", "Until I resume"]
 
@@ -160,7 +161,7 @@ def _ask(app: TrayApp, name: str) -> Callable[[], object]:
             True,
             TrayLook.FINISHING,
             "Finishing the current task, then pausing (42 %)",
-            {"stop_now"},
+            {"start", "stop_now", "snooze"},
         ),
         (WorkerState.STOPPING, False, TrayLook.FINISHING, "Stopping; the task goes back to the queue", set()),
         (WorkerState.SNOOZED, False, TrayLook.SNOOZED, "Snoozed until you resume", {"start", "snooze"}),
@@ -176,7 +177,7 @@ def _ask(app: TrayApp, name: str) -> Callable[[], object]:
             WorkerState.CRASHED,
             False,
             TrayLook.ERROR,
-            "Stopped by an error: The hub refused the key; log in again with a valid key",
+            "API key refused",
             {"start", "snooze"},
         ),
     ],
@@ -280,5 +281,6 @@ def test_unrequested_changes_and_failures_notify_successes_do_not(
     _status(app, qtbot, WorkerState.CRASHED, app.actions.start.trigger)
     crash = app.notices[-1]
     assert crash.title == "MoRAG Worker stopped: API key refused" and crash.level is Level.ERROR
-    assert "revoked" in crash.message and "Settings" in crash.message
+    assert "revoked" in crash.message and "Enter key…" in crash.message
+    assert "login" not in crash.message and "--" not in crash.message
     assert len(app.notices) == 4

@@ -150,3 +150,56 @@ def test_a_keychain_daemon_that_stops_is_a_typed_error(own_secret_service: Secre
         store.get(HUB)
     assert caught.value.problem is KeychainProblem.FAILED
     assert KEY not in str(caught.value)
+
+
+# ---- without a keychain, a place chosen knowingly (issue 11, point 2) --------------------------
+
+
+def test_without_a_keychain_a_chosen_key_file_is_used_and_logout_removes_it(
+    no_keychain_env: Path, tmp_path: Path
+) -> None:
+    import stat
+
+    from morag_worker.core.config.credentials import KeyPlace, key_file_path
+
+    path = key_file_path(tmp_path / "config")
+    store = CredentialStore(key_file=path)
+    with pytest.raises(KeychainUnavailable):
+        store.set(HUB, KEY)  # never a file on its own
+    assert not path.exists()
+    store.set(HUB, KEY, KeyPlace.FILE)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    # A later run (the tray app or the headless worker) finds it with no keychain.
+    later = CredentialStore(key_file=path)
+    assert later.place(HUB) is KeyPlace.FILE
+    assert resolve_api_key(env={}, api_key_file=None, store=later, hub_url=HUB).key == KEY
+    assert later.delete(HUB) is True  # logout: the file goes too
+    assert not path.exists()
+    with pytest.raises(KeychainUnavailable):
+        later.get(HUB)  # nothing anywhere: the keychain's problem is what is said
+
+
+def test_without_a_keychain_a_session_key_stays_in_memory(no_keychain_env: Path, tmp_path: Path) -> None:
+    from morag_worker.core.config.credentials import KeyPlace, key_file_path
+
+    store = CredentialStore(key_file=key_file_path(tmp_path / "config"))
+    store.set(HUB, KEY, KeyPlace.SESSION)
+    assert store.get(HUB) == KEY and store.place(HUB) is KeyPlace.SESSION
+    assert files_containing(no_keychain_env, KEY.encode()) == []  # tmp_path: the config folder too
+    with pytest.raises(KeychainUnavailable):
+        CredentialStore(key_file=key_file_path(tmp_path / "config")).get(HUB)  # gone with the process
+
+
+def test_with_a_keychain_the_key_goes_there_and_not_to_the_file(keychain_env: Path, tmp_path: Path) -> None:
+    from morag_worker.core.config.credentials import KeyPlace, key_file_path
+
+    path = key_file_path(tmp_path / "config")
+    store = CredentialStore(key_file=path)
+    store.set(HUB, KEY, KeyPlace.FILE)  # chosen once, on a computer that had no keychain then
+    store.set(HUB, KEY)  # now saved with a keychain: the file's copy goes
+    try:
+        assert store.place(HUB) is KeyPlace.KEYCHAIN and not path.exists()
+    finally:
+        assert store.delete(HUB) is True
+    assert store.get(HUB) is None

@@ -262,7 +262,8 @@ def test_a_key_revoked_while_running_ends_in_a_clear_key_rejected_state(
     stack: Stack, proxy: CuttingProxy, tmp_path: Path
 ) -> None:
     """Revocation drops the worker's broker connections and its logins fail from then on; the
-    supervisor notices the endless reconnecting, asks the hub, and stops with KEY_REJECTED."""
+    child reports the refused login (tests/integration/test_revocation.py times it mid-task), the
+    supervisor asks the hub, and stops with KEY_REJECTED."""
     revoked = stack.key("sam-revoked")
     options = LiveSupervisor.options(connect_timeout_s=3.0, restart_kill_after_s=2.0)
     with LiveSupervisor(proxy.url, revoked, tmp_path, options=options) as live:

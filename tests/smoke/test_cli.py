@@ -291,6 +291,37 @@ def test_login_logout_with_a_real_keychain(
     assert after.returncode == 3 and "login" in after.stderr
 
 
+def test_login_without_a_keychain_keeps_the_key_in_a_private_file_when_asked(
+    stack: Stack, tmp_path: Path
+) -> None:
+    key = stack.key("grace")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = base_env(HOME=str(home), DBUS_SESSION_BUS_ADDRESS=f"unix:path={tmp_path / 'no-bus'}")
+    config = tmp_path / "config"
+    refused = cli("--config-dir", str(config), "login", "--hub", stack.hub_url, env=env, stdin=key + "\n")
+    assert refused.returncode != 0 and "--keep-key-in-file" in refused.stderr  # never a file on its own
+    assert not (config / "api-keys.json").exists()
+    login = cli(
+        "--config-dir",
+        str(config),
+        "login",
+        "--keep-key-in-file",
+        "--hub",
+        stack.hub_url,
+        env=env,
+        stdin=key + "\n",
+    )
+    assert login.returncode == 0, login.stderr
+    assert "a file only you can read" in login.stderr and key not in login.stderr
+    assert oct((config / "api-keys.json").stat().st_mode & 0o777) == oct(0o600)
+    queued = cli("--config-dir", str(config), "submit", str(SAMPLES / "sample.txt"), env=env)
+    assert queued.returncode == 0, queued.stderr  # the key came from the file, without a keychain
+    logout = cli("--config-dir", str(config), "logout", env=env)
+    assert logout.returncode == 0 and "Removed" in logout.stderr
+    assert not (config / "api-keys.json").exists()
+
+
 def _processes_mentioning(text: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -111,6 +113,35 @@ def test_key_rejected_is_one_clear_line_and_exit_4(stack: Stack, tmp_path: Path)
         proc.kill_group()
     lines = [line for line in proc.output().splitlines() if line.startswith("morag-worker:")]
     assert len(lines) == 1 and "rejected the API key" in lines[0], proc.output()[-2000:]
+
+
+def test_a_key_revoked_while_running_ends_headless_with_one_clear_line_and_exit_4(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Revocation reaches a running ``--no-gui`` worker: it stops within 30 s and says why."""
+    key = stack.key("hugo-revoked")
+    proc = headless(tmp_path, stack.hub_url, key)
+    try:
+        wait_for(
+            lambda: any(s.get("state") == "running" for s in statuses(proc)), timeout=120, what="running"
+        )
+        revoked = subprocess.run(
+            python_argv("-m", "morag_worker", "keys", "revoke", "-"),
+            input=key + "\n",
+            env=base_env(REDIS_URL=stack.redis.url),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert revoked.returncode == 0, revoked.stderr
+        started = time.monotonic()
+        assert proc.wait(timeout=120) == ExitCode.KEY_REJECTED
+        assert time.monotonic() - started <= 30
+    finally:
+        proc.kill_group()
+    lines = [line for line in proc.output().splitlines() if line.startswith("morag-worker:")]
+    assert len(lines) == 1 and "rejected the API key" in lines[0], proc.output()[-2000:]
+    assert key not in proc.output()
 
 
 def test_hub_unreachable_shows_the_retries_then_exits_5(tmp_path: Path) -> None:

@@ -458,3 +458,48 @@ def test_the_key_never_appears_in_logs(
     captured = capsys.readouterr()
     for text in (repr(events), caplog.text, captured.out, captured.err, *map(str, raised)):
         assert KEY not in text
+
+
+# ---- a key file chosen without a keychain (issue 11, point 2) ------------------------------------
+
+
+def test_key_file_store_round_trip_is_atomic_and_private(tmp_path: Path) -> None:
+    from morag_worker.core.config.credentials import KeyPlace, key_file_path
+
+    path = key_file_path(tmp_path / "config")
+    store = CredentialStore(FakePlaintextKeyring(), key_file=path)  # a refused backend: no keychain
+    store.set("http://hub.test:8700", KEY, KeyPlace.FILE)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left behind
+    assert store.get("http://hub.test:8700/") == KEY
+    store.set("http://other.test:8700", KEY[::-1], KeyPlace.FILE)
+    assert store.delete("http://hub.test:8700") is True
+    assert CredentialStore(FakePlaintextKeyring(), key_file=path).get("http://other.test:8700") == KEY[::-1]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX modes")
+def test_key_file_store_readable_by_others_is_refused(tmp_path: Path) -> None:
+    from morag_worker.core.config.credentials import KeyPlace, key_file_path
+
+    path = key_file_path(tmp_path)
+    store = CredentialStore(FakePlaintextKeyring(), key_file=path)
+    store.set("http://hub.test:8700", KEY, KeyPlace.FILE)
+    path.chmod(0o644)
+    with pytest.raises(ApiKeyFileError, match="readable by others"):
+        store.get("http://hub.test:8700")
+
+
+def test_damaged_key_file_store_says_so_without_the_key(tmp_path: Path) -> None:
+    from morag_worker.core.config.credentials import key_file_path
+
+    path = write_key_file(key_file_path(tmp_path), '{"keys": ' + KEY)
+    with pytest.raises(ApiKeyFileError, match="damaged") as caught:
+        CredentialStore(FakePlaintextKeyring(), key_file=path).get("http://hub.test:8700")
+    assert KEY not in str(caught.value)
+
+
+def test_no_key_file_configured_refuses_the_file_place(store: CredentialStore) -> None:
+    from morag_worker.core.config.credentials import KeyPlace
+
+    with pytest.raises(ApiKeyFileError):
+        store.set("http://hub.test:8700", KEY, KeyPlace.FILE)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from morag_worker.core.execution.hub_outage import HubGate, OutageBoard, probe_healthz
+from morag_worker.core.execution.health.hub_outage import HubGate, OutageBoard, probe_healthz
 from morag_worker.core.execution.progress_channel import (
     HeartbeatMessage,
     HubMessage,

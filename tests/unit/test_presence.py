@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from celery.worker import state
 
-from morag_worker.core.execution.presence import PresenceRecord, held_by, presence_state
+from morag_worker.core.execution.health.presence import PresenceRecord, held_by, presence_state
 
 pytestmark = pytest.mark.unit
 

@@ -549,6 +549,44 @@ def test_reconnecting_for_too_long_restarts_the_child_so_the_key_is_checked_agai
     )
 
 
+def test_a_refused_broker_login_confirmed_by_the_hub_ends_in_key_rejected_at_once() -> None:
+    """Revocation: the child says Redis refused its login; the hub confirms; no connect_timeout_s wait."""
+    rejected = KeyRejected("the hub rejected the API key (unknown, revoked or expired)")
+    rig = Rig(hub=FakeHub(queue_info(), rejected))
+    child = rig.running()
+    child.send("task_start", task_id="t1", name="morag.worker.process_file_task_remote", filename="a.pdf")
+    child.send("broker_refused", source="presence", error="invalid username-password pair")
+    assert len(rig.hub.calls) == 2  # asked the hub again, at once
+    assert child.controls == [StopMode.KILL]  # the task cannot be acked any more: kill, not requeue
+    status = rig.expect(WorkerState.CRASHED)
+    assert status.problem is Problem.KEY_REJECTED
+    assert status.message.startswith("The hub rejected the API key")
+    (record,) = rig.listener.records
+    assert record.task_id == "t1" and record.outcome is TaskOutcome.REQUEUED
+    assert record.error is not None and "rejected the API key" in record.error
+    rig.advance(600)
+    assert len(rig.launcher.children) == 1  # no retry: the key is gone
+
+
+def test_a_refused_broker_login_with_a_key_the_hub_still_accepts_keeps_the_worker() -> None:
+    rig = Rig(hub=FakeHub(queue_info()))
+    child = rig.running()
+    child.send("broker_refused", source="consumer", error="WRONGPASS invalid username-password pair")
+    assert len(rig.hub.calls) == 2 and child.controls == []
+    rig.expect(WorkerState.RUNNING)
+    child.send("broker_refused", source="consumer", error="WRONGPASS invalid username-password pair")
+    assert len(rig.hub.calls) == 3  # asked again on the next report, one check at a time
+
+
+def test_a_refused_broker_login_while_the_hub_is_unreachable_waits_for_the_usual_deadlines() -> None:
+    down = HubUnreachable("cannot reach the hub at http://hub.test:8700 (ConnectionError)")
+    rig = Rig(hub=FakeHub(queue_info(), down))
+    child = rig.running()
+    child.send("broker_refused", source="presence", error="WRONGPASS")
+    assert child.controls == []
+    rig.expect(WorkerState.RUNNING)
+
+
 # ---- the threaded Supervisor, end to end ----------------------------------------------------
 # Its own loop thread, prepare threads and listener shield: these wait across threads.
 
@@ -665,3 +703,87 @@ def test_stopping_while_the_hub_is_away_takes_over_the_status(rig: Rig) -> None:
     rig.expect(WorkerState.FINISHING)
     child.send("hub", reachable=False, retry_in_s=4)
     assert rig.state() is WorkerState.FINISHING
+
+
+# ---- finishing: what follows, shown at once (issue 11, points 7 and 11) --------------------------
+
+
+def _task(child: FakeChild, task_id: str) -> None:
+    child.send("task_start", task_id=task_id, name="morag.worker.process_file_task_remote", filename="a.pdf")
+
+
+def test_finishing_counts_the_tasks_and_says_what_follows(rig: Rig) -> None:
+    child = rig.running()
+    _task(child, "t1")
+    _task(child, "t2")
+    rig.stop(StopMode.FINISH)
+    status = rig.expect(WorkerState.FINISHING)
+    assert status.message == "Finishing 2 tasks, then pausing" and status.then is WorkerState.STOPPED
+    until = rig.clock.time() + 600
+    rig.snooze(until)  # already finishing: the snooze is shown at once, not when the tasks end
+    status = rig.expect(WorkerState.FINISHING)
+    assert status.then is WorkerState.SNOOZED and status.snoozed_until == until
+    assert status.message == "Finishing 2 tasks, then snoozing"
+    rig.start()  # undoes it: the worker starts again once the tasks are done
+    status = rig.expect(WorkerState.FINISHING)
+    assert status.then is WorkerState.STARTING and status.message == "Finishing 2 tasks, then restarting"
+    rig.stop(StopMode.FINISH)  # and pausing again undoes that
+    assert rig.expect(WorkerState.FINISHING).then is WorkerState.STOPPED
+    child.send("task_end", task_id="t1", outcome="succeeded", error=None, metadata={}, processing_time=1.0)
+    assert rig.expect(WorkerState.FINISHING).message == "Finishing the current task, then pausing"
+    child.send("task_end", task_id="t2", outcome="succeeded", error=None, metadata={}, processing_time=1.0)
+    child.exit(0)
+    assert rig.expect(WorkerState.STOPPED).message == "Paused"  # asked to pause, so not "Stopped"
+
+
+def test_stop_now_ends_in_stopped_not_paused(rig: Rig) -> None:
+    child = rig.running()
+    rig.stop(StopMode.NOW)
+    child.exit(0)
+    assert rig.expect(WorkerState.STOPPED).message == "Stopped"
+
+
+def test_a_key_that_fails_signs_the_user_out(rig: Rig) -> None:
+    child = rig.running()
+    assert rig.status.user_id is not None
+    rig.stop(StopMode.NOW)
+    child.exit(0)
+    rig.key_error = NoApiKey("no API key for http://hub.test:8700", "run `morag-worker login`")
+    rig.start()
+    status = rig.expect(WorkerState.CRASHED)
+    assert status.problem is Problem.NO_API_KEY and status.user_id is None and status.queues == ()
+
+
+def test_threaded_connecting_names_the_hub_saved_since_the_supervisor_was_built(tmp_path: Path) -> None:
+    from morag_worker.core.config.settings import SettingsStore
+    from morag_worker.core.supervisor.supervisor import supervisor_for
+
+    store = SettingsStore(tmp_path)
+    store.save(Settings(hub_url="http://127.0.0.1:1"))
+    listener = RecordingListener()
+    env = {"MORAG_API_KEY": KEY, "MAIN_SERVER_URL": ""}
+    sup = supervisor_for(
+        listener, settings_store=store, credentials=None, env=env, options=SupervisorOptions(max_attempts=1)
+    )
+    try:
+        store.save(Settings(hub_url="http://127.0.0.1:2"))  # a settings dialog saved a new hub
+        sup.start()
+        wait_for(lambda: sup.status.state is WorkerState.CRASHED, timeout=30)
+        starting = [s.message for s in listener.statuses if s.state is WorkerState.STARTING]
+        assert starting[-1] == "Connecting to the hub at http://127.0.0.1:2"
+        assert "127.0.0.1:2" in sup.status.message
+        assert "Error" not in sup.status.message  # no exception class names for people
+    finally:
+        sup.close(timeout=10)
+
+
+def test_threaded_the_start_asks_the_hub_with_a_bounded_wait() -> None:
+    from morag_worker.core.hub_client import QUICK_TIMEOUT, quick_client
+    from morag_worker.core.supervisor.supervisor import supervisor_for
+
+    sup = supervisor_for(RecordingListener(), settings_loader=Settings, credentials=None, env={})
+    try:
+        assert sup._machine._hub_client_factory is quick_client
+        assert quick_client("http://hub.test", KEY)._timeout == QUICK_TIMEOUT and max(QUICK_TIMEOUT) <= 15
+    finally:
+        sup.close(timeout=10)

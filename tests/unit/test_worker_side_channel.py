@@ -10,7 +10,7 @@ import pytest
 
 from morag_worker.core.config.settings import Settings
 from morag_worker.core.execution.context import WorkerRuntime
-from morag_worker.core.execution.liveness import consumer_health
+from morag_worker.core.execution.health.liveness import consumer_health
 from morag_worker.core.execution.progress_channel import (
     ProgressMessage,
     ReadyMessage,

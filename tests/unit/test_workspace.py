@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from morag_worker.core.transfer.workspace import TaskWorkspace, safe_display_name, sweep_stale_workspaces
+from morag_worker.core.transfer.workspace import (
+    TaskWorkspace,
+    pid_alive,
+    safe_display_name,
+    sweep_orphaned_workspaces,
+    sweep_stale_workspaces,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -96,6 +102,39 @@ def test_sweep_removes_only_stale_task_directories(tmp_path: Path) -> None:
         "task-new-ghi",
     ]
     assert (target / "keep.txt").read_text() == "keep"
+
+
+def _owned_by(root: Path, pid: int, host: str | None = None) -> Path:
+    import socket
+
+    path = root / f"task-{pid}-x"
+    path.mkdir(parents=True)
+    (path / "input.bin").write_bytes(b"partial download")
+    (path / ".owner").write_text(f"{pid} {host or socket.gethostname()}\n")
+    return path
+
+
+def test_orphan_sweep_removes_only_workspaces_whose_owner_died_on_this_host(tmp_path: Path) -> None:
+    with TaskWorkspace(tmp_path, "mine") as ws:  # this process owns it: never an orphan
+        dead, live = _owned_by(tmp_path, 999_001), _owned_by(tmp_path, 999_002)
+        elsewhere = _owned_by(tmp_path, 999_003, host="another-host")
+        unowned = tmp_path / "task-unowned-x"
+        unowned.mkdir()
+        removed = sweep_orphaned_workspaces(tmp_path, alive=lambda pid: pid != 999_001)
+        assert removed == 1 and not dead.exists()
+        assert live.exists() and elsewhere.exists() and unowned.exists() and ws.path.exists()
+        assert (ws.path / ".owner").read_text().split()[0] == str(os.getpid())
+        assert stat.S_IMODE((ws.path / ".owner").stat().st_mode) == 0o600
+
+
+def test_pid_alive_tells_a_live_process_from_a_gone_one() -> None:
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert pid_alive(os.getpid())
+    assert not pid_alive(gone.pid)
 
 
 def test_sweep_of_a_missing_root_is_a_no_op(tmp_path: Path) -> None:

@@ -36,15 +36,21 @@ from morag_worker.core.execution.celery_config import (
     strip_credentials,
     tls_options,
 )
-from morag_worker.core.execution.presence import live_workers
+from morag_worker.core.execution.health.presence import live_workers
 from morag_worker.core.naming import DEFAULT_QUEUE, WorkerType, acl_username, namespace_prefix, queue_name
-from morag_worker.core.results import ProgressMeta, TaskResult, TaskStage
-from morag_worker.core.routing import result_for_user, submit_task_for_user
+from morag_worker.core.routing import submit_task_for_user
 from morag_worker.core.server.acl import RedisAclHook
 from morag_worker.core.server.hub.connections import AddressGate
 from morag_worker.core.server.hub.guard import HubGuard, HubLimits
 from morag_worker.core.server.hub.maintenance import WATCHDOG_INTERVAL_S, HubMaintenance
+from morag_worker.core.server.hub.models import ModelShelf
 from morag_worker.core.server.hub.storage import FileStore, UploadTooLarge
+from morag_worker.core.server.hub.task_view import (
+    DEFAULT_MAX_RESULT_BYTES,
+    ResultReader,
+    ResultsBusy,
+    ResultTooLarge,
+)
 from morag_worker.core.server.hub.uploads import receive_upload
 from morag_worker.core.server.watchdog import Watchdog
 
@@ -72,6 +78,10 @@ class HubConfig:
     visibility_timeout_s: float = float(TimeLimits.visibility)
     # Body caps, timeouts, in-flight cap, Redis pool and rate limits (core/server/hub/guard.py).
     limits: HubLimits = field(default_factory=HubLimits)
+    # Model folders served to workers (core/server/hub/models.py); None serves none.
+    models_dir: Path | None = None
+    # Stored results over this are not read (core/server/hub/task_view.py).
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
 
 
 class TaskCreate(BaseModel):
@@ -118,6 +128,7 @@ def create_app(config: HubConfig, gate: AddressGate | None = None) -> FastAPI:
     limit refuses (``hub_protocol`` consults it as connections are accepted).
     """
     store = FileStore(config.storage_dir, config.max_upload_bytes)
+    results = ResultReader(config.max_result_bytes)
     state: dict[str, Any] = {}
 
     @asynccontextmanager
@@ -257,6 +268,29 @@ def create_app(config: HubConfig, gate: AddressGate | None = None) -> FastAPI:
             },
         )
 
+    shelf = ModelShelf(config.models_dir) if config.models_dir is not None else None
+
+    @app.get("/api/v1/models/{name}")
+    async def model_manifest(name: str, key: Key) -> dict[str, Any]:
+        manifest = await run_in_threadpool(shelf.manifest, name) if shelf is not None else None
+        if manifest is None:
+            raise HTTPException(404, "no such model")
+        log.info("hub.model_listed", user_id=key.user_id, model=name, size=manifest.size)
+        return manifest.to_dict()
+
+    @app.get("/api/v1/models/{name}/{file_name}")
+    async def model_file(name: str, file_name: str, key: Key) -> FileResponse:
+        found = await run_in_threadpool(shelf.file, name, file_name) if shelf is not None else None
+        if found is None:
+            raise HTTPException(404, "no such model file")
+        path, sha256 = found
+        log.info("hub.model_file", user_id=key.user_id, model=name, file=file_name)
+        return FileResponse(
+            path,
+            media_type="application/octet-stream",
+            headers={"etag": f'"{sha256}"', "x-checksum-sha256": sha256, "cache-control": "no-store"},
+        )
+
     @app.post("/api/v1/tasks", status_code=201)
     async def create_task(body: TaskCreate, request: Request, key: Key) -> dict[str, Any]:
         if not body.remote and key.role is not KeyRole.SERVER:
@@ -317,7 +351,13 @@ def create_app(config: HubConfig, gate: AddressGate | None = None) -> FastAPI:
         if not entry or entry.get("user_id") != key.user_id:
             raise HTTPException(404, "no such task")
         namespace_user = key.user_id if entry.get("remote") else None
-        return await run_in_threadpool(_task_view, task_id, namespace_user)
+        try:
+            return await run_in_threadpool(results.view, task_id, namespace_user)
+        except ResultTooLarge as exc:
+            log.warning("hub.result_too_large", user_id=key.user_id, task_id=task_id, size=exc.size)
+            raise HTTPException(413, str(exc)) from None
+        except ResultsBusy as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
 
     @app.get("/api/v1/workers")
     async def workers(key: Key) -> dict[str, Any]:
@@ -325,23 +365,3 @@ def create_app(config: HubConfig, gate: AddressGate | None = None) -> FastAPI:
         return {"user_id": key.user_id, "workers": [asdict(r) for r in records]}
 
     return app
-
-
-def _task_view(task_id: str, user_id: str | None) -> dict[str, Any]:
-    """The task's state, progress (while DOWNLOADING/PROCESSING) and result (once done)."""
-    async_result = result_for_user(task_id, user_id)
-    state = async_result.state
-    info = async_result.info
-    view: dict[str, Any] = {"task_id": task_id, "state": state, "progress": None, "result": None}
-    if state in (TaskStage.DOWNLOADING, TaskStage.PROCESSING):
-        meta = ProgressMeta.from_dict(info)
-        view["progress"] = meta.to_dict() if meta else None
-    elif state == "SUCCESS":
-        try:
-            view["result"] = TaskResult.from_dict(info).to_dict()
-        except ValueError:
-            view["result"] = None
-            view["error"] = "the worker returned something that is not a result object"
-    elif state == "FAILURE":
-        view["error"] = str(info) if info is not None else "the task failed"
-    return view

@@ -30,6 +30,7 @@ from typing import Any
 import structlog
 from celery import bootsteps
 
+from morag_worker.core.execution.health.broker_auth import report_refusal
 from morag_worker.core.naming import in_queue_order, namespace_prefix
 
 __all__ = [
@@ -219,6 +220,7 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]
                 self._client.set(self._key, self._record.to_json(), ex=PRESENCE_TTL_S)
             except Exception as exc:  # noqa: BLE001 - the broker may be away; retry next round
                 log.debug("presence.write_failed", error=type(exc).__name__)
+                report_refusal("presence", exc)  # a refused login (revoked key) is news at once
             if self._wake.wait(REFRESH_S):
                 self._wake.clear()
         with contextlib.suppress(Exception):  # best effort on the way out

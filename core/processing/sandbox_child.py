@@ -1,0 +1,281 @@
+"""The converter child's side: limit its own memory, run one processor, report everything as frames.
+
+Two ways in. :func:`run_forked` runs in a child just forked from the worker (Linux, macOS) and uses the
+processor object it inherited, so a start costs a fork and no imports. :func:`main`
+(``python -m morag_worker.core.processing.sandbox_child``) is the spawned child (Windows, where the
+parent puts it in a Job object before sending its request; tests run it on Linux too): it reads one
+JSON request on stdin and resolves the processor itself from the default registry.
+
+Either way :func:`serve` calls the processor, relays its progress (throttled), and sends exactly one
+final message: the result and its text, a ``ProcessingError``'s kind and message, the limit it hit,
+or an unexpected exception's type and message. A ``MemoryError`` is reported after a small reserve is
+freed, so that saying so does not itself fail. Runs on the child's only thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import gc
+import json
+import math
+import mmap
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from morag_worker.core.processing.base import (
+    CorruptInput,
+    EmptyContent,
+    OutputTooLarge,
+    ProcessedContent,
+    ProcessingError,
+    Processor,
+    ProgressFn,
+    UnsupportedContent,
+    WithOutputLimit,
+)
+from morag_worker.core.processing.sandbox_wire import (
+    Crashed,
+    Done,
+    Failed,
+    FrameWriter,
+    Limit,
+    LimitReached,
+    Progress,
+    WireError,
+)
+
+__all__ = [
+    "ERROR_KINDS",
+    "address_space_bytes",
+    "limit_memory",
+    "main",
+    "prepare",
+    "run_forked",
+    "serve",
+    "stored_size",
+]
+
+# The ProcessingError kinds that cross the pipe; a plugin's own subclass arrives as its nearest one.
+ERROR_KINDS: dict[str, type[ProcessingError]] = {
+    cls.__name__: cls for cls in (UnsupportedContent, CorruptInput, EmptyContent, ProcessingError)
+}
+PROGRESS_INTERVAL_S = 0.1
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+_RESERVE_BYTES = 4 * 1024 * 1024
+_PR_SET_PDEATHSIG = 1
+EXIT_OK = 0
+EXIT_PARENT_GONE = 3
+EXIT_BROKEN = 70
+
+
+def address_space_bytes() -> int:
+    """This process's virtual size (Linux ``/proc/self/statm``); 0 where it cannot be read."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            pages = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def limit_memory(extra_bytes: int) -> None:
+    """Cap the address space at its present size plus ``extra_bytes`` (``RLIMIT_AS``; POSIX only)."""
+    try:
+        import resource
+    except ImportError:  # Windows: the parent's Job object limits the child instead
+        return
+    limit = address_space_bytes() + extra_bytes
+    with contextlib.suppress(ValueError, OSError):  # a platform without RLIMIT_AS enforcement
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+@functools.cache
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def prepare() -> None:
+    """In the worker, before the first fork: load what each child would otherwise load (about 4 ms)."""
+    with contextlib.suppress(OSError, ImportError):
+        _libc()
+        import resource  # noqa: F401
+
+
+def die_with_parent() -> None:
+    """Linux: be killed when the worker process that started us dies (a killed pool child, a hard stop)."""
+    with contextlib.suppress(OSError, AttributeError):
+        if (libc := _libc()) is not None:
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _error_kind(exc: ProcessingError) -> str:
+    for cls in type(exc).__mro__:
+        if ERROR_KINDS.get(cls.__name__) is cls:
+            return cls.__name__
+    return ProcessingError.__name__
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+class _ProgressRelay:
+    """The processor's :data:`ProgressFn` in the child: sends a progress frame at most every 0.1 s."""
+
+    def __init__(self, writer: FrameWriter, clock: Callable[[], float] = time.monotonic) -> None:
+        self._writer = writer
+        self._clock = clock
+        self._last = float("-inf")
+
+    def __call__(self, done: float, total: float | None, message: str) -> None:
+        now = self._clock()
+        done_f, total_f = _finite(done) or 0.0, _finite(total)
+        final = total_f is not None and done_f >= total_f
+        if not final and now - self._last < PROGRESS_INTERVAL_S:
+            return
+        self._last = now
+        self._writer.message(Progress(done_f, total_f, str(message)))
+
+
+def stored_size(text: str, chunk: int = 1 << 20) -> int:
+    """Bytes ``text`` takes inside the stored result: JSON with ASCII escapes, as Celery writes it.
+
+    Never less than its UTF-8 size (``ж`` is 2 bytes in UTF-8, 6 as ``\\u0436``); counted a slice at a
+    time, so the count costs a megabyte or two, not a copy of the text.
+    """
+    return sum(len(json.dumps(text[i : i + chunk])) - 2 for i in range(0, len(text), chunk))
+
+
+def _send_result(writer: FrameWriter, content: ProcessedContent, max_output_bytes: int) -> None:
+    markdown = content.markdown
+    if len(markdown) > max_output_bytes:  # at least one byte per character: over without counting
+        writer.message(LimitReached(Limit.OUTPUT, len(markdown)))
+        return
+    # The limit is on what Redis stores and the hub serves, so a hub's cap a little above it always
+    # passes a result the worker accepted; the UTF-8 sent on the pipe is never larger.
+    if (size := stored_size(markdown)) > max_output_bytes:
+        writer.message(LimitReached(Limit.OUTPUT, size))
+        return
+    data = markdown.encode("utf-8", "surrogatepass")
+    try:
+        writer.message(Done(len(data), dict(content.metadata)))
+    except WireError:
+        writer.message(LimitReached(Limit.OUTPUT, None))  # metadata over a megabyte
+        return
+    writer.content(data)
+
+
+def serve(
+    convert: Callable[[ProgressFn], ProcessedContent], writer: FrameWriter, max_output_bytes: int
+) -> int:
+    """Run ``convert`` with a relaying progress callback and send its one final message; the exit code."""
+    # Address space held back, untouched (so free to take), and given up to report a MemoryError.
+    reserve: mmap.mmap | None = mmap.mmap(-1, _RESERVE_BYTES)
+    out_of_memory = False
+    try:
+        try:
+            _send_result(writer, convert(_ProgressRelay(writer)), max_output_bytes)
+        except MemoryError:
+            out_of_memory = True  # reported below, once the frames holding the memory are gone
+        except BrokenPipeError:
+            return EXIT_PARENT_GONE
+        except OutputTooLarge as exc:
+            writer.message(LimitReached(Limit.OUTPUT, exc.size))
+        except ProcessingError as exc:
+            writer.message(Failed(_error_kind(exc), exc.message))
+        except Exception as exc:  # noqa: BLE001 - any other failure is reported by type and message
+            writer.message(Crashed(type(exc).__name__, str(exc)))
+        if out_of_memory:
+            if reserve is not None:
+                reserve.close()
+            gc.collect()
+            writer.message(LimitReached(Limit.MEMORY))
+    except BrokenPipeError:
+        return EXIT_PARENT_GONE
+    if reserve is not None and not reserve.closed:
+        reserve.close()
+    return EXIT_OK
+
+
+def _reset_signals() -> None:
+    for name in ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGCHLD", "SIGALRM"):
+        if (number := getattr(signal, name, None)) is not None:
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(number, signal.SIG_DFL)
+
+
+def run_forked(
+    write_fd: int,
+    other_fds: list[int],
+    processor: Processor,
+    path: Path,
+    options: Mapping[str, Any],
+    memory_bytes: int,
+    max_output_bytes: int,
+) -> None:
+    """The body of a forked converter child; never returns (``os._exit``)."""
+    code = EXIT_BROKEN
+    try:
+        gc.freeze()  # the parent's objects are never collected (nor finalised) here
+        for fd in other_fds:  # other conversions' pipes, inherited from a threaded parent
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        _reset_signals()
+        die_with_parent()
+        limit_memory(memory_bytes)
+        writer = FrameWriter(lambda data: os.write(write_fd, data))
+        limited = WithOutputLimit(options, max_output_bytes)
+        code = serve(lambda progress: processor.process(path, limited, progress), writer, max_output_bytes)
+    except BaseException:  # noqa: BLE001 - nothing may escape a forked child
+        code = EXIT_BROKEN
+    finally:
+        os._exit(code)
+
+
+def _spawned_convert(request: Mapping[str, Any]) -> Callable[[ProgressFn], ProcessedContent]:
+    from morag_worker.core.processing.registry import ProcessorRegistry
+
+    path = Path(str(request["path"]))
+    options = WithOutputLimit(request.get("options") or {}, int(request["max_output_bytes"]))
+
+    def convert(progress: ProgressFn) -> ProcessedContent:
+        processor = ProcessorRegistry.default().resolve(
+            request.get("content_type"),
+            request.get("filename"),
+            path,
+            name_from_path=bool(request.get("name_from_path", True)),
+        )
+        return processor.process(path, options, progress)
+
+    return convert
+
+
+def main() -> int:
+    """The spawned converter child: one JSON request on stdin, frames on (the original) stdout."""
+    channel = os.fdopen(os.dup(1), "wb", buffering=0)
+    try:
+        errors = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no console (a windowed parent): print into nothing
+        errors = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(errors, 1)  # whatever a parser prints cannot corrupt a frame
+    request = json.loads(sys.stdin.buffer.read(MAX_REQUEST_BYTES))
+    die_with_parent()
+    if request.get("limit_memory_here"):
+        limit_memory(int(request["memory_bytes"]))
+    writer = FrameWriter(channel.write)
+    return serve(_spawned_convert(request), writer, int(request["max_output_bytes"]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
