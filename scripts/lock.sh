@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate requirements/dev.lock: every package that scripts/setup.sh installs (the project's
+# Regenerate requirements/dev.lock (and requirements/bundle.lock, the packaging build's set): every package that scripts/setup.sh installs (the project's
 # dependencies, its `dev` extra and the build backend that installs the project itself), each pinned
 # with the hashes of its files on PyPI. One lock for Python 3.11 and newer on every platform
 # (uv's universal resolution; markers pick the right pins). Only versions with wheels: setup.sh
@@ -39,3 +39,17 @@ fi
     --output-file requirements/dev.lock \
     "$@"
 echo "lock: wrote requirements/dev.lock" >&2
+
+# What packaging/build.sh installs into its build environment: the app with its gui extra and
+# PyInstaller (the packaging extra), and the build backend that makes the wheel, at the same pins as
+# dev.lock wherever the two overlap.
+"${PYTHON:-python3}" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))' |
+  "$UV" pip compile pyproject.toml - --extra gui --extra packaging \
+  --constraint requirements/dev.lock \
+  --universal --python-version 3.11 \
+  --generate-hashes --only-binary :all: \
+  --custom-compile-command scripts/lock.sh \
+  --quiet \
+  --output-file requirements/bundle.lock \
+  "$@"
+echo "lock: wrote requirements/bundle.lock" >&2
