@@ -40,9 +40,11 @@ def test_each_row_is_usable(state: WorkerState) -> None:
         assert shown.empty_text(moment)
 
 
-def test_only_running_looks_different_with_a_task() -> None:
+def test_only_the_working_states_look_different_with_a_task() -> None:
+    # HELD_BACK: paused by the contributor's rules, but a task in hand still finishes.
     differ = {state for state, shown in PRESENTATION.items() if shown.look is not shown.busy_look}
-    assert differ == {WorkerState.RUNNING}
+    assert differ == {WorkerState.RUNNING, WorkerState.HELD_BACK}
+    assert presentation(WorkerState.HELD_BACK).busy_look is TrayLook.WORKING
     assert presentation(WorkerState.RUNNING).busy_look is TrayLook.WORKING
 
 

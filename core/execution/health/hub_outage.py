@@ -195,6 +195,7 @@ class HubGateStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
         runtime = get_runtime()
         self.board = runtime.hub_board
+        self.intake = runtime.intake
         self.hub_url = runtime.hub_url
         self.channel = runtime.channel
         self.enabled = self.hub_url is not None
@@ -218,20 +219,24 @@ class HubGateStep(bootsteps.StartStopStep):  # type: ignore[misc]
             self.channel.send("hub", **fields)
 
     def _apply(self, worker: Any) -> None:
-        """On the consumer's thread: pause or resume its task queues as the gate wishes."""
+        """On the consumer's thread: pause or resume its task queues as the gates wish.
+
+        The intake gate (``intake_gate.py``) holds through the same switch: paused while either wants.
+        """
         gate, consumer = self.gate, getattr(worker, "consumer", None)
         if gate is None or consumer is None or self._stop.is_set():
             return
         if getattr(consumer, "task_consumer", None) is None or consumer.connection is None:
             return  # (re)connecting: the next tick applies the wish
         try:
-            if gate.paused and not self._cancelled:
+            paused = gate.paused or self.intake.held
+            if paused and not self._cancelled:
                 names = [queue.name for queue in consumer.task_consumer.queues]
                 for name in names:
                     consumer.cancel_task_queue(name)
                 self._cancelled = names
-                log.warning("hub.consumer_paused", queues=names)
-            elif not gate.paused and self._cancelled:
+                log.warning("hub.consumer_paused", queues=names, hub=gate.paused, intake=self.intake.reason)
+            elif not paused and self._cancelled:
                 for name in self._cancelled:
                     consumer.add_task_queue(name)
                 log.info("hub.consumer_resumed", queues=self._cancelled)
