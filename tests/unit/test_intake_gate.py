@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from morag_worker.core.execution.health.hub_outage import HubGate, HubGateStep, OutageBoard
+from morag_worker.core.execution.health.hub_outage import ConsumerSwitch, HubGate, HubGateStep, OutageBoard
 from morag_worker.core.execution.health.intake_gate import IntakeGate, IntakeHold, rules_for_worker
 from morag_worker.core.execution.health.intake_rules import GpuReading, IntakeRules
 from morag_worker.core.execution.health.presence import presence_state
@@ -157,7 +157,7 @@ class FakeConsumer:
 def test_the_consumer_pauses_while_either_gate_holds_and_resumes_when_neither_does() -> None:
     step = HubGateStep.__new__(HubGateStep)  # the step without a Celery worker around it
     board, hold = OutageBoard(), IntakeHold()
-    step.board, step.intake, step._stop, step._cancelled = board, hold, threading.Event(), []
+    step.board, step.intake, step._stop, step.switch = board, hold, threading.Event(), ConsumerSwitch()
     step.gate = HubGate(board, lambda: True, lambda **_: None)
     consumer = FakeConsumer(FakeTaskConsumer([FakeQueue("gpu-tasks-ann"), FakeQueue("cpu-tasks-ann")]))
 

@@ -245,7 +245,13 @@ def test_system_sensors_read_the_chosen_gpu_through_nvml_with_this_worker_s_own_
     )
     sensors: Sensors = SystemSensors(NvmlProbe(nvml), 1, DesktopSensors(platform="linux", env={}))
     assert sensors.gpu() == GpuReading(86, 4096, 1500)
-    assert SystemSensors(NvmlProbe(nvml), 7, DesktopSensors(env={})).gpu() is None  # gone
+    now = [0.0]
+    gone = SystemSensors(NvmlProbe(nvml), 7, DesktopSensors(env={}), gpu_retry_s=60, clock=lambda: now[0])
+    assert gone.gpu() is None and nvml.initialised == 2
+    now[0] = 59.0
+    assert gone.gpu() is None and nvml.initialised == 2  # not asked again for a minute
+    now[0] = 61.0
+    assert gone.gpu() is None and nvml.initialised == 3
     assert SystemSensors(None, None, DesktopSensors(env={})).gpu() is None  # no GPU chosen
 
 

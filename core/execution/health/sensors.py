@@ -14,7 +14,8 @@ Any key may be missing or null (unknown). Called from the intake gate's thread.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,19 +49,34 @@ class _Probe(Protocol):
 
 
 class SystemSensors:
-    """This machine's sensors: the GPU at NVML index ``gpu_index`` (None: no GPU) and the desktop."""
+    """This machine's sensors: the GPU at NVML index ``gpu_index`` (None: no GPU) and the desktop.
 
-    def __init__(self, probe: _Probe | None, gpu_index: int | None, desktop: DesktopSensors) -> None:
+    When NVML does not find the GPU, it is asked again only after ``gpu_retry_s`` (the probe logs
+    each failure, and a missing driver stays missing).
+    """
+
+    def __init__(
+        self,
+        probe: _Probe | None,
+        gpu_index: int | None,
+        desktop: DesktopSensors,
+        *,
+        gpu_retry_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._probe = probe
         self._index = gpu_index
         self._desktop = desktop
+        self._retry_s, self._clock = gpu_retry_s, clock
+        self._gpu_retry_at = 0.0
 
     def gpu(self) -> GpuReading | None:
-        if self._probe is None or self._index is None:
+        if self._probe is None or self._index is None or self._clock() < self._gpu_retry_at:
             return None
         for info in self._probe.list_gpus():
             if info.index == self._index:
                 return GpuReading(info.temperature_c, info.memory_free_mb, info.memory_own_mb)
+        self._gpu_retry_at = self._clock() + self._retry_s
         return None
 
     def idle_s(self) -> float | None:
