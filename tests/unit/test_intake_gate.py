@@ -204,3 +204,21 @@ def test_presence_says_held_back() -> None:
 def test_held_message_counts_the_tasks_in_hand() -> None:
     assert held_message("The computer runs on its battery", 0) == "Paused: The computer runs on its battery."
     assert held_message("x.", 2) == "Paused: x. The 2 tasks in hand finish first."
+
+
+def test_submit_says_when_every_worker_for_the_queue_is_held_back() -> None:
+    from morag_worker.core.cli.submit import held_note
+    from morag_worker.core.execution.health.presence import PresenceRecord
+
+    def worker(name: str, state: str, reason: str | None = None) -> PresenceRecord:
+        return PresenceRecord(name, "ann", "1", state, "gpu-tasks-ann", held_reason=reason)
+
+    hot = worker("a", "held_back", "GPU at 86 °C, waiting for 78 °C")
+    assert held_note([hot]) == (
+        "Your worker is paused by the rules for when to contribute (GPU at 86 °C, waiting for 78 °C); "
+        "the task runs when that clears."
+    )
+    assert held_note([hot, worker("b", "idle")]) is None  # another worker takes it
+    assert held_note([]) is None
+    both = held_note([hot, worker("b", "held_back", "The computer runs on its battery")])
+    assert both is not None and both.startswith("Your workers are paused") and "battery" in both

@@ -13,9 +13,10 @@ through) clears the board and asks for the consumer to resume. The pausing itsel
 consumer's own thread (a timer of the worker's event loop): the consumer blueprint's
 ``cancel_task_queue`` / ``add_task_queue``, which keep ``app.amqp.queues`` in step, so a consumer
 that reconnects while paused still consumes nothing. No remote control is involved. The switch
-(:class:`ConsumerSwitch`) is shared with the intake gate (``intake_gate.py``): the queues are paused
-while either gate holds. :class:`PauseAtStartStep`, a consumer step, applies the same wish as soon as
-the task consumer exists, before the first fetch, so a worker started while a gate holds takes nothing. (With the
+(:class:`ConsumerSwitch`) is shared with the intake gate (``intake_gate.py``): the queues are
+paused while either gate holds. :class:`PauseAtStartStep`, a consumer step, applies the same wish
+as soon as the task consumer exists, before the first fetch, so a worker started while a gate
+holds takes nothing. (With the
 threads pool on Windows there is no event loop and the worker's timer is a thread of its own;
 kombu's Redis channel defers a cancel that arrives during a read until the read is over.)
 
