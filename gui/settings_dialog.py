@@ -12,7 +12,6 @@ helper. GUI thread only.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -339,8 +338,10 @@ class SettingsDialog(QDialog):
         self.idle_rule.setChecked(settings.idle_minutes > 0)
         self.battery_rule = QCheckBox("Not on battery")
         self.battery_rule.setChecked(settings.pause_on_battery)
-        windows_only = "" if sys.platform.startswith("win") else " (read on Windows only)"
-        self.fullscreen_rule = QCheckBox(f"Not while a full-screen app or game runs{windows_only}")
+        self.fullscreen_rule = QCheckBox("Not while a full-screen app or game runs")
+        self.fullscreen_rule.setToolTip(
+            "Read on Windows, and on Linux with X11; a Wayland desktop does not say which window is active."
+        )
         self.fullscreen_rule.setChecked(settings.pause_when_fullscreen)
         self.time_windows = QLineEdit(settings.time_windows)
         self.time_windows.setPlaceholderText("Any time, or e.g. Mon-Fri 18:00-08:00, Sat-Sun all day")

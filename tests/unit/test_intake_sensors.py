@@ -19,6 +19,7 @@ import pytest
 from morag_worker.core.execution.health import desktop_sensors
 from morag_worker.core.execution.health.desktop_sensors import (
     DesktopSensors,
+    X11Fullscreen,
     logind_idle_s,
     screensaver_active,
     sysfs_on_battery,
@@ -221,8 +222,62 @@ def test_linux_idle_without_x11_asks_logind_then_the_screen_saver(monkeypatch: p
     assert sensors.idle_s() == 0.0
 
 
-def test_linux_full_screen_is_not_read() -> None:
+class FakeX11Windows(FakeXlib):
+    """libX11 with EWMH properties: the root's active window, and each window's states."""
+
+    ATOMS = {b"_NET_ACTIVE_WINDOW": 301, b"_NET_WM_STATE": 302, b"_NET_WM_STATE_FULLSCREEN": 303}
+
+    def __init__(self, active: int, states: dict[int, list[int]], *, ewmh: bool = True) -> None:
+        super().__init__()
+        self.active, self.states, self.ewmh = active, states, ewmh
+        self.buffers: list[Any] = []
+
+    def XInternAtom(self, display: Any, name: bytes, only_if_exists: int) -> int:  # noqa: N802
+        assert only_if_exists == 1  # never creates atoms on the user's display
+        return self.ATOMS[name] if self.ewmh else 0
+
+    def XGetWindowProperty(self, display: Any, window: int, atom: int, *args: Any) -> int:  # noqa: N802
+        _offset, _length, _delete, _kind, kind_out, format_out, items_out, _after, data_out = args
+        if window == 42 and atom == 301:
+            values = [self.active]
+        elif atom == 302 and window in self.states:
+            values = self.states[window]
+        else:
+            return 3  # BadWindow: the window closed between the two reads
+        buffer = (ctypes.c_ulong * max(1, len(values)))(*values)
+        self.buffers.append(buffer)
+        kind_out._obj.value, format_out._obj.value, items_out._obj.value = 4, 32, len(values)
+        data_out._obj.value = ctypes.addressof(buffer)
+        return 0
+
+
+def test_x11_full_screen_is_the_active_window_s_ewmh_state() -> None:
+    full = FakeX11Windows(active=7, states={7: [999, 303]})
+    assert X11Fullscreen(full, object()).active_window_fullscreen() is True
+    assert len(full.freed) == 2  # every property read is freed
+    assert X11Fullscreen(FakeX11Windows(7, {7: [999]}), object()).active_window_fullscreen() is False
+    assert X11Fullscreen(FakeX11Windows(0, {}), object()).active_window_fullscreen() is False  # no focus
+    assert X11Fullscreen(FakeX11Windows(7, {}), object()).active_window_fullscreen() is None  # closed
+    assert (
+        X11Fullscreen(FakeX11Windows(7, {7: [303]}, ewmh=False), object()).active_window_fullscreen() is None
+    )
+
+
+def test_full_screen_is_not_read_on_wayland_nor_without_a_display() -> None:
+    assert (
+        DesktopSensors(platform="linux", env={"WAYLAND_DISPLAY": "wayland-0", "DISPLAY": ":0"}).fullscreen()
+        is None
+    )
     assert DesktopSensors(platform="linux", env={}).fullscreen() is None
+
+
+def test_on_wayland_idle_comes_from_logind_not_from_xwayland(monkeypatch: pytest.MonkeyPatch) -> None:
+    sensors = DesktopSensors(platform="linux", env={"XDG_SESSION_TYPE": "wayland", "DISPLAY": ":0"})
+    monkeypatch.setattr(sensors, "_open_xlib", lambda: (FakeXlib(), object()))
+    monkeypatch.setattr(sensors, "_open_xss", lambda: FakeXss(idle_ms=3_600_000))  # XWayland: "idle"
+    bus = FakeBus(idle=False, screensaver=False)
+    monkeypatch.setattr(desktop_sensors, "_jeepney_call", lambda: bus)
+    assert sensors.idle_s() == 0.0 and bus.calls[0] == ("system", "GetSessionByPID")
 
 
 # ---- the GPU, and the tests' sensor file ------------------------------------------------------

@@ -5,16 +5,17 @@ functions) so that every code path, Windows' included, runs in the unit tests. E
 when it cannot tell (no display, no battery, a library missing): an unknown never holds work back.
 
 - Idle, Linux: the X11 screen saver extension (``XScreenSaverQueryInfo`` in libXss: milliseconds
-  since the last input), else logind's ``IdleHint``/``IdleSinceHint`` of our session or the
-  desktop's ``org.freedesktop.ScreenSaver`` (``GetActive``: a running screen saver means nobody is
-  there), both over D-Bus with jeepney (which keyring's Secret Service backend brings).
+  since the last input; not on Wayland, where XWayland sees only its own clients' input), else
+  logind's ``IdleHint``/``IdleSinceHint`` of our session or the desktop's
+  ``org.freedesktop.ScreenSaver`` (``GetActive``: a running screen saver means nobody is there),
+  both over D-Bus with jeepney (which keyring's Secret Service backend brings).
   Windows: ``GetLastInputInfo`` against ``GetTickCount`` (both 32-bit millisecond counters).
 - Battery, Linux: ``/sys/class/power_supply`` (a system battery discharging and no mains online).
   Windows: ``GetSystemPowerStatus`` (``ACLineStatus`` 0 = on battery).
 - Full screen, Windows: ``SHQueryUserNotificationState`` (busy, Direct3D full screen or
-  presentation mode). Linux: not read (X11 would need the active window's
-  ``_NET_WM_STATE_FULLSCREEN``, Wayland offers nothing): the rule is Windows-only, and says so in
-  the settings.
+  presentation mode). Linux on X11: the active window's ``_NET_WM_STATE_FULLSCREEN`` (two property
+  reads through libX11). Wayland tells no client which window is active, so there the rule reads
+  nothing; the settings say "read on Windows and X11".
 
 Blocking but quick (a few system calls, a D-Bus round trip with a 1 s timeout); call off the GUI
 thread. Not thread-safe; one gate thread owns one ``DesktopSensors``.
@@ -35,6 +36,7 @@ import structlog
 
 __all__ = [
     "DesktopSensors",
+    "X11Fullscreen",
     "logind_idle_s",
     "screensaver_active",
     "sysfs_on_battery",
@@ -203,6 +205,75 @@ def _jeepney_call() -> DBusCall:
     return call
 
 
+_XErrorHandler = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+_IGNORE_X_ERRORS = _XErrorHandler(lambda _display, _event: 0)
+_XA_ATOM, _XA_WINDOW = 4, 33
+_SUCCESS = 0
+
+
+def declare_xlib(xlib: Any) -> None:
+    """Argument and result types of the Xlib calls used here (pointers and XIDs are 64-bit)."""
+    ptr, ulong = ctypes.c_void_p, ctypes.c_ulong
+    xlib.XOpenDisplay.restype, xlib.XOpenDisplay.argtypes = ptr, [ctypes.c_char_p]
+    xlib.XDefaultRootWindow.restype, xlib.XDefaultRootWindow.argtypes = ulong, [ptr]
+    xlib.XFree.argtypes = [ptr]
+    xlib.XInternAtom.restype, xlib.XInternAtom.argtypes = ulong, [ptr, ctypes.c_char_p, ctypes.c_int]
+    xlib.XSetErrorHandler.argtypes = [_XErrorHandler]
+    xlib.XGetWindowProperty.restype = ctypes.c_int
+    xlib.XGetWindowProperty.argtypes = [
+        ptr, ulong, ulong, ctypes.c_long, ctypes.c_long, ctypes.c_int, ulong,
+        ctypes.POINTER(ulong), ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ulong), ctypes.POINTER(ulong),
+        ctypes.POINTER(ctypes.c_void_p),
+    ]  # fmt: skip
+
+
+class X11Fullscreen:
+    """Whether the active window (``_NET_ACTIVE_WINDOW``) says ``_NET_WM_STATE_FULLSCREEN``.
+
+    Two property reads per call; the atoms are looked up once. Needs an EWMH window manager (every
+    common one); without one the answer is None.
+    """
+
+    def __init__(self, xlib: Any, display: Any) -> None:
+        self._xlib, self._display = xlib, display
+        intern = xlib.XInternAtom
+        self._active = intern(display, b"_NET_ACTIVE_WINDOW", 1)
+        self._state = intern(display, b"_NET_WM_STATE", 1)
+        self._full = intern(display, b"_NET_WM_STATE_FULLSCREEN", 1)
+
+    def _property(self, window: int, atom: int, kind: int) -> list[int] | None:
+        actual_type, actual_format = ctypes.c_ulong(), ctypes.c_int()
+        items, after, data = ctypes.c_ulong(), ctypes.c_ulong(), ctypes.c_void_p()
+        status = self._xlib.XGetWindowProperty(
+            self._display, window, atom, 0, 64, 0, kind,
+            ctypes.byref(actual_type), ctypes.byref(actual_format), ctypes.byref(items),
+            ctypes.byref(after), ctypes.byref(data),
+        )  # fmt: skip
+        if status != _SUCCESS:
+            return None
+        if not data.value:
+            return []
+        try:
+            if actual_format.value != 32:
+                return []
+            values = ctypes.cast(data, ctypes.POINTER(ctypes.c_ulong))  # format 32 is C long
+            return [int(values[i]) for i in range(items.value)]
+        finally:
+            self._xlib.XFree(data)
+
+    def active_window_fullscreen(self) -> bool | None:
+        if not (self._active and self._state and self._full):
+            return None  # no EWMH window manager
+        root = self._xlib.XDefaultRootWindow(self._display)
+        active = self._property(root, self._active, _XA_WINDOW)
+        if active is None:
+            return None
+        if not active or not active[0]:
+            return False  # no window has the focus
+        states = self._property(active[0], self._state, _XA_ATOM)
+        return None if states is None else self._full in states
+
+
 class DesktopSensors:
     """The desktop readers of this platform, each set up once and dropped when it fails."""
 
@@ -210,8 +281,15 @@ class DesktopSensors:
         self._platform = platform
         self._env = env if env is not None else dict(os.environ)
         self._windows = platform.startswith("win")
-        self._x11: tuple[Any, Any, Any] | None = None
-        self._x11_tried = False
+        # XWayland sees only its own clients' input: on Wayland, idle comes from logind instead.
+        self._wayland = (
+            bool(self._env.get("WAYLAND_DISPLAY")) or self._env.get("XDG_SESSION_TYPE") == "wayland"
+        )
+        self._xlib: tuple[Any, Any] | None = None  # (libX11, display)
+        self._xlib_tried = False
+        self._xss: Any = None
+        self._xss_tried = False
+        self._x11_fullscreen: X11Fullscreen | None = None
         self._dbus: DBusCall | None = None
         self._dbus_failed = False
 
@@ -219,9 +297,9 @@ class DesktopSensors:
         try:
             if self._windows:
                 return windows_idle_s(ctypes.windll.user32, ctypes.windll.kernel32)  # type: ignore[attr-defined]
-            x11 = self._x11_libs()
-            if x11 is not None:
-                return x11_idle_s(*x11)
+            xlib, xss = self._open_xlib(), self._open_xss()
+            if xlib is not None and xss is not None and not self._wayland:
+                return x11_idle_s(xlib[0], xss, xlib[1])
             return self._dbus_idle()
         except Exception as exc:  # noqa: BLE001 - an unreadable sensor never holds work back
             log.debug("sensors.idle_failed", error=type(exc).__name__, message=str(exc)[:200])
@@ -237,38 +315,54 @@ class DesktopSensors:
             return None
 
     def fullscreen(self) -> bool | None:
-        if not self._windows:
-            return None  # see the module's docstring
         try:
-            return windows_fullscreen(ctypes.windll.shell32)  # type: ignore[attr-defined]
+            if self._windows:
+                return windows_fullscreen(ctypes.windll.shell32)  # type: ignore[attr-defined]
+            if self._wayland:
+                return None  # Wayland does not tell other clients which window is active
+            if self._x11_fullscreen is None:
+                xlib = self._open_xlib()
+                if xlib is None:
+                    return None
+                self._x11_fullscreen = X11Fullscreen(*xlib)
+            return self._x11_fullscreen.active_window_fullscreen()
         except Exception as exc:  # noqa: BLE001
-            log.debug("sensors.fullscreen_failed", error=type(exc).__name__)
+            log.debug("sensors.fullscreen_failed", error=type(exc).__name__, message=str(exc)[:200])
             return None
 
-    def _x11_libs(self) -> tuple[Any, Any, Any] | None:
-        if self._x11_tried:
-            return self._x11
-        self._x11_tried = True
-        if not self._env.get("DISPLAY"):
+    def _open_xlib(self) -> tuple[Any, Any] | None:
+        if self._xlib_tried:
+            return self._xlib
+        self._xlib_tried = True
+        where = self._env.get("DISPLAY", "")
+        name = ctypes.util.find_library("X11") if where else None
+        if not name:
             return None
-        xlib_name, xss_name = ctypes.util.find_library("X11"), ctypes.util.find_library("Xss")
-        if not xlib_name or not xss_name:
-            log.info("sensors.x11_idle_unavailable", reason="libX11 or libXss is not installed")
+        xlib = ctypes.CDLL(name)
+        declare_xlib(xlib)
+        display = xlib.XOpenDisplay(where.encode())
+        if not display:
+            log.info("sensors.x11_unavailable", reason="the X display cannot be opened")
             return None
-        xlib, xss = ctypes.CDLL(xlib_name), ctypes.CDLL(xss_name)
-        xlib.XOpenDisplay.restype = ctypes.c_void_p
-        xlib.XOpenDisplay.argtypes = [ctypes.c_char_p]
-        xlib.XDefaultRootWindow.restype = ctypes.c_ulong
-        xlib.XDefaultRootWindow.argtypes = [ctypes.c_void_p]
-        xlib.XFree.argtypes = [ctypes.c_void_p]
+        # Xlib's default error handler ends the process (a window that closed between two calls
+        # raises BadWindow): ignore errors instead; each call's status says it failed.
+        xlib.XSetErrorHandler(_IGNORE_X_ERRORS)
+        self._xlib = (xlib, display)
+        return self._xlib
+
+    def _open_xss(self) -> Any:
+        if self._xss_tried:
+            return self._xss
+        self._xss_tried = True
+        name = ctypes.util.find_library("Xss")
+        if not name:
+            log.info("sensors.x11_idle_unavailable", reason="libXss is not installed")
+            return None
+        xss = ctypes.CDLL(name)
         xss.XScreenSaverAllocInfo.restype = ctypes.c_void_p
         xss.XScreenSaverQueryInfo.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p]
-        display = xlib.XOpenDisplay(None)
-        if not display:
-            log.info("sensors.x11_idle_unavailable", reason="the X display cannot be opened")
-            return None
-        self._x11 = (xlib, xss, display)
-        return self._x11
+        self._xss = xss
+        return xss
 
     def _dbus_idle(self) -> float | None:
         if self._dbus_failed:
