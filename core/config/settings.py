@@ -379,7 +379,8 @@ def apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
     """Return ``settings`` overridden by MoRAG's worker environment variables; pure.
 
     ``MAIN_SERVER_URL`` (hub URL), ``WORKER_TYPE`` (``gpu``/``cpu``), ``WORKER_CONCURRENCY``
-    (whole number >= 1) and ``TEMP_DIR`` (absolute path). Empty values count as unset.
+    (whole number >= 1), ``TEMP_DIR`` (absolute path) and the rules for when to contribute
+    (:data:`INTAKE_ENV`). Empty values count as unset.
 
     Raises:
         SettingsError: A variable holds a value that is not allowed; the message names it.
@@ -433,7 +434,7 @@ def _intake_changes(env: Mapping[str, str]) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     for name, field_name in INTAKE_ENV.items():
         raw = env.get(name)
-        if raw is None or (not raw.strip() and field_name != "time_windows"):
+        if raw is None or not raw.strip():
             continue
         value = raw.strip()
         if field_name == "time_windows":
