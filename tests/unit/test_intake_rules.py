@@ -8,7 +8,8 @@ where only local wall-clock time counts), plus the settings and variables that c
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -191,6 +192,28 @@ def test_windows_use_wall_clock_time_on_the_days_daylight_saving_changes(day: da
         assert windows.contains(day.replace(hour=hour, minute=minute)) is inside
     # The same wall-clock minute twice (clocks going back: fold 0 and fold 1) is inside both times.
     assert windows.contains(day.replace(hour=2, minute=30, fold=1))
+
+
+def test_a_clock_running_through_the_change_sees_the_window_by_its_wall_clock_hours() -> None:
+    """The gate's clock is ``datetime.now()``: local time. Walk a real zone through both changes."""
+    berlin = ZoneInfo("Europe/Berlin")
+    windows = parse_windows("Sun 01:00-04:00")
+    assert windows is not None
+
+    def local(utc_hour: int, minute: int, day: int, month: int) -> datetime:
+        instant = datetime(2026, month, day, utc_hour, minute, tzinfo=UTC)
+        return instant.astimezone(berlin).replace(tzinfo=None)
+
+    # Spring: 02:00 CET becomes 03:00 CEST; the window opens at 01:00 and closes at 04:00 local.
+    assert local(23, 59, 28, 3).hour == 0 and not windows.contains(local(23, 59, 28, 3))
+    assert windows.contains(local(0, 0, 29, 3))  # 01:00 CET
+    assert windows.contains(local(1, 0, 29, 3))  # 03:00 CEST, an hour of UTC later
+    assert not windows.contains(local(2, 0, 29, 3))  # 04:00 CEST: two hours of UTC after opening
+    # Autumn: 03:00 CEST becomes 02:00 CET; the window lasts four hours of UTC.
+    assert windows.contains(local(23, 0, 24, 10)) and not windows.contains(local(22, 59, 24, 10))
+    assert windows.contains(local(2, 59, 25, 10)) and not windows.contains(local(3, 0, 25, 10))
+    # The next start is named in wall-clock time, whatever the offset in between.
+    assert windows.next_start(datetime(2026, 3, 28, 12, 0)) == datetime(2026, 3, 29, 1, 0)
 
 
 @pytest.mark.parametrize(
