@@ -728,6 +728,22 @@ def test_the_supervisor_shows_why_intake_is_paused_and_the_task_in_hand_finishes
     assert (status.message, status.held_reason) == ("Waiting for work", None)
 
 
+def test_the_rules_for_when_to_contribute_reach_the_child_with_the_chosen_gpu() -> None:
+    settings = Settings(hub_url="http://hub.test:8700", idle_minutes=5, time_windows="Sat-Sun all day")
+    r = Rig(settings=settings)
+    r.start()
+    env = r.child().command.env
+    assert env["MORAG_WORKER_GPU_INDEX"] == "0" and env["MORAG_GPU_TEMP_LIMIT_C"] == "83"
+    assert (env["MORAG_IDLE_MINUTES"], env["MORAG_TIME_WINDOWS"], env["MORAG_PAUSE_ON_BATTERY"]) == (
+        "5",
+        "Sat-Sun all day",
+        "on",
+    )
+    no_gpu = Rig(gpus=[])
+    no_gpu.start()
+    assert "MORAG_WORKER_GPU_INDEX" not in no_gpu.child().command.env
+
+
 # ---- finishing: what follows, shown at once (issue 11, points 7 and 11) --------------------------
 
 
