@@ -403,12 +403,13 @@ class SettingsDialog(QDialog):
 
     def event(self, event: QEvent) -> bool:
         handled = super().event(event)
-        if event.type() == QEvent.Type.LayoutRequest:
+        if event.type() in (QEvent.Type.LayoutRequest, QEvent.Type.Show):
             self.grow_for_contents()  # a message changed: make room for all of it
         return handled
 
     def grow_for_contents(self) -> None:
-        """Grow (never past the screen) until every wrapped message shows whole; never shrink."""
+        """Grow (never past the screen) until every wrapped message shows whole; never shrink,
+        except to keep the window's frame on a screen that the body alone would fill."""
         layout = self.layout()
         if layout is None:
             return
@@ -417,10 +418,15 @@ class SettingsDialog(QDialog):
         if layout.hasHeightForWidth():
             needed = max(needed, layout.totalHeightForWidth(width))
         available = available_geometry(self)
+        cap = None
         if available is not None and not available.isEmpty():
-            needed = min(needed, available.height())
+            frame = max(0, self.frameGeometry().height() - self.height())  # known once shown
+            cap = available.height() - frame
+            needed = min(needed, cap)
         if needed > self.height():
             self.resize(width, needed)
+        elif cap is not None and self.height() > cap:
+            self.resize(width, cap)
 
     # -- loading -----------------------------------------------------------------------------
 
