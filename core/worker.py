@@ -224,13 +224,16 @@ def process_url_task_remote(self: _MoragTask, *args: Any, **kwargs: Any) -> dict
 
 
 def _install_steps() -> None:
-    from morag_worker.core.execution.health.hub_outage import HubGateStep
+    from morag_worker.core.execution.health.hub_outage import HubGateStep, PauseAtStartStep
+    from morag_worker.core.execution.health.intake_gate import IntakeGateStep
     from morag_worker.core.execution.health.liveness import HeartbeatStep
     from morag_worker.core.execution.health.presence import PresenceStep
 
     celery_app.steps["worker"].add(PresenceStep)
     celery_app.steps["worker"].add(HeartbeatStep)
+    celery_app.steps["worker"].add(IntakeGateStep)
     celery_app.steps["worker"].add(HubGateStep)
+    celery_app.steps["consumer"].add(PauseAtStartStep)
 
 
 _install_steps()

@@ -1,4 +1,4 @@
-"""The Settings dialog, also shown on first run: hub, API key, worker options, start at login.
+"""The Settings dialog, also shown on first run: hub, API key, worker options, when to contribute.
 
 The key is checked against the hub in the background (``HubClient.queue_info``), which shows
 the user id and queue it maps to; it is stored with ``CredentialStore`` (the OS keychain),
@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
     QFormLayout,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -44,8 +45,10 @@ from morag_worker.core.config.credentials import (
     KeychainUnavailable,
     KeyPlace,
 )
+from morag_worker.core.config.schedule import ScheduleError, parse_windows
 from morag_worker.core.config.settings import (
     DEFAULT_HUB_URL,
+    DEFAULT_TEMP_LIMIT_C,
     InvalidHubUrl,
     Settings,
     SettingsError,
@@ -285,6 +288,7 @@ class SettingsDialog(QDialog):
         worker_form.addRow("Use", self.gpu_combo)
         worker_form.addRow("", self.start_on_launch)
         worker_form.addRow("", self.start_at_login)
+        rules = self._build_rules(settings)
 
         # -- buttons --
         self.buttons = QDialogButtonBox(
@@ -302,6 +306,7 @@ class SettingsDialog(QDialog):
         body_layout.addWidget(self.intro)
         body_layout.addWidget(connection)
         body_layout.addWidget(worker)
+        body_layout.addWidget(rules)
         body_layout.addStretch(1)
         # The dialog grows for a long message; where the screen ends, the body scrolls instead.
         self.body = FittingScrollArea(body)
@@ -314,16 +319,97 @@ class SettingsDialog(QDialog):
         fit_to_screen(self, self.sizeHint())
         self._load()
 
+    def _build_rules(self, settings: Settings) -> QGroupBox:
+        """The compact "When to contribute" section: each rule a check box and its value."""
+        self.temp_rule = QCheckBox("Pause new tasks when the GPU reaches")
+        self.temp_limit = QSpinBox()
+        self.temp_limit.setRange(40, 110)
+        self.temp_limit.setSuffix(" °C")
+        self.temp_limit.setValue(settings.gpu_temp_limit_c or DEFAULT_TEMP_LIMIT_C)
+        self.temp_rule.setChecked(settings.gpu_temp_limit_c is not None)
+        self.temp_rule.setToolTip(
+            "A task in hand always finishes; new ones are taken again once the GPU is 5 °C cooler."
+        )
+        self.idle_rule = QCheckBox("Only after no keyboard or mouse input for")
+        self.idle_minutes = QSpinBox()
+        self.idle_minutes.setRange(1, 1440)
+        self.idle_minutes.setSuffix(" min")
+        self.idle_minutes.setValue(settings.idle_minutes or 10)
+        self.idle_rule.setChecked(settings.idle_minutes > 0)
+        self.battery_rule = QCheckBox("Not on battery")
+        self.battery_rule.setChecked(settings.pause_on_battery)
+        self.fullscreen_rule = QCheckBox("Not while a full-screen app or game runs")
+        self.fullscreen_rule.setToolTip(
+            "Read on Windows, and on Linux with X11; a Wayland desktop does not say which window is active."
+        )
+        self.fullscreen_rule.setChecked(settings.pause_when_fullscreen)
+        self.time_windows = QLineEdit(settings.time_windows)
+        self.time_windows.setPlaceholderText("Any time, or e.g. Mon-Fri 18:00-08:00, Sat-Sun all day")
+        self.time_windows.setToolTip(
+            "Days and hours in your local time; a range that ends before it starts runs past midnight "
+            "into the same day's early hours."
+        )
+        self.temp_rule.toggled.connect(self.temp_limit.setEnabled)
+        self.idle_rule.toggled.connect(self.idle_minutes.setEnabled)
+        self.temp_limit.setEnabled(self.temp_rule.isChecked())
+        self.idle_minutes.setEnabled(self.idle_rule.isChecked())
+        # Compact: two rules a row, so the dialog stays short on a small screen.
+        box = QGroupBox("When to contribute")
+        grid = QGridLayout(box)
+        grid.addWidget(self.temp_rule, 0, 0)
+        grid.addWidget(self.temp_limit, 0, 1)
+        grid.addWidget(self.idle_rule, 1, 0)
+        grid.addWidget(self.idle_minutes, 1, 1)
+        times = QHBoxLayout()
+        times.setSpacing(8)
+        times.addWidget(QLabel("Only at these times"))
+        times.addWidget(self.time_windows, 1)
+        grid.addLayout(times, 2, 0, 1, 2)
+        grid.addWidget(self.battery_rule, 3, 0, 1, 2)
+        grid.addWidget(self.fullscreen_rule, 4, 0, 1, 2)
+        grid.setVerticalSpacing(2)
+        grid.setColumnStretch(0, 1)
+        return box
+
+    def _with_rules(self, settings: Settings) -> Settings:
+        """``settings`` with the "When to contribute" fields as the form shows them.
+
+        Raises:
+            SettingsError: The times are not understood (the message quotes the part).
+        """
+        try:
+            windows = parse_windows(self.time_windows.text())
+        except ScheduleError as exc:
+            raise SettingsError(
+                f"the times to work are not understood: {exc}",
+                advice="write them like Mon-Fri 18:00-08:00, Sat-Sun all day, or leave the field empty "
+                "to work at any time",
+            ) from None
+        limit = self.temp_limit.value() if self.temp_rule.isChecked() else None
+        resume = self._settings.gpu_temp_resume_c
+        if resume is not None and (limit is None or resume >= limit):
+            resume = None  # a resume temperature from the file that no longer fits: the default
+        return dataclasses.replace(
+            settings,
+            gpu_temp_limit_c=limit,
+            gpu_temp_resume_c=resume,
+            idle_minutes=self.idle_minutes.value() if self.idle_rule.isChecked() else 0,
+            pause_on_battery=self.battery_rule.isChecked(),
+            time_windows=windows.text if windows is not None else "",
+            pause_when_fullscreen=self.fullscreen_rule.isChecked(),
+        )
+
     # -- size ------------------------------------------------------------------------------
 
     def event(self, event: QEvent) -> bool:
         handled = super().event(event)
-        if event.type() == QEvent.Type.LayoutRequest:
+        if event.type() in (QEvent.Type.LayoutRequest, QEvent.Type.Show):
             self.grow_for_contents()  # a message changed: make room for all of it
         return handled
 
     def grow_for_contents(self) -> None:
-        """Grow (never past the screen) until every wrapped message shows whole; never shrink."""
+        """Grow (never past the screen) until every wrapped message shows whole; never shrink,
+        except to keep the window's frame on a screen that the body alone would fill."""
         layout = self.layout()
         if layout is None:
             return
@@ -332,10 +418,15 @@ class SettingsDialog(QDialog):
         if layout.hasHeightForWidth():
             needed = max(needed, layout.totalHeightForWidth(width))
         available = available_geometry(self)
+        cap = None
         if available is not None and not available.isEmpty():
-            needed = min(needed, available.height())
+            frame = max(0, self.frameGeometry().height() - self.height())  # known once shown
+            cap = available.height() - frame
+            needed = min(needed, cap)
         if needed > self.height():
             self.resize(width, needed)
+        elif cap is not None and self.height() > cap:
+            self.resize(width, cap)
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -556,7 +647,7 @@ class SettingsDialog(QDialog):
             SettingsError: A value is not allowed.
         """
         worker_type, gpu_index = self._chosen_worker()
-        return dataclasses.replace(
+        settings = dataclasses.replace(
             self._settings,
             hub_url=self.hub_edit.text().strip(),
             worker_type=worker_type,
@@ -565,6 +656,7 @@ class SettingsDialog(QDialog):
             start_working_on_launch=self.start_on_launch.isChecked(),
             start_at_login=self.start_at_login.isChecked(),
         )
+        return self._with_rules(settings)
 
     def save(self) -> None:
         """Check the key when the hub or key changed, then store the key and save the settings."""

@@ -314,6 +314,27 @@ def _hub_wait_header(m: Moment) -> tuple[str, str]:
     return "Hub unreachable", f"{_hub_retry(m)} No new task is taken until the hub answers{waiting}."
 
 
+def _held_reason(m: Moment) -> str:
+    """``"GPU at 86 °C, waiting for 78 °C"``: why the contributor's rules take no new task now."""
+    return m.status.held_reason or "your rules for when to contribute"
+
+
+def _held_tooltip(m: Moment) -> str:
+    text = f"Paused: {_held_reason(m)}"
+    if m.tasks:
+        text += "; finishing the task in hand" if len(m.tasks) == 1 else f"; finishing {len(m.tasks)} tasks"
+    return text
+
+
+def _held_header(m: Moment) -> tuple[str, str]:
+    finishing = " The task in hand finishes first." if m.tasks else ""
+    return (
+        "Paused by your rules",
+        f"{sentence(_held_reason(m))}{finishing} New tasks are taken again by themselves; "
+        "the rules are under Settings, When to contribute.",
+    )
+
+
 def _stopped_title(m: Moment) -> str:
     """ "Paused" after "Finish current task and pause", else "Stopped"."""
     return "Paused" if m.status.message == PAUSED else "Stopped"
@@ -432,6 +453,19 @@ _TABLE: dict[WorkerState, StatePresentation] = {
             suffix=" No new task is taken meanwhile, and no task is lost; no action is needed.",
         ),
         recovered=NoticeText("MoRAG Worker reaches the hub again", "Waiting for work.", Level.INFO),
+    ),
+    WorkerState.HELD_BACK: StatePresentation(
+        look=TrayLook.SNOOZED,
+        busy_look=TrayLook.WORKING,
+        tooltip=_held_tooltip,
+        header=_held_header,
+        enabled=_WORKING_ACTIONS,
+        idle=False,
+        child_runs=True,
+        shows_tasks=True,
+        empty_text=lambda m: f"No task in progress. No new task is taken: {_held_reason(m)}.",
+        ends_outage=True,
+        works=True,
     ),
     WorkerState.FINISHING: StatePresentation(
         look=TrayLook.FINISHING,

@@ -15,6 +15,7 @@ declare -A NEEDED=(
   [secret-tool]=libsecret-tools         # checks what the keychain holds
   [curl]=curl                           # the download benchmark's baseline
   [openssl]=openssl                     # certificates for the TLS tests
+  [Xvfb]=xvfb                           # an X server for the idle and full-screen sensors' test
 )
 missing=()
 for cmd in "${!NEEDED[@]}"; do
@@ -26,6 +27,8 @@ ldcache=$(ldconfig -p 2>/dev/null || true)
 for lib in libEGL.so.1 libxkbcommon.so.0 libfontconfig.so.1 libGL.so.1 libdbus-1.so.3; do
   grep -qF "$lib" <<<"$ldcache" || missing+=("qtlibs")
 done
+# The X screen saver extension's client library: the worker reads idle time through it.
+grep -qF libXss.so.1 <<<"$ldcache" || missing+=("libxss1")
 # LibreOffice, headless: the format tests make office documents with `soffice --convert-to`. Each
 # module is checked by the registry file that tells soffice it is there, which Debian's full
 # (desktop) packages provide too: the -nogui packages conflict with those, so a desktop's

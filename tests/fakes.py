@@ -168,12 +168,19 @@ class _Utilization:
 
 
 @dataclass
+class _Process:
+    pid: int
+    usedGpuMemory: int | None  # noqa: N815 - NVML's own name
+
+
+@dataclass
 class FakeNvml:
     """A stand-in for the ``pynvml`` module with ``devices`` as its GPUs.
 
     Each device is a dict with ``name`` (bytes or str), ``uuid``, ``total``/``used`` bytes and,
-    optionally, ``temperature`` / ``utilization`` (an Exception value makes that call raise)
-    or ``broken`` (the handle lookup raises).
+    optionally, ``temperature`` / ``utilization`` (an Exception value makes that call raise),
+    ``processes`` (``(pid, used bytes or None)`` pairs of the compute processes on it) or
+    ``broken`` (the handle lookup raises).
     """
 
     devices: list[dict[str, Any]] = field(default_factory=list)
@@ -213,6 +220,9 @@ class FakeNvml:
 
     def nvmlDeviceGetUtilizationRates(self, handle: dict[str, Any]) -> _Utilization:
         return _Utilization(gpu=int(self._value(handle, "utilization", 0)))
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: dict[str, Any]) -> list[_Process]:
+        return [_Process(pid, used) for pid, used in self._value(handle, "processes", [])]
 
     @staticmethod
     def _value(handle: dict[str, Any], key: str, default: int) -> Any:

@@ -119,7 +119,15 @@ def _run(args: argparse.Namespace, tmp: Path, stack: ExitStack) -> int:
     _say("Starting a headless worker (morag-worker --no-gui).")
     worker = Proc(
         python_argv("-m", "morag_worker", "--no-gui", "--config-dir", str(tmp / "config")),
-        env=_child_env(MORAG_API_KEY=api_key, MAIN_SERVER_URL=hub_url, TEMP_DIR=str(tmp / "work")),
+        env=_child_env(
+            MORAG_API_KEY=api_key,
+            MAIN_SERVER_URL=hub_url,
+            TEMP_DIR=str(tmp / "work"),
+            # The demo converts at once: a laptop on battery or a full-screen terminal does not hold
+            # it back (a hot GPU still does, and the worker says so).
+            MORAG_PAUSE_ON_BATTERY="off",
+            MORAG_PAUSE_WHEN_FULLSCREEN="off",
+        ),
         name="worker",
     )
     stack.callback(worker.stop, 60)

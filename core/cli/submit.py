@@ -115,26 +115,40 @@ def _submit(client: HubClient, source: str | Path, args: argparse.Namespace) -> 
         return int(ExitCode.OK)
     queue = created["queue"]
     print(f"Task {task_id} is queued on {queue}; waiting for a worker…", file=sys.stderr)
-    if not args.local and not args.keep_waiting and not _a_worker_consumes(client, queue):
+    consumers = [] if args.local or args.keep_waiting else _consumers(client, queue)
+    if not args.local and not args.keep_waiting and not consumers:
         raise CliError(
             f"no worker of yours is online for {queue}. The task {task_id} stays queued and runs when "
             "one starts (the tray app, or morag-worker --no-gui); pass --keep-waiting to wait for it here",
             ExitCode.NO_WORKER,
         )
+    if note := held_note(consumers):
+        print(note, file=sys.stderr)
     view = _follow(client, task_id, status, args.timeout)
     return _print_outcome(view, as_json=args.json)
 
 
-def _a_worker_consumes(client: HubClient, queue: str) -> bool:
-    """Whether one of the user's online workers takes tasks from ``queue`` (asked for a few seconds)."""
+def _consumers(client: HubClient, queue: str) -> list[PresenceRecord]:
+    """The user's online workers that take tasks from ``queue`` (asked for a few seconds)."""
     deadline = time.monotonic() + NO_WORKER_GRACE_S
     while True:
         records = [PresenceRecord.from_dict(w) for w in client.workers()]
-        if any(r is not None and r.consumes(queue) for r in records):
-            return True
+        found = [r for r in records if r is not None and r.consumes(queue)]
+        if found:
+            return found
         if time.monotonic() >= deadline:
-            return False
+            return []
         time.sleep(POLL_S)
+
+
+def held_note(consumers: list[PresenceRecord]) -> str | None:
+    """When every worker for the queue is held back by its contributor's rules, a sentence saying why."""
+    if not consumers or any(r.state != "held_back" for r in consumers):
+        return None
+    reasons = sorted({r.held_reason or "its rules for when to contribute" for r in consumers})
+    who = "Your worker is" if len(consumers) == 1 else "Your workers are"
+    why = "; ".join(reasons)
+    return f"{who} paused by the rules for when to contribute ({why}); the task runs when that clears."
 
 
 def _follow(client: HubClient, task_id: str, status: _StatusLine, timeout: float) -> TaskView:

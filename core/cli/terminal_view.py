@@ -175,6 +175,7 @@ class JsonView:
             retry_at=status.retry_at,
             queues=", ".join(status.queues) or None,
             notice=status.notice,
+            held_reason=status.held_reason,
             last_output=list(status.last_output[-10:]) if status.state.value == "crashed" else None,
         )
 

@@ -26,6 +26,7 @@ import platformdirs
 import structlog
 
 from morag_worker.core.config.atomic_file import write_atomically
+from morag_worker.core.config.schedule import ScheduleError, parse_windows
 from morag_worker.core.naming import WorkerType
 from morag_worker.core.wording import error_words
 
@@ -35,6 +36,7 @@ __all__ = [
     "SETTINGS_FILE_NAME",
     "SETTINGS_VERSION",
     "ConverterLimits",
+    "INTAKE_ENV",
     "InvalidHubUrl",
     "Settings",
     "SettingsError",
@@ -42,6 +44,7 @@ __all__ = [
     "apply_env",
     "default_log_dir",
     "default_temp_dir",
+    "intake_env",
     "migrate",
     "normalise_hub_url",
 ]
@@ -50,6 +53,8 @@ SETTINGS_VERSION = 1
 SETTINGS_FILE_NAME = "settings.json"
 APP_DIR_NAME = "morag-worker"
 DEFAULT_HUB_URL = "http://127.0.0.1:8700"
+DEFAULT_TEMP_LIMIT_C = 83  # what consumer GPUs run at under load stays below; most throttle near 87-90
+DEFAULT_TEMP_HYSTERESIS_C = 5
 
 log = structlog.get_logger(__name__)
 
@@ -125,6 +130,13 @@ class Settings:
         start_at_login: Launch the app when the user logs in.
         temp_dir: Absolute folder for task downloads; None means ``default_temp_dir()``.
         snooze_until: Epoch seconds until which the worker stays paused; None when not snoozed.
+        gpu_temp_limit_c: No new task while the GPU is at or above this (°C); None: no limit.
+        gpu_temp_resume_c: Once held for heat, new tasks again below this; None: 5 °C under the limit.
+        idle_minutes: Work only after this many minutes without keyboard or mouse input; 0: any time.
+        pause_on_battery: No new task while a laptop runs on its battery.
+        time_windows: Weekly windows to work in (``schedule.py``), e.g. ``"Mon-Fri 18:00-08:00"``;
+            empty: any time.
+        pause_when_fullscreen: No new task while a full-screen app or game holds the screen.
     """
 
     hub_url: str = DEFAULT_HUB_URL
@@ -135,6 +147,12 @@ class Settings:
     start_at_login: bool = False
     temp_dir: str | None = None
     snooze_until: float | None = None
+    gpu_temp_limit_c: int | None = DEFAULT_TEMP_LIMIT_C
+    gpu_temp_resume_c: int | None = None
+    idle_minutes: int = 0
+    pause_on_battery: bool = True
+    time_windows: str = ""
+    pause_when_fullscreen: bool = True
 
     def __post_init__(self) -> None:
         try:
@@ -165,6 +183,46 @@ class Settings:
             if not math.isfinite(self.snooze_until):
                 raise SettingsError("snooze_until must be a finite time in seconds or null")
             object.__setattr__(self, "snooze_until", float(self.snooze_until))
+        self._check_intake()
+
+    def _check_intake(self) -> None:
+        limit, resume = self.gpu_temp_limit_c, self.gpu_temp_resume_c
+        if limit is not None and (not _is_int(limit) or not 40 <= limit <= 110):
+            raise SettingsError(
+                f"gpu_temp_limit_c must be a whole number from 40 to 110 or null, not {limit!r}"
+            )
+        if resume is not None:
+            if not _is_int(resume) or not 20 <= resume <= 110:
+                raise SettingsError(
+                    f"gpu_temp_resume_c must be a whole number from 20 to 110 or null, not {resume!r}"
+                )
+            if limit is not None and resume >= limit:
+                raise SettingsError(
+                    f"gpu_temp_resume_c ({resume} °C) must be below gpu_temp_limit_c ({limit} °C)"
+                )
+        if not _is_int(self.idle_minutes) or not 0 <= self.idle_minutes <= 1440:
+            raise SettingsError(
+                f"idle_minutes must be a whole number from 0 to 1440, not {self.idle_minutes!r}"
+            )
+        for name in ("pause_on_battery", "pause_when_fullscreen"):
+            if not isinstance(getattr(self, name), bool):
+                raise SettingsError(f"{name} must be true or false, not {getattr(self, name)!r}")
+        try:
+            windows = parse_windows(self.time_windows)
+        except ScheduleError as exc:
+            raise SettingsError(
+                f"time_windows: {exc}", advice="write it like 'Mon-Fri 18:00-08:00, Sat-Sun all day'"
+            ) from exc
+        object.__setattr__(self, "time_windows", windows.text if windows is not None else "")
+
+    @property
+    def temp_resume_c(self) -> int | None:
+        """The temperature under which a worker held for heat takes new tasks again."""
+        if self.gpu_temp_limit_c is None:
+            return None
+        if self.gpu_temp_resume_c is not None:
+            return self.gpu_temp_resume_c
+        return self.gpu_temp_limit_c - DEFAULT_TEMP_HYSTERESIS_C
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object saved to disk, ``version`` included."""
@@ -321,7 +379,8 @@ def apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
     """Return ``settings`` overridden by MoRAG's worker environment variables; pure.
 
     ``MAIN_SERVER_URL`` (hub URL), ``WORKER_TYPE`` (``gpu``/``cpu``), ``WORKER_CONCURRENCY``
-    (whole number >= 1) and ``TEMP_DIR`` (absolute path). Empty values count as unset.
+    (whole number >= 1), ``TEMP_DIR`` (absolute path) and the rules for when to contribute
+    (:data:`INTAKE_ENV`). Empty values count as unset.
 
     Raises:
         SettingsError: A variable holds a value that is not allowed; the message names it.
@@ -347,7 +406,64 @@ def apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
         if not os.path.isabs(temp_dir):
             raise SettingsError(f"TEMP_DIR must be an absolute folder path, not {temp_dir!r}")
         changes["temp_dir"] = temp_dir
-    return dataclasses.replace(settings, **changes) if changes else settings
+    changes.update(_intake_changes(env))
+    if not changes:
+        return settings
+    try:
+        return dataclasses.replace(settings, **changes)
+    except SettingsError as exc:
+        names = ", ".join(name for name, field_name in INTAKE_ENV.items() if field_name in changes)
+        raise SettingsError(f"{names}: {exc.message}" if names else exc.message, advice=exc.advice) from exc
+
+
+#: The rules for when to contribute, as environment variables: they override the settings file
+#: (as ``WORKER_TYPE`` does), and the supervisor hands the resolved values to its worker child.
+INTAKE_ENV: dict[str, str] = {
+    "MORAG_GPU_TEMP_LIMIT_C": "gpu_temp_limit_c",
+    "MORAG_GPU_TEMP_RESUME_C": "gpu_temp_resume_c",
+    "MORAG_IDLE_MINUTES": "idle_minutes",
+    "MORAG_PAUSE_ON_BATTERY": "pause_on_battery",
+    "MORAG_TIME_WINDOWS": "time_windows",
+    "MORAG_PAUSE_WHEN_FULLSCREEN": "pause_when_fullscreen",
+}
+_OFF = ("off", "none", "no", "false", "0")
+_ON = ("on", "yes", "true", "1")
+
+
+def _intake_changes(env: Mapping[str, str]) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    for name, field_name in INTAKE_ENV.items():
+        raw = env.get(name)
+        if raw is None or not raw.strip():
+            continue
+        value = raw.strip()
+        if field_name == "time_windows":
+            changes[field_name] = value
+        elif field_name in ("pause_on_battery", "pause_when_fullscreen"):
+            if value.lower() not in _ON + _OFF:
+                raise SettingsError(f"{name} must be on or off, not {value[:40]!r}")
+            changes[field_name] = value.lower() in _ON
+        elif field_name.startswith("gpu_temp") and value.lower() in _OFF[:4]:
+            changes[field_name] = None
+        elif value.isdecimal():
+            changes[field_name] = int(value)
+        else:
+            raise SettingsError(f"{name} must be a whole number, not {value[:40]!r}")
+    return changes
+
+
+def intake_env(settings: Settings) -> dict[str, str]:
+    """``settings``' rules for when to contribute as :data:`INTAKE_ENV` variables (for the worker child)."""
+    out: dict[str, str] = {}
+    for name, field_name in INTAKE_ENV.items():
+        value = getattr(settings, field_name)
+        if isinstance(value, bool):
+            out[name] = "on" if value else "off"
+        elif value is None:
+            out[name] = "off"
+        else:
+            out[name] = str(value)
+    return out
 
 
 def default_log_dir() -> Path:

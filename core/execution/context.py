@@ -18,7 +18,8 @@ import structlog
 
 from morag_worker.core.config.settings import ConverterLimits
 from morag_worker.core.execution.celery_config import time_limits_from_env
-from morag_worker.core.execution.health.hub_outage import OutageBoard
+from morag_worker.core.execution.health.hub_outage import ConsumerSwitch, OutageBoard
+from morag_worker.core.execution.health.intake_gate import IntakeHold
 from morag_worker.core.execution.pipeline import Pipeline
 from morag_worker.core.execution.progress_channel import ChannelWriter, summarize_metadata
 from morag_worker.core.execution.progress_reporter import ProgressReporter, ProgressSink
@@ -75,6 +76,8 @@ class WorkerRuntime:
         # Shared with the pool processes forked later: downloads mark hub outages, the main
         # process pauses its consumer meanwhile (hub_outage.py).
         self.hub_board = OutageBoard()
+        self.intake = IntakeHold()  # main process: why no new task is taken (intake_gate.py)
+        self.consumer_switch = ConsumerSwitch()  # the consumer's thread: the queues the gates paused
         self.extra_sinks: list[ProgressSink] = []
         # The supervisor's progress channel (MORAG_PROGRESS_FD), when one was handed down.
         self.channel: ChannelWriter | None = ChannelWriter.from_env(self._env)

@@ -8,9 +8,11 @@ seconds of the writer). The types and their other fields:
 - ``heartbeat``: ``consumer`` (``starting``, ``connecting`` or ``connected``), ``since_poll_s``
   (seconds since the consumer last asked the broker for a message, or null), ``reserved``
   (messages held), ``active`` (ids of the tasks running), ``paused`` (true while the consumer
-  takes no task because the hub is unreachable; absent means false).
+  takes no task because the hub is unreachable or the intake rules hold; absent means false).
 - ``hub``: ``reachable`` (false while the hub does not answer), ``retry_in_s`` (seconds until the
   worker asks it again, or null when reachable). Sent on each probe of an outage and at its end.
+- ``intake``: ``held`` (true while the contributor's rules hold new tasks back), ``reason`` (a
+  sentence: "GPU at 86 °C, waiting for 78 °C"; null when not held). Sent when the verdict changes.
 - ``task_start``: ``task_id``, ``name``, ``filename``.
 - ``progress``: ``task_id``, ``stage``, ``done``, ``total``, ``percent``, ``message``.
 - ``task_end``: ``task_id``, ``outcome`` (``succeeded``, ``failed`` or ``requeued``), ``error``,
@@ -55,6 +57,7 @@ __all__ = [
     "ChannelWriter",
     "HeartbeatMessage",
     "HubMessage",
+    "IntakeMessage",
     "ProgressMessage",
     "ReadyMessage",
     "TaskEndMessage",
@@ -121,6 +124,14 @@ class HubMessage:
 
 
 @dataclass(frozen=True)
+class IntakeMessage:
+    pid: int
+    ts: float
+    held: bool
+    reason: str | None  # why no new task is taken, while held
+
+
+@dataclass(frozen=True)
 class TaskStartMessage:
     pid: int
     ts: float
@@ -164,6 +175,7 @@ ChannelMessage = (
     ReadyMessage
     | HeartbeatMessage
     | HubMessage
+    | IntakeMessage
     | TaskStartMessage
     | ProgressMessage
     | TaskEndMessage
@@ -186,7 +198,7 @@ def summarize_metadata(metadata: Mapping[str, Any] | None, max_keys: int = 16) -
 
 def _shrink(fields: dict[str, Any], limit: int) -> dict[str, Any]:
     out = dict(fields)
-    for key in ("message", "error", "filename", "name"):
+    for key in ("message", "error", "filename", "name", "reason"):
         if isinstance(out.get(key), str):
             out[key] = out[key][:limit]
     return out
@@ -261,6 +273,14 @@ def _build(kind: str, data: Mapping[str, Any], pid: int, ts: float) -> ChannelMe
             raise ValueError("hub without reachable")
         retry_in = _number(data, "retry_in_s")
         return HubMessage(pid, ts, reachable, None if reachable or retry_in is None else max(0.0, retry_in))
+    if kind == "intake":
+        held = data.get("held")
+        if not isinstance(held, bool):
+            raise ValueError("intake without held")
+        reason = _optional_text(data, "reason")
+        return IntakeMessage(
+            pid, ts, held, (reason or "the rules for when to contribute")[:300] if held else None
+        )
     if kind == "task_start":
         return TaskStartMessage(
             pid, ts, _task_id(data), _text(data, "name"), _optional_text(data, "filename")

@@ -17,7 +17,7 @@ from morag_worker.core.supervisor.child_process import ChildProcess
 from morag_worker.core.supervisor.events import RECONNECTING, Problem, StopMode, WorkerState
 from morag_worker.core.supervisor.task_tracker import TaskTracker
 
-__all__ = ["ChildSession", "finishing_message", "stop_status"]
+__all__ = ["ChildSession", "finishing_message", "held_message", "stop_status"]
 
 _RANK = {StopMode.FINISH: 1, StopMode.NOW: 2, StopMode.KILL: 3}
 _INTERRUPTED = {
@@ -49,6 +49,7 @@ class ChildSession:
     hub_retry_at: float | None = None  # epoch: the child's next try of a hub that does not answer
     hub_text: str = ""  # what a person reads meanwhile
     rejected: tuple[Problem, str] | None = None  # the hub refused the key while this child ran
+    held_reason: str | None = None  # why the child's intake rules take no new task now
 
     @property
     def ready(self) -> bool:
@@ -82,9 +83,12 @@ class ChildSession:
         self.hub_text = f"Hub unreachable, retrying in {wait} s."
 
     def running_status(self) -> tuple[WorkerState, str]:
-        """RUNNING with what it is doing, or WAITING_FOR_HUB while the hub does not answer."""
+        """RUNNING with what it is doing, WAITING_FOR_HUB while the hub does not answer, or
+        HELD_BACK while the contributor's rules hold new tasks back (a task in hand finishes)."""
         if self.hub_retry_at is not None and not self.reconnecting():
             return WorkerState.WAITING_FOR_HUB, self.hub_text
+        if self.held_reason is not None and not self.reconnecting():
+            return WorkerState.HELD_BACK, held_message(self.held_reason, len(self.tracker))
         return WorkerState.RUNNING, self.running_message()
 
     def escalates_to(self, mode: StopMode) -> bool:
@@ -96,6 +100,16 @@ class ChildSession:
         if self.rejected is not None:
             return _KEY_REJECTED
         return _INTERRUPTED.get(self.stop_mode, _INTERRUPTED[None])
+
+
+def held_message(reason: str, tasks: int) -> str:
+    """``"Paused: GPU at 86 °C, waiting for 78 °C."``, and that the task in hand finishes first."""
+    text = f"Paused: {reason.rstrip('.')}."
+    if tasks:
+        text += (
+            " The task in hand finishes first." if tasks == 1 else f" The {tasks} tasks in hand finish first."
+        )
+    return text
 
 
 def finishing_message(tasks: int, then: WorkerState) -> str:

@@ -35,6 +35,7 @@ class WorkerState(Enum):
     STARTING = "starting"  # child launched, not yet ready (connecting to hub and broker)
     RUNNING = "running"  # ready and waiting for work, or working
     WAITING_FOR_HUB = "waiting_for_hub"  # the hub does not answer: no new task; retry at ``retry_at``
+    HELD_BACK = "held_back"  # the contributor's rules hold new tasks back; ``held_reason`` says why
     FINISHING = "finishing"  # finishing the current task, taking no new one
     STOPPING = "stopping"  # stop now: the current task goes back to the queue
     BACKOFF = "backoff"  # crashed or unreachable; will retry at ``WorkerStatus.retry_at``
@@ -81,6 +82,8 @@ class WorkerStatus:
     #: FINISHING: what follows once the tasks are done: STOPPED (pause), SNOOZED (``snoozed_until``)
     #: or STARTING (a restart, or Start/Resume pressed while finishing). None in other states.
     then: WorkerState | None = None
+    #: HELD_BACK: why no new task is taken ("GPU at 86 °C, waiting for 78 °C"). None in other states.
+    held_reason: str | None = None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ A probe call blocks briefly (driver calls); run it off the GUI thread.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -45,6 +46,8 @@ class GpuInfo:
         memory_used_mb: Memory in use in MiB, when known.
         temperature_c: Core temperature in degrees Celsius, when known.
         utilization_percent: Recent GPU utilisation, when known.
+        memory_own_mb: Memory in MiB held by processes of the caller's process group (a worker
+            child and its pool), which a worker may count as its own; 0 when none or unknown.
     """
 
     index: int
@@ -54,6 +57,11 @@ class GpuInfo:
     memory_used_mb: int | None = None
     temperature_c: int | None = None
     utilization_percent: int | None = None
+    memory_own_mb: int = 0
+
+    @property
+    def memory_free_mb(self) -> int | None:
+        return None if self.memory_used_mb is None else max(0, self.memory_total_mb - self.memory_used_mb)
 
 
 class GpuProbe(Protocol):
@@ -125,7 +133,26 @@ class NvmlProbe:
             memory_used_mb=int(memory.used) // _MIB,
             temperature_c=_optional(lambda: nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)),
             utilization_percent=_optional(lambda: nvml.nvmlDeviceGetUtilizationRates(handle).gpu),
+            memory_own_mb=_optional(lambda: _own_memory(nvml, handle)) or 0,
         )
+
+
+def _own_memory(nvml: Any, handle: Any) -> int:
+    """MiB used on the device by processes of our process group (POSIX; our own pid elsewhere)."""
+    getpgid = getattr(os, "getpgid", None)
+    own_group = getpgid(0) if getpgid is not None else None
+    total = 0
+    for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+        pid, used = int(proc.pid), getattr(proc, "usedGpuMemory", None)
+        if not isinstance(used, int):
+            continue  # NVML_VALUE_NOT_AVAILABLE arrives as None (no permission, Windows WDDM)
+        try:
+            ours = pid == os.getpid() or (getpgid is not None and getpgid(pid) == own_group)
+        except OSError:  # gone, or another user's process
+            ours = False
+        if ours:
+            total += used
+    return total // _MIB
 
 
 def _optional(read: Callable[[], Any]) -> int | None:

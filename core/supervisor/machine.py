@@ -28,6 +28,7 @@ from morag_worker.core.execution.progress_channel import (
     BrokerRefusedMessage,
     HeartbeatMessage,
     HubMessage,
+    IntakeMessage,
     ProgressMessage,
     ReadyMessage,
     TaskEndMessage,
@@ -408,6 +409,8 @@ class SupervisorMachine:
             self._on_heartbeat(session, msg)
         elif isinstance(msg, HubMessage):
             self._on_hub(session, msg)
+        elif isinstance(msg, IntakeMessage):
+            self._on_intake(session, msg)
         elif isinstance(msg, TaskStartMessage):
             self._notify("on_progress", session.tracker.started(msg))
             self._tasks_changed(session)
@@ -472,11 +475,19 @@ class SupervisorMachine:
         if session.ready and session.stop_mode is None:
             self._set_running(session)
 
+    def _on_intake(self, session: ChildSession, msg: IntakeMessage) -> None:
+        session.held_reason = msg.reason if msg.held else None
+        log.info("supervisor.intake", held=msg.held, reason=msg.reason)
+        if session.ready and session.stop_mode is None:
+            self._set_running(session)
+
     def _set_running(self, session: ChildSession) -> None:
-        """RUNNING, or WAITING_FOR_HUB while the child says the hub does not answer."""
+        """RUNNING, WAITING_FOR_HUB while the child says the hub does not answer, or HELD_BACK."""
         state, message = session.running_status()
         if state is WorkerState.WAITING_FOR_HUB:
             self._set_status(state, message, retry_at=session.hub_retry_at, problem=Problem.HUB_UNREACHABLE)
+        elif state is WorkerState.HELD_BACK:
+            self._set_status(state, message, held_reason=session.held_reason)
         else:
             self._set_status(state, message)
 
@@ -534,7 +545,7 @@ class SupervisorMachine:
     def _tasks_changed(self, session: ChildSession) -> None:
         self.active = tuple(session.tracker.active())
         state = self.status.state
-        if state in (WorkerState.RUNNING, WorkerState.WAITING_FOR_HUB):
+        if state in (WorkerState.RUNNING, WorkerState.WAITING_FOR_HUB, WorkerState.HELD_BACK):
             self._set_running(session)
         elif state is WorkerState.FINISHING:
             self._refresh_finishing()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import structlog
 
 from morag_worker.core.config.credentials import CredentialError
-from morag_worker.core.config.settings import Settings
+from morag_worker.core.config.settings import Settings, intake_env
 from morag_worker.core.execution.progress_channel import HEARTBEAT_ENV
 from morag_worker.core.hub_client import (
     HubClientFactory,
@@ -100,9 +100,11 @@ def prepare(
         queues = consumed_queues(info.user_id, worker_type)
     except (InvalidUserId, ValueError) as exc:
         raise PrepareFailed(Problem.CONFIG, str(exc), retry=False) from None
-    extra = {HEARTBEAT_ENV: f"{options.heartbeat_s:g}"}
+    # The rules for when to contribute: the child's intake gate runs them (execution/health/intake_gate.py).
+    extra = {HEARTBEAT_ENV: f"{options.heartbeat_s:g}", **intake_env(settings)}
     if gpu is not None:
         extra["MORAG_WORKER_GPU"] = gpu.name
+        extra["MORAG_WORKER_GPU_INDEX"] = str(gpu.index)  # NVML's index: what the gate reads
     command = dataclasses.replace(command, env={**command.env, **extra})
     return Prepared(
         command=command,

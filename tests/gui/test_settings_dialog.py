@@ -300,3 +300,36 @@ def test_first_run_asks_for_a_key_then_saves_and_starts(stack: Stack, harness: H
     qtbot.waitUntil(lambda: app.settings_dialog is None, timeout=WAIT_MS)
     # The dialog went away: the person is told where the app is now.
     assert IN_TRAY_NOTICE in app.notices
+
+
+def test_when_to_contribute_shows_the_rules_and_returns_what_the_person_chose(
+    make_dialog: MakeDialog, qtbot: QtBot
+) -> None:
+    dialog = make_dialog("http://127.0.0.1:8700")
+    # The defaults: heat limit on at 83 °C, battery on, idle off, any time.
+    assert dialog.temp_rule.isChecked() and dialog.temp_limit.value() == 83
+    assert dialog.battery_rule.isChecked() and not dialog.idle_rule.isChecked()
+    assert not dialog.idle_minutes.isEnabled() and dialog.time_windows.text() == ""
+    dialog.temp_limit.setValue(78)
+    dialog.idle_rule.setChecked(True)
+    assert dialog.idle_minutes.isEnabled()
+    dialog.idle_minutes.setValue(15)
+    dialog.battery_rule.setChecked(False)
+    dialog.time_windows.setText("mon-fri 18:00-08:00 ,  Sat-Sun all day")
+    chosen = dialog.result_settings()
+    assert (chosen.gpu_temp_limit_c, chosen.temp_resume_c, chosen.idle_minutes) == (78, 73, 15)
+    assert chosen.pause_on_battery is False and chosen.time_windows == "mon-fri 18:00-08:00, Sat-Sun all day"
+    dialog.temp_rule.setChecked(False)
+    assert dialog.result_settings().gpu_temp_limit_c is None and not dialog.temp_limit.isEnabled()
+
+
+def test_times_that_are_not_understood_are_explained_without_a_request(
+    make_dialog: MakeDialog, qtbot: QtBot
+) -> None:
+    dialog = make_dialog("http://127.0.0.1:8700")
+    qtbot.keyClicks(dialog.key_edit, "k" * 43)
+    dialog.time_windows.setText("Mon 9-5")
+    dialog.save()
+    text = dialog.status_label.text()
+    assert "The times to work are not understood" in text and "'9' is not a time like 18:00" in text
+    assert "Mon-Fri 18:00-08:00, Sat-Sun all day" in text and dialog.isVisible()

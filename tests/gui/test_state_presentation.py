@@ -40,9 +40,11 @@ def test_each_row_is_usable(state: WorkerState) -> None:
         assert shown.empty_text(moment)
 
 
-def test_only_running_looks_different_with_a_task() -> None:
+def test_only_the_working_states_look_different_with_a_task() -> None:
+    # HELD_BACK: paused by the contributor's rules, but a task in hand still finishes.
     differ = {state for state, shown in PRESENTATION.items() if shown.look is not shown.busy_look}
-    assert differ == {WorkerState.RUNNING}
+    assert differ == {WorkerState.RUNNING, WorkerState.HELD_BACK}
+    assert presentation(WorkerState.HELD_BACK).busy_look is TrayLook.WORKING
     assert presentation(WorkerState.RUNNING).busy_look is TrayLook.WORKING
 
 
@@ -138,3 +140,24 @@ def test_finishing_texts_count_the_tasks_and_say_what_follows() -> None:
     assert "start" in shown.actions(paused) and shown.start_label == "Resume"
     stopped = presentation(WorkerState.STOPPED)
     assert stopped.header(Moment(WorkerStatus(WorkerState.STOPPED, "Paused"), [], NOW))[0] == "Paused"
+
+
+def test_held_back_says_which_rule_holds_work_and_that_the_task_in_hand_finishes() -> None:
+    shown = presentation(WorkerState.HELD_BACK)
+    reason = "GPU at 86 °C, waiting for 78 °C"
+    status = WorkerStatus(WorkerState.HELD_BACK, f"Paused: {reason}.", held_reason=reason)
+    task = TaskProgress("t", "PROCESSING", 1, 2, None, filename="a.wav")
+    assert shown.tooltip(Moment(status, [], NOW)) == "Paused: GPU at 86 °C, waiting for 78 °C"
+    assert shown.tooltip(Moment(status, [task], NOW)) == (
+        "Paused: GPU at 86 °C, waiting for 78 °C; finishing the task in hand"
+    )
+    title, detail = shown.header(Moment(status, [task], NOW))
+    assert title == "Paused by your rules"
+    assert detail.startswith("GPU at 86 °C, waiting for 78 °C. The task in hand finishes first.")
+    assert "Settings, When to contribute" in detail
+    assert shown.empty_text(Moment(status, [], NOW)) == (
+        "No task in progress. No new task is taken: GPU at 86 °C, waiting for 78 °C."
+    )
+    # Idle, it looks paused; with a task in hand, it looks at work. No balloon: a rule is routine.
+    assert (shown.look, shown.busy_look, shown.notify) == (TrayLook.SNOOZED, TrayLook.WORKING, Notify.NEVER)
+    assert shown.child_runs and "finish" in shown.enabled and "stop_now" in shown.enabled

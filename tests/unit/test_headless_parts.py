@@ -9,6 +9,7 @@ import signal
 import threading
 
 import pytest
+import structlog
 
 from morag_worker.core.cli.errors import ExitCode
 from morag_worker.core.cli.headless import exit_code_for
@@ -157,3 +158,18 @@ def test_terminal_view_says_when_the_hub_is_unreachable_at_each_try() -> None:
     ]
     waiting = WorkerStatus(WorkerState.WAITING_FOR_HUB, "", problem=Problem.HUB_UNREACHABLE)
     assert exit_code_for(waiting) is ExitCode.OK  # not an end: the worker keeps running
+
+
+def test_the_headless_views_say_why_intake_is_paused() -> None:
+    held = WorkerStatus(
+        WorkerState.HELD_BACK,
+        "Paused: GPU at 86 °C, waiting for 78 °C.",
+        held_reason="GPU at 86 °C, waiting for 78 °C",
+    )
+    out = io.StringIO()
+    TerminalView(out, width=lambda: 120).on_status(held)
+    assert out.getvalue().split("] ", 1)[1] == "held_back: Paused: GPU at 86 °C, waiting for 78 °C.\n"
+    assert exit_code_for(held) is ExitCode.OK  # not an end: the worker resumes by itself
+    with structlog.testing.capture_logs() as events:
+        JsonView().on_status(held)
+    assert events[0]["state"] == "held_back" and events[0]["held_reason"] == "GPU at 86 °C, waiting for 78 °C"

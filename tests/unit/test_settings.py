@@ -58,16 +58,24 @@ def test_no_field_can_hold_a_key() -> None:
         "start_at_login": bool,
         "temp_dir": str | None,
         "snooze_until": float | None,
+        "gpu_temp_limit_c": int | None,
+        "gpu_temp_resume_c": int | None,
+        "idle_minutes": int,
+        "pause_on_battery": bool,
+        "time_windows": str,
+        "pause_when_fullscreen": bool,
     }
     secretish = re.compile(r"key|secret|token|pass|credential|auth", re.IGNORECASE)
     assert not [f.name for f in dataclasses.fields(Settings) if secretish.search(f.name)]
-    # The two free-text fields cannot smuggle one either: the URL refuses credentials and
-    # queries, the folder must be an absolute path.
+    # The free-text fields cannot smuggle one either: the URL refuses credentials and
+    # queries, the folder must be an absolute path, the time windows must parse as windows.
     for url in ("http://worker:mk_secret@hub", "http://hub/?api_key=mk_secret", "http://hub/#mk_secret"):
         with pytest.raises(SettingsError):
             Settings(hub_url=url)
     with pytest.raises(SettingsError):
         Settings(temp_dir="mk_Q2hhbmdlTWVfMTIzNDU2Nzg5MGFiY2RlZmdoaWprbA")
+    with pytest.raises(SettingsError):
+        Settings(time_windows="mk_Q2hhbmdlTWVfMTIzNDU2Nzg5MGFiY2RlZmdoaWprbA")
 
 
 @pytest.mark.parametrize(

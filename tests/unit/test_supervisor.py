@@ -705,6 +705,45 @@ def test_stopping_while_the_hub_is_away_takes_over_the_status(rig: Rig) -> None:
     assert rig.state() is WorkerState.FINISHING
 
 
+# ---- held back by the contributor's rules (issue 13) ------------------------------------------
+
+
+def test_the_supervisor_shows_why_intake_is_paused_and_the_task_in_hand_finishes(rig: Rig) -> None:
+    child = rig.running()
+    child.send("task_start", task_id="t1", name="morag.worker.process_file_task_remote", filename="a.wav")
+    child.send("intake", held=True, reason="GPU at 86 °C, waiting for 78 °C")
+    status = rig.expect(WorkerState.HELD_BACK)
+    assert status.message == "Paused: GPU at 86 °C, waiting for 78 °C. The task in hand finishes first."
+    assert status.held_reason == "GPU at 86 °C, waiting for 78 °C" and status.active_tasks == 1
+    # Paused on purpose: not polling the broker is no stall, and no stop is sent to the child.
+    child.send(
+        "heartbeat", consumer="connected", since_poll_s=rig.options.stall_after_s + 5, reserved=0, paused=True
+    )
+    child.send("task_end", task_id="t1", outcome="succeeded", error=None, metadata={}, processing_time=1.0)
+    status = rig.expect(WorkerState.HELD_BACK)
+    assert status.message == "Paused: GPU at 86 °C, waiting for 78 °C." and status.active_tasks == 0
+    assert child.controls == []
+    child.send("intake", held=False, reason=None)
+    status = rig.expect(WorkerState.RUNNING)
+    assert (status.message, status.held_reason) == ("Waiting for work", None)
+
+
+def test_the_rules_for_when_to_contribute_reach_the_child_with_the_chosen_gpu() -> None:
+    settings = Settings(hub_url="http://hub.test:8700", idle_minutes=5, time_windows="Sat-Sun all day")
+    r = Rig(settings=settings)
+    r.start()
+    env = r.child().command.env
+    assert env["MORAG_WORKER_GPU_INDEX"] == "0" and env["MORAG_GPU_TEMP_LIMIT_C"] == "83"
+    assert (env["MORAG_IDLE_MINUTES"], env["MORAG_TIME_WINDOWS"], env["MORAG_PAUSE_ON_BATTERY"]) == (
+        "5",
+        "Sat-Sun all day",
+        "on",
+    )
+    no_gpu = Rig(gpus=[])
+    no_gpu.start()
+    assert "MORAG_WORKER_GPU_INDEX" not in no_gpu.child().command.env
+
+
 # ---- finishing: what follows, shown at once (issue 11, points 7 and 11) --------------------------
 
 

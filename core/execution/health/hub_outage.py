@@ -12,7 +12,11 @@ retrying in N s" before each wait, and when the hub answers (its probe, or a dow
 through) clears the board and asks for the consumer to resume. The pausing itself happens on the
 consumer's own thread (a timer of the worker's event loop): the consumer blueprint's
 ``cancel_task_queue`` / ``add_task_queue``, which keep ``app.amqp.queues`` in step, so a consumer
-that reconnects while paused still consumes nothing. No remote control is involved. (With the
+that reconnects while paused still consumes nothing. No remote control is involved. The switch
+(:class:`ConsumerSwitch`) is shared with the intake gate (``intake_gate.py``): the queues are
+paused while either gate holds. :class:`PauseAtStartStep`, a consumer step, applies the same wish
+as soon as the task consumer exists, before the first fetch, so a worker started while a gate
+holds takes nothing. (With the
 threads pool on Windows there is no event loop and the worker's timer is a thread of its own;
 kombu's Redis channel defers a cancel that arrives during a read until the read is over.)
 
@@ -37,7 +41,7 @@ from celery import bootsteps
 
 from morag_worker.core.transfer.retry import backoff_delay
 
-__all__ = ["HubGate", "HubGateStep", "OutageBoard", "probe_healthz"]
+__all__ = ["ConsumerSwitch", "HubGate", "HubGateStep", "OutageBoard", "PauseAtStartStep", "probe_healthz"]
 
 log = structlog.get_logger(__name__)
 
@@ -185,6 +189,59 @@ def probe_healthz(hub_url: str, timeout: float = 5.0) -> Callable[[], bool]:
     return probe
 
 
+class ConsumerSwitch:
+    """Pauses and resumes the consumer's task queues; used on the consumer's thread only.
+
+    ``cancelled`` names the queues taken away while paused. Celery's ``cancel_task_queue`` also
+    deselects them in ``app.amqp.queues``, so a consumer rebuilt after a reconnect stays paused.
+    """
+
+    def __init__(self) -> None:
+        self.cancelled: list[str] = []
+
+    def apply(self, consumer: Any, *, hub: bool, intake: str | None) -> None:
+        """Paused while the hub is unreachable (``hub``) or the intake rules hold (``intake``: why)."""
+        if getattr(consumer, "task_consumer", None) is None or consumer.connection is None:
+            return  # (re)connecting: the next tick applies the wish
+        paused = hub or intake is not None
+        try:
+            if paused and not self.cancelled:
+                names = [queue.name for queue in consumer.task_consumer.queues]
+                for name in names:
+                    consumer.cancel_task_queue(name)
+                self.cancelled = names
+                log.warning("hub.consumer_paused", queues=names, hub=hub, intake=intake)
+            elif not paused and self.cancelled:
+                for name in self.cancelled:
+                    consumer.add_task_queue(name)
+                log.info("hub.consumer_resumed", queues=self.cancelled)
+                self.cancelled = []
+        except Exception as exc:  # noqa: BLE001 - a broker hiccup: the next tick tries again
+            log.warning("hub.consumer_switch_failed", error=type(exc).__name__, message=str(exc)[:200])
+
+
+class PauseAtStartStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """A consumer step: applies the gates' wish as soon as the task consumer exists.
+
+    It runs after Celery's ``Tasks`` step has made the task consumer and before the event loop's
+    first fetch, so a worker that starts (or reconnects) while a gate holds takes no task in the
+    half second before the hub gate's timer would have paused it.
+    """
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        from morag_worker.core.execution.context import get_runtime
+
+        runtime = get_runtime()
+        self.board, self.intake, self.switch = runtime.hub_board, runtime.intake, runtime.consumer_switch
+        self.enabled = runtime.hub_url is not None
+        super().__init__(parent, **kwargs)
+
+    def start(self, parent: Any) -> None:
+        self.switch.apply(parent, hub=self.board.unreachable_since is not None, intake=self.intake.reason)
+
+
 class HubGateStep(bootsteps.StartStopStep):  # type: ignore[misc]
     """Pauses the consumer while the hub is unreachable; enabled when the worker has a hub."""
 
@@ -195,13 +252,14 @@ class HubGateStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
         runtime = get_runtime()
         self.board = runtime.hub_board
+        self.intake = runtime.intake
         self.hub_url = runtime.hub_url
         self.channel = runtime.channel
         self.enabled = self.hub_url is not None
         self.gate: HubGate | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._cancelled: list[str] = []
+        self.switch = runtime.consumer_switch
         super().__init__(worker, **kwargs)
 
     def start(self, worker: Any) -> None:
@@ -218,30 +276,18 @@ class HubGateStep(bootsteps.StartStopStep):  # type: ignore[misc]
             self.channel.send("hub", **fields)
 
     def _apply(self, worker: Any) -> None:
-        """On the consumer's thread: pause or resume its task queues as the gate wishes."""
+        """On the consumer's thread: pause or resume its task queues as the gates wish.
+
+        The intake gate (``intake_gate.py``) holds through the same switch: paused while either wants.
+        """
         gate, consumer = self.gate, getattr(worker, "consumer", None)
         if gate is None or consumer is None or self._stop.is_set():
             return
-        if getattr(consumer, "task_consumer", None) is None or consumer.connection is None:
-            return  # (re)connecting: the next tick applies the wish
-        try:
-            if gate.paused and not self._cancelled:
-                names = [queue.name for queue in consumer.task_consumer.queues]
-                for name in names:
-                    consumer.cancel_task_queue(name)
-                self._cancelled = names
-                log.warning("hub.consumer_paused", queues=names)
-            elif not gate.paused and self._cancelled:
-                for name in self._cancelled:
-                    consumer.add_task_queue(name)
-                log.info("hub.consumer_resumed", queues=self._cancelled)
-                self._cancelled = []
-        except Exception as exc:  # noqa: BLE001 - a broker hiccup: the next tick tries again
-            log.warning("hub.consumer_switch_failed", error=type(exc).__name__, message=str(exc)[:200])
+        self.switch.apply(consumer, hub=gate.paused, intake=self.intake.reason)
 
     @property
     def consumer_paused(self) -> bool:
-        return bool(self._cancelled)
+        return bool(self.switch.cancelled)
 
     def stop(self, worker: Any) -> None:
         # A warm shutdown stops this step before the pool waits for its tasks: a download that

@@ -11,7 +11,8 @@ Besides proving that the main process runs, it reports what can be observed of t
   sends none until it acks, so "seconds since the last BRPOP" is meaningful only when nothing is
   reserved;
 - ``celery.worker.state`` lists the reserved and active requests;
-- the hub outage board says whether the consumer is paused on purpose (``hub_outage.py``).
+- the hub outage board and the intake gate say whether the consumer is paused on purpose
+  (``hub_outage.py``, ``intake_gate.py``).
 
 The supervisor decides what is stalled (``HeartbeatMessage.stalled``); this side only reports.
 """
@@ -46,7 +47,7 @@ def _last_brpop(connection: Any) -> float | None:
 def consumer_health(worker: Any, now: float | None = None, *, paused: bool = False) -> dict[str, Any]:
     """The heartbeat's fields for ``worker`` (a WorkController): consumer state and requests.
 
-    ``paused``: the consumer takes no task on purpose while the hub is unreachable.
+    ``paused``: the consumer takes no task on purpose (the hub is unreachable, or the intake rules hold).
     """
     from celery.worker import state
 
@@ -81,6 +82,7 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
         runtime = get_runtime()
         self.channel: ChannelWriter | None = runtime.channel
         self._board = runtime.hub_board
+        self._intake = runtime.intake
         self.enabled = self.channel is not None
         self._interval = heartbeat_interval(_environ())
         self._stop = threading.Event()
@@ -96,7 +98,8 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
         assert channel is not None
         while not self._stop.is_set():
             try:
-                fields = consumer_health(worker, paused=self._board.unreachable_since is not None)
+                paused = self._board.unreachable_since is not None or self._intake.held
+                fields = consumer_health(worker, paused=paused)
             except Exception as exc:  # noqa: BLE001 - a beat without details still proves life
                 log.debug("heartbeat.probe_failed", error=type(exc).__name__)
                 fields = {"consumer": "starting"}

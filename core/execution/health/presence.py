@@ -68,6 +68,7 @@ class PresenceRecord:
     held_deliveries: list[str] | None = None
     held_tasks: list[str] | None = None
     gpu: str | None = None
+    held_reason: str | None = None  # why no new task is taken (state ``held_back``): the intake rules
     pid: int = 0
     started_at: float = 0.0
     updated_at: float = 0.0
@@ -110,10 +111,13 @@ def live_workers(redis_client: Any, user_id: str) -> list[PresenceRecord]:
     return sorted(records, key=lambda r: r.hostname)
 
 
-def presence_state(active: list[str], *, hub_unreachable: bool) -> str:
-    """``waiting_for_hub`` (no new task is taken until the hub answers), ``working`` or ``idle``."""
+def presence_state(active: list[str], *, hub_unreachable: bool, held: bool = False) -> str:
+    """``waiting_for_hub`` (no new task is taken until the hub answers), ``held_back`` (the
+    contributor's rules hold new tasks back: ``held_reason`` says why), ``working`` or ``idle``."""
     if hub_unreachable:
         return "waiting_for_hub"
+    if held:
+        return "held_back"
     return "working" if active else "idle"
 
 
@@ -158,6 +162,7 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]
         runtime = get_runtime()
         self.user_id = runtime.own_user_id
         self._board = runtime.hub_board
+        self._intake = runtime.intake
         self.enabled = self.user_id is not None
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -197,7 +202,11 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self._record.updated_at = time.time()  # before the sample: the watchdog relies on it
         active = sorted(str(r.id) for r in list(state.active_requests))
         self._record.active_tasks = active
-        self._record.state = presence_state(active, hub_unreachable=self._board.unreachable_since is not None)
+        reason = self._intake.reason
+        self._record.state = presence_state(
+            active, hub_unreachable=self._board.unreachable_since is not None, held=reason is not None
+        )
+        self._record.held_reason = reason
         try:
             tags, tasks = held_by(self._worker)
         except Exception as exc:  # noqa: BLE001 - claim nothing we cannot vouch for
