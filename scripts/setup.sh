@@ -15,6 +15,13 @@ declare -A NEEDED=(
   [secret-tool]=libsecret-tools         # checks what the keychain holds
   [curl]=curl                           # the download benchmark's baseline
   [openssl]=openssl                     # certificates for the TLS tests
+  # The real-desktop tier (pytest -m desktop): a virtual X server, a window manager, a system tray
+  # host, a driver for clicks and keys, and screenshots of the live app.
+  [Xvfb]=xvfb
+  [openbox]=openbox
+  [trayer]=trayer
+  [xdotool]=xdotool
+  [import]=imagemagick
 )
 missing=()
 for cmd in "${!NEEDED[@]}"; do
@@ -25,6 +32,12 @@ done
 ldcache=$(ldconfig -p 2>/dev/null || true)
 for lib in libEGL.so.1 libxkbcommon.so.0 libfontconfig.so.1 libGL.so.1 libdbus-1.so.3; do
   grep -qF "$lib" <<<"$ldcache" || missing+=("qtlibs")
+done
+# Libraries Qt's xcb platform plugin needs on a real X display (the desktop tier).
+for lib in libxcb-cursor.so.0 libxcb-icccm.so.4 libxcb-image.so.0 libxcb-keysyms.so.1 \
+  libxcb-render-util.so.0 libxcb-xinerama.so.0 libxcb-xkb.so.1 libxkbcommon-x11.so.0 \
+  libxcb-shape.so.0 libxcb-randr.so.0; do
+  grep -qF "$lib" <<<"$ldcache" || missing+=("xcblibs")
 done
 # LibreOffice, headless: the format tests make office documents with `soffice --convert-to`. Each
 # module is checked by the registry file that tells soffice it is there, which Debian's full
@@ -76,6 +89,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   for p in "${missing[@]}"; do
     if [ "$p" = qtlibs ]; then
       packages+=(libegl1 libxkbcommon0 libfontconfig1 libgl1 libdbus-1-3 libglib2.0-0)
+    elif [ "$p" = xcblibs ]; then
+      packages+=(libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-render-util0
+        libxcb-xinerama0 libxcb-xkb1 libxkbcommon-x11-0 libxcb-shape0 libxcb-randr0)
     else
       packages+=("$p")
     fi
