@@ -248,6 +248,7 @@ class ProgressWindow(QWidget):
         self.empty_label = QLabel()
         self.empty_label.setObjectName("muted")
         self.empty_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty_label.setWordWrap(True)  # a GPU notice is long: wrap, never scroll sideways
         self._task_layout.addWidget(self.empty_label)
         self._task_layout.addStretch(1)
         scroll = QScrollArea()

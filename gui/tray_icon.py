@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+import structlog
 from PySide6.QtCore import QObject, Signal, Slot
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
@@ -28,6 +29,8 @@ from .qt_emit import emit
 from .state_presentation import Level, Moment, Notice, TrayLook, presentation
 
 __all__ = ["TrayIcon", "status_line", "tray_look", "tray_tooltip"]
+
+log = structlog.get_logger(__name__)
 
 # Windows truncates tray tooltips at 127 characters.
 _TOOLTIP_MAX = 127
@@ -96,6 +99,9 @@ class TrayIcon(QSystemTrayIcon):
         self.menu.addAction(self.status_action)
         self.menu.addSeparator()
         actions.fill_menu(self.menu)
+        self.menu.aboutToShow.connect(
+            lambda: log.info("gui.tray_menu_shown", status=self.status_action.text())
+        )
         self.setContextMenu(self.menu)
         self.activated.connect(self._on_activated)
         controller.state_changed.connect(self._refresh)
