@@ -41,6 +41,7 @@ from .controller import IDLE_STATES, SupervisorFactory, WorkerController
 from .dialogs import QuitChoice, QuitDialog, RestartDialog, log_folder_box
 from .history_view import HistoryModel
 from .icons import IconSet
+from .memory import release_free_memory
 from .notifications import Level, Notice, NotificationPolicy
 from .progress_window import ProgressWindow
 from .qt_emit import emit
@@ -67,6 +68,8 @@ IN_TRAY_NOTICE = Notice(
     Level.INFO,
 )
 HISTORY_SHOWN = 500
+#: Quiet this long (no status change, no progress, no task in flight): give freed memory back.
+IDLE_TRIM_MS = 10_000
 
 
 @dataclass
@@ -154,6 +157,18 @@ class TrayApp(QObject):
         self._tray_checks_left = 0
         self._tray_timer = QTimer(self)
         self._tray_timer.timeout.connect(self._look_for_tray)
+        # Restarted by every event; fires once the app has been quiet for a while (see memory.py).
+        self._idle_timer = QTimer(self)
+        self._idle_timer.setSingleShot(True)
+        self._idle_timer.setInterval(IDLE_TRIM_MS)
+        self._idle_timer.timeout.connect(self._quiet)
+        for signal in (
+            self.controller.state_changed,
+            self.controller.task_progress,
+            self.controller.task_finished,
+        ):
+            signal.connect(self._idle_timer.start)
+        self.ready.connect(self._idle_timer.start)
 
         self.actions.show_progress.triggered.connect(self.show_window)
         self.actions.settings.triggered.connect(self._open_settings)
@@ -195,6 +210,11 @@ class TrayApp(QObject):
         BackgroundOp(
             self.runner, self.services.settings_store.load, self._settings_loaded, label="settings"
         ).failure(self._settings_unreadable).run()
+
+    @Slot()
+    def _quiet(self) -> None:
+        if not self.controller.busy and self.runner.pending == 0:
+            release_free_memory()
 
     # -- contribution, GPU, export ------------------------------------------------------------
 
