@@ -49,8 +49,14 @@ def desktop(tmp_path: Path) -> Iterator[tuple[XSession, SecretServiceSession]]:
         keychain.stop()
 
 
-def _shot(session: XSession, tmp_path: Path, name: str, window: str = "root") -> Path:
-    path = session.screenshot(tmp_path / "screenshots" / f"{name}.png", window)
+def _shot(
+    session: XSession,
+    tmp_path: Path,
+    name: str,
+    window: str = "root",
+    crop: tuple[int, int, int, int] | None = None,
+) -> Path:
+    path = session.screenshot(tmp_path / "screenshots" / f"{name}.png", window, crop)
     docs = os.environ.get("MORAG_DOCS_SCREENSHOTS")
     if docs:
         shutil.copyfile(path, Path(docs) / f"desktop-{name}.png")
@@ -103,7 +109,7 @@ def test_first_run_on_a_real_desktop_docks_stores_the_key_and_opens_the_menu(
         session.xdotool("type", "--delay", "15", key)
         session.xdotool("key", "shift+Tab")
         session.xdotool("type", "--delay", "15", stack.hub_url)
-        _shot(session, tmp_path, "first-run")
+        _shot(session, tmp_path, "first-run", dialog)
         session.xdotool("key", "Return")  # the default button: Save and start
 
         app.wait_output('"event": "settings.saved_from_dialog"', timeout=60)
@@ -124,7 +130,8 @@ def test_first_run_on_a_real_desktop_docks_stores_the_key_and_opens_the_menu(
         session.xdotool("click", "3")
         app.wait_output('"event": "gui.tray_menu_shown"', timeout=30)
         assert app.saw('"status": "Waiting for work on gpu-tasks-dora'), app.output()[-2000:]
-        _shot(session, tmp_path, "tray-menu")
+        # The top right corner: the tray with its icon and the menu below it.
+        _shot(session, tmp_path, "tray-menu", crop=(1280 - 480, 0, 480, 300))
         session.xdotool("key", "Escape")
 
         # A click on the icon shows the window.
@@ -136,7 +143,7 @@ def test_first_run_on_a_real_desktop_docks_stores_the_key_and_opens_the_menu(
             what="the progress window",
         )  # fmt: skip
         assert window
-        _shot(session, tmp_path, "window")
+        _shot(session, tmp_path, "window", window[0])
 
         app.signal(signal.SIGTERM)
         assert app.wait(timeout=60) == 0

@@ -67,11 +67,14 @@ class XSession:
         )
         return int(values["X"]), int(values["Y"]), int(values["WIDTH"]), int(values["HEIGHT"])
 
-    def screenshot(self, path: Path, window: str = "root") -> Path:
-        """Save ``window`` (the whole screen by default) as a PNG."""
+    def screenshot(
+        self, path: Path, window: str = "root", crop: tuple[int, int, int, int] | None = None
+    ) -> Path:
+        """Save ``window`` (the whole screen by default), or its ``(x, y, width, height)`` part, as a PNG."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        extra = ["-crop", f"{crop[2]}x{crop[3]}+{crop[0]}+{crop[1]}", "+repage"] if crop else []
         subprocess.run(
-            ["import", "-window", window, str(path)],
+            ["import", "-window", window, *extra, str(path)],
             env=self.env,
             check=True,
             timeout=60,
