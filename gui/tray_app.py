@@ -176,6 +176,7 @@ class TrayApp(QObject):
         self.actions.about.triggered.connect(self.show_about)
         self.actions.sign_out.triggered.connect(self.request_sign_out)
         self.window.contribution.export_requested.connect(self.export_history)
+        self.window.history.export_requested.connect(self.export_history)
         self.window.contribution.gpu_refresh_wanted.connect(self.refresh_gpus)
         self.actions.quit.triggered.connect(self.request_quit)
         self.window.quit_requested.connect(self.request_quit)

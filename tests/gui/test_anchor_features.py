@@ -123,6 +123,10 @@ def test_export_writes_the_history_as_csv(
     app = started()
     qtbot.mouseClick(app.window.contribution.export_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: any(n.title == "History exported" for n in app.notices), timeout=WAIT_MS)
+    # The History tab has the same button.
+    qtbot.mouseClick(app.window.history.export_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: [n.title for n in app.notices].count("History exported") == 2, timeout=WAIT_MS)
+    assert len(asked) == 2
     assert asked[0].suffix == ".csv"
     with target.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
