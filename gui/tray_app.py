@@ -162,13 +162,13 @@ class TrayApp(QObject):
         self._idle_timer.setSingleShot(True)
         self._idle_timer.setInterval(IDLE_TRIM_MS)
         self._idle_timer.timeout.connect(self._quiet)
-        for signal in (
+        for event in (
             self.controller.state_changed,
             self.controller.task_progress,
             self.controller.task_finished,
         ):
-            signal.connect(self._idle_timer.start)
-        self.ready.connect(self._idle_timer.start)
+            event.connect(self._restart_idle_timer)
+        self.ready.connect(self._restart_idle_timer)
 
         self.actions.show_progress.triggered.connect(self.show_window)
         self.actions.settings.triggered.connect(self._open_settings)
@@ -211,6 +211,11 @@ class TrayApp(QObject):
         BackgroundOp(
             self.runner, self.services.settings_store.load, self._settings_loaded, label="settings"
         ).failure(self._settings_unreadable).run()
+
+    @Slot()
+    @Slot(object)
+    def _restart_idle_timer(self, _event: object = None) -> None:
+        self._idle_timer.start()
 
     @Slot()
     def _quiet(self) -> None:

@@ -6,12 +6,17 @@ from __future__ import annotations
 import importlib
 import linecache
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pytestqt.qtbot import QtBot
 
-import morag_worker.gui  # noqa: F401  (installs the check's replacement)
+from morag_worker.core.supervisor.events import WorkerState
+from morag_worker.gui import tray_app
 from morag_worker.gui.memory import release_free_memory
+from morag_worker.gui.tray_app import TrayApp
+from tests.gui.conftest import WAIT_MS, Harness
 
 pytestmark = pytest.mark.gui
 
@@ -42,3 +47,27 @@ def test_release_free_memory_drops_cached_sources() -> None:
     released = release_free_memory()
     assert linecache.cache == {}
     assert released is sys.platform.startswith("linux")
+
+
+def test_the_app_gives_memory_back_once_quiet_and_not_while_working(
+    started: Callable[..., TrayApp], harness: Harness, qtbot: QtBot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[bool] = []
+    monkeypatch.setattr(tray_app, "release_free_memory", lambda: calls.append(True) or True)
+    app = started()
+    app._idle_timer.setInterval(50)
+    with qtbot.waitSignal(
+        app.controller.state_changed,
+        timeout=WAIT_MS,
+        check_params_cb=lambda s: s.state is WorkerState.RUNNING,
+    ):
+        app.actions.start.trigger()
+    qtbot.waitUntil(lambda: len(calls) >= 1, timeout=WAIT_MS)
+    harness.child.progress("t1", done=1, total=10, percent=10.0)
+    qtbot.waitUntil(lambda: app.controller.busy, timeout=WAIT_MS)
+    before = len(calls)
+    app._idle_timer.start()
+    qtbot.waitUntil(lambda: not app._idle_timer.isActive(), timeout=WAIT_MS)
+    assert len(calls) == before  # a task in flight: nothing is trimmed under it
+    harness.child.end_task("t1")
+    qtbot.waitUntil(lambda: len(calls) > before, timeout=WAIT_MS)
