@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import gc
 import linecache
 import sys
 from collections.abc import Callable
@@ -69,11 +68,11 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 def release_free_memory() -> bool:
-    """Drop cached module sources, collect garbage, and return the C heap's free pages to the
-    system; True when the C heap could be asked."""
+    """Drop cached module sources and return the C heap's free pages to the system; True when the
+    C heap could be asked. (No ``gc.collect()``: collecting Qt wrappers' cycles at an arbitrary
+    moment can delete C++ objects that Qt still holds.)"""
     cached = len(linecache.cache)
     linecache.clearcache()
-    gc.collect()
     trim = _malloc_trim()
     if trim is not None:
         trim(0)

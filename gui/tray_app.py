@@ -219,7 +219,7 @@ class TrayApp(QObject):
 
     @Slot()
     def _quiet(self) -> None:
-        if not self.controller.busy and self.runner.pending == 0:
+        if not self._finished and not self.controller.busy and self.runner.pending == 0:
             release_free_memory()
 
     # -- contribution, GPU, export ------------------------------------------------------------
@@ -508,6 +508,7 @@ class TrayApp(QObject):
             return
         self._finished = True
         self._tray_timer.stop()
+        self._idle_timer.stop()
         if self.tray is not None:
             self.tray.hide()
         if self.settings_dialog is not None:
@@ -519,6 +520,8 @@ class TrayApp(QObject):
 
     def dispose(self) -> None:
         """Delete the top-level widgets now, while the QApplication still exists."""
+        self._idle_timer.stop()
+        self._tray_timer.stop()
         for widget in (self.settings_dialog, self.window):
             if widget is not None and shiboken6.isValid(widget):
                 shiboken6.delete(widget)
