@@ -5,7 +5,7 @@
 fresh GPU readings every few seconds while it is on screen (``gpu_refresh_wanted``) and never
 when hidden, so an idle tray app does no NVML calls. Export is a request
 (``export_requested``); ``TrayApp`` asks for the file and writes it in the background.
-``stats_lines`` and ``gpu_lines`` are pure, for tests and any other view.
+``stats_cells`` and ``gpu_lines`` are pure, for tests and any other view.
 
 GUI thread only.
 """

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,10 +28,10 @@ def missing_tools() -> list[str]:
     return [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
 
 
-def _poll(predicate: object, timeout: float, what: str) -> object:
+def _poll(predicate: Callable[[], object], timeout: float, what: str) -> object:
     deadline = time.monotonic() + timeout
     while True:
-        value = predicate()  # type: ignore[operator]
+        value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
