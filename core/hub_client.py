@@ -6,6 +6,7 @@ refused, or the hub answered with an error. The API key is sent only to the hub'
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ __all__ = [
     "KeyRejected",
     "QueueInfo",
     "TaskView",
+    "newer_version",
     "quick_client",
 ]
 
@@ -65,6 +67,7 @@ class QueueInfo:
     key_prefix: str
     expires_at: str | None = None
     role: str | None = None  # "user" or "server"; None from a hub that does not say
+    worker_version: str | None = None  # the current worker release the hub advertises, if it does
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> QueueInfo:
@@ -79,7 +82,39 @@ class QueueInfo:
             key_prefix=str(broker.get("key_prefix", "")),
             expires_at=data.get("expires_at"),
             role=data.get("role"),
+            worker_version=_text_or_none(data.get("worker_version")),
         )
+
+
+def _text_or_none(value: object) -> str | None:
+    return value.strip()[:64] or None if isinstance(value, str) else None
+
+
+_VERSION = re.compile(r"^v?(\d+(?:\.\d+)*)(?:[-._]?(dev|a|alpha|b|beta|c|rc|pre|preview)[-._]?(\d*))?$", re.I)
+_PHASES = {"dev": 0, "a": 1, "alpha": 1, "b": 2, "beta": 2, "c": 3, "rc": 3, "pre": 3, "preview": 3}
+
+
+def _version_key(text: str) -> tuple[tuple[int, ...], int, int] | None:
+    match = _VERSION.match(text.strip())
+    if match is None:
+        return None
+    release = tuple(int(part) for part in match.group(1).split("."))
+    release += (0,) * (4 - len(release)) if len(release) < 4 else ()
+    phase = match.group(2)
+    if phase is None:
+        return release, 9, 0  # a final release sorts after its pre-releases
+    return release, _PHASES[phase.lower()], int(match.group(3) or 0)
+
+
+def newer_version(advertised: str | None, own: str) -> str | None:
+    """``advertised`` when it names a later release than ``own``; None when it does not, or when
+    either cannot be read as a version (``1.2``, ``v1.2.3``, ``1.3.0rc1`` can)."""
+    if not advertised:
+        return None
+    theirs, ours = _version_key(advertised), _version_key(own)
+    if theirs is None or ours is None:
+        return None
+    return advertised.strip() if theirs > ours else None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 One ``WorkerActions`` per app: the tray menu and the window's buttons show the same actions, so
 what is enabled always agrees. What may be asked in which state is the ``enabled`` column of
 ``state_presentation.PRESENTATION``. Worker actions are wired to the controller here; the
-app-level ones (show progress, settings, enter key, logs, about, quit) are connected by ``TrayApp``.
+app-level ones (show progress, settings, enter key, logs, sign out, about, quit) are connected by ``TrayApp``.
 
 GUI thread only.
 """
@@ -61,6 +61,8 @@ class WorkerActions(QObject):
         self.enter_key.setToolTip("Paste the API key from your MoRAG account")
         self.enter_key.setVisible(False)
         self.open_logs = QAction("Open log folder", self)
+        self.sign_out = QAction("Sign out…", self)
+        self.sign_out.setToolTip("Stop the worker and remove your API key from this computer")
         self.about = QAction("About MoRAG Worker", self)
         self.quit = QAction("Quit", self)
 
@@ -112,6 +114,7 @@ class WorkerActions(QObject):
         menu.addAction(self.show_progress)
         menu.addAction(self.settings)
         menu.addAction(self.open_logs)
+        menu.addAction(self.sign_out)
         menu.addSeparator()
         menu.addAction(self.about)
         menu.addAction(self.quit)

@@ -8,18 +8,14 @@ GUI thread only.
 
 from __future__ import annotations
 
-import platform
 from enum import Enum
 from pathlib import Path
 
-import PySide6
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QMessageBox, QWidget
 
-from morag_worker import DISPLAY_NAME, __version__
-
-from .icons import IconSet
+from morag_worker import DISPLAY_NAME
 
 __all__ = [
     "QuitChoice",
@@ -27,7 +23,6 @@ __all__ = [
     "RestartDialog",
     "StopNowChoice",
     "StopNowDialog",
-    "about_box",
     "log_folder_box",
 ]
 
@@ -75,24 +70,6 @@ class QuitDialog(QMessageBox):
         dialog = cls(task_count, parent)
         dialog.exec()
         return dialog.choice()
-
-
-def about_box(icons: IconSet, parent: QWidget | None = None) -> QMessageBox:
-    """The About box, not yet shown (the caller calls ``show()``; it deletes itself on close)."""
-    box = QMessageBox(parent)
-    box.setWindowTitle(f"About {DISPLAY_NAME}")
-    box.setIconPixmap(icons.app().pixmap(64, 64))
-    box.setTextFormat(Qt.TextFormat.RichText)
-    box.setText(f"<b>{DISPLAY_NAME}</b> {__version__}")
-    box.setInformativeText(
-        "Contribute your GPU to a MoRAG server. The worker takes tasks only from your own queue "
-        "and keeps your API key in the system keychain.<br><br>"
-        f"Python {platform.python_version()} · Qt {PySide6.__version__}"
-    )
-    box.setStandardButtons(QMessageBox.StandardButton.Close)
-    box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-    box.setModal(False)
-    return box
 
 
 class RestartDialog(QMessageBox):

@@ -14,12 +14,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt, Signal
 from PySide6.QtGui import QColor, QFont
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QHBoxLayout,
     QHeaderView,
     QPlainTextEdit,
+    QPushButton,
     QSplitter,
     QTableView,
     QVBoxLayout,
@@ -30,6 +32,7 @@ from morag_worker.core.results import TaskOutcome, TaskRecord
 from morag_worker.core.units import human_duration
 
 from .format import clock_time
+from .qt_emit import emit
 
 __all__ = ["OUTCOME_TEXT", "HistoryModel", "HistoryView", "record_details"]
 
@@ -137,7 +140,10 @@ class HistoryModel(QAbstractTableModel):
 
 
 class HistoryView(QWidget):
-    """The history table and, below it, the selected task's details."""
+    """The history table and, below it, the selected task's details and "Export as CSV…"."""
+
+    #: The user asked to save the history as CSV (``TrayApp`` asks where and writes it).
+    export_requested = Signal()
 
     def __init__(self, model: HistoryModel, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -170,9 +176,17 @@ class HistoryView(QWidget):
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 2)
         splitter.setSizes([240, 160])
+        self.export_button = QPushButton("Export as CSV…")
+        self.export_button.setToolTip("Save every task in the history to a CSV file")
+        self.export_button.clicked.connect(lambda: emit(self.export_requested))
+        buttons = QHBoxLayout()
+        buttons.setContentsMargins(0, 4, 0, 0)
+        buttons.addStretch(1)
+        buttons.addWidget(self.export_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(splitter)
+        layout.addLayout(buttons)
         self.table.selectionModel().currentRowChanged.connect(self._show_details)
         model.modelReset.connect(self._clear_details)
 

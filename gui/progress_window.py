@@ -47,6 +47,7 @@ from .progress_text import row_texts
 from .qt_emit import emit
 from .screen_fit import fit_to_screen
 from .state_presentation import Level, Moment, Notice, TrayLook, presentation
+from .stats_view import ContributionView
 
 __all__ = ["ProgressWindow", "TaskRow", "status_texts"]
 
@@ -176,12 +177,12 @@ class _StatusHeader(QFrame):
             buttons.addWidget(button)
             self.buttons[name] = button
         self.more_menu = QMenu(self)
-        self.more_menu.addActions([actions.open_logs, actions.about])
+        self.more_menu.addActions([actions.open_logs, actions.sign_out, actions.about])
         self.more_menu.addSeparator()
         self.more_menu.addAction(actions.quit)
         more = QToolButton()
         more.setText("More")
-        more.setToolTip("Log folder, About, Quit")
+        more.setToolTip("Log folder, Sign out, About, Quit")
         more.setMenu(self.more_menu)
         more.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         buttons.addWidget(more)
@@ -252,6 +253,7 @@ class ProgressWindow(QWidget):
         self.empty_label = QLabel()
         self.empty_label.setObjectName("muted")
         self.empty_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty_label.setWordWrap(True)  # a GPU notice is long: wrap, never scroll sideways
         self._task_layout.addWidget(self.empty_label)
         self._task_layout.addStretch(1)
         scroll = QScrollArea()
@@ -261,12 +263,14 @@ class ProgressWindow(QWidget):
 
         self.history = HistoryView(history)
         self.log_view = LogView(clock=clock)
+        self.contribution = ContributionView()
 
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         self.tabs.addTab(scroll, "Now")
         self.tabs.addTab(self.history, "History")
         self.tabs.addTab(self.log_view, "Log")
+        self.tabs.addTab(self.contribution, "Contribution")
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(8, 8, 8, 8)

@@ -23,7 +23,9 @@ from PySide6.QtCore import QObject, Qt, QTimer, QUrl, Signal, Slot
 from PySide6.QtGui import QDesktopServices, QGuiApplication
 from PySide6.QtWidgets import QMessageBox, QSystemTrayIcon
 
+from morag_worker import __version__
 from morag_worker.core.config.autostart import Autostart
+from morag_worker.core.config.contribution import ContributionStats
 from morag_worker.core.config.credentials import CredentialStore, NoApiKey, resolve_api_key
 from morag_worker.core.config.history import HistoryStore
 from morag_worker.core.config.settings import Settings, SettingsStore
@@ -32,8 +34,9 @@ from morag_worker.core.diagnosis.selftest import SelfTestSetup
 from morag_worker.core.hub_client import HubClientLike, quick_client
 from morag_worker.core.results import TaskRecord
 from morag_worker.core.supervisor.events import StopMode, WorkerState, WorkerStatus
-from morag_worker.core.supervisor.gpu import GpuProbe
+from morag_worker.core.supervisor.gpu import GpuInfo, GpuProbe
 
+from .about import about_box
 from .actions import WorkerActions
 from .background import BackgroundOp, BackgroundRunner
 from .controller import IDLE_STATES, SupervisorFactory, WorkerController
@@ -43,19 +46,22 @@ from .dialogs import (
     RestartDialog,
     StopNowChoice,
     StopNowDialog,
-    about_box,
     log_folder_box,
 )
 from .history_view import HistoryModel
 from .icons import IconSet
+from .memory import release_free_memory
 from .notifications import Level, Notice, NotificationPolicy
 from .progress_text import lost_work
 from .progress_window import ProgressWindow
 from .qt_emit import emit
 from .self_test_view import self_test_offer, self_test_results
 from .settings_dialog import SettingsDialog, explain
+from .sign_out import SignOutDialog
 from .state_presentation import key_problem
+from .stats_view import ExportPathDialog
 from .tray_icon import TrayIcon
+from .update_check import latest_release, update_notice
 
 __all__ = ["IN_TRAY_NOTICE", "NOT_SET_UP_NOTICE", "NO_TRAY_NOTICE", "Services", "TrayApp"]
 
@@ -80,6 +86,8 @@ NOT_SET_UP_NOTICE = Notice(
     Level.WARNING,
 )
 HISTORY_SHOWN = 500
+#: Quiet this long (no status change, no progress, no task in flight): give freed memory back.
+IDLE_TRIM_MS = 10_000
 
 
 @dataclass
@@ -157,13 +165,29 @@ class TrayApp(QObject):
         self.settings = Settings()
         self.settings_dialog: SettingsDialog | None = None
         self.log_folder_box: QMessageBox | None = None
+        self.about: QMessageBox | None = None
         self.notices: list[Notice] = []
+        #: A newer worker release the hub advertises, once the check found one.
+        self.update_version: str | None = None
+        self._update_checked = False
         self._policy = NotificationPolicy()
         self._finished = False
         self._set_up = False  # a key was found or saved: the worker can work
         self._tray_checks_left = 0
         self._tray_timer = QTimer(self)
         self._tray_timer.timeout.connect(self._look_for_tray)
+        # Restarted by every event; fires once the app has been quiet for a while (see memory.py).
+        self._idle_timer = QTimer(self)
+        self._idle_timer.setSingleShot(True)
+        self._idle_timer.setInterval(IDLE_TRIM_MS)
+        self._idle_timer.timeout.connect(self._quiet)
+        for event in (
+            self.controller.state_changed,
+            self.controller.task_progress,
+            self.controller.task_finished,
+        ):
+            event.connect(self._restart_idle_timer)
+        self.ready.connect(self._restart_idle_timer)
 
         self.actions.show_progress.triggered.connect(self.show_window)
         self.actions.settings.triggered.connect(self._open_settings)
@@ -171,6 +195,10 @@ class TrayApp(QObject):
         self.actions.before_stop_now = self.confirm_stop_now
         self.actions.open_logs.triggered.connect(self.open_log_folder)
         self.actions.about.triggered.connect(self.show_about)
+        self.actions.sign_out.triggered.connect(self.request_sign_out)
+        self.window.contribution.export_requested.connect(self.export_history)
+        self.window.history.export_requested.connect(self.export_history)
+        self.window.contribution.gpu_refresh_wanted.connect(self.refresh_gpus)
         self.actions.quit.triggered.connect(self.request_quit)
         self.window.quit_requested.connect(self.request_quit)
         self.controller.state_changed.connect(self._on_status)
@@ -200,9 +228,72 @@ class TrayApp(QObject):
             self.history_model.set_records,
             label="history",
         ).failure(lambda exc: log.warning("gui.history_unreadable", error=str(exc))).run()
+        self.refresh_stats()
         BackgroundOp(
             self.runner, self.services.settings_store.load, self._settings_loaded, label="settings"
         ).failure(self._settings_unreadable).run()
+
+    @Slot()
+    @Slot(object)
+    def _restart_idle_timer(self, _event: object = None) -> None:
+        self._idle_timer.start()
+
+    @Slot()
+    def _quiet(self) -> None:
+        if not self._finished and not self.controller.busy and self.runner.pending == 0:
+            release_free_memory()
+
+    # -- contribution, GPU, export ------------------------------------------------------------
+
+    def refresh_stats(self) -> None:
+        """Recompute this week's and all-time totals from the history (in the background)."""
+        history, clock = self.services.history, self.services.clock
+        view = self.window.contribution
+
+        def shown(stats: ContributionStats) -> None:
+            if shiboken6.isValid(view):
+                view.set_stats(stats)
+
+        BackgroundOp(self.runner, lambda: history.stats(clock()), shown, label="stats").failure(
+            lambda exc: log.warning("gui.stats_unreadable", error=f"{exc.__class__.__name__}: {exc}")
+        ).run()
+
+    @Slot()
+    def refresh_gpus(self) -> None:
+        """Read the GPUs again (NVML, in the background) for the Contribution tab."""
+        probe = self.services.gpu_probe
+        view = self.window.contribution
+
+        def shown(gpus: list[GpuInfo]) -> None:
+            if shiboken6.isValid(view):
+                view.set_gpus(gpus)
+
+        BackgroundOp(self.runner, probe.list_gpus, shown, label="gpus").failure(
+            lambda exc: log.info("gui.gpus_unreadable", error=f"{exc.__class__.__name__}: {exc}")
+        ).run()
+
+    @Slot()
+    def export_history(self) -> None:
+        """Ask where to save the history as CSV, then write it in the background."""
+        suggested = Path.home() / f"morag-worker-history-{time.strftime('%Y-%m-%d')}.csv"
+        target = ExportPathDialog.ask(suggested, self.window if self.window.isVisible() else None)
+        if target is None:
+            return
+        history = self.services.history
+
+        def written(count: int) -> None:
+            tasks = "1 task" if count == 1 else f"{count:,} tasks"
+            self._notify(Notice("History exported", f"Saved {tasks} to {target}.", Level.INFO))
+
+        BackgroundOp(self.runner, lambda: history.export_csv(target), written, label="export").failure(
+            lambda exc: self._notify(
+                Notice(
+                    "The history was not exported",
+                    f"It could not be saved to {target}: {getattr(exc, 'strerror', None) or exc}.",
+                    Level.WARNING,
+                )
+            )
+        ).run()
 
     def _settings_loaded(self, settings: Settings) -> None:
         self.settings = settings
@@ -387,8 +478,40 @@ class TrayApp(QObject):
 
     @Slot()
     def show_about(self) -> None:
-        box = about_box(self.icons, self.window if self.window.isVisible() else None)
+        parent = self.window if self.window.isVisible() else None
+        box = about_box(self.icons, parent, hub_url=self.settings.hub_url or None, update=self.update_version)
+        self.about = box
         box.show()
+
+    # -- sign out -----------------------------------------------------------------------------
+
+    @Slot()
+    def request_sign_out(self) -> None:
+        """Ask, then stop the worker and remove the key from the keychain (as ``logout`` does)."""
+        hub_url = self.settings.hub_url
+        parent = self.window if self.window.isVisible() else None
+        if not SignOutDialog.ask(hub_url, busy=self.controller.busy, parent=parent):
+            log.info("gui.sign_out_cancelled")
+            return
+        log.info("gui.sign_out", busy=self.controller.busy)
+        if self.controller.status.state not in IDLE_STATES:
+            self.controller.stop_now()
+        credentials = self.services.credentials
+
+        def signed_out(removed: bool) -> None:
+            where = credentials.backend_description
+            message = (
+                f"Your API key for {hub_url} was removed from {where}. Enter a key in Settings to work again."
+                if removed
+                else f"No API key for {hub_url} was stored in {where}. Enter a key in Settings to work again."
+            )
+            self._notify(Notice("Signed out", message, Level.INFO))
+
+        BackgroundOp(self.runner, lambda: credentials.delete(hub_url), signed_out, label="sign out").failure(
+            lambda exc: self._notify(
+                Notice("The key could not be removed", explain(exc).message, Level.WARNING)
+            )
+        ).run()
 
     @Slot()
     def open_log_folder(self) -> None:
@@ -467,6 +590,7 @@ class TrayApp(QObject):
             return
         self._finished = True
         self._tray_timer.stop()
+        self._idle_timer.stop()
         if self.tray is not None:
             self.tray.hide()
         if self.settings_dialog is not None:
@@ -478,6 +602,8 @@ class TrayApp(QObject):
 
     def dispose(self) -> None:
         """Delete the top-level widgets now, while the QApplication still exists."""
+        self._idle_timer.stop()
+        self._tray_timer.stop()
         for widget in (self.settings_dialog, self.window):
             if widget is not None and shiboken6.isValid(widget):
                 shiboken6.delete(widget)
@@ -493,6 +619,9 @@ class TrayApp(QObject):
     @Slot(object)
     def _on_status(self, status: WorkerStatus) -> None:
         log.info("gui.status", state=status.state.value, message=status.message)
+        if status.state is WorkerState.RUNNING and not self._update_checked:
+            self._update_checked = True
+            self._check_for_update()
         notice = self._policy.on_status(status, expected=self.controller.expected(status.state))
         if notice is not None:
             self._notify(notice)
@@ -502,6 +631,7 @@ class TrayApp(QObject):
         history = self.services.history
         self.runner.submit(
             lambda: history.append(record),
+            on_success=lambda _none: self.refresh_stats(),
             on_failure=lambda exc: log.warning(
                 "gui.history_not_saved", error=f"{exc.__class__.__name__}: {exc}"
             ),
@@ -512,6 +642,30 @@ class TrayApp(QObject):
         notice = self._policy.on_task_finished(record, requeue_expected=requeue_expected)
         if notice is not None:
             self._notify(notice)
+
+    def _check_for_update(self) -> None:
+        services, hub_url = self.services, self.settings.hub_url
+
+        def ask() -> str | None:
+            key = resolve_api_key(
+                env=services.env,
+                api_key_file=services.api_key_file,
+                store=services.credentials,
+                hub_url=hub_url,
+            ).key
+            return latest_release(services.client_factory, hub_url, key, __version__)
+
+        def answered(version: str | None) -> None:
+            if version is None:
+                log.info("gui.up_to_date", version=__version__)
+                return
+            log.info("gui.update_available", version=version, running=__version__)
+            self.update_version = version
+            self._notify(update_notice(version))
+
+        BackgroundOp(self.runner, ask, answered, label="update check").failure(
+            lambda exc: log.info("gui.update_check_failed", error=f"{exc.__class__.__name__}: {exc}")
+        ).run()
 
     @Slot(str)
     def _on_failed(self, message: str) -> None:

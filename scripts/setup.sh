@@ -15,7 +15,13 @@ declare -A NEEDED=(
   [secret-tool]=libsecret-tools         # checks what the keychain holds
   [curl]=curl                           # the download benchmark's baseline
   [openssl]=openssl                     # certificates for the TLS tests
-  [Xvfb]=xvfb                           # an X server for the idle and full-screen sensors' test
+  # The real-desktop tier (pytest -m desktop): a virtual X server, a window manager, a system tray
+  # host, a driver for clicks and keys, and screenshots of the live app.
+  [Xvfb]=xvfb                           # also the idle and full-screen sensors' test
+  [openbox]=openbox
+  [trayer]=trayer
+  [xdotool]=xdotool
+  [import]=imagemagick
 )
 missing=()
 for cmd in "${!NEEDED[@]}"; do
@@ -29,6 +35,12 @@ for lib in libEGL.so.1 libxkbcommon.so.0 libfontconfig.so.1 libGL.so.1 libdbus-1
 done
 # The X screen saver extension's client library: the worker reads idle time through it.
 grep -qF libXss.so.1 <<<"$ldcache" || missing+=("libxss1")
+# Libraries Qt's xcb platform plugin needs on a real X display (the desktop tier).
+for lib in libxcb-cursor.so.0 libxcb-icccm.so.4 libxcb-image.so.0 libxcb-keysyms.so.1 \
+  libxcb-render-util.so.0 libxcb-xinerama.so.0 libxcb-xkb.so.1 libxkbcommon-x11.so.0 \
+  libxcb-shape.so.0 libxcb-randr.so.0; do
+  grep -qF "$lib" <<<"$ldcache" || missing+=("xcblibs")
+done
 # LibreOffice, headless: the format tests make office documents with `soffice --convert-to`. Each
 # module is checked by the registry file that tells soffice it is there, which Debian's full
 # (desktop) packages provide too: the -nogui packages conflict with those, so a desktop's
@@ -89,6 +101,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   for p in "${missing[@]}"; do
     if [ "$p" = qtlibs ]; then
       packages+=(libegl1 libxkbcommon0 libfontconfig1 libgl1 libdbus-1-3 libglib2.0-0)
+    elif [ "$p" = xcblibs ]; then
+      packages+=(libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-render-util0
+        libxcb-xinerama0 libxcb-xkb1 libxkbcommon-x11-0 libxcb-shape0 libxcb-randr0)
     else
       packages+=("$p")
     fi

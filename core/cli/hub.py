@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from morag_worker import __version__
 from morag_worker.core.cli.errors import CliError, ExitCode
 from morag_worker.core.cli.redis_url import admin_redis_url
 from morag_worker.core.execution.celery_config import time_limits_from_env
@@ -31,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,
         public_url=args.public_url or os.environ.get("MORAG_HUB_PUBLIC_URL"),
         worker_broker_url=args.worker_broker_url or os.environ.get("MORAG_WORKER_BROKER_URL"),
+        worker_version=args.worker_version or os.environ.get("MORAG_HUB_WORKER_VERSION") or __version__,
         maintenance_interval_s=args.maintenance_interval,
         watchdog_interval_s=args.watchdog_interval,
         visibility_timeout_s=visibility,

@@ -181,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("--storage", type=Path, default=Path("hub-storage"))
     hub.add_argument("--public-url", help="URL workers use to reach this hub")
     hub.add_argument("--worker-broker-url", help="broker URL told to workers (no credentials)")
+    hub.add_argument(
+        "--worker-version",
+        metavar="VERSION",
+        help="the current worker release, advertised in queue-info so that older workers say an "
+        "update is available (env MORAG_HUB_WORKER_VERSION; default: this hub's own version)",
+    )
     hub.add_argument("--max-upload-mb", type=int, default=2048)
     hub.add_argument(
         "--models-dir",

@@ -21,11 +21,13 @@ import platformdirs
 import structlog
 
 from morag_worker.core.config.atomic_file import write_atomically
+from morag_worker.core.config.contribution import ContributionStats, Totals, csv_text, totals_of, week_start
 from morag_worker.core.config.settings import APP_DIR_NAME
 from morag_worker.core.results import TaskOutcome, TaskRecord
 
 __all__ = [
     "HISTORY_FILE_NAME",
+    "TOTALS_FILE_NAME",
     "HistoryStore",
     "default_history_path",
     "record_from_json",
@@ -33,6 +35,8 @@ __all__ = [
 ]
 
 HISTORY_FILE_NAME = "history.jsonl"
+#: Beside the history: the totals of the records that compaction dropped, so "all time" stays true.
+TOTALS_FILE_NAME = "history-totals.json"
 _FORMAT = 1
 
 log = structlog.get_logger(__name__)
@@ -141,10 +145,50 @@ class HistoryStore:
             self._compact_locked()
 
     def clear(self) -> None:
-        """Forget every record."""
+        """Forget every record, and the totals of those compacted away."""
         with self._lock:
             self.path.unlink(missing_ok=True)
+            self._totals_path.unlink(missing_ok=True)
             self._lines_on_disk = 0
+
+    def stats(self, now: float) -> ContributionStats:
+        """Totals for this week and all time: the records on file plus those compaction dropped.
+
+        Raises:
+            OSError: A file exists but cannot be read.
+        """
+        records = self.load()
+        with self._lock:
+            dropped = self._dropped_totals()
+        since = week_start(now)
+        return ContributionStats(
+            this_week=totals_of(r for r in records if r.finished_at >= since),
+            all_time=dropped.plus(totals_of(records)),
+        )
+
+    def export_csv(self, target: Path) -> int:
+        """Write every record on file to ``target`` as CSV, oldest first; returns how many.
+
+        Raises:
+            OSError: The history cannot be read or ``target`` cannot be written.
+        """
+        records = list(reversed(self.load()))
+        write_atomically(Path(target), csv_text(records), mode=0o600)
+        log.info("history.exported", path=str(target), records=len(records))
+        return len(records)
+
+    @property
+    def _totals_path(self) -> Path:
+        return self.path.with_name(TOTALS_FILE_NAME)
+
+    def _dropped_totals(self) -> Totals:
+        try:
+            return Totals.from_json(json.loads(self._totals_path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            return Totals()
+        except (ValueError, AttributeError) as exc:  # damaged by hand: the kept records still count
+            log.warning("history.totals_unreadable", path=str(self._totals_path), reason=str(exc))
+            return Totals()
 
     def _read_lines(self) -> list[str]:
         try:
@@ -154,14 +198,18 @@ class HistoryStore:
         return [line for line in text.splitlines() if line.strip()]
 
     def _compact_locked(self) -> None:
-        keep: list[tuple[float, str]] = []
+        keep: list[tuple[float, str, TaskRecord]] = []
         for line in self._read_lines():
             try:
-                keep.append((record_from_json(line).finished_at, line))
+                record = record_from_json(line)
             except ValueError:
                 continue
+            keep.append((record.finished_at, line, record))
         keep.sort(key=lambda item: item[0])
-        keep = keep[-self.max_records :]
-        write_atomically(self.path, "".join(line + "\n" for _, line in keep), mode=0o600)
+        dropped, keep = keep[: -self.max_records], keep[-self.max_records :]
+        if dropped:
+            totals = self._dropped_totals().plus(totals_of(r for _, _, r in dropped))
+            write_atomically(self._totals_path, json.dumps(totals.to_json()), mode=0o600)
+        write_atomically(self.path, "".join(line + "\n" for _, line, _ in keep), mode=0o600)
         self._lines_on_disk = len(keep)
         log.debug("history.compacted", path=str(self.path), kept=len(keep))

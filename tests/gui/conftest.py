@@ -312,6 +312,7 @@ class Harness:
             "log_dir": self.tmp / "logs",
             "tray_available": lambda: self.tray,
             "open_url": self.opened.append,
+            "client_factory": self.hub,  # the key check and the update check: no real network
             "env": {},
             "clock": self.clock.time,
         }

@@ -30,6 +30,7 @@ MENU_TEXTS = [
     "Show progress",
     "Settings…",
     "Open log folder",
+    "Sign out…",
     "",
     "About MoRAG Worker",
     "Quit",
@@ -59,7 +60,10 @@ def _status(app: TrayApp, qtbot: QtBot, state: WorkerState, emit: Callable[[], o
 def test_menu_has_every_item_in_order(started: Callable[..., TrayApp]) -> None:
     app = started()
     assert app.tray is not None
-    assert [a.text() for a in app.tray.menu.actions() if a.isVisible()] == MENU_TEXTS
+    status_line, separator, *commands = app.tray.menu.actions()
+    assert not status_line.isEnabled() and status_line.text()  # the state in words, not a command
+    assert separator.isSeparator()
+    assert [a.text() for a in commands if a.isVisible()] == MENU_TEXTS
     assert not app.actions.enter_key.isVisible()  # shown only while the key is the problem
     sub = app.actions.snooze_menu
     assert [a.text() for a in sub.actions()] == ["For 30 minutes", "For 1 hour", "Until I resume"]

@@ -19,7 +19,8 @@ from pytestqt.qtbot import QtBot
 from morag_worker import DISPLAY_NAME
 from morag_worker.core.supervisor.events import StopMode, WorkerState
 from morag_worker.gui import dialogs
-from morag_worker.gui.dialogs import QuitDialog, RestartDialog, about_box
+from morag_worker.gui.about import about_box
+from morag_worker.gui.dialogs import QuitDialog, RestartDialog
 from morag_worker.gui.format import window_title
 from morag_worker.gui.tray_app import TrayApp
 from tests.gui.conftest import WAIT_MS, Harness, progress_of

@@ -28,6 +28,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from starlette.concurrency import run_in_threadpool
 
+from morag_worker import __version__
 from morag_worker.core.auth import ApiKeyRecord, APIKeyService, KeyRole
 from morag_worker.core.execution.celery_config import (
     DEFAULT_REDIS_URL,
@@ -76,6 +77,8 @@ class HubConfig:
     watchdog_interval_s: float = WATCHDOG_INTERVAL_S  # restores dead workers' tasks between rounds
     # Deliveries older than this are put back in their queue; the workers' visibility timeout.
     visibility_timeout_s: float = float(TimeLimits.visibility)
+    # The current worker release, in queue-info: an older worker tells its user an update is available.
+    worker_version: str = __version__
     # Body caps, timeouts, in-flight cap, Redis pool and rate limits (core/server/hub/guard.py).
     limits: HubLimits = field(default_factory=HubLimits)
     # Model folders served to workers (core/server/hub/models.py); None serves none.
@@ -228,6 +231,7 @@ def create_app(config: HubConfig, gate: AddressGate | None = None) -> FastAPI:
             },
             "expires_at": key.expires_at.isoformat() if key.expires_at else None,
             "role": key.role.value,
+            "worker_version": config.worker_version,
         }
 
     @app.post("/api/v1/files", status_code=201)
