@@ -7,9 +7,8 @@ copies the body (:meth:`TransferJob.stream`) under the size cap, the deadline an
 and finally checks the bytes (:meth:`TransferJob.verified`). Failures worth another attempt raise
 :class:`RetryableFailure`; the downloader (``transfer.py``) owns the retry loop.
 
-Runs on the downloading thread, which hands file writes to one writer thread and hashing to one
-hashing thread of its own (joined by :meth:`TransferJob.close`); ``cancel`` may be set from any
-thread.
+Runs on the downloading thread, which hands file writes to one writer thread of its own (joined
+by :meth:`TransferJob.close`); ``cancel`` may be set from any thread.
 """
 
 from __future__ import annotations
@@ -54,8 +53,7 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 MiB = 1024 * 1024
-_WRITE_AHEAD = 3
-_HANDOFF_BYTES = 64 * 1024  # smaller pieces are hashed and written on the downloading thread
+_WRITE_AHEAD = 2
 ProgressCallback = Callable[[int, int | None], None]
 
 
@@ -196,24 +194,19 @@ class TransferJob:
     redownloaded: bool = False
     progress: _Throttle = field(init=False)
     _writer: ThreadPoolExecutor = field(init=False, repr=False)
-    _hashing: ThreadPoolExecutor = field(init=False, repr=False)
-    _pending: deque[tuple[Future[None], Future[None]]] = field(init=False, repr=False)
+    _pending: deque[Future[None]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.progress = _Throttle(self.progress_callback, self.clock, self.limits.progress_interval_s)
-        # One writer thread and one hashing thread, so that receiving a chunk, hashing the one
-        # before and writing it all overlap (socket reads, hashlib and file writes release the
-        # GIL): the download then runs at the speed of SHA-256 on one core, not of the three in
-        # a row. Each keeps the order of its chunks; at most _WRITE_AHEAD chunks are in flight.
+        # One writer thread, so hashing a chunk overlaps writing the previous one (both release
+        # the GIL); it keeps the order of writes and at most _WRITE_AHEAD chunks in flight.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="download-writer")
-        self._hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="download-hash")
         self._pending = deque()
 
     def close(self) -> None:
-        """Wait for writes in flight (their errors no longer matter) and stop the worker threads."""
+        """Wait for writes in flight (their errors no longer matter) and stop the writer thread."""
         self._pending.clear()
         self._writer.shutdown(wait=True)
-        self._hashing.shutdown(wait=True)
 
     @property
     def can_resume(self) -> bool:
@@ -367,29 +360,21 @@ class TransferJob:
     def _write(self, data: bytes) -> None:
         if len(self._pending) >= _WRITE_AHEAD:
             self._settle(self._pending.popleft())
-        if len(data) < _HANDOFF_BYTES and all(w.done() and h.done() for w, h in self._pending):
-            # A small piece (a small file, a trickle) is done here: handing it to the threads
-            # (and starting them) would cost more than hashing and writing it.
-            self._pending.append((_run_now(write_all, self.fh, data), _run_now(self.hasher.update, data)))
-        else:
-            write = self._writer.submit(write_all, self.fh, data)
-            self._pending.append((write, self._hashing.submit(self.hasher.update, data)))
+        self._pending.append(self._writer.submit(write_all, self.fh, data))
+        self.hasher.update(data)  # while the writer thread writes
         self.have += len(data)
 
     def flush(self) -> None:
-        """Wait until every byte counted in ``have`` is written and hashed; raise the first write error."""
+        """Wait until every byte counted in ``have`` is written; raise the first write error."""
         while self._pending:
             self._settle(self._pending.popleft())
 
-    def _settle(self, chunk: tuple[Future[None], Future[None]]) -> None:
-        write, hashed = chunk
-        hashed.result()
+    def _settle(self, write: Future[None]) -> None:
         try:
             write.result()
         except OSError as exc:
             for later in self._pending:  # let them finish; after a failed write they prove nothing
-                for step in later:
-                    step.exception()
+                later.exception()
             self._pending.clear()
             if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
                 done = human_bytes(self.have)
@@ -416,18 +401,6 @@ class TransferJob:
         log.warning("download.integrity_retry", host=self.host, problem=problem)
         self.restart()
         return False
-
-
-def _run_now(fn: Callable[..., None], *args: Any) -> Future[None]:
-    """``fn(*args)`` on this thread, as a settled future (its error kept, as an executor would)."""
-    done: Future[None] = Future()
-    try:
-        fn(*args)
-    except Exception as exc:  # noqa: BLE001 - raised where the future is settled
-        done.set_exception(exc)
-    else:
-        done.set_result(None)
-    return done
 
 
 def write_all(fh: io.FileIO, data: bytes) -> None:
