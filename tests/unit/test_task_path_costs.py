@@ -1,15 +1,18 @@
 """What one task costs on the way (issue 14): connections to the hub kept between tasks, progress
 states written only once a person could see them, no Redis call for a first delivery's count, and
-no converter child for a small plain-text input."""
+no converter child for a small plain-text input, one log line per task at INFO, and downloads
+that hand small pieces to their writer a chunk at a time."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -230,3 +233,29 @@ def test_the_worker_turns_off_celerys_own_task_lines_at_info() -> None:
             logging.getLogger(name).setLevel(old)
         root.handlers[:] = handlers
         root.setLevel(level)
+
+
+# -- downloads: small pieces reach the writer a chunk at a time -----------------------------------
+
+
+def test_small_pieces_are_handed_to_the_writer_a_chunk_at_a_time(
+    hub: HTTPTestServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from morag_worker.core.transfer import download_state
+    from morag_worker.core.transfer.downloader import Downloader, DownloadLimits
+
+    body = os.urandom(2 * 1024 * 1024)
+    hub.route("/big", Route(body=body, trickle=(16 * 1024, 0.0)))  # a server writing 16 KiB pieces
+    hand_offs: list[int] = []
+    real = download_state.write_pieces
+
+    def counted(fh: Any, pieces: list[bytes]) -> None:
+        hand_offs.append(sum(map(len, pieces)))
+        real(fh, pieces)
+
+    monkeypatch.setattr(download_state, "write_pieces", counted)
+    limits = DownloadLimits(chunk_size=256 * 1024, disk_reserve_bytes=0)
+    with Downloader(limits=limits, trusted_origins=[hub.origin]) as downloader:
+        got = downloader.download(hub.url("/big"), tmp_path, expected_sha256=hashlib.sha256(body).hexdigest())
+    assert (tmp_path / "input.bin").read_bytes() == body and got.size == len(body)
+    assert sum(hand_offs) == len(body) and len(hand_offs) <= 9, hand_offs  # not 128 hand-offs
