@@ -1,7 +1,7 @@
 """What one task costs on the way (issue 14): connections to the hub kept between tasks, progress
-states written only once a person could see them, no Redis call for a first delivery's count, and
-no converter child for a small plain-text input, one log line per task at INFO, and downloads
-that hand small pieces to their writer a chunk at a time."""
+states written only once a person could see them, no Redis call for a first delivery's count, no
+converter child for a small plain-text input, one log line per task at INFO, and downloads that
+hand small pieces to their writer a chunk at a time."""
 
 from __future__ import annotations
 
