@@ -3,21 +3,25 @@
     python bench/download.py [--size-mib 1024] [--runs 3]
 
 Generates a random file (os.urandom, 1 MiB blocks) in a temporary directory and serves it from a
-separate process with ``sendfile`` (so the server costs little CPU). Then, in the same run, fetches
-it with ``curl -s -o FILE URL`` (timed by curl's own ``%{time_total}``), with our Downloader (1 MiB
-chunks, SHA-256 on the fly and verified), and with the naive seed approach (``requests``
-``iter_content(8192)``, hash, write, on one thread) as a baseline. The Python methods run in a
-child process that reports its own time and peak RSS (``ru_maxrss``). Before each timed run the
-page cache is synced, so one run's writeback does not slow the next, and the order of the methods
-rotates between runs. Prints per method the median throughput of ``--runs`` runs with the lowest
-and highest, the ratio ours/curl run by run (median and spread; target >= 1.0), our peak RSS over all
-runs (target < 80 MB) and the machine's load during the runs. The temporary directory is removed
-however the bench ends.
+separate process, with ``sendfile`` (so the server costs little CPU) and then with Python's own
+``http.server`` (64 KiB userspace copies: a server that costs CPU; ``--server`` picks one). Then,
+in the same run, fetches it with ``curl -s -o FILE URL`` (timed by curl's own ``%{time_total}``),
+with our Downloader (1 MiB chunks, SHA-256 on the fly and verified), and with the naive seed
+approach (``requests`` ``iter_content(8192)``, hash, write, on one thread) as a baseline. The
+Python methods run in a child process that reports its own time and peak RSS (``ru_maxrss``).
+Before each timed run the page cache is synced, so one run's writeback does not slow the next,
+and the order of the methods rotates between runs. Prints per server and method the median
+throughput of ``--runs`` runs with the lowest and highest, the ratio ours/curl run by run (median
+and spread; target >= 1.0), the ratio to the SHA-256 bound measured in the same run (hashlib over
+the same file's bytes in memory, one core; target >= 0.8), our peak RSS over all runs (target
+< 80 MB) and the machine's load during the runs. The temporary directory is removed however the
+bench ends.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -27,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +46,23 @@ METHODS = {
     "ours": "ours (1 MiB, sha256)",
     "seed": "seed (requests 8 KiB, sha256)",
 }
+SHA_BOUND = "SHA-256 bound (hashlib, in memory)"
+SERVERS = {"sendfile": "sendfile server", "http.server": "Python http.server"}
 
 
-def serve(path: Path) -> None:
-    """Serve ``path`` at every URL with sendfile; print the port; stop when stdin closes."""
+def serve(path: Path, kind: str) -> None:
+    """Serve ``path``: with sendfile at every URL, or with Python's own ``http.server``
+    (``SimpleHTTPRequestHandler``: userspace copies of 64 KiB) from its folder; print the port;
+    stop when stdin closes."""
     size = path.stat().st_size
+    if kind == "http.server":
+        handler: Any = functools.partial(_QuietFiles, directory=str(path.parent))
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        print(httpd.server_address[1], flush=True)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        sys.stdin.read()
+        httpd.shutdown()
+        return
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
@@ -66,6 +82,11 @@ def serve(path: Path) -> None:
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     sys.stdin.read()  # the parent closes our stdin to stop us
     httpd.shutdown()
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
 
 
 def fetch(url: str, dest: Path, method: str, sha256: str) -> None:
@@ -127,6 +148,27 @@ def run_curl(url: str, work: Path, size: int) -> dict[str, Any]:
     return {"seconds": seconds}
 
 
+def sha_bound(source: Path) -> None:
+    """Child process: hashlib over the file's bytes already in memory (16 MiB at a time, read
+    before the clock runs), on one core; print a JSON line. A child, so that neither its memory
+    nor the bench's own counts in the downloads' peak RSS (Linux keeps ``ru_maxrss`` across exec)."""
+    digest, seconds = hashlib.sha256(), 0.0
+    with source.open("rb") as fh:
+        while block := fh.read(16 * MiB):
+            started = time.perf_counter()
+            digest.update(block)
+            seconds += time.perf_counter() - started
+    print(json.dumps({"seconds": seconds}))
+
+
+def run_sha_bound(source: Path) -> dict[str, Any]:
+    """The SHA-256 bound: no download that verifies its bytes can go faster on one core."""
+    command = [sys.executable, __file__, "--sha-bound", str(source)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    measured: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
+    return measured
+
+
 def run_python(url: str, dest: Path, method: str, sha256: str) -> dict[str, Any]:
     dest.mkdir()
     command = [sys.executable, __file__, "--fetch", url, "--dest", str(dest), "--method", method]
@@ -136,9 +178,11 @@ def run_python(url: str, dest: Path, method: str, sha256: str) -> dict[str, Any]
     return measured
 
 
-def measure(url: str, work: Path, sha256: str, size_mib: int, runs: int) -> dict[str, list[dict[str, Any]]]:
+def measure(
+    url: str, work: Path, sha256: str, size_mib: int, runs: int, kind: str
+) -> dict[str, list[dict[str, Any]]]:
     names = list(METHODS)
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in [*names, "sha"]}
     for run in range(runs):
         for name in names[run % 3 :] + names[: run % 3]:
             os.sync()  # start every timed run without the previous run's dirty pages
@@ -146,18 +190,20 @@ def measure(url: str, work: Path, sha256: str, size_mib: int, runs: int) -> dict
                 results[name].append(run_curl(url, work, size_mib * MiB))
             else:
                 results[name].append(run_python(url, work / name, name, sha256))
+        results["sha"].append(run_sha_bound(work / "source.bin"))
         print(
-            f"run {run + 1}/{runs}: " + ", ".join(f"{k} {v[-1]['seconds']:.2f} s" for k, v in results.items())
+            f"{kind} run {run + 1}/{runs}: "
+            + ", ".join(f"{k} {v[-1]['seconds']:.2f} s" for k, v in results.items())
         )
     return results
 
 
-def report(results: dict[str, list[dict[str, Any]]], size_mib: int) -> None:
+def report(results: dict[str, list[dict[str, Any]]], size_mib: int, kind: str) -> None:
     runs = len(results["curl"])
-    print(f"\n{size_mib} MiB over loopback, {runs} runs per method")
+    print(f"\n{size_mib} MiB over loopback from a {SERVERS[kind]}, {runs} runs per method")
     for name, done in results.items():
         rate = Spread.of(size_mib / run["seconds"] for run in done)
-        line = f"  {METHODS[name]:<30} {rate.format('MiB/s', digits=0)}"
+        line = f"  {METHODS.get(name, SHA_BOUND):<34} {rate.format('MiB/s', digits=0)}"
         if "peak_kib" in done[0]:
             peak = max(r["peak_kib"] for r in done) / 1024
             start = Spread.of(r["start_kib"] / 1024 for r in done).median
@@ -169,6 +215,10 @@ def report(results: dict[str, list[dict[str, Any]]], size_mib: int) -> None:
     # Run by run: the methods of one run ran one after another, so a busy spell hits them alike.
     print(f"  throughput ours/curl: {paired_ratios(curl, ours).format('×', digits=2)} (target >= 1.0)")
     print(f"  throughput ours/seed: {paired_ratios(seed, ours).format('×', digits=2)}")
+    sha = [run["seconds"] for run in results["sha"]]
+    print(
+        f"  throughput ours/SHA-256 bound: {paired_ratios(sha, ours).format('×', digits=2)} (target >= 0.8)"
+    )
     print("  (ours and seed hash SHA-256 on the fly; curl only writes the file)")
 
 
@@ -179,14 +229,24 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=1024, help="size of the test file (default 1024)")
     parser.add_argument("--runs", type=int, default=3, help="runs per method; medians are shown (default 3)")
     parser.add_argument("--dir", type=Path, default=None, help="where to put the files (default: a temp dir)")
+    parser.add_argument(
+        "--server",
+        choices=[*SERVERS, "both"],
+        default="both",
+        help="which server(s) to fetch from (default both)",
+    )
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--sha-bound", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--fetch", help=argparse.SUPPRESS)
     parser.add_argument("--dest", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--method", default="ours", help=argparse.SUPPRESS)
     parser.add_argument("--sha", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve)
+        serve(args.serve, args.server)
+        return 0
+    if args.sha_bound:
+        sha_bound(args.sha_bound)
         return 0
     if args.fetch:
         fetch(args.fetch, args.dest, args.method, args.sha)
@@ -200,25 +260,35 @@ def main() -> int:
         started = time.perf_counter()
         sha256 = make_file(source, args.size_mib)
         print(f"generated {args.size_mib} MiB of random data in {time.perf_counter() - started:.1f} s")
-        command = [sys.executable, __file__, "--serve", str(source)]
-        server = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        try:
-            assert server.stdout is not None and server.stdin is not None
-            url = f"http://127.0.0.1:{server.stdout.readline().strip()}/source.bin"
-            with MachineLoad() as load:
-                results = measure(url, work, sha256, args.size_mib, args.runs)
-        finally:
-            with interrupts_deferred():
-                assert server.stdin is not None
-                server.stdin.close()
-                try:
-                    server.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    server.kill()
-                    server.wait(timeout=10)
-    report(results, args.size_mib)
+        kinds = list(SERVERS) if args.server == "both" else [args.server]
+        results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        with MachineLoad() as load:
+            for kind in kinds:
+                results[kind] = serve_and_measure(source, work, sha256, args.size_mib, args.runs, kind)
+    for kind, measured in results.items():
+        report(measured, args.size_mib, kind)
     print(load.describe())
     return 0
+
+
+def serve_and_measure(
+    source: Path, work: Path, sha256: str, size_mib: int, runs: int, kind: str
+) -> dict[str, list[dict[str, Any]]]:
+    command = [sys.executable, __file__, "--serve", str(source), "--server", kind]
+    server = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdin is not None
+        url = f"http://127.0.0.1:{server.stdout.readline().strip()}/source.bin"
+        return measure(url, work, sha256, size_mib, runs, kind)
+    finally:
+        with interrupts_deferred():
+            assert server.stdin is not None
+            server.stdin.close()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(timeout=10)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ blocks so that a slow moment of the machine hits all of them alike:
 
 Each block is one run: prints per kind the median over blocks of a block's median round trip, with
 the lowest and highest (and the 95th percentile of all round trips), the ratios to bare block by
-block (median and spread over the blocks), and the machine's load during the timed blocks. The
+block (median and spread over the blocks), and the machine's load during the timed blocks. Before the
+timed blocks it counts the Redis commands per round trip of each kind (``INFO commandstats``
+deltas over ``--count-tasks`` round trips, every client included). The
 target is ours/bare <= 1.2 for the queue-only kind; the full kind shows what a task's real work adds
 on top (it does more, so its ratio is not a queue overhead). Every process is stopped and the
 temporary folder removed however the bench ends.
@@ -33,6 +35,7 @@ temporary folder removed however the bench ends.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import os
 import signal
@@ -48,6 +51,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import redis  # noqa: E402
 from celery import Celery  # noqa: E402
 
 from bench.measure import MachineLoad, Spread, interrupts_deferred, paired_ratios, scratch_folder  # noqa: E402
@@ -71,7 +75,6 @@ BARE_APP = textwrap.dedent(
             task_acks_late=True,
             task_reject_on_worker_lost=True,
             worker_prefetch_multiplier=1,
-            task_track_started=True,
         )
 
 
@@ -138,6 +141,12 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=200, help="timed round trips per kind")
     parser.add_argument("--blocks", type=int, default=10, help="interleaved blocks the N are split into")
     parser.add_argument("--warmup", type=int, default=10, help="untimed round trips per kind first")
+    parser.add_argument(
+        "--count-tasks",
+        type=int,
+        default=50,
+        help="round trips per kind over which Redis commands are counted",
+    )
     parser.add_argument(
         "--log-level", default="INFO", help="of every worker (INFO: as the supervisor runs ours)"
     )
@@ -221,6 +230,9 @@ def main() -> int:
             for kind, round_trip in kinds.items():
                 wait_for(lambda rt=round_trip: rt(-1) is None, 120, f"the {kind} worker to answer")
                 timed(args.warmup, round_trip)
+            admin = redis.Redis.from_url(url)
+            commands = {kind: commands_per_task(admin, args.count_tasks, rt) for kind, rt in kinds.items()}
+            admin.close()
             times: dict[str, list[float]] = {kind: [] for kind in kinds}
             block_medians: dict[str, list[float]] = {kind: [] for kind in kinds}
             per_block = max(1, args.n // args.blocks)
@@ -250,12 +262,37 @@ def main() -> int:
     print("ratios of the block medians, block by block:")
     print(f"  queue overhead, ours/bare: {block_ratio('ours, queue only', 'bare')} (target <= 1.2)")
     settings = block_ratio("bare, our settings", "bare")
-    print(f"    Celery's delivery settings alone (acks late, prefetch 1, track started): {settings}")
+    print(f"    Celery's delivery settings alone (acks late, reject on worker lost, prefetch 1): {settings}")
     rest = block_ratio("ours, queue only", "bare, our settings")
     print(f"    the rest (key prefix, ACL user, consumer, transport, task wrapper, JSON logs): {rest}")
     print(f"  a real task (download and conversion), ours/bare: {block_ratio('ours, full', 'bare')}")
+    print(f"Redis commands per round trip, all clients (INFO commandstats over {args.count_tasks} tasks):")
+    for kind, counts in commands.items():
+        total = sum(counts.values())
+        top = ", ".join(f"{name} {n:g}" for name, n in counts.most_common())
+        print(f"  {kind:<20} {total:5.1f}: {top}")
     print(load.describe())
     return 0
+
+
+def command_calls(admin: redis.Redis) -> collections.Counter[str]:
+    stats = admin.info("commandstats")
+    return collections.Counter(
+        {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+    )
+
+
+def commands_per_task(
+    admin: redis.Redis, n: int, round_trip: Callable[[int], Any]
+) -> collections.Counter[str]:
+    """Commands Redis ran per round trip of one kind, by name: every client's (the submitter's,
+    the worker's, idle workers' polls and the hub's few), less the INFO calls of this count."""
+    before = command_calls(admin)
+    for i in range(n):
+        round_trip(i)
+    delta = command_calls(admin) - before
+    delta["info"] -= 1
+    return collections.Counter({name: round(calls / n, 1) for name, calls in delta.items() if calls > 0})
 
 
 if __name__ == "__main__":

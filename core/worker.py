@@ -136,9 +136,11 @@ class _MoragTask(Task):  # type: ignore[misc]
             namespace_prefix(runtime.own_user_id) if runtime.own_user_id else "morag:",
             max_starts_from_env(os.environ),
         )
-        starts = counter.start(task_id)
+        delivery_info = self.request.delivery_info or {}
+        start = counter.start(task_id, redelivered=bool(delivery_info.get("redelivered", True)))
+        starts = start.starts
         if starts > counter.limit:
-            counter.finished(task_id)
+            counter.finished(task_id, start)
             message = (
                 f"the worker running this task died {starts - 1} times (the input may be too large or "
                 "crash the converter); it is not tried again"
@@ -152,10 +154,12 @@ class _MoragTask(Task):  # type: ignore[misc]
         try:
             result = runtime.pipeline().run_file(reporter, request, remote=remote, url_task=url_task)
         except (TaskCancelledError, TaskCancelled):
+            start = counter.requeued(task_id, start)
             log.info("task.requeued", task_id=task_id)
             runtime.task_finished(task_id, TaskOutcome.REQUEUED, error="stopped by the contributor")
             raise Reject("stopped by the contributor; back to the queue", requeue=True) from None
         except HubUnavailableError as exc:  # not the task's fault: another try when the hub is back
+            start = counter.requeued(task_id, start)
             log.warning("task.requeued", task_id=task_id, reason="hub_unreachable", error=str(exc))
             runtime.task_finished(task_id, TaskOutcome.REQUEUED, error=str(exc))
             raise Reject(str(exc), requeue=True) from None
@@ -167,7 +171,8 @@ class _MoragTask(Task):  # type: ignore[misc]
             runtime.task_finished(task_id, TaskOutcome.FAILED, error=f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            counter.finished(task_id)  # every way out but the worker's death
+            runtime.task_states_settled(task_id)  # no progress state lands over the result
+            counter.finished(task_id, start)  # every way out but the worker's death
         # Which worker ran it: the submitter can tell a redelivered task's runs apart.
         result.metadata.setdefault("worker_hostname", self.request.hostname)
         # Reported once Celery has stored it (on_success), or as a failure when it could not be.
@@ -242,9 +247,21 @@ _install_steps()
 @signals.setup_logging.connect
 def _setup_logging(loglevel: Any = None, **_: Any) -> None:
     """The worker child logs through our redacting structlog pipeline (JSON when not a TTY)."""
+    import logging
+
     from morag_worker.core.logging import configure_logging
 
     configure_logging(level=loglevel or "INFO")
+    # One line per task at INFO: our task.done. Celery's "received" and "succeeded" lines would
+    # be rendered (JSON, redacted) for every task and say less; a person still sees a task start
+    # in the progress view (the channel's task_start). Both libraries check the level once, when
+    # they build a task's strategy and tracer, so nothing is formatted for them afterwards.
+    if logging.getLogger().getEffectiveLevel() >= logging.INFO:
+        for name in TASK_LINE_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+TASK_LINE_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
 
 
 _MAX_TASK_ID = 255

@@ -87,6 +87,7 @@ class HTTPTestServer:
         self.seen: list[SeenRequest] = []
         self.errors: list[BaseException] = []
         self.body_bytes_sent = 0
+        self.connections_accepted = 0  # TCP connections (keep-alive reuse shows as fewer)
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
@@ -156,6 +157,7 @@ class HTTPTestServer:
         with self._lock:
             if add:
                 self._connections.add(conn)
+                self.connections_accepted += 1
             else:
                 self._connections.discard(conn)
 

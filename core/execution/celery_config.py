@@ -140,7 +140,9 @@ def base_config(env: Mapping[str, str]) -> dict[str, Any]:
         "task_default_exchange_type": "direct",
         "task_default_routing_key": DEFAULT_QUEUE,
         "task_create_missing_queues": True,
-        "task_track_started": True,
+        # No STARTED write per task (a GET, SETEX and PUBLISH): a task's first progress state says
+        # it started, once it has lasted long enough for a person to see it (SettledStates).
+        "task_track_started": False,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import requests
 import structlog
 
 from morag_worker.core.config.settings import ConverterLimits
@@ -22,7 +23,7 @@ from morag_worker.core.execution.health.hub_outage import ConsumerSwitch, Outage
 from morag_worker.core.execution.health.intake_gate import IntakeHold
 from morag_worker.core.execution.pipeline import Pipeline
 from morag_worker.core.execution.progress_channel import ChannelWriter, summarize_metadata
-from morag_worker.core.execution.progress_reporter import ProgressReporter, ProgressSink
+from morag_worker.core.execution.progress_reporter import ProgressReporter, ProgressSink, SettledStates
 from morag_worker.core.logging import register_secret
 from morag_worker.core.processing import ProcessorRegistry, TaskCancelled
 from morag_worker.core.processing.sandbox import ConverterSandbox, StartMethod, default_start_method
@@ -84,6 +85,8 @@ class WorkerRuntime:
         if self.channel is not None:
             self.extra_sinks.append(self.channel.progress_sink)
         self._pipeline: Pipeline | None = None
+        self._downloaders = threading.local()
+        self._states: SettledStates | None = None
         self._lock = threading.Lock()
         # Tasks that returned, until their result is stored (pool process; one per running task).
         self._unstored: dict[str, FinishedTask] = {}
@@ -111,18 +114,47 @@ class WorkerRuntime:
             return self._pipeline
 
     def _downloader(self) -> Downloader:
-        return Downloader(
-            limits=self.download_limits, hub_origin=self.hub_url, api_key=self.api_key, outage=self.hub_board
-        )
+        """This process's and thread's downloader, whose connections to the hub stay open between tasks.
+
+        A new connection per task cost 5.9 ms against 1.3 ms on a kept one (issue 14). The session
+        is never shared across a fork (keyed by the process id: a pool process forked from the
+        main one makes its own) nor between threads (the threads pool runs tasks side by side).
+        Its ``close`` leaves the session open; a connection the hub closed meanwhile is found
+        dropped when it is taken from the pool and replaced (urllib3), so outages are seen as before.
+        """
+        local = self._downloaders
+        if getattr(local, "pid", None) != os.getpid():
+            local.pid = os.getpid()
+            local.downloader = Downloader(
+                session=hub_session(),
+                limits=self.download_limits,
+                hub_origin=self.hub_url,
+                api_key=self.api_key,
+                outage=self.hub_board,
+            )
+        downloader: Downloader = local.downloader
+        return downloader
 
     def reporter(self, task: Any) -> ProgressReporter:
-        """A progress reporter that updates the task's state in the result backend."""
+        """A progress reporter that updates the task's state in the result backend once it has
+        lasted long enough for a person to see it (:class:`SettledStates`), and the local channel
+        at once."""
         task_id = str(task.request.id)
+        with self._lock:
+            if self._states is None:
+                backend = task.backend
 
-        def backend_sink(tid: str, meta: ProgressMeta) -> None:
-            task.update_state(task_id=tid, state=meta.stage, meta=meta.to_dict())
+                def write(tid: str, meta: ProgressMeta) -> None:
+                    backend.store_result(tid, meta.to_dict(), meta.stage)
 
-        return ProgressReporter(task_id, [backend_sink, *self.extra_sinks], checkpoint=self.checkpoint)
+                self._states = SettledStates(write)
+            states = self._states
+        return ProgressReporter(task_id, self.extra_sinks, checkpoint=self.checkpoint, latest=[states])
+
+    def task_states_settled(self, task_id: str | None) -> None:
+        """The task is over: no progress state of it is written after this (its result comes next)."""
+        if self._states is not None and task_id:
+            self._states.discard(task_id)
 
     def checkpoint(self) -> None:
         """Raise the cancellation error when the contributor asked to stop now."""
@@ -212,6 +244,11 @@ class WorkerRuntime:
             "contributor's worker; send the _remote task instead",
             user_id=self.own_user_id,
         ).to_dict()
+
+
+def hub_session() -> requests.Session:
+    """A session kept for the life of a worker process: one pooled connection per host it talks to."""
+    return requests.Session()
 
 
 def download_limits(env: Mapping[str, str]) -> DownloadLimits:

@@ -7,23 +7,26 @@ disk space) raise ``InfrastructureError`` so the task fails with that message. A
 unreachable (until the download's deadline, or until the worker began to stop) is no failure of
 the task: ``HubUnavailableError`` sends it back to the queue, like a stop now.
 Conversions run in converter children under the worker's limits (``Pipeline.sandbox``); a limit reached
-is a ``success: false`` result.
+is a ``success: false`` result. Small plain-text inputs are the exception (``converts_inline``).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from morag_worker.core.execution.progress_reporter import ProgressReporter
 from morag_worker.core.execution.task_args import TaskRequest
 from morag_worker.core.processing import ProcessingError, ProcessorRegistry, TaskCancelled
+from morag_worker.core.processing.base import Processor
 from morag_worker.core.processing.sandbox import ConversionRequest, ConverterSandbox
+from morag_worker.core.processing.text import TextProcessor, declared_charset
 from morag_worker.core.results import TaskResult, TaskStage
 from morag_worker.core.transfer.downloader import (
     DownloadCancelled,
@@ -38,9 +41,39 @@ from morag_worker.core.transfer.downloader import (
     UnsafeURL,
 )
 
-__all__ = ["HubUnavailableError", "InfrastructureError", "Pipeline", "TaskCancelledError"]
+__all__ = [
+    "INLINE_TEXT_MAX_BYTES",
+    "HubUnavailableError",
+    "InfrastructureError",
+    "Pipeline",
+    "TaskCancelledError",
+    "converts_inline",
+]
 
 log = structlog.get_logger(__name__)
+
+
+INLINE_TEXT_MAX_BYTES = 64 * 1024
+
+
+def converts_inline(processor: Processor, path: Path, options: Mapping[str, Any]) -> bool:
+    """True for a small plain-text input, converted in this process without a converter child.
+
+    A converter child costs 4-9 ms to fork and reap, more than the 40-byte task's whole budget
+    (issue 14). What the child guards against cannot happen here: plain text (``TextProcessor``
+    with ``fmt == "text"``, so no markdown heading regex) of at most 64 KiB is read once, decoded
+    by the UTF-8, Windows-1252 or Latin-1 codecs (C code, linear; a task that declares another
+    charset, which could name a costly codec, still goes to a child), scanned by plain
+    character-class regexes (linear, no backtracking) and counted in words. Memory is a few
+    copies of 64 KiB, the time linear and well under a millisecond a KiB, and the output no
+    larger than the input, far under every converter limit. No C parser of the input runs.
+    """
+    if not isinstance(processor, TextProcessor) or processor.fmt != "text" or declared_charset(options):
+        return False
+    try:
+        return path.stat().st_size <= INLINE_TEXT_MAX_BYTES
+    except OSError:
+        return False
 
 
 class InfrastructureError(RuntimeError):
@@ -151,7 +184,7 @@ class Pipeline:
     ) -> TaskResult:
         reporter.report(TaskStage.PROCESSING, 0, None, "converting to markdown", force=True)
         processor = self.registry.resolve(content_type, filename, path, name_from_path=name_from_path)
-        if self.sandbox is None:
+        if self.sandbox is None or converts_inline(processor, path, request.options):
             processed = processor.process(path, request.options, reporter.processing)
         else:
             job = ConversionRequest(path, request.options, content_type, filename, name_from_path)

@@ -54,6 +54,7 @@ log = structlog.get_logger(__name__)
 
 MiB = 1024 * 1024
 _WRITE_AHEAD = 2
+_INLINE_WRITE_BYTES = 64 * 1024  # a smaller last (or only) write is made on the downloading thread
 ProgressCallback = Callable[[int, int | None], None]
 
 
@@ -195,6 +196,8 @@ class TransferJob:
     progress: _Throttle = field(init=False)
     _writer: ThreadPoolExecutor = field(init=False, repr=False)
     _pending: deque[Future[None]] = field(init=False, repr=False)
+    _batch: list[bytes] = field(init=False, repr=False)
+    _batch_bytes: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.progress = _Throttle(self.progress_callback, self.clock, self.limits.progress_interval_s)
@@ -202,10 +205,13 @@ class TransferJob:
         # the GIL); it keeps the order of writes and at most _WRITE_AHEAD chunks in flight.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="download-writer")
         self._pending = deque()
+        self._batch = []
+        self._batch_bytes = 0
 
     def close(self) -> None:
         """Wait for writes in flight (their errors no longer matter) and stop the writer thread."""
         self._pending.clear()
+        self._batch.clear()
         self._writer.shutdown(wait=True)
 
     @property
@@ -358,14 +364,32 @@ class TransferJob:
             self.progress(self.have, self.total if self.total is not None else self.expected_size)
 
     def _write(self, data: bytes) -> None:
+        # Pieces are as small as the server's writes (64 KiB from Python's http.server): they are
+        # hashed at once (while the writer thread writes earlier ones) but handed to the writer a
+        # chunk at a time, so the hand-off costs once per chunk, not once per piece.
+        self.hasher.update(data)
+        self.have += len(data)
+        self._batch.append(data)
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= self.limits.chunk_size:
+            self._hand_off()
+
+    def _hand_off(self) -> None:
+        if not self._batch:
+            return
+        batch, size = self._batch, self._batch_bytes
+        self._batch, self._batch_bytes = [], 0
         if len(self._pending) >= _WRITE_AHEAD:
             self._settle(self._pending.popleft())
-        self._pending.append(self._writer.submit(write_all, self.fh, data))
-        self.hasher.update(data)  # while the writer thread writes
-        self.have += len(data)
+        if size < _INLINE_WRITE_BYTES and not self._pending:
+            # A small file's only write: starting the writer thread would cost more.
+            self._pending.append(_run_now(write_pieces, self.fh, batch))
+        else:
+            self._pending.append(self._writer.submit(write_pieces, self.fh, batch))
 
     def flush(self) -> None:
         """Wait until every byte counted in ``have`` is written; raise the first write error."""
+        self._hand_off()
         while self._pending:
             self._settle(self._pending.popleft())
 
@@ -401,6 +425,24 @@ class TransferJob:
         log.warning("download.integrity_retry", host=self.host, problem=problem)
         self.restart()
         return False
+
+
+def _run_now(fn: Callable[..., None], *args: Any) -> Future[None]:
+    """``fn(*args)`` on this thread, as a settled future (its error kept, as an executor would)."""
+    done: Future[None] = Future()
+    try:
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001 - raised where the future is settled
+        done.set_exception(exc)
+    else:
+        done.set_result(None)
+    return done
+
+
+def write_pieces(fh: io.FileIO, pieces: list[bytes]) -> None:
+    """Write every piece, in order."""
+    for piece in pieces:
+        write_all(fh, piece)
 
 
 def write_all(fh: io.FileIO, data: bytes) -> None:

@@ -17,7 +17,8 @@ attempt may mend, get ``max_attempts``.
 
 Runs on the calling (task) thread, plus one writer thread per download that lives only inside
 ``download()``. A Downloader and its ``requests.Session`` serve one thread at a time; ``cancel``
-may be set from any thread.
+may be set from any thread. A worker keeps one per process and thread (``execution/context.py``),
+so a body read to its end leaves its connection open for the next download from that host.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ log = structlog.get_logger(__name__)
 MiB = 1024 * 1024
 INPUT_NAME = "input.bin"
 WAIT_SLICE_S = 0.5  # how often a wait for the hub looks whether the worker is stopping
+NOTABLE_DOWNLOAD_S = 1.0  # a download that took longer is logged at INFO; a quick one at DEBUG
 
 
 @dataclass(frozen=True)
@@ -233,7 +235,7 @@ class Downloader:
         )
         fd = os.open(path, flags, 0o600)
         started = self._clock()
-        log.info("download.start", host=host, hub=is_hub, expected_size=expected_size)
+        log.debug("download.start", host=host, hub=is_hub, expected_size=expected_size)
         complete = False
         try:
             with os.fdopen(fd, "wb", buffering=0) as fh:
@@ -262,7 +264,8 @@ class Downloader:
             if not complete:
                 path.unlink(missing_ok=True)
         elapsed = max(self._clock() - started, 1e-9)
-        log.info(
+        # A task's one line at INFO is its task.done; a download a person waited for says so too.
+        (log.info if elapsed >= NOTABLE_DOWNLOAD_S else log.debug)(
             "download.done",
             host=host,
             bytes=job.have,
@@ -393,6 +396,9 @@ class Downloader:
         try:
             if job.accept(response.status_code, response.headers, response.url, ranged):
                 job.stream(response.raw)
+                # Read to its end: the connection goes back to the session's pool for the next
+                # task (closing the response would close it). Any other way out closes it.
+                response.raw.release_conn()
         finally:
             response.close()
 
