@@ -1,16 +1,18 @@
 """What a converter child costs per task, and how much memory real documents add in one.
 
-Usage: ``python bench/converter_child.py [FILE ...]`` (default: the bundled samples and the PDFs Debian
-ships under /usr/share/doc, where present). For each file it prints the best of 10 runs (after an
-untimed one) of the processor called in-process, in a forked converter child and in a spawned one
-(Windows' way), the fork's overhead in milliseconds and as a ratio; for PDFs also pypdfium2 called
-directly (issue 14's baseline: PDF extraction within 3x of it, the child's start included). Then the
-resident memory each conversion added in its child (its peak, ``VmHWM``, less its RSS at the start):
+Usage: ``python bench/converter_child.py [--runs 10] [FILE ...]`` (default: the bundled samples and the
+PDFs Debian ships under /usr/share/doc, where present). For each file it prints the median of ``--runs``
+runs (after an untimed one), with the spread, of the processor called in-process, in a forked converter
+child and in a spawned one (Windows' way, a third of the runs), and the fork's overhead; for PDFs also
+pypdfium2 called directly and the forked child's time as a ratio to it, run by run (issue 14's target:
+PDF extraction within 3x of pypdfium2, the child's start included). Then the resident memory each
+conversion added in its child (its peak, ``VmHWM``, less its RSS at the start):
 ``MORAG_CONVERTER_MEMORY_MB`` bounds address space, which is at least this. Nothing is asserted.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -20,6 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's morag_worker, not an install
 
+from bench.measure import MachineLoad, Spread, paired_ratios  # noqa: E402
 from morag_worker.core.config.settings import ConverterLimits  # noqa: E402
 from morag_worker.core.processing import ProcessedContent, ProcessorRegistry, no_progress  # noqa: E402
 from morag_worker.core.processing.sandbox import ConversionRequest, ConverterSandbox, StartMethod  # noqa: E402
@@ -32,14 +35,15 @@ DEFAULT_FILES = [
 ]
 
 
-def best(fn: Callable[[], Any], repeat: int = 10) -> float:
+def timings(fn: Callable[[], Any], repeat: int) -> list[float]:
+    """``repeat`` timed runs of ``fn`` after an untimed one (which pays for imports and caches)."""
     fn()
     times = []
     for _ in range(repeat):
         started = time.perf_counter()
         fn()
         times.append(time.perf_counter() - started)
-    return min(times)
+    return times
 
 
 def pypdfium2_text(path: Path) -> str:
@@ -73,29 +77,44 @@ class Measured:
         return ProcessedContent(result.markdown, {"added_mib": (_status_kib("VmHWM") - start) / 1024})
 
 
-def row(path: Path, processor: Any, fork: ConverterSandbox, spawn: ConverterSandbox) -> str:
+def report(path: Path, processor: Any, fork: ConverterSandbox, spawn: ConverterSandbox, runs: int) -> str:
     request = ConversionRequest(path)
-    here = best(lambda: processor.process(path, {}, no_progress))
-    forked = best(lambda: fork.convert(processor, request, no_progress))
-    spawned = best(lambda: spawn.convert(processor, request, no_progress), repeat=3)
-    direct = f"{best(lambda: pypdfium2_text(path)) * 1000:8.1f}ms" if path.suffix == ".pdf" else " " * 10
+    here = timings(lambda: processor.process(path, {}, no_progress), runs)
+    forked = timings(lambda: fork.convert(processor, request, no_progress), runs)
+    spawned = timings(lambda: spawn.convert(processor, request, no_progress), max(1, runs // 3))
     added = fork.convert(Measured(processor), request, no_progress).metadata["added_mib"]
-    return (
-        f"{path.name[:34]:<34} {here * 1000:8.1f}ms {forked * 1000:7.1f}ms "
-        f"{(forked - here) * 1000:+7.1f}ms {spawned * 1000:7.0f}ms {direct} {added:7.0f}MiB"
-    )
+    lines = [
+        f"{path.name}:",
+        f"  in-process   {Spread.of(here).scaled(1000).format('ms')}",
+        f"  forked child {Spread.of(forked).scaled(1000).format('ms')}",
+        f"  overhead     {paired_ratios(forked, here).format('x', 2)} in-process, "
+        f"{(Spread.of(forked).median - Spread.of(here).median) * 1000:+.1f} ms on the medians",
+        f"  spawned      {Spread.of(spawned).scaled(1000).format('ms', 0)}",
+    ]
+    if path.suffix == ".pdf":
+        direct = timings(lambda: pypdfium2_text(path), runs)
+        lines.append(f"  pypdfium2    {Spread.of(direct).scaled(1000).format('ms')}")
+        lines.append(
+            f"  forked child / pypdfium2 {paired_ratios(forked, direct).format('x', 2)} (target <= 3x)"
+        )
+    lines.append(f"  memory the conversion added in its child: {added:.0f} MiB")
+    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
-    files = [Path(a) for a in argv] or [p for p in DEFAULT_FILES if p.is_file()]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=10, help="timed runs per way (default 10)")
+    parser.add_argument("files", nargs="*", type=Path, help="documents (default: samples and Debian's PDFs)")
+    args = parser.parse_args(argv)
+    files = args.files or [p for p in DEFAULT_FILES if p.is_file()]
     registry = ProcessorRegistry.default()
     fork = ConverterSandbox(ConverterLimits(), StartMethod.FORK)
     spawn = ConverterSandbox(ConverterLimits(), StartMethod.SPAWN)
-    header = ("file", "in-process", "fork", "overhead", "spawn", "pypdfium2", "added")
-    print("{:<34} {:>10} {:>9} {:>9} {:>9} {:>10} {:>9}".format(*header))
-    for path in files:
-        print(row(path, registry.resolve(None, None, path), fork, spawn))
+    with MachineLoad() as load:
+        for path in files:
+            print(report(path, registry.resolve(None, None, path), fork, spawn, args.runs), flush=True)
     print(f"pid {os.getpid()}: fork overhead = fork + pipe + reader thread + reaping, per task")
+    print(load.describe())
     return 0
 
 
