@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +50,23 @@ def test_multipart_upload_is_stored_with_its_checksum(small_hub: tuple[str, str,
     assert got.headers["x-checksum-sha256"] == data["sha256"]
     assert got.headers["etag"] == f'"{data["sha256"]}"'
     assert got.headers["accept-ranges"] == "bytes"
+
+
+def test_small_files_come_whole_and_larger_ones_stream_with_the_same_headers(
+    small_hub: tuple[str, str, Path],
+) -> None:
+    url, key, _ = small_hub
+    headers = {"Authorization": f"Bearer {key}"}
+    for size in (40, 64 * 1024, 64 * 1024 + 1, 300_000):  # both sides of the hub's one-read size
+        body = os.urandom(size)
+        data = requests.post(
+            url + "/api/v1/files", params={"filename": "f.bin"}, data=body, headers=headers, timeout=10
+        ).json()
+        got = requests.get(data["url"], headers=headers, timeout=10)
+        assert got.status_code == 200 and got.content == body, size
+        assert got.headers["content-length"] == str(size)
+        assert got.headers["x-checksum-sha256"] == hashlib.sha256(body).hexdigest()
+        assert got.headers["accept-ranges"] == "bytes" and got.headers["cache-control"] == "no-store"
 
 
 def test_range_requests(small_hub: tuple[str, str, Path]) -> None:

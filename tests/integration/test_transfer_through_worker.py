@@ -89,7 +89,7 @@ def test_a_wrong_checksum_fails_clearly(
     assert view.error and "sha-256" in view.error.lower().replace("sha256", "sha-256")
 
 
-PAGES = 1600
+PAGES = 16000
 
 
 def test_progress_states_and_meta_are_visible_through_the_hub(
@@ -97,8 +97,9 @@ def test_progress_states_and_meta_are_visible_through_the_hub(
 ) -> None:
     proxy, client = proxied
     path = tmp_path / "long.pdf"
-    # Long enough (about a second of converting here) that PROCESSING reports pages done between
-    # the throttled updates (4 a second); 400 pages took 0.28 s and were sometimes done unseen.
+    # Long enough (about a second of converting with PDFium here) that PROCESSING lasts past the
+    # 0.25 s a state must last before it is written, and reports pages done; 1,600 pages took
+    # 0.15 s and were done unseen.
     path.write_bytes(multi_page_pdf(PAGES))
     uploaded = client.upload(path)
     proxy.rules.rate_bps = uploaded["size"] / 2.0  # about two seconds of DOWNLOADING

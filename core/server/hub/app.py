@@ -21,7 +21,7 @@ import redis
 import redis.asyncio as aioredis
 import structlog
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
@@ -60,6 +60,7 @@ __all__ = ["HubConfig", "create_app"]
 log = structlog.get_logger(__name__)
 
 TASK_INDEX_PREFIX = "morag:hub:tasks:"
+SMALL_FILE_BYTES = 64 * 1024  # served from one read, not streamed
 TASK_INDEX_TTL_S = 7 * 24 * 3600
 
 
@@ -257,20 +258,28 @@ def create_app(config: HubConfig, gate: AddressGate | None = None) -> FastAPI:
         }
 
     @app.get("/api/v1/files/{file_id}")
-    async def download(file_id: str, key: Key) -> FileResponse:
+    async def download(file_id: str, key: Key, request: Request) -> Response:
         found = store.get(key.user_id, file_id)
         if found is None:
             raise HTTPException(404, "no such file")
         stored, path = found
-        return FileResponse(
-            path,
-            media_type="application/octet-stream",
-            headers={
-                "etag": f'"{stored.sha256}"',
-                "x-checksum-sha256": stored.sha256,
-                "cache-control": "no-store",
-            },
-        )
+        headers = {
+            "etag": f'"{stored.sha256}"',
+            "x-checksum-sha256": stored.sha256,
+            "cache-control": "no-store",
+        }
+        if stored.size <= SMALL_FILE_BYTES and "range" not in request.headers:
+            # A small file read at once costs less than FileResponse's thread hops for stat, open
+            # and each read; larger files, and ranges (a resumed download), stream as before.
+            try:
+                content = path.read_bytes()
+            except OSError:
+                raise HTTPException(404, "no such file") from None
+            if len(content) == stored.size:
+                # Ranges are still served (by FileResponse, below), so say so as it does.
+                headers["accept-ranges"] = "bytes"
+                return Response(content, media_type="application/octet-stream", headers=headers)
+        return FileResponse(path, media_type="application/octet-stream", headers=headers)
 
     shelf = ModelShelf(config.models_dir) if config.models_dir is not None else None
 
