@@ -506,10 +506,6 @@ class ConverterLimits:
     def memory_mb(self) -> int:
         return self.memory_bytes // MiB
 
-    @property
-    def max_output_mb(self) -> float:
-        return self.max_output_bytes / MiB
-
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ConverterLimits:
         """The defaults, with any of :data:`CONVERTER_LIMIT_ENV` set in ``env`` applied.
