@@ -59,9 +59,9 @@ def gpu_lines(gpus: Sequence[GpuInfo]) -> list[str]:
             parts.append(f"{gpu.temperature_c} °C")
         if gpu.utilization_percent is not None:
             parts.append(f"{gpu.utilization_percent} % busy")
-        if gpu.memory_used_mb is not None:
-            free = max(0, gpu.memory_total_mb - gpu.memory_used_mb) / 1024
-            parts.append(f"{free:,.1f} GiB free of {gpu.memory_total_mb / 1024:,.1f} GiB")
+        free = gpu.memory_free_mb
+        if free is not None:
+            parts.append(f"{free / 1024:,.1f} GiB free of {gpu.memory_total_mb / 1024:,.1f} GiB")
         else:
             parts.append(f"{gpu.memory_total_mb / 1024:,.1f} GiB")
         lines.append(" · ".join(parts))
