@@ -11,8 +11,9 @@ Pure functions, no Qt, no I/O; safe on any thread.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
-__all__ = ["human_bytes", "human_count", "human_duration", "human_rate"]
+__all__ = ["human_bytes", "human_count", "human_duration", "human_rate", "positive_env_number"]
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 _STEP = 1024
@@ -67,3 +68,21 @@ def human_duration(seconds: float) -> str:
         return f"{hours} h {minutes:02d} min"
     days, hours = divmod(hours, 24)
     return f"{days} d {hours} h"
+
+
+def positive_env_number(env: Mapping[str, str], name: str) -> float | None:
+    """``env[name]`` as a positive finite number, or None when it is unset or blank.
+
+    Raises:
+        ValueError: The value is not a positive finite number (``name`` is in the message).
+    """
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, not {raw[:40]!r}") from None
+    if not value > 0 or not math.isfinite(value):
+        raise ValueError(f"{name} must be a positive number, not {raw[:40]!r}")
+    return value

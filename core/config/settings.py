@@ -28,6 +28,7 @@ import structlog
 from morag_worker.core.config.atomic_file import write_atomically
 from morag_worker.core.config.schedule import ScheduleError, parse_windows
 from morag_worker.core.naming import WorkerType
+from morag_worker.core.units import positive_env_number
 from morag_worker.core.wording import error_words
 
 __all__ = [
@@ -515,15 +516,12 @@ class ConverterLimits:
         """
         changes: dict[str, Any] = {}
         for name, (attribute, scale) in CONVERTER_LIMIT_ENV.items():
-            raw = env.get(name, "").strip()
-            if not raw:
-                continue
             try:
-                value = float(raw)
-            except ValueError:
-                raise SettingsError(f"{name} must be a number, not {raw[:40]!r}") from None
-            if not value > 0 or not math.isfinite(value):
-                raise SettingsError(f"{name} must be a positive number, not {raw[:40]!r}")
+                value = positive_env_number(env, name)
+            except ValueError as exc:
+                raise SettingsError(str(exc)) from None
+            if value is None:
+                continue
             changes[attribute] = int(value * scale) if scale != 1 else value
         return dataclasses.replace(cls(), **changes)
 

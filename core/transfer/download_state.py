@@ -39,7 +39,7 @@ from morag_worker.core.transfer.errors import (
     TooLarge,
 )
 from morag_worker.core.transfer.retry import RetryKind, kind_of_status
-from morag_worker.core.units import human_bytes
+from morag_worker.core.units import human_bytes, positive_env_number
 
 __all__ = [
     "LIMIT_ENV",
@@ -92,17 +92,11 @@ class DownloadLimits:
         """
         changes: dict[str, Any] = {}
         for name, (attribute, scale, whole) in LIMIT_ENV.items():
-            raw = env.get(name, "").strip()
-            if not raw:
+            value = positive_env_number(env, name)
+            if value is None:
                 continue
-            try:
-                value = float(raw)
-            except ValueError:
-                raise ValueError(f"{name} must be a number, not {raw[:40]!r}") from None
-            if not value > 0 or value == float("inf"):
-                raise ValueError(f"{name} must be a positive number, not {raw[:40]!r}")
             if whole and not value.is_integer():
-                raise ValueError(f"{name} must be a whole number, not {raw[:40]!r}")
+                raise ValueError(f"{name} must be a whole number, not {env[name].strip()[:40]!r}")
             changes[attribute] = int(value * scale) if whole or scale != 1 else value
         return replace(cls(), **changes)
 

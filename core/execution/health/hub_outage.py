@@ -285,10 +285,6 @@ class HubGateStep(bootsteps.StartStopStep):  # type: ignore[misc]
             return
         self.switch.apply(consumer, hub=gate.paused, intake=self.intake.reason)
 
-    @property
-    def consumer_paused(self) -> bool:
-        return bool(self.switch.cancelled)
-
     def stop(self, worker: Any) -> None:
         # A warm shutdown stops this step before the pool waits for its tasks: a download that
         # waits for the hub gives up now, and its task goes back to the queue.
