@@ -18,6 +18,7 @@ from morag_worker.core.config.credentials import (
     API_KEY_ENV,
     CredentialError,
     CredentialStore,
+    key_file_path,
     read_api_key_file,
 )
 from morag_worker.core.config.settings import (
@@ -52,9 +53,19 @@ def log_dirs(config_dir: Path | None) -> list[Path]:
     return [config_dir / "logs"] if config_dir is not None else [default_log_dir()]
 
 
+def _store(args: argparse.Namespace) -> CredentialStore:
+    """The keychain and key file the other verbs read (``keysource.resolve_key``, ``login``)."""
+    return CredentialStore(key_file=key_file_path(getattr(args, "config_dir", None)))
+
+
 def _self_test(args: argparse.Namespace, settings: Settings) -> SelfTestReport:
     return run_self_test(
-        SelfTestSetup(settings=settings, env=os.environ, api_key_file=getattr(args, "api_key_file", None))
+        SelfTestSetup(
+            settings=settings,
+            env=os.environ,
+            api_key_file=getattr(args, "api_key_file", None),
+            credentials=_store(args),
+        )
     )
 
 
@@ -75,7 +86,7 @@ def _known_secrets(args: argparse.Namespace, hub_url: str) -> list[str]:
         with contextlib.suppress(CredentialError):
             found.append(read_api_key_file(args.api_key_file))
     with contextlib.suppress(CredentialError):
-        found.append(CredentialStore().get(hub_url) or "")
+        found.append(_store(args).get(hub_url) or "")
     return [key for key in found if key]
 
 

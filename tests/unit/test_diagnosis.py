@@ -194,3 +194,24 @@ def test_the_real_speech_model_transcribes_the_clip(tmp_path: Path) -> None:
     result = check_transcription(tmp_path, env)
     assert result.outcome is Outcome.PASSED, result
     assert result.details["duration"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_diagnostics_scrubs_a_key_kept_in_the_config_folders_key_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key ``login --keep-key-in-file`` stored is one of the secrets the bundle removes."""
+    import argparse
+
+    import keyring
+    from keyring.backends.fail import Keyring as FailKeyring
+
+    from morag_worker.core.cli.checkup import _known_secrets
+    from morag_worker.core.config.credentials import KeyFile, key_file_path
+
+    monkeypatch.setattr(keyring, "get_keyring", FailKeyring)  # no keychain: only the file holds it
+    monkeypatch.delenv("MORAG_API_KEY", raising=False)
+    key = "mrg_" + secrets.token_urlsafe(32)
+    config = tmp_path / "config"
+    KeyFile(key_file_path(config)).set("http://hub.test:8700", key)
+    args = argparse.Namespace(config_dir=config, api_key_file=None)
+    assert _known_secrets(args, "http://hub.test:8700") == [key]

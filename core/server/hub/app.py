@@ -42,7 +42,7 @@ from morag_worker.core.naming import DEFAULT_QUEUE, WorkerType, acl_username, na
 from morag_worker.core.routing import submit_task_for_user
 from morag_worker.core.server.acl import RedisAclHook
 from morag_worker.core.server.hub.connections import AddressGate
-from morag_worker.core.server.hub.guard import HubGuard, HubLimits
+from morag_worker.core.server.hub.guard import HubGuard, HubLimits, api_key_from_headers
 from morag_worker.core.server.hub.maintenance import WATCHDOG_INTERVAL_S, HubMaintenance
 from morag_worker.core.server.hub.models import ModelShelf
 from morag_worker.core.server.hub.storage import FileStore, UploadTooLarge
@@ -97,19 +97,12 @@ class TaskCreate(BaseModel):
     worker_type: WorkerType = WorkerType.GPU
 
 
-def _api_key_from(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    if header[:7].lower() == "bearer ":
-        return header[7:].strip() or None
-    return request.headers.get("x-api-key") or None
-
-
 async def current_key(request: Request) -> ApiKeyRecord:
     """The live key record of the request's API key; 401 with a JSON error otherwise."""
     checked: ApiKeyRecord | None = getattr(request.state, "api_key_record", None)
     if checked is not None:  # HubGuard looked it up before the body was read
         return checked
-    api_key = _api_key_from(request)
+    api_key = api_key_from_headers(dict(request.scope["headers"]))  # as HubGuard reads it
     if not api_key:
         raise HTTPException(
             401, "missing API key (Authorization: Bearer <key>)", headers={"WWW-Authenticate": "Bearer"}
