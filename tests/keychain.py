@@ -19,6 +19,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.processes import stop_processes
+
 __all__ = ["REQUIRED_TOOLS", "SecretServiceSession", "missing_tools", "skip_reason", "start_secret_service"]
 
 REQUIRED_TOOLS = ("dbus-daemon", "gnome-keyring-daemon")
@@ -76,14 +78,7 @@ class SecretServiceSession:
 
     def stop(self) -> None:
         """Terminate both daemons (keyring first), reap them, and fail if any process is left."""
-        for proc in reversed(self.processes):
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_processes(self.processes)
         leftovers = _processes_with_marker(self.marker)
         for pid in leftovers:
             with contextlib.suppress(ProcessLookupError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,18 @@ def wait_for(
         return _wait_for(predicate, timeout, what, interval)
     except TimeoutError as exc:
         raise AssertionError(str(exc)) from None
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate ``processes``, last started first, and reap each; one deaf to SIGTERM for 10 s is killed."""
+    for proc in reversed(processes):
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def base_env(**extra: str) -> dict[str, str]:

@@ -133,6 +133,17 @@ class CuttingProxy:
                 if ahead > 0:
                     time.sleep(ahead)  # throttling the stream, not synchronising the test
 
+    @classmethod
+    def in_front_of(cls, hub_url: str, rules: ProxyRules | None = None) -> CuttingProxy:
+        """A proxy to the hub at ``hub_url`` (``http://127.0.0.1:PORT``)."""
+        return cls(int(hub_url.rsplit(":", 1)[1]), rules)
+
+    def __enter__(self) -> CuttingProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self._closed = True
         self._listener.close()

@@ -12,10 +12,10 @@ import contextlib
 import os
 import shutil
 import subprocess
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.processes import stop_processes, wait_for
 
 __all__ = ["REQUIRED_TOOLS", "XSession", "missing_tools", "start_x_session"]
 
@@ -26,17 +26,6 @@ _START_TIMEOUT_S = 30.0
 
 def missing_tools() -> list[str]:
     return [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
-
-
-def _poll(predicate: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclass
@@ -84,14 +73,7 @@ class XSession:
         return path
 
     def close(self) -> None:
-        for proc in reversed(self.processes):
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_processes(self.processes)
         self.processes.clear()
 
 
@@ -146,7 +128,7 @@ def start_x_session(root: Path, env: dict[str, str] | None = None) -> XSession:
              "0x30343a", "--expand", "true"],
             "trayer.log",
         )  # fmt: skip
-        _poll(lambda: session.windows("--class", "trayer"), _START_TIMEOUT_S, "trayer's window")
+        wait_for(lambda: session.windows("--class", "trayer"), _START_TIMEOUT_S, "trayer's window")
     except BaseException:
         for fd in (read_fd, write_fd):
             if fd >= 0:

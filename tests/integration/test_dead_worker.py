@@ -29,9 +29,8 @@ RATE_BPS = 16 * 1024
 
 @pytest.fixture
 def slow_hub(stack: Stack) -> Iterator[CuttingProxy]:
-    proxy = CuttingProxy(int(stack.hub_url.rsplit(":", 1)[1]))
-    yield proxy
-    proxy.close()
+    with CuttingProxy.in_front_of(stack.hub_url) as proxy:
+        yield proxy
 
 
 def restores(stack: Stack, user: str) -> list[str]:

@@ -127,9 +127,8 @@ def test_the_loop_sweeps_expired_keys_and_their_broker_access(stack: Stack) -> N
 
 @pytest.fixture
 def slow_hub(stack: Stack) -> Iterator[CuttingProxy]:
-    proxy = CuttingProxy(int(stack.hub_url.rsplit(":", 1)[1]))
-    yield proxy
-    proxy.close()
+    with CuttingProxy.in_front_of(stack.hub_url) as proxy:
+        yield proxy
 
 
 def test_the_watchdog_saves_the_task_of_a_worker_killed_for_good(

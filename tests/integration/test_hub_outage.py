@@ -26,7 +26,7 @@ from morag_worker.core.results import TaskOutcome
 from morag_worker.core.supervisor.events import Problem, StopMode, WorkerState
 from tests.conftest import Stack
 from tests.processes import wait_for
-from tests.proxy import CuttingProxy, ProxyRules
+from tests.proxy import CuttingProxy
 from tests.supervised import LiveSupervisor, big_text_file, queue_length, wait_task
 
 pytestmark = pytest.mark.integration
@@ -42,13 +42,11 @@ def key(stack: Stack) -> str:
 
 @pytest.fixture
 def proxy(stack: Stack) -> Iterator[CuttingProxy]:
-    port = int(stack.hub_url.rsplit(":", 1)[1])
-    server = CuttingProxy(port, ProxyRules())
-    try:
-        yield server
-    finally:
-        server.rules.down = False
-        server.close()
+    with CuttingProxy.in_front_of(stack.hub_url) as server:
+        try:
+            yield server
+        finally:
+            server.rules.down = False
 
 
 def submit_inputs(client: HubClient, tmp_path: Path, count: int) -> list[str]:

@@ -25,7 +25,7 @@ from morag_worker.core.results import TaskOutcome
 from morag_worker.core.supervisor.events import WorkerState
 from tests.conftest import Stack
 from tests.processes import wait_for
-from tests.proxy import CuttingProxy, ProxyRules
+from tests.proxy import CuttingProxy
 from tests.supervised import LiveSupervisor, big_text_file, queue_length, wait_task
 
 pytestmark = pytest.mark.integration
@@ -42,12 +42,8 @@ def key(stack: Stack) -> str:
 
 @pytest.fixture
 def proxy(stack: Stack) -> Iterator[CuttingProxy]:
-    port = int(stack.hub_url.rsplit(":", 1)[1])
-    server = CuttingProxy(port, ProxyRules())
-    try:
+    with CuttingProxy.in_front_of(stack.hub_url) as server:
         yield server
-    finally:
-        server.close()
 
 
 def write_sensors(path: Path, **readings: Any) -> None:

@@ -32,11 +32,8 @@ RATE_BPS = 64 * 1024  # the 4 MiB input downloads for about a minute: the revoke
 
 @pytest.fixture
 def slow_hub(stack: Stack) -> Iterator[CuttingProxy]:
-    proxy = CuttingProxy(int(stack.hub_url.rsplit(":", 1)[1]), ProxyRules(rate_bps=RATE_BPS))
-    try:
+    with CuttingProxy.in_front_of(stack.hub_url, ProxyRules(rate_bps=RATE_BPS)) as proxy:
         yield proxy
-    finally:
-        proxy.close()
 
 
 def revoke(stack: Stack, key: str) -> None:

@@ -25,7 +25,7 @@ from morag_worker.core.supervisor.child_process import SubprocessLauncher
 from morag_worker.core.supervisor.events import Problem, StopMode, WorkerState
 from tests.conftest import Stack
 from tests.processes import base_env, wait_for
-from tests.proxy import CuttingProxy, ProxyRules
+from tests.proxy import CuttingProxy
 from tests.supervised import LiveSupervisor, big_text_file, process_group, queue_length, wait_task
 
 pytestmark = pytest.mark.integration
@@ -42,12 +42,8 @@ def key(stack: Stack) -> str:
 
 @pytest.fixture(scope="module")
 def proxy(stack: Stack) -> Iterator[CuttingProxy]:
-    port = int(stack.hub_url.rsplit(":", 1)[1])
-    server = CuttingProxy(port, ProxyRules())
-    try:
+    with CuttingProxy.in_front_of(stack.hub_url) as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

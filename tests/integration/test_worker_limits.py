@@ -30,11 +30,8 @@ RATE_BPS = 16 * 1024  # a 1 MiB input takes about a minute to download
 
 @pytest.fixture
 def slow_hub(stack: Stack) -> Iterator[CuttingProxy]:
-    proxy = CuttingProxy(int(stack.hub_url.rsplit(":", 1)[1]), ProxyRules(rate_bps=RATE_BPS))
-    try:
+    with CuttingProxy.in_front_of(stack.hub_url, ProxyRules(rate_bps=RATE_BPS)) as proxy:
         yield proxy
-    finally:
-        proxy.close()
 
 
 def big_file(tmp_path: Path) -> Path:

@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from morag_worker.core.processing import ProcessorRegistry
 from morag_worker.core.processing.text import TextProcessor
 from morag_worker.core.results import ProgressMeta
 from tests.httpserver import HTTPTestServer, Route
+from tests.processes import wait_for
 
 pytestmark = pytest.mark.unit
 
@@ -95,13 +96,6 @@ def _meta(stage: str, done: float) -> ProgressMeta:
     return ProgressMeta.of(stage, done, 10, "")
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
 def test_states_replaced_before_they_settle_are_never_written() -> None:
     written: list[tuple[str, str, float]] = []
     states = SettledStates(lambda tid, meta: written.append((tid, meta.stage, meta.done)), settle_s=0.3)
@@ -118,11 +112,11 @@ def test_a_state_that_lasts_is_written_once_with_the_latest_value() -> None:
     states = SettledStates(lambda tid, meta: written.append((tid, meta.stage, meta.done)), settle_s=0.05)
     states("t1", _meta("DOWNLOADING", 0))
     states("t1", _meta("DOWNLOADING", 3))
-    wait_until(lambda: bool(written))
+    wait_for(lambda: bool(written), 10, "the settled state to be written", interval=0.01)
     time.sleep(0.2)
     assert written == [("t1", "DOWNLOADING", 3)]
     states("t1", _meta("PROCESSING", 1))
-    wait_until(lambda: len(written) == 2)
+    wait_for(lambda: len(written) == 2, 10, "the second settled state", interval=0.01)
     assert written[-1] == ("t1", "PROCESSING", 1)
 
 
