@@ -204,8 +204,8 @@ def check_gpu(probe: GpuProbe, settings: Settings) -> CheckResult:
             details=details,
         )
     free = (
-        f"{gpu.memory_total_mb - gpu.memory_used_mb} of {gpu.memory_total_mb} MiB free"
-        if gpu.memory_used_mb is not None
+        f"{gpu.memory_free_mb} of {gpu.memory_total_mb} MiB free"
+        if gpu.memory_free_mb is not None
         else f"{gpu.memory_total_mb} MiB"
     )
     heat = f", {gpu.temperature_c} °C" if gpu.temperature_c is not None else ""
