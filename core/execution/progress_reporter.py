@@ -116,6 +116,10 @@ class SettledStates:
         self._waiting: dict[str, tuple[float, ProgressMeta]] = {}
         self._writing: str | None = None
         self._thread: threading.Thread | None = None
+        # When the thread looks at the states again by itself: None while it waits for a first one,
+        # -inf while it is awake. A report it would find in time wakes nobody (issue 14: a small
+        # task reports six times, and each wake cost a thread switch and the GIL).
+        self._wakes_at: float | None = float("-inf")
 
     def __call__(self, task_id: str, meta: ProgressMeta) -> None:
         """A :data:`ProgressSink`: remember ``meta`` as the task's state to write once settled."""
@@ -123,12 +127,14 @@ class SettledStates:
             self._pid = os.getpid()
             self._reset()
         with self._cond:
-            due = self._waiting.get(task_id, (self._clock() + self._settle_s, meta))[0]
+            waiting = self._waiting.get(task_id)
+            due = waiting[0] if waiting is not None else self._clock() + self._settle_s
             self._waiting[task_id] = (due, meta)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="morag-task-states", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            elif self._wakes_at is None or due < self._wakes_at:
+                self._cond.notify()
 
     def discard(self, task_id: str) -> None:
         """Forget the task's waiting state; return once no write of it is in flight."""
@@ -142,12 +148,17 @@ class SettledStates:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._waiting:
+                if not self._waiting:
+                    self._wakes_at = None
                     self._cond.wait()
+                    self._wakes_at = float("-inf")
+                    continue
                 task_id, (due, meta) = min(self._waiting.items(), key=lambda item: item[1][0])
                 left = due - self._clock()
                 if left > 0:
+                    self._wakes_at = due
                     self._cond.wait(left)
+                    self._wakes_at = float("-inf")
                     continue
                 del self._waiting[task_id]
                 self._writing = task_id

@@ -167,6 +167,10 @@ class Downloader:
         self.session = session if session is not None else requests.Session()
         self.session.trust_env = False  # no proxy variables, no .netrc credentials
         self.session.proxies.clear()  # a proxy would hide the peer address we check
+        self._session_headers = {
+            name: value if isinstance(value, str) else value.decode("latin-1")
+            for name, value in self.session.headers.items()
+        }
         adapter = PeerCheckingAdapter(self.policy)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -416,12 +420,11 @@ class Downloader:
             if remaining <= 0:
                 raise job.too_slow()
             try:
-                response = self.session.get(
-                    url,
-                    headers=headers,
+                response = self.session.get_adapter(url).send(
+                    self._prepared_get(url, headers),
                     stream=True,
-                    allow_redirects=False,
                     verify=self._verify,
+                    proxies={},
                     timeout=(limits.connect_timeout, min(limits.read_timeout, remaining)),
                 )
             except requests.exceptions.SSLError as exc:
@@ -450,6 +453,18 @@ class Downloader:
             url = normalise_url(urljoin(url, location))
             log.info("download.redirect", host=job.host, to_host=origin_of(url).display, status=status)
         raise job.failed(f"more than {limits.max_redirects} redirects")
+
+    def _prepared_get(self, url: str, headers: dict[str, str]) -> requests.PreparedRequest:
+        """A GET for the session's adapter, built by hand: skipping ``Session.request`` saves 0.2 ms a
+        request, a tenth of a small task's download (issue 14). ``url`` is already normalised as
+        requests would prepare it, and the session adds nothing a download wants (no cookies,
+        proxies or redirects) but its default headers, merged here as they were at ``__init__``."""
+        request = requests.PreparedRequest()
+        request.method = "GET"
+        request.url = url
+        request.headers = requests.structures.CaseInsensitiveDict({**self._session_headers, **headers})
+        request.body = None
+        return request
 
 
 def _certificate_error(exc: BaseException) -> bool:

@@ -120,6 +120,29 @@ def test_a_state_that_lasts_is_written_once_with_the_latest_value() -> None:
     assert written[-1] == ("t1", "PROCESSING", 1)
 
 
+def test_reports_the_thread_would_find_in_time_wake_nobody() -> None:
+    """A small task reports six times in a few milliseconds; only a state due before the thread
+    would look again may wake it (each wake cost a thread switch and the GIL)."""
+    written: list[tuple[str, str, float]] = []
+    states = SettledStates(lambda tid, meta: written.append((tid, meta.stage, meta.done)), settle_s=0.3)
+    states("t0", _meta("DOWNLOADING", 0))  # starts the thread, which then waits for t0's due time
+    wait_for(lambda: states._wakes_at not in (None, float("-inf")), 10, "the thread to wait", interval=0.005)
+    wakes: list[None] = []
+    notify = states._cond.notify
+    states._cond.notify = lambda n=1: (wakes.append(None), notify(n))  # type: ignore[method-assign]
+    for done in (1, 2, 3):
+        states("t0", _meta("DOWNLOADING", done))
+    states("t1", _meta("PROCESSING", 0))  # due after t0's: found when the thread looks for t0's
+    assert wakes == []
+    wait_for(lambda: len(written) == 2, 10, "both settled states", interval=0.01)
+    assert written == [("t0", "DOWNLOADING", 3), ("t1", "PROCESSING", 0)]
+    wait_for(lambda: states._wakes_at is None, 10, "the thread to wait for a first state", interval=0.005)
+    wakes.clear()  # the writes' own notify_all (for discard) counted too
+    states("t2", _meta("PROCESSING", 0))  # nothing waiting: the thread sleeps until told
+    assert wakes == [None]
+    wait_for(lambda: len(written) == 3, 10, "the third settled state", interval=0.01)
+
+
 def test_discard_waits_for_a_write_in_flight() -> None:
     started, release = threading.Event(), threading.Event()
     written: list[str] = []

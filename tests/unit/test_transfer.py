@@ -112,6 +112,8 @@ def test_download_streams_into_private_input_file_with_sha(
     [seen] = server.requests("/f")
     assert seen.headers["accept-encoding"] == "identity"
     assert "authorization" not in seen.headers and "range" not in seen.headers
+    # The request is built by hand (downloader._prepared_get): still with the session's defaults.
+    assert seen.headers["user-agent"].startswith("python-requests/")
 
 
 def test_server_checksum_header_is_verified(server: HTTPTestServer, dl: Downloader, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from morag_worker.core.transfer.url_policy import (
     UnsafeURL,
     UrlPolicy,
     check_url,
+    normalise_url,
     origin_of,
     refusal_reason,
 )
@@ -246,3 +247,13 @@ def test_the_connected_peer_is_checked(peer: str, refused: bool) -> None:
 )
 def test_refusal_reason_table(address: str, allowed: bool) -> None:
     assert (refusal_reason(ipaddress.ip_address(address)) is None) is allowed
+
+
+def test_a_remembered_url_is_refused_or_parsed_as_the_first_time() -> None:
+    """normalise_url and the origin are remembered per string (a download asks four times)."""
+    for _ in range(2):
+        assert origin_of("HTTP://Example.COM:8080/a b".replace(" ", "%20")).host == "example.com"
+        with pytest.raises(UnsafeURL):
+            normalise_url("http://example.com/a\u00a0b")  # a Unicode space is refused every time
+        with pytest.raises(UnsafeURL):
+            origin_of("ftp://example.com/f")
