@@ -45,6 +45,7 @@ from morag_worker.core.server.hub.connections import AddressGate
 from morag_worker.core.server.hub.guard import HubGuard, HubLimits, api_key_from_headers
 from morag_worker.core.server.hub.maintenance import WATCHDOG_INTERVAL_S, HubMaintenance
 from morag_worker.core.server.hub.models import ModelShelf
+from morag_worker.core.server.hub.small_files import SmallFiles, file_headers
 from morag_worker.core.server.hub.storage import FileStore, UploadTooLarge
 from morag_worker.core.server.hub.task_view import (
     DEFAULT_MAX_RESULT_BYTES,
@@ -60,7 +61,6 @@ __all__ = ["HubConfig", "create_app"]
 log = structlog.get_logger(__name__)
 
 TASK_INDEX_PREFIX = "morag:hub:tasks:"
-SMALL_FILE_BYTES = 64 * 1024  # served from one read, not streamed
 TASK_INDEX_TTL_S = 7 * 24 * 3600
 
 
@@ -192,6 +192,8 @@ def create_app(config: HubConfig, gate: AddressGate | None = None) -> FastAPI:
     app = FastAPI(
         title="MoRAG Worker hub", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
+    # Added first, so it runs inside the guard: the key is checked before a file is looked for.
+    app.add_middleware(SmallFiles, store=store)
     app.add_middleware(
         HubGuard, limits=config.limits, max_upload_bytes=config.max_upload_bytes, state=state, gate=gate
     )
@@ -252,27 +254,12 @@ def create_app(config: HubConfig, gate: AddressGate | None = None) -> FastAPI:
 
     @app.get("/api/v1/files/{file_id}")
     async def download(file_id: str, key: Key, request: Request) -> Response:
+        # A plain GET of a small file is answered before this route (small_files.py).
         found = store.get(key.user_id, file_id)
         if found is None:
             raise HTTPException(404, "no such file")
         stored, path = found
-        headers = {
-            "etag": f'"{stored.sha256}"',
-            "x-checksum-sha256": stored.sha256,
-            "cache-control": "no-store",
-        }
-        if stored.size <= SMALL_FILE_BYTES and "range" not in request.headers:
-            # A small file read at once costs less than FileResponse's thread hops for stat, open
-            # and each read; larger files, and ranges (a resumed download), stream as before.
-            try:
-                content = path.read_bytes()
-            except OSError:
-                raise HTTPException(404, "no such file") from None
-            if len(content) == stored.size:
-                # Ranges are still served (by FileResponse, below), so say so as it does.
-                headers["accept-ranges"] = "bytes"
-                return Response(content, media_type="application/octet-stream", headers=headers)
-        return FileResponse(path, media_type="application/octet-stream", headers=headers)
+        return FileResponse(path, media_type="application/octet-stream", headers=file_headers(stored))
 
     shelf = ModelShelf(config.models_dir) if config.models_dir is not None else None
 

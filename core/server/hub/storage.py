@@ -21,6 +21,7 @@ __all__ = ["FileStore", "OutsideStorage", "StoredFile", "UploadTooLarge", "sanit
 
 _FILE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _REMEMBERED_USER_DIRS = 4096
+_REMEMBERED_FILES = 4096
 _UNSAFE_NAME_CHARS = re.compile(r"[^\w.\- ()\[\]]+")
 
 
@@ -60,6 +61,8 @@ class FileStore:
         # Each user's checked folder: resolving two paths (an lstat per component) was a sixth of
         # the hub's time for a small download (issue 14). Only the hub writes under the root.
         self._user_dirs: dict[str, Path] = {}
+        # Sidecars are written once, at commit, and never change: each is read and parsed once.
+        self._stored: dict[tuple[str, str], StoredFile] = {}
 
     def _user_dir(self, user_id: str) -> Path:
         """``root/{user_id}``, checked to be a direct child of the root once resolved.
@@ -92,14 +95,21 @@ class FileStore:
         except ValueError:
             return None
         data_path = user_dir / file_id
-        meta_path = user_dir / f"{file_id}.json"
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
+        stored = self._stored.get((user_id, file_id))
+        if stored is None:
+            try:
+                meta = json.loads((user_dir / f"{file_id}.json").read_text())
+            except (OSError, ValueError):
+                return None
+            if meta.get("user_id") != user_id:
+                return None
+            stored = StoredFile(**meta)
+        if not data_path.is_file():
             return None
-        if meta.get("user_id") != user_id or not data_path.is_file():
-            return None
-        return StoredFile(**meta), data_path
+        if len(self._stored) >= _REMEMBERED_FILES:
+            self._stored.clear()
+        self._stored[(user_id, file_id)] = stored
+        return stored, data_path
 
 
 class FileWriter:
