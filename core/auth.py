@@ -233,9 +233,19 @@ class APIKeyService:
 
     async def lookup(self, api_key: str) -> ApiKeyRecord | None:
         """The live record of ``api_key``, or None when unknown, revoked or expired."""
+        name = self.record_name(api_key)
+        return None if name is None else self.live_record(api_key, await self._store.get(name))
+
+    def record_name(self, api_key: str) -> str | None:
+        """The Redis key of ``api_key``'s record (None for a value that cannot be a key), for a
+        caller that reads it together with other keys (the hub's guard, in one MGET)."""
         if not isinstance(api_key, str) or not api_key or len(api_key) > MAX_KEY_LENGTH:
             return None
-        record = await self._get(hash_api_key(api_key))
+        return KEY_PREFIX + hash_api_key(api_key)
+
+    def live_record(self, api_key: str, raw: bytes | str | None) -> ApiKeyRecord | None:
+        """The record read from ``record_name(api_key)``, or None unless it is live."""
+        record = self._parse(hash_api_key(api_key), raw)
         if record is None or not record.active or record.expired(self._now()):
             return None
         return record
@@ -280,7 +290,9 @@ class APIKeyService:
         return removed
 
     async def _get(self, key_hash: str) -> ApiKeyRecord | None:
-        raw = await self._store.get(KEY_PREFIX + key_hash)
+        return self._parse(key_hash, await self._store.get(KEY_PREFIX + key_hash))
+
+    def _parse(self, key_hash: str, raw: bytes | str | None) -> ApiKeyRecord | None:
         if raw is None:
             return None
         try:

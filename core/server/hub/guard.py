@@ -134,19 +134,26 @@ class RateLimiter:
 
     async def over(self, limits: list[tuple[str, int]]) -> int | None:
         """Seconds until the window turns when any bucket has reached its limit; None otherwise."""
+        return (await self.over_and_get(limits, None))[0]
+
+    async def over_and_get(self, limits: list[tuple[str, int]], name: str | None) -> tuple[int | None, Any]:
+        """``over(limits)``, and the value at the Redis key ``name`` read by the same MGET: one
+        command and one round trip for what every request checks (issue 14). The value is None
+        when a bucket is over its limit."""
         active = [(bucket, limit) for bucket, limit in limits if limit > 0]
-        if not active:
-            return None
         known = self._known_over([bucket for bucket, _ in active])
         if known is not None:
-            return known
+            return known, None
         window, retry = self._window()
-        counts = await self.client.mget([f"{RATE_PREFIX}{b}:{window}" for b, _ in active])
-        for (bucket, limit), count in zip(active, counts, strict=True):
+        names = [f"{RATE_PREFIX}{b}:{window}" for b, _ in active] + ([name] if name is not None else [])
+        if not names:
+            return None, None
+        values = await self.client.mget(names)
+        for (bucket, limit), count in zip(active, values, strict=False):
             if count is not None and int(count) >= limit:
                 self._remember(bucket, retry)
-                return retry
-        return None
+                return retry, None
+        return None, values[-1] if name is not None else None
 
     async def hit(self, limits: list[tuple[str, int]]) -> int | None:
         """Count one event in each bucket; seconds to wait when any is now over its limit."""
@@ -213,11 +220,10 @@ class HubGuard:
         if api_key:
             auth_buckets.append((f"authfail:key:{_key_tag(api_key)}", limits.auth_failures_per_key))
         try:
-            # The two reads go out together: one round trip's wait instead of two, per request.
-            retry, record = await asyncio.gather(
-                limiter.over(auth_buckets),
-                self.state["keys"].lookup(api_key) if api_key else _no_record(),
-            )
+            keys = self.state["keys"]
+            name = keys.record_name(api_key) if api_key else None
+            retry, raw = await limiter.over_and_get(auth_buckets, name)
+            record = keys.live_record(api_key, raw) if name is not None and retry is None else None
             if retry is not None:
                 self._refuse_address(limiter, address_bucket, address, retry)
                 await _answer(send, _too_many(retry, "too many failed authentications; retry later"))
@@ -300,10 +306,6 @@ class HubGuard:
             return message
 
         return bounded
-
-
-async def _no_record() -> None:
-    return None
 
 
 def _too_many(retry_s: int, why: str) -> HTTPException:
