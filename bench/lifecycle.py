@@ -3,9 +3,11 @@
 Usage: ``python bench/lifecycle.py [--runs 5] [--idle-seconds 60]``. Starts a private redis-server
 (production ACL) and the hub, then alternates, ``--runs`` times each:
 
-- bare: ``python -m celery -A morag_worker.core.worker worker ...`` with exactly the argv and
-  environment the supervisor would use (built by ``build_worker_command``), timed from spawn to
-  its ``worker.ready`` log line, and from SIGTERM (warm stop) to its exit;
+- bare: ``python -m celery -A morag_worker.core.worker worker ...``, Celery's own command with
+  exactly the worker options and environment the supervisor would use (``build_worker_command``;
+  the supervisor itself starts the same worker through ``worker_main``, without the ``celery``
+  umbrella command), timed from spawn to its ``worker.ready`` log line, and from SIGTERM (warm
+  stop) to its exit;
 - supervised: ``Supervisor.start()`` to RUNNING (key, hub queue-info, GPU probe, launch, ready on
   the channel) and ``stop(FINISH)`` to STOPPED (the child's exit and its pipes drained).
 
@@ -262,7 +264,7 @@ def measure(tmp: Path, runs: int, idle_seconds: float, idle_blocks: int) -> Meas
         hub_url = f"http://127.0.0.1:{port}"
         wait_for(lambda: requests.get(hub_url + "/healthz", timeout=2).ok, 60, "the hub")
         key = create_key(server.url)
-        # The bare worker gets the very command the supervisor builds (same queue, pool, env).
+        # The bare worker gets the supervisor's options and env (same queue, pool), through `celery`.
         from morag_worker.core.supervisor.gpu import NvmlProbe
 
         options = SupervisorOptions()
@@ -277,10 +279,11 @@ def measure(tmp: Path, runs: int, idle_seconds: float, idle_blocks: int) -> Meas
         bare_env = dict(planned.command.env)
         rows: dict[str, list[Row]] = {"bare": [], "supervised": []}
         overheads: list[Share] = []
-        time_bare(planned.command.argv, bare_env)  # warm the page cache; not counted
+        bare_argv = planned.command.stock_celery_argv()
+        time_bare(bare_argv, bare_env)  # warm the page cache; not counted
         with MachineLoad() as load:
             for _ in range(runs):
-                rows["bare"].append(time_bare(planned.command.argv, bare_env))
+                rows["bare"].append(time_bare(bare_argv, bare_env))
                 rows["supervised"].append(time_supervised(hub_url, key, tmp, overheads))
             idle = idle_cpu(hub_url, key, tmp, idle_seconds, idle_blocks)
     finally:
@@ -295,6 +298,7 @@ def report(measured: Measured) -> None:
     rows, overheads, idle, load = measured.rows, measured.overheads, measured.idle, measured.load
     queue, pool = ", ".join(measured.planned.queues), measured.planned.command.pool
     print(f"queues {queue}, pool {pool}, {len(rows['bare'])} runs each (bare and supervised alternate)")
+    print("  bare: `celery -A morag_worker.core.worker worker` with the supervisor's options and env")
     for name, done in rows.items():
         ready = Spread.of(r for r, _ in done).scaled(1000).format("ms", digits=0)
         stopped = Spread.of(s for _, s in done).scaled(1000).format("ms", digits=0)
