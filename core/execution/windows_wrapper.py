@@ -96,8 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     # Unbuffered: a daemon thread blocked in a BufferedReader holds its lock, and the interpreter
     # aborts at exit when it cannot take that lock ("could not acquire lock for <stdin>").
     stdin = open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)  # noqa: SIM115 - lives as long as the process
-    control = ControlReader(stdin, cancel=get_runtime().cancel_event, request_stop=warm_stop)
+    runtime = get_runtime()
+    control = ControlReader(stdin, cancel=runtime.cancel_event, request_stop=warm_stop)
     control.start()
+    runtime.warm_up()  # the threads pool runs tasks in this process: load the pipeline once ready
     return run_worker(args)
 
 

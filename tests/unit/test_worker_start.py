@@ -59,3 +59,78 @@ def test_the_worker_entry_refuses_an_unknown_option_like_celery() -> None:
     )
     assert result.returncode == 2
     assert "No such option" in result.stderr and "celery worker" in result.stderr
+
+
+# Loaded on the first task's way (the pipeline, the HTTP stack) or by a converter, never to get ready.
+NOT_AT_WORKER_IMPORT = (
+    "requests",
+    "urllib3",
+    "charset_normalizer",
+    "morag_worker.core.execution.pipeline",
+    "morag_worker.core.transfer.downloader",
+    "pypdfium2",
+    "pypdf",
+    "openpyxl",
+    "docx",
+    "mammoth",
+    "markitdown",
+    "lxml",
+    "av",
+    "faster_whisper",
+    "ctranslate2",
+    "numpy",
+    "pynvml",
+)
+
+
+def test_importing_the_worker_app_loads_neither_the_pipeline_nor_any_converter() -> None:
+    assert _loaded_after("import morag_worker.core.worker", NOT_AT_WORKER_IMPORT) == []
+
+
+def test_a_pool_process_warms_the_pipeline_up_once_the_worker_is_ready() -> None:
+    code = (
+        "import sys\n"
+        "from morag_worker.core.execution.context import WorkerRuntime\n"
+        "runtime = WorkerRuntime(env={})\n"
+        "thread = runtime.warm_up()\n"
+        "assert thread is not None and runtime.warm_up() is None  # once per process\n"
+        "assert 'morag_worker.core.execution.pipeline' not in sys.modules\n"
+        "runtime.announce_ready(hostname='h', queues=[], config={})\n"
+        "thread.join(60)\n"
+        "assert not thread.is_alive()\n"
+    )
+    loaded = _loaded_after(code, ("morag_worker.core.execution.pipeline", "requests"))
+    assert loaded == ["morag_worker.core.execution.pipeline", "requests"]
+
+
+def test_a_fork_waits_for_an_import_under_the_guard() -> None:
+    # The child reports whether the guarded block had finished when it was forked. Unguarded, the
+    # fork would happen at once, in the middle of the block.
+    code = """
+import os, threading
+from morag_worker.core.execution.fork_guard import import_guard
+
+entered, attempting, forked, done = threading.Event(), threading.Event(), threading.Event(), []
+os.register_at_fork(before=attempting.set)  # runs before the guard's hook (reverse order)
+
+def hold():
+    with import_guard():
+        entered.set()
+        attempting.wait(30)
+        forked.wait(0.5)  # guarded, the fork cannot happen meanwhile
+        done.append(True)
+
+holder = threading.Thread(target=hold)
+holder.start()
+entered.wait(30)
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if done else 1)
+forked.set()
+holder.join(30)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+    result = _run(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0"
