@@ -15,8 +15,9 @@ Then one supervised worker idles for ``--idle-seconds`` while the supervisor's o
 time (``getrusage``: the loop thread, the child's reader threads) and the child's (``/proc``) are
 measured. The idle part is one long run: it is cut into ``--idle-blocks`` equal blocks and the spread
 is over those. Prints medians with their lowest and highest, the ratios run by run (a bare and a
-supervised run follow each other), and the machine's load during the bench; targets: start <= 1.2x
-bare, idle stop <= bare warm stop, supervisor idle CPU < 0.2 %. Nothing is asserted. Results also go
+supervised run follow each other), and the machine's load during the bench; targets (issue 14):
+start <= 1.0x bare, idle stop <= bare warm stop, supervisor idle CPU < 0.2 %. Nothing is asserted.
+The checkout is byte-compiled first, as an installed worker would be. Results also go
 to ``bench/out/lifecycle.json``. The temporary folder (Redis, the hub's storage) is removed however
 the bench ends.
 """
@@ -24,6 +25,7 @@ the bench ends.
 from __future__ import annotations
 
 import argparse
+import compileall
 import dataclasses
 import json
 import os
@@ -233,10 +235,22 @@ def main() -> int:
         "--idle-blocks", type=int, default=6, help="blocks the idle run is cut into (default 6)"
     )
     args = parser.parse_args()
+    compile_checkout()
     with scratch_folder(prefix="morag-bench-lifecycle-") as tmp:
         measured = measure(tmp, args.runs, args.idle_seconds, args.idle_blocks)
     report(measured)
     return 0
+
+
+def compile_checkout() -> None:
+    """Byte-compile this checkout's packages (``__pycache__``, git-ignored) before timing starts.
+
+    An installed worker (wheel, bundle) runs from bytecode; a checkout under
+    ``PYTHONDONTWRITEBYTECODE`` would otherwise compile its ~100 modules again at every start,
+    in both the bare and the supervised runs.
+    """
+    for folder in ("morag_worker", "core"):
+        compileall.compile_dir(ROOT / folder, quiet=1)
 
 
 Row = tuple[float, float]  # start to ready, idle stop (seconds)
@@ -305,7 +319,7 @@ def report(measured: Measured) -> None:
         print(f"  {name:11} start->ready {ready}; idle stop {stopped}")
     start_ratio = paired_ratios([r for r, _ in rows["supervised"]], [r for r, _ in rows["bare"]])
     stop_ratio = paired_ratios([s for _, s in rows["supervised"]], [s for _, s in rows["bare"]])
-    print(f"start ratio supervised/bare, run by run: {start_ratio.format('×', digits=2)}  (target <= 1.20)")
+    print(f"start ratio supervised/bare, run by run: {start_ratio.format('×', digits=2)}  (target <= 1.00)")
     if overheads:
         before, after, stop = (Spread.of(share[i] for share in overheads).scaled(1000) for i in range(3))
         print("  supervisor's own share:")
