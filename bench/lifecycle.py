@@ -11,6 +11,9 @@ Usage: ``python bench/lifecycle.py [--runs 5] [--idle-seconds 60]``. Starts a pr
 - supervised: ``Supervisor.start()`` to RUNNING (key, hub queue-info, GPU probe, launch, ready on
   the channel) and ``stop(FINISH)`` to STOPPED (the child's exit and its pipes drained).
 
+For both, the worker's main-process CPU time when it is seen ready (``/proc``, 10 ms ticks) is
+printed too: on a shared machine it moves less than the wall time does.
+
 Then one supervised worker idles for ``--idle-seconds`` while the supervisor's own process CPU
 time (``getrusage``: the loop thread, the child's reader threads) and the child's (``/proc``) are
 measured. The idle part is one long run: it is cut into ``--idle-blocks`` equal blocks and the spread
@@ -138,7 +141,9 @@ def supervisor(
 Share = tuple[float, float, float]
 
 
-def time_supervised(hub_url: str, key: str, tmp: Path, shares: list[Share]) -> tuple[float, float]:
+def time_supervised(
+    hub_url: str, key: str, tmp: Path, shares: list[Share], cpu: list[float]
+) -> tuple[float, float]:
     waiter = StateWaiter()
     launcher = TimingLauncher()
     sup = supervisor(hub_url, key, tmp, waiter, launcher)
@@ -147,6 +152,8 @@ def time_supervised(hub_url: str, key: str, tmp: Path, shares: list[Share]) -> t
         sup.start()
         waiter.wait(WorkerState.RUNNING)
         ready = time.perf_counter() - began
+        if sup.child_pid is not None:
+            cpu.append(cpu_seconds_of(sup.child_pid))
         began_stop = time.perf_counter()
         sup.stop(StopMode.FINISH)
         waiter.wait(WorkerState.STOPPED)
@@ -168,7 +175,7 @@ def time_supervised(hub_url: str, key: str, tmp: Path, shares: list[Share]) -> t
             sup.close()
 
 
-def time_bare(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+def time_bare(argv: list[str], env: dict[str, str], cpu: list[float] | None = None) -> tuple[float, float]:
     seen = threading.Event()
     began = time.perf_counter()
     proc = Proc(argv, env=env, name="bare celery", on_line=lambda line: "worker.ready" in line and seen.set())
@@ -176,6 +183,8 @@ def time_bare(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
         if not seen.wait(120):
             raise TimeoutError("bare celery did not get ready:\n" + proc.output()[-2000:])
         ready = time.perf_counter() - began
+        if cpu is not None:
+            cpu.append(cpu_seconds_of(proc.pid))
         began = time.perf_counter()
         proc.signal(signal.SIGTERM)
         proc.wait(60)
@@ -259,6 +268,7 @@ Row = tuple[float, float]  # start to ready, idle stop (seconds)
 @dataclasses.dataclass
 class Measured:
     rows: dict[str, list[Row]]  # "bare" and "supervised", one row per run
+    cpu: dict[str, list[float]]  # the worker's main process CPU seconds when it was seen ready, per run
     overheads: list[Share]
     idle: dict[str, list[float]]  # per block of the idle run
     planned: Prepared
@@ -292,20 +302,21 @@ def measure(tmp: Path, runs: int, idle_seconds: float, idle_blocks: int) -> Meas
         )
         bare_env = dict(planned.command.env)
         rows: dict[str, list[Row]] = {"bare": [], "supervised": []}
+        cpu: dict[str, list[float]] = {"bare": [], "supervised": []}
         overheads: list[Share] = []
         bare_argv = planned.command.stock_celery_argv()
         time_bare(bare_argv, bare_env)  # warm the page cache; not counted
         with MachineLoad() as load:
             for _ in range(runs):
-                rows["bare"].append(time_bare(bare_argv, bare_env))
-                rows["supervised"].append(time_supervised(hub_url, key, tmp, overheads))
+                rows["bare"].append(time_bare(bare_argv, bare_env, cpu["bare"]))
+                rows["supervised"].append(time_supervised(hub_url, key, tmp, overheads, cpu["supervised"]))
             idle = idle_cpu(hub_url, key, tmp, idle_seconds, idle_blocks)
     finally:
         with interrupts_deferred():
             if hub is not None:
                 hub.stop()
             server.stop()
-    return Measured(rows, overheads, idle, planned, load)
+    return Measured(rows, cpu, overheads, idle, planned, load)
 
 
 def report(measured: Measured) -> None:
@@ -317,6 +328,8 @@ def report(measured: Measured) -> None:
         ready = Spread.of(r for r, _ in done).scaled(1000).format("ms", digits=0)
         stopped = Spread.of(s for _, s in done).scaled(1000).format("ms", digits=0)
         print(f"  {name:11} start->ready {ready}; idle stop {stopped}")
+    for name, seconds in measured.cpu.items():
+        print(f"  {name:11} worker CPU to ready {Spread.of(seconds).scaled(1000).format('ms', digits=0)}")
     start_ratio = paired_ratios([r for r, _ in rows["supervised"]], [r for r, _ in rows["bare"]])
     stop_ratio = paired_ratios([s for _, s in rows["supervised"]], [s for _, s in rows["bare"]])
     print(f"start ratio supervised/bare, run by run: {start_ratio.format('×', digits=2)}  (target <= 1.00)")
@@ -347,6 +360,7 @@ def report(measured: Measured) -> None:
                     name: (statistics.median(r for r, _ in done), statistics.median(s for _, s in done))
                     for name, done in rows.items()
                 },
+                "worker_cpu_to_ready_s": measured.cpu,
                 "start_ratio": dataclasses.asdict(start_ratio),
                 "stop_ratio": dataclasses.asdict(stop_ratio),
                 "idle": idle,
