@@ -20,7 +20,6 @@ from celery.exceptions import Reject
 from morag_worker.core.execution.celery_config import base_config, reliability_summary, remote_worker_config
 from morag_worker.core.execution.context import FinishedTask, WorkerRuntime, get_runtime
 from morag_worker.core.execution.deliveries import DeliveryCounter, max_starts_from_env
-from morag_worker.core.execution.pipeline import HubUnavailableError, InfrastructureError, TaskCancelledError
 from morag_worker.core.execution.task_args import MalformedTask, read_task
 from morag_worker.core.naming import in_queue_order, namespace_prefix, user_id_from_queue, validate_user_id
 from morag_worker.core.processing import TaskCancelled
@@ -28,7 +27,7 @@ from morag_worker.core.results import INPUT_PROBLEM, TaskOutcome, TaskResult
 
 # The seed defines its queue helpers in its worker module; a server written to it imports them from here.
 from morag_worker.core.routing import get_task_for_user, submit_task_for_user
-from morag_worker.core.transfer.downloader import sweep_stale_workspaces
+from morag_worker.core.transfer.workspace import sweep_stale_workspaces
 
 __all__ = [
     "celery_app",
@@ -121,6 +120,13 @@ class _MoragTask(Task):  # type: ignore[misc]
         remote: bool,
         url_task: bool,
     ) -> dict[str, Any]:
+        # Imported here: the pipeline (requests, the converters) is not needed to get ready.
+        from morag_worker.core.execution.pipeline import (
+            HubUnavailableError,
+            InfrastructureError,
+            TaskCancelledError,
+        )
+
         runtime: WorkerRuntime = get_runtime()
         task_id = self.request.id
         if not remote and runtime.own_user_id is not None:
@@ -309,6 +315,12 @@ def _result_not_stored(task_id: Any = None, exception: Any = None, **_: Any) -> 
     """An error outside the task's body, such as the backend failing to store the result after
     its retries (a revoked key, a result too large for Redis): never reported as a success."""
     get_runtime().result_not_stored(task_id, exception)
+
+
+@signals.worker_process_init.connect
+def _warm_up(**_: Any) -> None:
+    """A prefork pool process (or the solo pool's main process): load the pipeline once ready."""
+    get_runtime().warm_up()
 
 
 @signals.worker_ready.connect

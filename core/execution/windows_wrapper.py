@@ -91,15 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     take_channel_from_stdout(os.environ)
     from morag_worker.core.execution.context import get_runtime
-    from morag_worker.core.worker import celery_app
+    from morag_worker.core.execution.worker_main import run_worker
 
     # Unbuffered: a daemon thread blocked in a BufferedReader holds its lock, and the interpreter
     # aborts at exit when it cannot take that lock ("could not acquire lock for <stdin>").
     stdin = open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)  # noqa: SIM115 - lives as long as the process
-    control = ControlReader(stdin, cancel=get_runtime().cancel_event, request_stop=warm_stop)
+    runtime = get_runtime()
+    control = ControlReader(stdin, cancel=runtime.cancel_event, request_stop=warm_stop)
     control.start()
-    code = celery_app.start(["worker", *args])
-    return int(code or 0)
+    runtime.warm_up()  # the threads pool runs tasks in this process: load the pipeline once ready
+    return run_worker(args)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,11 @@
 The API key reaches the child only through its environment (never argv), as Vorta hands
 ``BORG_PASSPHRASE`` to borg. The pool follows DESIGN §5: ``prefork`` with concurrency 1 per GPU on
 POSIX (SIGTERM = finish, SIGQUIT = stop now and requeue); on Windows the ``threads`` pool inside
-our wrapper (``morag_worker.core.execution.windows_wrapper``), controlled over a pipe.
+our wrapper (``morag_worker.core.execution.windows_wrapper``), controlled over a pipe. On POSIX the
+child runs Celery's ``worker`` command through ``morag_worker.core.execution.worker_main``, which
+starts about 100 ms sooner than the ``celery`` umbrella command (see there); the options are
+``celery worker``'s either way, and ``WorkerCommand.stock_celery_argv`` gives the same worker
+through ``celery -A morag_worker.core.worker worker``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,11 @@ from dataclasses import dataclass, field
 from morag_worker.core.execution.celery_config import strip_credentials
 from morag_worker.core.naming import WorkerType, consumed_queues, validate_user_id
 
-__all__ = ["WorkerCommand", "WorkerPlan", "build_worker_command"]
+__all__ = ["CELERY_APP", "WORKER_ENTRY", "WorkerCommand", "WorkerPlan", "build_worker_command"]
+
+CELERY_APP = "morag_worker.core.worker"
+WORKER_ENTRY = "morag_worker.core.execution.worker_main"  # celery worker's options, our app
+WINDOWS_ENTRY = "morag_worker.core.execution.windows_wrapper"  # the same, under a control pipe
 
 # Environment a child never inherits from us: it gets exactly the key we resolved.
 _SCRUBBED = ("MORAG_API_KEY", "REDIS_URL", "MORAG_USER_ID", "CUDA_VISIBLE_DEVICES")
@@ -50,6 +58,11 @@ class WorkerCommand:
         """True on Windows: the wrapper is stopped through its stdin, not signals."""
         return self.pool == "threads"
 
+    def stock_celery_argv(self) -> list[str]:
+        """The same worker through Celery's own ``celery`` command (a baseline, or a run by hand)."""
+        python, dash_m, _entry, *options = self.argv
+        return [python, dash_m, "celery", "-A", CELERY_APP, "worker", *options]
+
 
 def build_worker_command(plan: WorkerPlan, base_env: Mapping[str, str]) -> WorkerCommand:
     """argv and env of the worker child for ``plan``; ``base_env`` is the parent's environment."""
@@ -60,10 +73,7 @@ def build_worker_command(plan: WorkerPlan, base_env: Mapping[str, str]) -> Worke
     hostname = plan.hostname or f"morag-{plan.user_id}@%h"
     windows = plan.platform.startswith("win")
     pool = "threads" if windows else "prefork"
-    if windows:
-        argv = [plan.python, "-m", "morag_worker.core.execution.windows_wrapper"]
-    else:
-        argv = [plan.python, "-m", "celery", "-A", "morag_worker.core.worker", "worker"]
+    argv = [plan.python, "-m", WINDOWS_ENTRY if windows else WORKER_ENTRY]
     argv += [
         "-Q",
         ",".join(queues),

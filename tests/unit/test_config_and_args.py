@@ -160,7 +160,10 @@ def test_worker_command_keeps_the_key_out_of_argv() -> None:
     cmd = build_worker_command(plan, {"MORAG_API_KEY": "stale", "PATH": "/bin", "REDIS_URL": "r"})
     assert KEY not in " ".join(cmd.argv) and KEY not in repr(cmd) and KEY not in repr(plan)
     assert cmd.env["MORAG_API_KEY"] == KEY and cmd.env["REDIS_URL"] == "redis://h:1/0"
-    assert cmd.argv[:6] == ["/py", "-m", "celery", "-A", "morag_worker.core.worker", "worker"]
+    assert cmd.argv[:3] == ["/py", "-m", "morag_worker.core.execution.worker_main"]
+    stock = cmd.stock_celery_argv()
+    assert stock[:6] == ["/py", "-m", "celery", "-A", "morag_worker.core.worker", "worker"]
+    assert stock[6:] == cmd.argv[3:]
     assert cmd.argv[cmd.argv.index("-Q") + 1] == "gpu-tasks-u1,cpu-tasks-u1"
     assert cmd.argv[cmd.argv.index("-P") + 1] == "prefork" and not cmd.uses_control_pipe
     for flag in ("--without-gossip", "--without-mingle", "--without-heartbeat"):

@@ -33,13 +33,16 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import requests
 import structlog
 from celery import bootsteps
 
+from morag_worker.core.execution.fork_guard import import_guard
 from morag_worker.core.transfer.retry import backoff_delay
+
+if TYPE_CHECKING:
+    import requests
 
 __all__ = ["ConsumerSwitch", "HubGate", "HubGateStep", "OutageBoard", "PauseAtStartStep", "probe_healthz"]
 
@@ -172,14 +175,24 @@ class HubGate:
 
 
 def probe_healthz(hub_url: str, timeout: float = 5.0) -> Callable[[], bool]:
-    """A probe: True when ``GET {hub_url}/healthz`` answers 200 within ``timeout`` s."""
+    """A probe: True when ``GET {hub_url}/healthz`` answers 200 within ``timeout`` s.
+
+    requests is imported, and the session made, at the first probe: only an outage needs them,
+    and the worker's start does not wait for them.
+    """
     url = hub_url.rstrip("/") + "/healthz"
-    session = requests.Session()
-    session.trust_env = False  # like the downloads: no proxy variables, no .netrc
+    sessions: list[requests.Session] = []
 
     def probe() -> bool:
+        with import_guard():  # on the gate's thread, while the main thread may fork a pool process
+            import requests
+
+        if not sessions:
+            session = requests.Session()
+            session.trust_env = False  # like the downloads: no proxy variables, no .netrc
+            sessions.append(session)
         try:
-            response = session.get(url, timeout=(timeout, timeout), allow_redirects=False)
+            response = sessions[0].get(url, timeout=(timeout, timeout), allow_redirects=False)
         except requests.RequestException as exc:
             log.debug("hub.probe_failed", error=type(exc).__name__)
             return False
