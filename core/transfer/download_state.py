@@ -7,8 +7,13 @@ copies the body (:meth:`TransferJob.stream`) under the size cap, the deadline an
 and finally checks the bytes (:meth:`TransferJob.verified`). Failures worth another attempt raise
 :class:`RetryableFailure`; the downloader (``transfer.py``) owns the retry loop.
 
-Runs on the downloading thread, which hands file writes to one writer thread of its own (joined
-by :meth:`TransferJob.close`); ``cancel`` may be set from any thread.
+Two copies: the portable one reads the body into memory, hashes it on the downloading thread and
+has the helper thread write it; on Linux a plain-HTTP body of known length is spliced from the
+socket into the file by the kernel instead (``splice_copy.py``) and the helper thread hashes it
+back from the page cache, so that hashing, the dearest part, runs beside the receiving.
+
+Runs on the downloading thread, which hands file writes (or, when splicing, hashing) to one helper
+thread of its own (joined by :meth:`TransferJob.close`); ``cancel`` may be set from any thread.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import hashlib
 import hmac
 import io
 import shutil
+import socket
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -31,6 +37,7 @@ import urllib3
 from urllib3.response import HTTPResponse
 
 from morag_worker.core.transfer import headers as hh
+from morag_worker.core.transfer import splice_copy
 from morag_worker.core.transfer.errors import (
     DownloadCancelled,
     DownloadFailed,
@@ -55,6 +62,10 @@ log = structlog.get_logger(__name__)
 MiB = 1024 * 1024
 _WRITE_AHEAD = 2
 _INLINE_WRITE_BYTES = 64 * 1024  # a smaller last (or only) write is made on the downloading thread
+SPLICE_MIN_BYTES = 4 * MiB  # a body with less left to read is copied the portable way
+_HASH_STEP = 4 * MiB  # spliced bytes are handed to the hashing thread this many at a time
+_HASH_AHEAD = 4  # hash steps in flight (in the page cache, not in memory of ours)
+_READBACK_BYTES = 256 * 1024  # the hashing thread's read-back buffer: small enough to stay in cache
 ProgressCallback = Callable[[int, int | None], None]
 
 
@@ -160,6 +171,14 @@ class _Throttle:
 
 
 @dataclass
+class _RateWindow:
+    """Where the current minimum-rate window began: its time and the bytes held then."""
+
+    start: float
+    done: int
+
+
+@dataclass
 class TransferJob:
     """One download's mutable state across its attempts (see the module docstring)."""
 
@@ -174,6 +193,7 @@ class TransferJob:
     expected_size: int | None = None
     progress_callback: ProgressCallback | None = None
     cancel: threading.Event | None = None
+    splice_min: int | None = None  # splice bodies with at least this many bytes left; None: never
     have: int = 0
     hasher: Any = field(default_factory=hashlib.sha256)
     total: int | None = None
@@ -186,17 +206,20 @@ class TransferJob:
     failures: int = 0  # in a row, for the backoff
     capped_failures: int = 0  # in a row, of those that count against ``max_attempts``
     resumes: int = 0
+    spliced: int = 0  # bytes the kernel moved from the socket to the file (Linux, plain HTTP)
     redownloaded: bool = False
     progress: _Throttle = field(init=False)
     _writer: ThreadPoolExecutor = field(init=False, repr=False)
     _pending: deque[Future[None]] = field(init=False, repr=False)
     _batch: list[bytes] = field(init=False, repr=False)
     _batch_bytes: int = field(init=False, repr=False)
+    _readback: bytearray | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         self.progress = _Throttle(self.progress_callback, self.clock, self.limits.progress_interval_s)
-        # One writer thread, so hashing a chunk overlaps writing the previous one (both release
-        # the GIL); it keeps the order of writes and at most _WRITE_AHEAD chunks in flight.
+        # One helper thread, so hashing a chunk overlaps writing the previous one (both release
+        # the GIL); it keeps the order of writes and at most _WRITE_AHEAD chunks in flight. When
+        # splicing, the kernel writes and the helper hashes, in order, _HASH_AHEAD steps ahead.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="download-writer")
         self._pending = deque()
         self._batch = []
@@ -315,14 +338,16 @@ class TransferJob:
             self.flush()
 
     def _copy(self, raw: HTTPResponse) -> None:
-        limits, clock = self.limits, self.clock
-        window_start, window_bytes = clock(), self.have
+        limits = self.limits
+        rate = _RateWindow(self.clock(), self.have)
+        sock = self._splice_socket(raw)
         while True:
             self.check_cancel()
             try:
                 # read1 returns after one socket read, so a trickle cannot keep us inside a read for
-                # longer than read_timeout: the deadline and rate checks below keep running.
-                piece = raw.read1(limits.chunk_size, decode_content=True)
+                # longer than read_timeout: the deadline and rate checks below keep running. An
+                # identity body skips urllib3's decoded-bytes queue, which copies every byte again.
+                piece = raw.read1(limits.chunk_size, decode_content=self.encoded)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 kind = (
                     RetryKind.TRANSIENT
@@ -339,23 +364,102 @@ class TransferJob:
                 raise IntegrityError(
                     f"The server at {self.host} sent more than the {self.total} bytes it announced."
                 )
-            if self.have + len(piece) > limits.max_bytes:
-                raise TooLarge(f"The file at {self.host} is over the {human_bytes(limits.max_bytes)} limit.")
-            if self.expected_size is not None and self.have + len(piece) > self.expected_size:
-                raise IntegrityError(
-                    f"The file at {self.host} is larger than the {self.expected_size} bytes expected."
-                )
+            self._admit(len(piece))
             self._write(piece)
-            now = clock()
-            if now > self.deadline:
-                raise self.too_slow()
-            if now - window_start >= limits.min_rate_window_s:
-                rate = (self.have - window_bytes) / (now - window_start)
-                if rate < limits.min_rate_bps:
-                    minimum = f"{limits.min_rate_bps:g} B/s over {limits.min_rate_window_s:g} s"
-                    raise RetryableFailure(f"the transfer was too slow ({rate:.0f} B/s, under {minimum})")
-                window_start, window_bytes = now, self.have
-            self.progress(self.have, self.total if self.total is not None else self.expected_size)
+            self._tick(rate)
+            left = raw.length_remaining
+            if sock is not None and self.splice_min is not None and left and left >= self.splice_min:
+                # The one read above emptied http.client's buffer: the rest is all in the socket.
+                self._splice(sock, left, rate)
+                return
+
+    def _splice_socket(self, raw: HTTPResponse) -> socket.socket | None:
+        """The socket to splice the body from after a first read, or None to copy it all."""
+        if self.splice_min is None or self.encoded or self.limits.chunk_size < io.DEFAULT_BUFFER_SIZE:
+            return None
+        return splice_copy.body_socket(raw)
+
+    def _admit(self, count: int) -> None:
+        """Refuse ``count`` more bytes that would pass the cap or the expected size."""
+        limits = self.limits
+        if self.have + count > limits.max_bytes:
+            raise TooLarge(f"The file at {self.host} is over the {human_bytes(limits.max_bytes)} limit.")
+        if self.expected_size is not None and self.have + count > self.expected_size:
+            raise IntegrityError(
+                f"The file at {self.host} is larger than the {self.expected_size} bytes expected."
+            )
+
+    def _tick(self, rate: _RateWindow) -> None:
+        """After each piece: the deadline, the minimum rate over its window, and progress."""
+        limits = self.limits
+        now = self.clock()
+        if now > self.deadline:
+            raise self.too_slow()
+        if now - rate.start >= limits.min_rate_window_s:
+            bps = (self.have - rate.done) / (now - rate.start)
+            if bps < limits.min_rate_bps:
+                minimum = f"{limits.min_rate_bps:g} B/s over {limits.min_rate_window_s:g} s"
+                raise RetryableFailure(f"the transfer was too slow ({bps:.0f} B/s, under {minimum})")
+            rate.start, rate.done = now, self.have
+        self.progress(self.have, self.total if self.total is not None else self.expected_size)
+
+    def _splice(self, sock: socket.socket, left: int, rate: _RateWindow) -> None:
+        """Splice the body's last ``left`` bytes into the file; the helper thread hashes them."""
+        self.flush()  # the file's offset must be past every byte counted so far
+        hashed = self.have
+        try:
+            with splice_copy.SplicePipe() as pipe:
+                while left:
+                    count = self._splice_piece(pipe, sock, left)
+                    self.have += count
+                    self.spliced += count
+                    left -= count
+                    if self.have - hashed >= _HASH_STEP:
+                        self._hash_behind(hashed, self.have)
+                        hashed = self.have
+                    self._tick(rate)
+        finally:
+            # Also the bytes before a cut: a resume carries on after them.
+            if self.have > hashed:
+                self._hash_behind(hashed, self.have)
+        if self.total is not None and self.have < self.total:
+            # A legal short 206 (the server may send less than the range we asked for).
+            raise RetryableFailure("the server ended the response before the end of the file")
+
+    def _splice_piece(self, pipe: splice_copy.SplicePipe, sock: socket.socket, left: int) -> int:
+        """Move the next piece of at most ``left`` bytes from ``sock`` to the file; its size."""
+        self.check_cancel()
+        wait = min(self.limits.read_timeout, self.deadline - self.clock())
+        try:
+            count = pipe.fill(sock, left, wait)
+        except TimeoutError:
+            if self.clock() >= self.deadline:
+                raise self.too_slow() from None
+            raise RetryableFailure(
+                "the server stopped sending (read timed out)", kind=RetryKind.UNREACHABLE
+            ) from None
+        except OSError as exc:
+            raise RetryableFailure("the connection was cut", kind=RetryKind.UNREACHABLE) from exc
+        if not count:  # closed short of its Content-Length: urllib3 calls that a cut too
+            raise RetryableFailure("the connection was cut", kind=RetryKind.UNREACHABLE)
+        self._admit(count)
+        try:
+            pipe.drain(self.fh.fileno(), count)
+        except OSError as exc:
+            raise self._write_failed(exc) from None
+        return count
+
+    def _hash_behind(self, start: int, end: int) -> None:
+        """Have the helper thread hash the file's bytes ``[start, end)``, already written."""
+        if self._readback is None:
+            self._readback = bytearray(_READBACK_BYTES)
+        if len(self._pending) >= _HASH_AHEAD:
+            self._settle(self._pending.popleft())
+        self._pending.append(
+            self._writer.submit(
+                splice_copy.hash_file_range, self.hasher, self.fh.fileno(), start, end, self._readback
+            )
+        )
 
     def _write(self, data: bytes) -> None:
         # Pieces are as small as the server's writes (64 KiB from Python's http.server): they are
@@ -394,12 +498,15 @@ class TransferJob:
             for later in self._pending:  # let them finish; after a failed write they prove nothing
                 later.exception()
             self._pending.clear()
-            if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-                done = human_bytes(self.have)
-                raise InsufficientDiskSpace(
-                    f"The disk ran out of space after {done} of the file from {self.host}."
-                ) from None
-            raise self.failed(f"the file could not be written ({exc.strerror})") from None
+            raise self._write_failed(exc) from None
+
+    def _write_failed(self, exc: OSError) -> InsufficientDiskSpace | DownloadFailed:
+        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            done = human_bytes(self.have)
+            return InsufficientDiskSpace(
+                f"The disk ran out of space after {done} of the file from {self.host}."
+            )
+        return self.failed(f"the file could not be written ({exc.strerror})")
 
     def verified(self) -> bool:
         """True if the bytes are right; on the first mismatch, restart for one fresh download."""

@@ -15,7 +15,10 @@ the deadline, or once the watch says the worker is stopping, the download raises
 :class:`HubUnreachable` (the task goes back to the queue). Other servers, and answers that another
 attempt may mend, get ``max_attempts``.
 
-Runs on the calling (task) thread, plus one writer thread per download that lives only inside
+The body is copied the portable way or, on Linux from a plain-HTTP server, spliced by the kernel
+with the SHA-256 computed beside it (``download_state.py``, ``splice_copy.py``).
+
+Runs on the calling (task) thread, plus one helper thread per download that lives only inside
 ``download()``. A Downloader and its ``requests.Session`` serve one thread at a time; ``cancel``
 may be set from any thread. A worker keeps one per process and thread (``execution/context.py``),
 so a body read to its end leaves its connection open for the next download from that host.
@@ -38,6 +41,7 @@ import requests
 import structlog
 
 from morag_worker.core.logging import register_secret
+from morag_worker.core.transfer import download_state
 from morag_worker.core.transfer.download_state import (
     DownloadLimits,
     ProgressCallback,
@@ -57,6 +61,7 @@ from morag_worker.core.transfer.errors import (
 )
 from morag_worker.core.transfer.headers import SHA256_HEX
 from morag_worker.core.transfer.retry import OutageWatch, RetryKind, backoff_delay, kind_of_status
+from morag_worker.core.transfer.splice_copy import SPLICE_AVAILABLE
 from morag_worker.core.transfer.url_policy import (
     PeerCheckingAdapter,
     Resolver,
@@ -136,6 +141,8 @@ class Downloader:
         outage: Told when the hub does not answer and when it answers again; asked, while a
             download waits for the hub, whether the worker is stopping.
         rng: Random numbers in [0, 1) for the backoff's jitter.
+        zero_copy: Splice plain-HTTP bodies into the file where the system can (Linux); False
+            copies every body the portable way (tests of that path).
     """
 
     def __init__(
@@ -151,10 +158,12 @@ class Downloader:
         ca_bundle: str | os.PathLike[str] | None = None,
         outage: OutageWatch | None = None,
         rng: Callable[[], float] = random.random,
+        zero_copy: bool = True,
     ) -> None:
         self.limits = limits if limits is not None else DownloadLimits()
         self._outage = outage
         self._rng = rng
+        self._zero_copy = zero_copy and SPLICE_AVAILABLE
         self.policy = UrlPolicy(
             hub_origin=hub_origin, resolver=resolver, trusted_origins=frozenset(trusted_origins)
         )
@@ -230,9 +239,8 @@ class Downloader:
         if expected_size is not None:  # refuse before connecting; checked again once the server answers
             check_disk_space(Path(dest_dir), expected_size, self.limits.disk_reserve_bytes, host)
         path = Path(dest_dir) / INPUT_NAME
-        flags = (
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
-        )
+        # Read as well as write: spliced bytes are hashed by reading them back.
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
         fd = os.open(path, flags, 0o600)
         started = self._clock()
         log.debug("download.start", host=host, hub=is_hub, expected_size=expected_size)
@@ -251,6 +259,7 @@ class Downloader:
                     expected_size=expected_size,
                     progress_callback=progress,
                     cancel=cancel,
+                    splice_min=download_state.SPLICE_MIN_BYTES if self._zero_copy else None,
                 )
                 try:
                     self._run(job, url, notice)
@@ -273,6 +282,7 @@ class Downloader:
             mib_per_s=round(job.have / MiB / elapsed, 1),
             attempts=job.attempts,
             resumes=job.resumes,
+            spliced=job.spliced,
         )
         return DownloadedFile(
             path=path,

@@ -24,6 +24,7 @@ import pytest
 import structlog.testing
 
 from morag_worker.core.transfer import download_state as transfer_job
+from morag_worker.core.transfer import splice_copy
 from morag_worker.core.transfer.downloader import (
     DownloadCancelled,
     Downloader,
@@ -77,10 +78,31 @@ def sleeps() -> list[float]:
     return []
 
 
+COPIES = [
+    "portable",
+    pytest.param(
+        "splice",
+        marks=pytest.mark.skipif(not splice_copy.SPLICE_AVAILABLE, reason="splice(2) is Linux's"),
+    ),
+]
+
+
+@pytest.fixture(params=COPIES)
+def copy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """How bodies are copied: ``portable`` everywhere, or ``splice`` (Linux) from the first body
+    on that has any bytes left after the first read, not only past ``SPLICE_MIN_BYTES``."""
+    if request.param == "splice":
+        monkeypatch.setattr(transfer_job, "SPLICE_MIN_BYTES", 1)
+    return str(request.param)
+
+
 @pytest.fixture
-def dl(server: HTTPTestServer, sleeps: list[float]) -> Iterator[Downloader]:
-    """A downloader that may reach ``server`` (a trusted test origin) and records its waits."""
-    with Downloader(limits=LIMITS, sleep=sleeps.append, trusted_origins=[server.origin]) as downloader:
+def dl(server: HTTPTestServer, sleeps: list[float], copy: str) -> Iterator[Downloader]:
+    """A downloader that may reach ``server`` (a trusted test origin) and records its waits; each
+    test that uses it runs with both copies."""
+    with Downloader(
+        limits=LIMITS, sleep=sleeps.append, trusted_origins=[server.origin], zero_copy=copy == "splice"
+    ) as downloader:
         yield downloader
 
 
@@ -367,10 +389,16 @@ def test_no_writer_thread_outlives_a_download(server: HTTPTestServer, dl: Downlo
 # --- slow servers -------------------------------------------------------------------------------
 
 
-def test_trickle_fails_the_minimum_rate(server: HTTPTestServer, sleeps: list[float], tmp_path: Path) -> None:
+def test_trickle_fails_the_minimum_rate(
+    server: HTTPTestServer, sleeps: list[float], tmp_path: Path, copy: str
+) -> None:
     server.route("/slow", Route(body=b"x" * 10_000, trickle=(1, 0.01)))
     limits = DownloadLimits(min_rate_bps=1000, min_rate_window_s=0.3, max_attempts=2, read_timeout=10)
-    with downloader(sleeps, server.origin, limits=limits) as dl, pytest.raises(DownloadFailed) as caught:
+    zero_copy = copy == "splice"
+    with (
+        downloader(sleeps, server.origin, limits=limits, zero_copy=zero_copy) as dl,
+        pytest.raises(DownloadFailed) as caught,
+    ):
         dl.download(server.url("/slow"), tmp_path)
     assert "too slow" in str(caught.value) and "after 2 attempts" in str(caught.value)
     assert len(server.requests("/slow")) == 2 and len(sleeps) == 1
@@ -378,12 +406,12 @@ def test_trickle_fails_the_minimum_rate(server: HTTPTestServer, sleeps: list[flo
 
 
 def test_trickle_hits_the_overall_deadline(
-    server: HTTPTestServer, sleeps: list[float], tmp_path: Path
+    server: HTTPTestServer, sleeps: list[float], tmp_path: Path, copy: str
 ) -> None:
     server.route("/slow", Route(body=b"x" * 10_000, trickle=(1, 0.01)))
     limits = DownloadLimits(min_rate_bps=0, deadline_s=0.5, read_timeout=10)
     with (
-        downloader(sleeps, server.origin, limits=limits) as dl,
+        downloader(sleeps, server.origin, limits=limits, zero_copy=copy == "splice") as dl,
         pytest.raises(DownloadFailed, match="too slow"),
     ):
         dl.download(server.url("/slow"), tmp_path)
@@ -566,6 +594,80 @@ def test_proxy_environment_is_ignored(
     server.route("/f", Route(body=b"direct"))
     assert dl.download(server.url("/f"), tmp_path).path.read_bytes() == b"direct"
     assert dl.session.trust_env is False
+
+
+# --- the zero-copy path (Linux) -----------------------------------------------------------------
+
+linux_only = pytest.mark.skipif(not splice_copy.SPLICE_AVAILABLE, reason="splice(2) is Linux's")
+
+
+def spliced_bytes(logs: list[dict[str, Any]]) -> int:
+    [done] = [e for e in logs if e["event"] == "download.done"]
+    return int(done["spliced"])
+
+
+@linux_only
+def test_a_large_plain_http_body_is_spliced_and_its_connection_kept(
+    server: HTTPTestServer, sleeps: list[float], tmp_path: Path
+) -> None:
+    body = data(transfer_job.SPLICE_MIN_BYTES + 3 * MiB + 5)
+    route = server.route("/f", Route(body=body))
+    with downloader(sleeps, server.origin) as dl:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            with structlog.testing.capture_logs() as logs:
+                result = dl.download(server.url("/f"), tmp_path / name, expected_sha256=route.sha256)
+            assert result.path.read_bytes() == body and result.verified
+            # All but the first read, which empties what http.client buffered with the headers.
+            assert len(body) - LIMITS.chunk_size <= spliced_bytes(logs) < len(body)
+    assert server.connections_accepted == 1  # the spliced body left its connection reusable
+
+
+@linux_only
+def test_small_bodies_and_zero_copy_off_are_copied_the_portable_way(
+    server: HTTPTestServer, sleeps: list[float], tmp_path: Path
+) -> None:
+    server.route("/small", Route(body=data(transfer_job.SPLICE_MIN_BYTES // 2)))
+    server.route("/large", Route(body=data(transfer_job.SPLICE_MIN_BYTES * 2)))
+    for path, zero_copy in (("/small", True), ("/large", False)):
+        folder = tmp_path / path.strip("/")
+        folder.mkdir()
+        with (
+            downloader(sleeps, server.origin, zero_copy=zero_copy) as dl,
+            structlog.testing.capture_logs() as logs,
+        ):
+            dl.download(server.url(path), folder)
+        assert spliced_bytes(logs) == 0, path
+
+
+@linux_only
+@pytest.mark.parametrize(
+    ("code", "error", "text"),
+    [
+        (errno.ENOSPC, InsufficientDiskSpace, "ran out of space"),
+        (errno.EIO, DownloadFailed, "could not be written"),
+    ],
+)
+def test_splice_write_errors_are_typed(
+    server: HTTPTestServer,
+    tmp_path: Path,
+    sleeps: list[float],
+    monkeypatch: pytest.MonkeyPatch,
+    code: int,
+    error: type[Exception],
+    text: str,
+) -> None:
+    server.route("/f", Route(body=data(transfer_job.SPLICE_MIN_BYTES * 2)))
+
+    def failing(_pipe: Any, _fd: int, _count: int) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(splice_copy.SplicePipe, "drain", failing)
+    with downloader(sleeps, server.origin) as dl, pytest.raises(error, match=text):
+        dl.download(server.url("/f"), tmp_path)
+    assert_empty(tmp_path)
+    assert len(server.requests("/f")) == 1  # not retried
+    assert writer_threads() == []
 
 
 # --- cancel, progress, names --------------------------------------------------------------------
