@@ -10,7 +10,7 @@ and finally checks the bytes (:meth:`TransferJob.verified`). Failures worth anot
 Two copies: the portable one reads the body into memory, hashes it on the downloading thread and
 has the helper thread write it; on Linux a plain-HTTP body of known length is spliced from the
 socket into the file by the kernel instead (``splice_copy.py``) and the helper thread hashes it
-back from the page cache, so that hashing, the dearest part, runs beside the receiving.
+where it lies in the page cache, so that hashing, the dearest part, runs beside the receiving.
 
 Runs on the downloading thread, which hands file writes (or, when splicing, hashing) to one helper
 thread of its own (joined by :meth:`TransferJob.close`); ``cancel`` may be set from any thread.
@@ -63,9 +63,8 @@ MiB = 1024 * 1024
 _WRITE_AHEAD = 2
 _INLINE_WRITE_BYTES = 64 * 1024  # a smaller last (or only) write is made on the downloading thread
 SPLICE_MIN_BYTES = 4 * MiB  # a body with less left to read is copied the portable way
-_HASH_STEP = 4 * MiB  # spliced bytes are handed to the hashing thread this many at a time
+_HASH_STEP = 16 * MiB  # spliced bytes are handed to the hashing thread this many at a time
 _HASH_AHEAD = 4  # hash steps in flight (in the page cache, not in memory of ours)
-_READBACK_BYTES = 256 * 1024  # the hashing thread's read-back buffer: small enough to stay in cache
 ProgressCallback = Callable[[int, int | None], None]
 
 
@@ -213,7 +212,6 @@ class TransferJob:
     _pending: deque[Future[None]] = field(init=False, repr=False)
     _batch: list[bytes] = field(init=False, repr=False)
     _batch_bytes: int = field(init=False, repr=False)
-    _readback: bytearray | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         self.progress = _Throttle(self.progress_callback, self.clock, self.limits.progress_interval_s)
@@ -451,14 +449,10 @@ class TransferJob:
 
     def _hash_behind(self, start: int, end: int) -> None:
         """Have the helper thread hash the file's bytes ``[start, end)``, already written."""
-        if self._readback is None:
-            self._readback = bytearray(_READBACK_BYTES)
         if len(self._pending) >= _HASH_AHEAD:
             self._settle(self._pending.popleft())
         self._pending.append(
-            self._writer.submit(
-                splice_copy.hash_file_range, self.hasher, self.fh.fileno(), start, end, self._readback
-            )
+            self._writer.submit(splice_copy.hash_file_range, self.hasher, self.fh.fileno(), start, end)
         )
 
     def _write(self, data: bytes) -> None:

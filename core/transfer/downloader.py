@@ -239,7 +239,7 @@ class Downloader:
         if expected_size is not None:  # refuse before connecting; checked again once the server answers
             check_disk_space(Path(dest_dir), expected_size, self.limits.disk_reserve_bytes, host)
         path = Path(dest_dir) / INPUT_NAME
-        # Read as well as write: spliced bytes are hashed by reading them back.
+        # Read as well as write: spliced bytes are hashed through a read-only map of the file.
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
         fd = os.open(path, flags, 0o600)
         started = self._clock()
