@@ -222,10 +222,9 @@ def measure(
                 measured["server_cpu"] = server_after - server_before
             results[name].append(measured)
         results["sha"].append(run_sha_bound(work / "source.bin"))
-        print(
-            f"{kind} run {run + 1}/{runs}: "
-            + ", ".join(f"{k} {v[-1]['seconds']:.2f} s" for k, v in results.items())
-        )
+        last = {name: done[-1] for name, done in results.items()}
+        timings = ", ".join(f"{k} {v['seconds']:.2f} s (cpu {v['cpu']:.2f} s)" for k, v in last.items())
+        print(f"{kind} run {run + 1}/{runs}: {timings}")
     return results
 
 

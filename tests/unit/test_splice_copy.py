@@ -62,7 +62,6 @@ def test_a_socket_s_bytes_reach_the_file_in_order(
     fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with ours, splice_copy.SplicePipe() as pipe:
-            assert pipe.size >= 64 * KiB
             assert pump(ours, fd, pipe) == len(body)
     finally:
         os.close(fd)
