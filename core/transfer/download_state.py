@@ -63,7 +63,7 @@ MiB = 1024 * 1024
 _WRITE_AHEAD = 2
 _INLINE_WRITE_BYTES = 64 * 1024  # a smaller last (or only) write is made on the downloading thread
 SPLICE_MIN_BYTES = 4 * MiB  # a body with less left to read is copied the portable way
-_HASH_STEP = 16 * MiB  # spliced bytes are handed to the hashing thread this many at a time
+_HASH_STEP = 4 * MiB  # spliced bytes are handed to the hashing thread this many at a time (mapped)
 _HASH_AHEAD = 4  # hash steps in flight (in the page cache, not in memory of ours)
 ProgressCallback = Callable[[int, int | None], None]
 

@@ -62,6 +62,8 @@ def body_socket(raw: HTTPResponse) -> socket.socket | None:
     sock = getattr(getattr(getattr(fp, "fp", None), "raw", None), "_sock", None)
     if type(sock) is not socket.socket:  # TLS (ssl.SSLSocket) and anything wrapped are copied
         return None
+    if sock.gettimeout() is None:  # a blocking socket: a splice from it could wait for ever
+        return None
     return sock
 
 
