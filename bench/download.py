@@ -6,8 +6,9 @@ Generates a random file (os.urandom, 1 MiB blocks) in a temporary directory and 
 separate process, with ``sendfile`` (so the server costs little CPU) and then with Python's own
 ``http.server`` (64 KiB userspace copies: a server that costs CPU; ``--server`` picks one). Then,
 in the same run, fetches it with ``curl -s -o FILE URL`` (timed by curl's own ``%{time_total}``),
-with our Downloader (on Linux the body is spliced into the file and SHA-256 is computed beside it
-on a second thread; elsewhere 1 MiB chunks; verified either way), and with the naive seed
+with our Downloader (on Linux the body is received into buffers of ours, hashed on a second
+thread and written around the page cache with O_DIRECT by a third; elsewhere 1 MiB chunks through
+the page cache; verified either way), and with the naive seed
 approach (``requests`` ``iter_content(8192)``, hash, write, on one thread) as a baseline. The
 Python methods run in a child process that reports its own time and peak RSS (``ru_maxrss``).
 Before each timed run the page cache is synced, so one run's writeback does not slow the next,

@@ -8,20 +8,24 @@ and finally checks the bytes (:meth:`TransferJob.verified`). Failures worth anot
 :class:`RetryableFailure`; the downloader (``transfer.py``) owns the retry loop.
 
 Two copies: the portable one reads the body into memory, hashes it on the downloading thread and
-has the helper thread write it; on Linux a plain-HTTP body of known length is spliced from the
-socket into the file by the kernel instead (``splice_copy.py``) and the helper thread hashes it
-where it lies in the page cache, so that hashing, the dearest part, runs beside the receiving.
+has the helper thread write it; on Linux a large plain-HTTP body of known length is received into
+a ring of our own buffers instead, hashed from them by the helper thread and written around the
+page cache by a writer thread (``direct_copy.py``), so that hashing, the dearest part, runs beside
+the receiving and no page of cache is filled.
 
-Runs on the downloading thread, which hands file writes (or, when splicing, hashing) to one helper
-thread of its own (joined by :meth:`TransferJob.close`); ``cancel`` may be set from any thread.
+Runs on the downloading thread, which hands file writes (or, receiving directly, hashing) to one
+helper thread of its own and direct writes to another (joined by :meth:`TransferJob.close`);
+``cancel`` may be set from any thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import hmac
 import io
+import mmap
 import shutil
 import socket
 import threading
@@ -36,8 +40,8 @@ import structlog
 import urllib3
 from urllib3.response import HTTPResponse
 
+from morag_worker.core.transfer import direct_copy
 from morag_worker.core.transfer import headers as hh
-from morag_worker.core.transfer import splice_copy
 from morag_worker.core.transfer.errors import (
     DownloadCancelled,
     DownloadFailed,
@@ -62,9 +66,7 @@ log = structlog.get_logger(__name__)
 MiB = 1024 * 1024
 _WRITE_AHEAD = 2
 _INLINE_WRITE_BYTES = 64 * 1024  # a smaller last (or only) write is made on the downloading thread
-SPLICE_MIN_BYTES = 4 * MiB  # a body with less left to read is copied the portable way
-_HASH_STEP = 4 * MiB  # spliced bytes are handed to the hashing thread this many at a time (mapped)
-_HASH_AHEAD = 4  # hash steps in flight (in the page cache, not in memory of ours)
+DIRECT_MIN_BYTES = 4 * MiB  # a body with less left to read is copied the portable way
 ProgressCallback = Callable[[int, int | None], None]
 
 
@@ -178,6 +180,14 @@ class _RateWindow:
 
 
 @dataclass
+class _Slot:
+    """One receive buffer and the hashing and writing of its bytes, while they run."""
+
+    buffer: mmap.mmap
+    busy: list[Future[None]] = field(default_factory=list)
+
+
+@dataclass
 class TransferJob:
     """One download's mutable state across its attempts (see the module docstring)."""
 
@@ -192,7 +202,7 @@ class TransferJob:
     expected_size: int | None = None
     progress_callback: ProgressCallback | None = None
     cancel: threading.Event | None = None
-    splice_min: int | None = None  # splice bodies with at least this many bytes left; None: never
+    direct_min: int | None = None  # receive directly bodies with this much left at least; None: never
     have: int = 0
     hasher: Any = field(default_factory=hashlib.sha256)
     total: int | None = None
@@ -205,29 +215,38 @@ class TransferJob:
     failures: int = 0  # in a row, for the backoff
     capped_failures: int = 0  # in a row, of those that count against ``max_attempts``
     resumes: int = 0
-    spliced: int = 0  # bytes the kernel moved from the socket to the file (Linux, plain HTTP)
+    direct: int = 0  # bytes received into our buffers and written around the page cache
     redownloaded: bool = False
     progress: _Throttle = field(init=False)
     _writer: ThreadPoolExecutor = field(init=False, repr=False)
     _pending: deque[Future[None]] = field(init=False, repr=False)
     _batch: list[bytes] = field(init=False, repr=False)
     _batch_bytes: int = field(init=False, repr=False)
+    _disk: ThreadPoolExecutor | None = field(init=False, repr=False, default=None)
+    _ring: list[_Slot] = field(init=False, repr=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.progress = _Throttle(self.progress_callback, self.clock, self.limits.progress_interval_s)
         # One helper thread, so hashing a chunk overlaps writing the previous one (both release
         # the GIL); it keeps the order of writes and at most _WRITE_AHEAD chunks in flight. When
-        # splicing, the kernel writes and the helper hashes, in order, _HASH_AHEAD steps ahead.
+        # receiving directly, it hashes the buffers in order while the disk thread writes them.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="download-writer")
         self._pending = deque()
         self._batch = []
         self._batch_bytes = 0
 
     def close(self) -> None:
-        """Wait for writes in flight (their errors no longer matter) and stop the writer thread."""
+        """Wait for writes in flight (their errors no longer matter), stop the threads, free the
+        receive buffers."""
         self._pending.clear()
         self._batch.clear()
         self._writer.shutdown(wait=True)
+        if self._disk is not None:
+            self._disk.shutdown(wait=True)
+        for slot in self._ring:
+            with contextlib.suppress(BufferError):  # a view kept by a traceback: freed with it
+                slot.buffer.close()
+        self._ring.clear()
 
     @property
     def can_resume(self) -> bool:
@@ -338,7 +357,7 @@ class TransferJob:
     def _copy(self, raw: HTTPResponse) -> None:
         limits = self.limits
         rate = _RateWindow(self.clock(), self.have)
-        sock = self._splice_socket(raw)
+        sock = self._direct_socket(raw)
         while True:
             self.check_cancel()
             try:
@@ -366,16 +385,21 @@ class TransferJob:
             self._write(piece)
             self._tick(rate)
             left = raw.length_remaining
-            if sock is not None and self.splice_min is not None and left and left >= self.splice_min:
+            if sock is not None and self.direct_min is not None and left and left >= self.direct_min:
                 # The one read above emptied http.client's buffer: the rest is all in the socket.
-                self._splice(sock, left, rate)
-                return
+                direct_fd = direct_copy.open_direct(self.fh.fileno())
+                if direct_fd is not None:
+                    self._receive_direct(
+                        sock, left, rate, direct_copy.DirectFile(self.fh.fileno(), direct_fd)
+                    )
+                    return
+                sock = None
 
-    def _splice_socket(self, raw: HTTPResponse) -> socket.socket | None:
-        """The socket to splice the body from after a first read, or None to copy it all."""
-        if self.splice_min is None or self.encoded or self.limits.chunk_size < io.DEFAULT_BUFFER_SIZE:
+    def _direct_socket(self, raw: HTTPResponse) -> socket.socket | None:
+        """The socket to receive the body from after a first read, or None to copy it all."""
+        if self.direct_min is None or self.encoded or self.limits.chunk_size < io.DEFAULT_BUFFER_SIZE:
             return None
-        return splice_copy.body_socket(raw)
+        return direct_copy.body_socket(raw)
 
     def _admit(self, count: int) -> None:
         """Refuse ``count`` more bytes that would pass the cap or the expected size."""
@@ -401,35 +425,56 @@ class TransferJob:
             rate.start, rate.done = now, self.have
         self.progress(self.have, self.total if self.total is not None else self.expected_size)
 
-    def _splice(self, sock: socket.socket, left: int, rate: _RateWindow) -> None:
-        """Splice the body's last ``left`` bytes into the file; the helper thread hashes them."""
-        self.flush()  # the file's offset must be past every byte counted so far
-        hashed = self.have
+    def _receive_direct(
+        self, sock: socket.socket, left: int, rate: _RateWindow, disk: direct_copy.DirectFile
+    ) -> None:
+        """Receive the body's last ``left`` bytes into the ring of buffers; each full buffer is
+        hashed by the helper thread and written by the disk thread while the next one fills."""
+        self.flush()  # every byte counted so far is in the file
+        if self._disk is None:
+            self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="download-writer-disk")
+        if not self._ring:
+            self._ring = [_Slot(direct_copy.new_buffer()) for _ in range(direct_copy.BUFFERS)]
+        turn, slot, filled, room, start = 0, None, 0, 0, self.have
         try:
-            with splice_copy.SplicePipe() as pipe:
-                while left:
-                    count = self._splice_piece(pipe, sock, left)
-                    self.have += count
-                    self.spliced += count
-                    left -= count
-                    if self.have - hashed >= _HASH_STEP:
-                        self._hash_behind(hashed, self.have)
-                        hashed = self.have
-                    self._tick(rate)
+            while left:
+                if slot is None:
+                    slot = self._ring[turn % len(self._ring)]
+                    turn += 1
+                    self._settle_slot(slot)
+                    # A first piece up to a block boundary, so that the buffers after it start on one.
+                    room = (-self.have) % direct_copy.BLOCK or len(slot.buffer)
+                    filled, start = 0, self.have
+                view = memoryview(slot.buffer)[filled : filled + min(room - filled, left)]
+                count = self._receive_piece(sock, view)
+                self._admit(count)
+                filled += count
+                self.have += count
+                self.direct += count
+                left -= count
+                if filled == room or not left:
+                    self._hand_slot(slot, start, filled, disk)
+                    slot = None
+                self._tick(rate)
         finally:
             # Also the bytes before a cut: a resume carries on after them.
-            if self.have > hashed:
-                self._hash_behind(hashed, self.have)
+            if slot is not None and filled:
+                self._hand_slot(slot, start, filled, disk)
+            try:
+                for each in self._ring:
+                    self._settle_slot(each)
+            finally:
+                disk.close()
+                self.fh.seek(self.have)  # direct writes leave the file's offset where it was
         if self.total is not None and self.have < self.total:
             # A legal short 206 (the server may send less than the range we asked for).
             raise RetryableFailure("the server ended the response before the end of the file")
 
-    def _splice_piece(self, pipe: splice_copy.SplicePipe, sock: socket.socket, left: int) -> int:
-        """Move the next piece of at most ``left`` bytes from ``sock`` to the file; its size."""
+    def _receive_piece(self, sock: socket.socket, view: memoryview) -> int:
+        """One receive into ``view`` (as the portable copy's read1 makes one); its size."""
         self.check_cancel()
-        wait = min(self.limits.read_timeout, self.deadline - self.clock())
         try:
-            count = pipe.fill(sock, left, wait)
+            count = sock.recv_into(view)
         except TimeoutError:
             if self.clock() >= self.deadline:
                 raise self.too_slow() from None
@@ -440,20 +485,28 @@ class TransferJob:
             raise RetryableFailure("the connection was cut", kind=RetryKind.UNREACHABLE) from exc
         if not count:  # closed short of its Content-Length: urllib3 calls that a cut too
             raise RetryableFailure("the connection was cut", kind=RetryKind.UNREACHABLE)
-        self._admit(count)
-        try:
-            pipe.drain(self.fh.fileno(), count)
-        except OSError as exc:
-            raise self._write_failed(exc) from None
         return count
 
-    def _hash_behind(self, start: int, end: int) -> None:
-        """Have the helper thread hash the file's bytes ``[start, end)``, already written."""
-        if len(self._pending) >= _HASH_AHEAD:
-            self._settle(self._pending.popleft())
-        self._pending.append(
-            self._writer.submit(splice_copy.hash_file_range, self.hasher, self.fh.fileno(), start, end)
-        )
+    def _hand_slot(self, slot: _Slot, start: int, size: int, disk: direct_copy.DirectFile) -> None:
+        """Hash the slot's ``size`` bytes (in order, on the helper thread) and write them at
+        ``start`` (on the disk thread); the slot is refilled once both are done."""
+        assert self._disk is not None
+        data = memoryview(slot.buffer)[:size]
+        slot.busy = [
+            self._writer.submit(self.hasher.update, data),
+            self._disk.submit(disk.write, data, start),
+        ]
+
+    def _settle_slot(self, slot: _Slot) -> None:
+        busy, slot.busy = slot.busy, []
+        failure: BaseException | None = None
+        for done in busy:  # both, even after a failure: the buffer must be free to reuse
+            error = done.exception()
+            failure = failure or error
+        if isinstance(failure, OSError):
+            raise self._write_failed(failure)
+        if failure is not None:
+            raise failure
 
     def _write(self, data: bytes) -> None:
         # Pieces are as small as the server's writes (64 KiB from Python's http.server): they are

@@ -15,8 +15,9 @@ the deadline, or once the watch says the worker is stopping, the download raises
 :class:`HubUnreachable` (the task goes back to the queue). Other servers, and answers that another
 attempt may mend, get ``max_attempts``.
 
-The body is copied the portable way or, on Linux from a plain-HTTP server, spliced by the kernel
-with the SHA-256 computed beside it (``download_state.py``, ``splice_copy.py``).
+The body is copied the portable way or, on Linux from a plain-HTTP server, received into buffers
+of ours and written around the page cache with the SHA-256 computed beside it
+(``download_state.py``, ``direct_copy.py``).
 
 Runs on the calling (task) thread, plus one helper thread per download that lives only inside
 ``download()``. A Downloader and its ``requests.Session`` serve one thread at a time; ``cancel``
@@ -42,6 +43,7 @@ import structlog
 
 from morag_worker.core.logging import register_secret
 from morag_worker.core.transfer import download_state
+from morag_worker.core.transfer.direct_copy import DIRECT_AVAILABLE
 from morag_worker.core.transfer.download_state import (
     DownloadLimits,
     ProgressCallback,
@@ -61,7 +63,6 @@ from morag_worker.core.transfer.errors import (
 )
 from morag_worker.core.transfer.headers import SHA256_HEX
 from morag_worker.core.transfer.retry import OutageWatch, RetryKind, backoff_delay, kind_of_status
-from morag_worker.core.transfer.splice_copy import SPLICE_AVAILABLE
 from morag_worker.core.transfer.url_policy import (
     PeerCheckingAdapter,
     Resolver,
@@ -141,8 +142,9 @@ class Downloader:
         outage: Told when the hub does not answer and when it answers again; asked, while a
             download waits for the hub, whether the worker is stopping.
         rng: Random numbers in [0, 1) for the backoff's jitter.
-        zero_copy: Splice plain-HTTP bodies into the file where the system can (Linux); False
-            copies every body the portable way (tests of that path).
+        direct_io: Receive large plain-HTTP bodies into buffers of ours and write them around the
+            page cache where the system can (Linux); False copies every body the portable way
+            (tests of that path).
     """
 
     def __init__(
@@ -158,12 +160,12 @@ class Downloader:
         ca_bundle: str | os.PathLike[str] | None = None,
         outage: OutageWatch | None = None,
         rng: Callable[[], float] = random.random,
-        zero_copy: bool = True,
+        direct_io: bool = True,
     ) -> None:
         self.limits = limits if limits is not None else DownloadLimits()
         self._outage = outage
         self._rng = rng
-        self._zero_copy = zero_copy and SPLICE_AVAILABLE
+        self._direct_io = direct_io and DIRECT_AVAILABLE
         self.policy = UrlPolicy(
             hub_origin=hub_origin, resolver=resolver, trusted_origins=frozenset(trusted_origins)
         )
@@ -239,8 +241,9 @@ class Downloader:
         if expected_size is not None:  # refuse before connecting; checked again once the server answers
             check_disk_space(Path(dest_dir), expected_size, self.limits.disk_reserve_bytes, host)
         path = Path(dest_dir) / INPUT_NAME
-        # Read as well as write: spliced bytes are hashed through a read-only map of the file.
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+        flags = (
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+        )
         fd = os.open(path, flags, 0o600)
         started = self._clock()
         log.debug("download.start", host=host, hub=is_hub, expected_size=expected_size)
@@ -259,7 +262,7 @@ class Downloader:
                     expected_size=expected_size,
                     progress_callback=progress,
                     cancel=cancel,
-                    splice_min=download_state.SPLICE_MIN_BYTES if self._zero_copy else None,
+                    direct_min=download_state.DIRECT_MIN_BYTES if self._direct_io else None,
                 )
                 try:
                     self._run(job, url, notice)
@@ -282,7 +285,7 @@ class Downloader:
             mib_per_s=round(job.have / MiB / elapsed, 1),
             attempts=job.attempts,
             resumes=job.resumes,
-            spliced=job.spliced,
+            direct=job.direct,
         )
         return DownloadedFile(
             path=path,

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import structlog.testing
 
+from morag_worker.core.transfer import direct_copy
 from morag_worker.core.transfer import download_state as transfer_job
-from morag_worker.core.transfer import splice_copy
 from morag_worker.core.transfer.downloader import (
     DownloadCancelled,
     Downloader,
@@ -81,18 +81,18 @@ def sleeps() -> list[float]:
 COPIES = [
     "portable",
     pytest.param(
-        "splice",
-        marks=pytest.mark.skipif(not splice_copy.SPLICE_AVAILABLE, reason="splice(2) is Linux's"),
+        "direct",
+        marks=pytest.mark.skipif(not direct_copy.DIRECT_AVAILABLE, reason="O_DIRECT is Linux's"),
     ),
 ]
 
 
 @pytest.fixture(params=COPIES)
 def copy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """How bodies are copied: ``portable`` everywhere, or ``splice`` (Linux) from the first body
-    on that has any bytes left after the first read, not only past ``SPLICE_MIN_BYTES``."""
-    if request.param == "splice":
-        monkeypatch.setattr(transfer_job, "SPLICE_MIN_BYTES", 1)
+    """How bodies are copied: ``portable`` everywhere, or ``direct`` (Linux) from the first body
+    on that has any bytes left after the first read, not only past ``DIRECT_MIN_BYTES``."""
+    if request.param == "direct":
+        monkeypatch.setattr(transfer_job, "DIRECT_MIN_BYTES", 1)
     return str(request.param)
 
 
@@ -101,7 +101,7 @@ def dl(server: HTTPTestServer, sleeps: list[float], copy: str) -> Iterator[Downl
     """A downloader that may reach ``server`` (a trusted test origin) and records its waits; each
     test that uses it runs with both copies."""
     with Downloader(
-        limits=LIMITS, sleep=sleeps.append, trusted_origins=[server.origin], zero_copy=copy == "splice"
+        limits=LIMITS, sleep=sleeps.append, trusted_origins=[server.origin], direct_io=copy == "direct"
     ) as downloader:
         yield downloader
 
@@ -394,9 +394,9 @@ def test_trickle_fails_the_minimum_rate(
 ) -> None:
     server.route("/slow", Route(body=b"x" * 10_000, trickle=(1, 0.01)))
     limits = DownloadLimits(min_rate_bps=1000, min_rate_window_s=0.3, max_attempts=2, read_timeout=10)
-    zero_copy = copy == "splice"
+    direct_io = copy == "direct"
     with (
-        downloader(sleeps, server.origin, limits=limits, zero_copy=zero_copy) as dl,
+        downloader(sleeps, server.origin, limits=limits, direct_io=direct_io) as dl,
         pytest.raises(DownloadFailed) as caught,
     ):
         dl.download(server.url("/slow"), tmp_path)
@@ -411,7 +411,7 @@ def test_trickle_hits_the_overall_deadline(
     server.route("/slow", Route(body=b"x" * 10_000, trickle=(1, 0.01)))
     limits = DownloadLimits(min_rate_bps=0, deadline_s=0.5, read_timeout=10)
     with (
-        downloader(sleeps, server.origin, limits=limits, zero_copy=copy == "splice") as dl,
+        downloader(sleeps, server.origin, limits=limits, direct_io=copy == "direct") as dl,
         pytest.raises(DownloadFailed, match="too slow"),
     ):
         dl.download(server.url("/slow"), tmp_path)
@@ -596,21 +596,21 @@ def test_proxy_environment_is_ignored(
     assert dl.session.trust_env is False
 
 
-# --- the zero-copy path (Linux) -----------------------------------------------------------------
+# --- receiving directly, around the page cache (Linux) ------------------------------------------
 
-linux_only = pytest.mark.skipif(not splice_copy.SPLICE_AVAILABLE, reason="splice(2) is Linux's")
+linux_only = pytest.mark.skipif(not direct_copy.DIRECT_AVAILABLE, reason="O_DIRECT is Linux's")
 
 
-def spliced_bytes(logs: list[dict[str, Any]]) -> int:
+def direct_bytes(logs: list[dict[str, Any]]) -> int:
     [done] = [e for e in logs if e["event"] == "download.done"]
-    return int(done["spliced"])
+    return int(done["direct"])
 
 
 @linux_only
-def test_a_large_plain_http_body_is_spliced_and_its_connection_kept(
+def test_a_large_plain_http_body_is_received_directly_and_its_connection_kept(
     server: HTTPTestServer, sleeps: list[float], tmp_path: Path
 ) -> None:
-    body = data(transfer_job.SPLICE_MIN_BYTES + 3 * MiB + 5)
+    body = data(transfer_job.DIRECT_MIN_BYTES + 3 * MiB + 5)
     route = server.route("/f", Route(body=body))
     with downloader(sleeps, server.origin) as dl:
         for name in ("a", "b"):
@@ -619,25 +619,25 @@ def test_a_large_plain_http_body_is_spliced_and_its_connection_kept(
                 result = dl.download(server.url("/f"), tmp_path / name, expected_sha256=route.sha256)
             assert result.path.read_bytes() == body and result.verified
             # All but the first read, which empties what http.client buffered with the headers.
-            assert len(body) - LIMITS.chunk_size <= spliced_bytes(logs) < len(body)
-    assert server.connections_accepted == 1  # the spliced body left its connection reusable
+            assert len(body) - LIMITS.chunk_size <= direct_bytes(logs) < len(body)
+    assert server.connections_accepted == 1  # the body received directly left its connection reusable
 
 
 @linux_only
-def test_small_bodies_and_zero_copy_off_are_copied_the_portable_way(
+def test_small_bodies_and_direct_io_off_are_copied_the_portable_way(
     server: HTTPTestServer, sleeps: list[float], tmp_path: Path
 ) -> None:
-    server.route("/small", Route(body=data(transfer_job.SPLICE_MIN_BYTES // 2)))
-    server.route("/large", Route(body=data(transfer_job.SPLICE_MIN_BYTES * 2)))
-    for path, zero_copy in (("/small", True), ("/large", False)):
+    server.route("/small", Route(body=data(transfer_job.DIRECT_MIN_BYTES // 2)))
+    server.route("/large", Route(body=data(transfer_job.DIRECT_MIN_BYTES * 2)))
+    for path, direct_io in (("/small", True), ("/large", False)):
         folder = tmp_path / path.strip("/")
         folder.mkdir()
         with (
-            downloader(sleeps, server.origin, zero_copy=zero_copy) as dl,
+            downloader(sleeps, server.origin, direct_io=direct_io) as dl,
             structlog.testing.capture_logs() as logs,
         ):
             dl.download(server.url(path), folder)
-        assert spliced_bytes(logs) == 0, path
+        assert direct_bytes(logs) == 0, path
 
 
 @linux_only
@@ -648,7 +648,7 @@ def test_small_bodies_and_zero_copy_off_are_copied_the_portable_way(
         (errno.EIO, DownloadFailed, "could not be written"),
     ],
 )
-def test_splice_write_errors_are_typed(
+def test_direct_write_errors_are_typed(
     server: HTTPTestServer,
     tmp_path: Path,
     sleeps: list[float],
@@ -657,12 +657,12 @@ def test_splice_write_errors_are_typed(
     error: type[Exception],
     text: str,
 ) -> None:
-    server.route("/f", Route(body=data(transfer_job.SPLICE_MIN_BYTES * 2)))
+    server.route("/f", Route(body=data(transfer_job.DIRECT_MIN_BYTES * 2)))
 
-    def failing(_pipe: Any, _fd: int, _count: int) -> None:
+    def failing(_disk: Any, _data: memoryview, _offset: int) -> None:
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(splice_copy.SplicePipe, "drain", failing)
+    monkeypatch.setattr(direct_copy.DirectFile, "write", failing)
     with downloader(sleeps, server.origin) as dl, pytest.raises(error, match=text):
         dl.download(server.url("/f"), tmp_path)
     assert_empty(tmp_path)
