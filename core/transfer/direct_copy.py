@@ -8,9 +8,9 @@ same buffer meanwhile, while a writer thread waits on the disk. After a curl dow
 each: 994-1173 MiB/s at 0.94-1.05 CPU s/GiB, against 748-955 MiB/s at 1.75-2.0 for splicing the
 body into the page cache (``splice(2)``) and hashing it there.
 
-The file is then not in the page cache: whoever reads it next reads the disk. Used for a plain
-TCP body of known length where :func:`open_direct` gets a descriptor (Linux, a file system with
-``O_DIRECT``); everything else is copied the portable way (``download_state.py``).
+The file is then not in the page cache: whoever reads it next reads the disk. Used for a body of
+known length over plain TCP or TLS where :func:`open_direct` gets a descriptor (Linux, a file
+system with ``O_DIRECT``); everything else is copied the portable way (``download_state.py``).
 :func:`write_around_cache` runs on the writer thread.
 """
 
@@ -44,7 +44,7 @@ BUFFERS = 4
 
 
 def body_socket(raw: HTTPResponse) -> socket.socket | None:
-    """The plain TCP socket a body of known length can be received from directly; None otherwise.
+    """The socket (plain or TLS) a body of known length can be received from directly; None otherwise.
 
     Only once a first ``read1`` of at least ``io.DEFAULT_BUFFER_SIZE`` bytes has emptied what
     ``http.client`` buffered past the headers is every byte left in the socket.
@@ -59,7 +59,7 @@ def body_socket(raw: HTTPResponse) -> socket.socket | None:
     if not isinstance(fp, http.client.HTTPResponse):
         return None
     sock = getattr(getattr(getattr(fp, "fp", None), "raw", None), "_sock", None)
-    if type(sock) is not socket.socket:  # TLS (ssl.SSLSocket) and anything wrapped are copied
+    if not isinstance(sock, socket.socket):  # ssl.SSLSocket is one; urllib3's SSLTransport is not
         return None
     if sock.gettimeout() is None:  # a blocking socket: nothing would bound a wait for it
         return None

@@ -8,7 +8,7 @@ and finally checks the bytes (:meth:`TransferJob.verified`). Failures worth anot
 :class:`RetryableFailure`; the downloader (``transfer.py``) owns the retry loop.
 
 Two copies: the portable one reads the body into memory, hashes it on the downloading thread and
-has the helper thread write it; on Linux a large plain-HTTP body of known length is received into
+has the helper thread write it; on Linux a large body of known length is received into
 a ring of our own buffers instead, hashed from them by the helper thread and written around the
 page cache by a writer thread (``direct_copy.py``), so that hashing, the dearest part, runs beside
 the receiving and no page of cache is filled.

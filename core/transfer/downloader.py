@@ -15,7 +15,7 @@ the deadline, or once the watch says the worker is stopping, the download raises
 :class:`HubUnreachable` (the task goes back to the queue). Other servers, and answers that another
 attempt may mend, get ``max_attempts``.
 
-The body is copied the portable way or, on Linux from a plain-HTTP server, received into buffers
+The body is copied the portable way or, on Linux, received into buffers
 of ours and written around the page cache with the SHA-256 computed beside it
 (``download_state.py``, ``direct_copy.py``).
 
@@ -142,7 +142,7 @@ class Downloader:
         outage: Told when the hub does not answer and when it answers again; asked, while a
             download waits for the hub, whether the worker is stopping.
         rng: Random numbers in [0, 1) for the backoff's jitter.
-        direct_io: Receive large plain-HTTP bodies into buffers of ours and write them around the
+        direct_io: Receive large bodies into buffers of ours and write them around the
             page cache where the system can (Linux); False copies every body the portable way
             (tests of that path).
     """

@@ -641,6 +641,18 @@ def test_small_bodies_and_direct_io_off_are_copied_the_portable_way(
 
 
 @linux_only
+def test_a_file_system_without_o_direct_gets_the_portable_copy(
+    server: HTTPTestServer, sleeps: list[float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = data(transfer_job.DIRECT_MIN_BYTES * 2)
+    route = server.route("/f", Route(body=body))
+    monkeypatch.setattr(direct_copy, "open_direct", lambda _fd: None)  # as on tmpfs before 6.6
+    with downloader(sleeps, server.origin) as dl, structlog.testing.capture_logs() as logs:
+        result = dl.download(server.url("/f"), tmp_path, expected_sha256=route.sha256)
+    assert result.path.read_bytes() == body and direct_bytes(logs) == 0
+
+
+@linux_only
 @pytest.mark.parametrize(
     ("code", "error", "text"),
     [
@@ -774,6 +786,22 @@ def test_https_download_verifies_against_the_given_ca(
         result = dl.download(tls_server.url("/f"), tmp_path, expected_sha256=route.sha256)
     assert result.verified
     assert tls_server.requests("/f")[0].headers["authorization"] == f"Bearer {API_KEY}"
+
+
+@linux_only
+def test_a_large_https_body_is_received_directly(
+    tls_server: HTTPTestServer, certificate: tuple[Path, Path], sleeps: list[float], tmp_path: Path
+) -> None:
+    body = data(transfer_job.DIRECT_MIN_BYTES + MiB + 3)
+    route = tls_server.route("/f", Route(body=body, cut_after=2 * MiB + 1, cut_times=1))
+    with (
+        downloader(sleeps, hub_origin=tls_server.origin, ca_bundle=certificate[0]) as dl,
+        structlog.testing.capture_logs() as logs,
+    ):
+        result = dl.download(tls_server.url("/f"), tmp_path, expected_sha256=route.sha256)
+    assert result.path.read_bytes() == body and result.resumes == 1
+    # Up to the cut, after the first read; the rest, under DIRECT_MIN_BYTES, was copied.
+    assert 2 * MiB - LIMITS.chunk_size < direct_bytes(logs) <= 2 * MiB + 1
 
 
 def test_an_untrusted_certificate_is_refused_without_retrying(
