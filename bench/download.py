@@ -6,7 +6,9 @@ Generates a random file (os.urandom, 1 MiB blocks) in a temporary directory and 
 separate process, with ``sendfile`` (so the server costs little CPU) and then with Python's own
 ``http.server`` (64 KiB userspace copies: a server that costs CPU; ``--server`` picks one). Then,
 in the same run, fetches it with ``curl -s -o FILE URL`` (timed by curl's own ``%{time_total}``),
-with our Downloader (1 MiB chunks, SHA-256 on the fly and verified), and with the naive seed
+with our Downloader (on Linux the body is received into buffers of ours, hashed on a second
+thread and written around the page cache with O_DIRECT by a third; elsewhere 1 MiB chunks through
+the page cache; verified either way), and with the naive seed
 approach (``requests`` ``iter_content(8192)``, hash, write, on one thread) as a baseline. The
 Python methods run in a child process that reports its own time and peak RSS (``ru_maxrss``).
 Before each timed run the page cache is synced, so one run's writeback does not slow the next,
@@ -14,7 +16,8 @@ and the order of the methods rotates between runs. Prints per server and method 
 throughput of ``--runs`` runs with the lowest and highest, the ratio ours/curl run by run (median
 and spread; target >= 1.0), the ratio to the SHA-256 bound measured in the same run (hashlib over
 the same file's bytes in memory, one core; target >= 0.8), our peak RSS over all runs (target
-< 80 MB) and the machine's load during the runs. The temporary directory is removed however the
+< 80 MB), the CPU time each method and the server spent per GiB (user + system, all threads;
+Linux), and the machine's load during the runs. The temporary directory is removed however the
 bench ends.
 """
 
@@ -43,7 +46,7 @@ from bench.measure import MachineLoad, Spread, interrupts_deferred, paired_ratio
 MiB = 1024 * 1024
 METHODS = {
     "curl": "curl -s -o",
-    "ours": "ours (1 MiB, sha256)",
+    "ours": "ours (sha256 verified)",
     "seed": "seed (requests 8 KiB, sha256)",
 }
 SHA_BOUND = "SHA-256 bound (hashlib, in memory)"
@@ -97,6 +100,7 @@ def fetch(url: str, dest: Path, method: str, sha256: str) -> None:
 
     origin = "/".join(url.split("/", 3)[:3])
     rss_before = _rss_kib()
+    cpu_before = _cpu_self()
     started = time.perf_counter()
     if method == "ours":
         limits = DownloadLimits(max_bytes=64 * 1024 * MiB, disk_reserve_bytes=0)
@@ -115,8 +119,29 @@ def fetch(url: str, dest: Path, method: str, sha256: str) -> None:
         if digest.hexdigest() != sha256:
             raise SystemExit("seed download: wrong SHA-256")
     seconds = time.perf_counter() - started
+    cpu = _cpu_self() - cpu_before
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"seconds": seconds, "bytes": size, "peak_kib": peak, "start_kib": rss_before}))
+    measured = {"seconds": seconds, "cpu": cpu, "bytes": size, "peak_kib": peak, "start_kib": rss_before}
+    print(json.dumps(measured))
+
+
+def _cpu_self() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cpu_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # children waited for
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cpu_of(pid: int) -> float | None:
+    """A running process's CPU seconds (user + system) from /proc; None where there is no /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_kib() -> int:
@@ -141,11 +166,13 @@ def run_curl(url: str, work: Path, size: int) -> dict[str, Any]:
     out = work / "curl.bin"
     # curl's own transfer time, so that neither side counts its process start-up.
     command = ["curl", "-s", "-o", str(out), "-w", "%{time_total}", url]
+    cpu_before = _cpu_children()
     seconds = float(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+    cpu = _cpu_children() - cpu_before
     if out.stat().st_size != size:
         raise SystemExit("curl fetched the wrong size")
     out.unlink()
-    return {"seconds": seconds}
+    return {"seconds": seconds, "cpu": cpu}
 
 
 def sha_bound(source: Path) -> None:
@@ -158,7 +185,7 @@ def sha_bound(source: Path) -> None:
             started = time.perf_counter()
             digest.update(block)
             seconds += time.perf_counter() - started
-    print(json.dumps({"seconds": seconds}))
+    print(json.dumps({"seconds": seconds, "cpu": seconds}))  # one thread, busy all along
 
 
 def run_sha_bound(source: Path) -> dict[str, Any]:
@@ -179,22 +206,26 @@ def run_python(url: str, dest: Path, method: str, sha256: str) -> dict[str, Any]
 
 
 def measure(
-    url: str, work: Path, sha256: str, size_mib: int, runs: int, kind: str
+    url: str, work: Path, sha256: str, size_mib: int, runs: int, kind: str, server_pid: int
 ) -> dict[str, list[dict[str, Any]]]:
     names = list(METHODS)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in [*names, "sha"]}
     for run in range(runs):
         for name in names[run % 3 :] + names[: run % 3]:
             os.sync()  # start every timed run without the previous run's dirty pages
+            server_before = _cpu_of(server_pid)
             if name == "curl":
-                results[name].append(run_curl(url, work, size_mib * MiB))
+                measured = run_curl(url, work, size_mib * MiB)
             else:
-                results[name].append(run_python(url, work / name, name, sha256))
+                measured = run_python(url, work / name, name, sha256)
+            server_after = _cpu_of(server_pid)
+            if server_before is not None and server_after is not None:
+                measured["server_cpu"] = server_after - server_before
+            results[name].append(measured)
         results["sha"].append(run_sha_bound(work / "source.bin"))
-        print(
-            f"{kind} run {run + 1}/{runs}: "
-            + ", ".join(f"{k} {v[-1]['seconds']:.2f} s" for k, v in results.items())
-        )
+        last = {name: done[-1] for name, done in results.items()}
+        timings = ", ".join(f"{k} {v['seconds']:.2f} s (cpu {v['cpu']:.2f} s)" for k, v in last.items())
+        print(f"{kind} run {run + 1}/{runs}: {timings}")
     return results
 
 
@@ -216,10 +247,50 @@ def report(results: dict[str, list[dict[str, Any]]], size_mib: int, kind: str) -
     print(f"  throughput ours/curl: {paired_ratios(curl, ours).format('×', digits=2)} (target >= 1.0)")
     print(f"  throughput ours/seed: {paired_ratios(seed, ours).format('×', digits=2)}")
     sha = [run["seconds"] for run in results["sha"]]
-    print(
-        f"  throughput ours/SHA-256 bound: {paired_ratios(sha, ours).format('×', digits=2)} (target >= 0.8)"
-    )
+    to_bound = paired_ratios(sha, ours)
+    print(f"  throughput ours/SHA-256 bound: {to_bound.format('×', digits=2)} (target >= 0.8)")
     print("  (ours and seed hash SHA-256 on the fly; curl only writes the file)")
+    print(f"  CPU s/GiB, median (user + system): {cpu_per_gib(results, size_mib)}")
+    why = "why under 0.8× the bound: " if to_bound.median < 0.8 else ""
+    print(f"  {why}{cpu_ceiling(results, size_mib)}")
+
+
+def _median_cpu(done: list[dict[str, Any]], key: str, gib: float) -> float:
+    return Spread.of(run.get(key, 0.0) / gib for run in done).median
+
+
+def cpu_ceiling(results: dict[str, list[dict[str, Any]]], size_mib: int) -> str:
+    """The fastest ours could have gone in this run's CPU figures, on an otherwise idle machine:
+    no faster than its hashing thread (the bound's CPU per GiB), and no faster than the cores can
+    supply its CPU and the server's together."""
+    gib, cores = size_mib / 1024, os.cpu_count() or 1
+    ours, bound = _median_cpu(results["ours"], "cpu", gib), _median_cpu(results["sha"], "cpu", gib)
+    server = _median_cpu(results["ours"], "server_cpu", gib)
+    floor = max((ours + server) / cores, bound)  # wall seconds per GiB, at best
+    return (
+        f"ours needs {ours:.2f} CPU s/GiB (SHA-256 alone {bound:.2f}) and the server {server:.2f}; "
+        f"on {cores} cores that allows at most {1024 / floor:.0f} MiB/s, {bound / floor:.2f}× the bound, "
+        f"if nothing else ran (curl, which does not hash, needs "
+        f"{_median_cpu(results['curl'], 'cpu', gib):.2f})"
+    )
+
+
+def cpu_per_gib(results: dict[str, list[dict[str, Any]]], size_mib: int) -> str:
+    """What each method cost the machine per GiB: its own CPU time (all threads) and the server's.
+    A download that hashes cannot need less than the bound's CPU, and on 2 cores the client's and
+    the server's together bound the wall time from below."""
+    gib = size_mib / 1024
+    parts = []
+    for name in ("curl", "ours", "seed", "sha"):
+        done = results[name]
+        own = Spread.of(run["cpu"] / gib for run in done).median
+        label = "bound" if name == "sha" else name
+        if all("server_cpu" in run for run in done):
+            server = Spread.of(run["server_cpu"] / gib for run in done).median
+            parts.append(f"{label} {own:.2f} + server {server:.2f}")
+        else:
+            parts.append(f"{label} {own:.2f}")
+    return "; ".join(parts)
 
 
 def main() -> int:
@@ -279,7 +350,7 @@ def serve_and_measure(
     try:
         assert server.stdout is not None and server.stdin is not None
         url = f"http://127.0.0.1:{server.stdout.readline().strip()}/source.bin"
-        return measure(url, work, sha256, size_mib, runs, kind)
+        return measure(url, work, sha256, size_mib, runs, kind, server.pid)
     finally:
         with interrupts_deferred():
             assert server.stdin is not None

@@ -7,17 +7,27 @@ copies the body (:meth:`TransferJob.stream`) under the size cap, the deadline an
 and finally checks the bytes (:meth:`TransferJob.verified`). Failures worth another attempt raise
 :class:`RetryableFailure`; the downloader (``transfer.py``) owns the retry loop.
 
-Runs on the downloading thread, which hands file writes to one writer thread of its own (joined
-by :meth:`TransferJob.close`); ``cancel`` may be set from any thread.
+Two copies: the portable one reads the body into memory, hashes it on the downloading thread and
+has the helper thread write it; on Linux a large body of known length is received into
+a ring of our own buffers instead, hashed from them by the helper thread and written around the
+page cache by a writer thread (``direct_copy.py``), so that hashing, the dearest part, runs beside
+the receiving and no page of cache is filled.
+
+Runs on the downloading thread, which hands file writes (or, receiving directly, hashing) to one
+helper thread of its own and direct writes to another (joined by :meth:`TransferJob.close`);
+``cancel`` may be set from any thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import hmac
 import io
+import mmap
 import shutil
+import socket
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -30,6 +40,7 @@ import structlog
 import urllib3
 from urllib3.response import HTTPResponse
 
+from morag_worker.core.transfer import direct_copy
 from morag_worker.core.transfer import headers as hh
 from morag_worker.core.transfer.errors import (
     DownloadCancelled,
@@ -38,7 +49,7 @@ from morag_worker.core.transfer.errors import (
     IntegrityError,
     TooLarge,
 )
-from morag_worker.core.transfer.limits import LIMIT_ENV, DownloadLimits
+from morag_worker.core.transfer.limits import LIMIT_ENV, DownloadLimits, MiB
 from morag_worker.core.transfer.retry import RetryKind, kind_of_status
 from morag_worker.core.units import human_bytes
 
@@ -55,6 +66,7 @@ log = structlog.get_logger(__name__)
 
 _WRITE_AHEAD = 2
 _INLINE_WRITE_BYTES = 64 * 1024  # a smaller last (or only) write is made on the downloading thread
+DIRECT_MIN_BYTES = 4 * MiB  # a body with less left to read is copied the portable way
 ProgressCallback = Callable[[int, int | None], None]
 
 
@@ -106,6 +118,22 @@ class _Throttle:
 
 
 @dataclass
+class _RateWindow:
+    """Where the current minimum-rate window began: its time and the bytes held then."""
+
+    start: float
+    done: int
+
+
+@dataclass
+class _Slot:
+    """One receive buffer and the hashing and writing of its bytes, while they run."""
+
+    buffer: mmap.mmap
+    busy: list[Future[None]] = field(default_factory=list)
+
+
+@dataclass
 class TransferJob:
     """One download's mutable state across its attempts (see the module docstring)."""
 
@@ -120,6 +148,7 @@ class TransferJob:
     expected_size: int | None = None
     progress_callback: ProgressCallback | None = None
     cancel: threading.Event | None = None
+    direct_min: int | None = None  # receive directly bodies with this much left at least; None: never
     have: int = 0
     hasher: Any = field(default_factory=hashlib.sha256)
     total: int | None = None
@@ -132,27 +161,38 @@ class TransferJob:
     failures: int = 0  # in a row, for the backoff
     capped_failures: int = 0  # in a row, of those that count against ``max_attempts``
     resumes: int = 0
+    direct: int = 0  # bytes received into our buffers and written around the page cache
     redownloaded: bool = False
     progress: _Throttle = field(init=False)
     _writer: ThreadPoolExecutor = field(init=False, repr=False)
     _pending: deque[Future[None]] = field(init=False, repr=False)
     _batch: list[bytes] = field(init=False, repr=False)
     _batch_bytes: int = field(init=False, repr=False)
+    _disk: ThreadPoolExecutor | None = field(init=False, repr=False, default=None)
+    _ring: list[_Slot] = field(init=False, repr=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.progress = _Throttle(self.progress_callback, self.clock, self.limits.progress_interval_s)
-        # One writer thread, so hashing a chunk overlaps writing the previous one (both release
-        # the GIL); it keeps the order of writes and at most _WRITE_AHEAD chunks in flight.
+        # One helper thread, so hashing a chunk overlaps writing the previous one (both release
+        # the GIL); it keeps the order of writes and at most _WRITE_AHEAD chunks in flight. When
+        # receiving directly, it hashes the buffers in order while the disk thread writes them.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="download-writer")
         self._pending = deque()
         self._batch = []
         self._batch_bytes = 0
 
     def close(self) -> None:
-        """Wait for writes in flight (their errors no longer matter) and stop the writer thread."""
+        """Wait for writes in flight (their errors no longer matter), stop the threads, free the
+        receive buffers."""
         self._pending.clear()
         self._batch.clear()
         self._writer.shutdown(wait=True)
+        if self._disk is not None:
+            self._disk.shutdown(wait=True)
+        for slot in self._ring:
+            with contextlib.suppress(BufferError):  # a view kept by a traceback: freed with it
+                slot.buffer.close()
+        self._ring.clear()
 
     @property
     def can_resume(self) -> bool:
@@ -261,14 +301,16 @@ class TransferJob:
             self.flush()
 
     def _copy(self, raw: HTTPResponse) -> None:
-        limits, clock = self.limits, self.clock
-        window_start, window_bytes = clock(), self.have
+        limits = self.limits
+        rate = _RateWindow(self.clock(), self.have)
+        sock = self._direct_socket(raw)
         while True:
             self.check_cancel()
             try:
                 # read1 returns after one socket read, so a trickle cannot keep us inside a read for
-                # longer than read_timeout: the deadline and rate checks below keep running.
-                piece = raw.read1(limits.chunk_size, decode_content=True)
+                # longer than read_timeout: the deadline and rate checks below keep running. An
+                # identity body skips urllib3's decoded-bytes queue, which copies every byte again.
+                piece = raw.read1(limits.chunk_size, decode_content=self.encoded)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 kind = (
                     RetryKind.TRANSIENT
@@ -285,23 +327,132 @@ class TransferJob:
                 raise IntegrityError(
                     f"The server at {self.host} sent more than the {self.total} bytes it announced."
                 )
-            if self.have + len(piece) > limits.max_bytes:
-                raise TooLarge(f"The file at {self.host} is over the {human_bytes(limits.max_bytes)} limit.")
-            if self.expected_size is not None and self.have + len(piece) > self.expected_size:
-                raise IntegrityError(
-                    f"The file at {self.host} is larger than the {self.expected_size} bytes expected."
-                )
+            self._admit(len(piece))
             self._write(piece)
-            now = clock()
-            if now > self.deadline:
-                raise self.too_slow()
-            if now - window_start >= limits.min_rate_window_s:
-                rate = (self.have - window_bytes) / (now - window_start)
-                if rate < limits.min_rate_bps:
-                    minimum = f"{limits.min_rate_bps:g} B/s over {limits.min_rate_window_s:g} s"
-                    raise RetryableFailure(f"the transfer was too slow ({rate:.0f} B/s, under {minimum})")
-                window_start, window_bytes = now, self.have
-            self.progress(self.have, self.total if self.total is not None else self.expected_size)
+            self._tick(rate)
+            left = raw.length_remaining
+            if sock is not None and self.direct_min is not None and left and left >= self.direct_min:
+                # The one read above emptied http.client's buffer: the rest is all in the socket.
+                direct_fd = direct_copy.open_direct(self.fh.fileno())
+                if direct_fd is not None:
+                    self._receive_direct(
+                        sock, left, rate, direct_copy.DirectFile(self.fh.fileno(), direct_fd)
+                    )
+                    return
+                sock = None
+
+    def _direct_socket(self, raw: HTTPResponse) -> socket.socket | None:
+        """The socket to receive the body from after a first read, or None to copy it all."""
+        if self.direct_min is None or self.encoded or self.limits.chunk_size < io.DEFAULT_BUFFER_SIZE:
+            return None
+        return direct_copy.body_socket(raw)
+
+    def _admit(self, count: int) -> None:
+        """Refuse ``count`` more bytes that would pass the cap or the expected size."""
+        limits = self.limits
+        if self.have + count > limits.max_bytes:
+            raise TooLarge(f"The file at {self.host} is over the {human_bytes(limits.max_bytes)} limit.")
+        if self.expected_size is not None and self.have + count > self.expected_size:
+            raise IntegrityError(
+                f"The file at {self.host} is larger than the {self.expected_size} bytes expected."
+            )
+
+    def _tick(self, rate: _RateWindow) -> None:
+        """After each piece: the deadline, the minimum rate over its window, and progress."""
+        limits = self.limits
+        now = self.clock()
+        if now > self.deadline:
+            raise self.too_slow()
+        if now - rate.start >= limits.min_rate_window_s:
+            bps = (self.have - rate.done) / (now - rate.start)
+            if bps < limits.min_rate_bps:
+                minimum = f"{limits.min_rate_bps:g} B/s over {limits.min_rate_window_s:g} s"
+                raise RetryableFailure(f"the transfer was too slow ({bps:.0f} B/s, under {minimum})")
+            rate.start, rate.done = now, self.have
+        self.progress(self.have, self.total if self.total is not None else self.expected_size)
+
+    def _receive_direct(
+        self, sock: socket.socket, left: int, rate: _RateWindow, disk: direct_copy.DirectFile
+    ) -> None:
+        """Receive the body's last ``left`` bytes into the ring of buffers; each full buffer is
+        hashed by the helper thread and written by the disk thread while the next one fills."""
+        self.flush()  # every byte counted so far is in the file
+        if self._disk is None:
+            self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="download-writer-disk")
+        if not self._ring:
+            self._ring = [_Slot(direct_copy.new_buffer()) for _ in range(direct_copy.BUFFERS)]
+        turn, slot, filled, room, start = 0, None, 0, 0, self.have
+        try:
+            while left:
+                if slot is None:
+                    slot = self._ring[turn % len(self._ring)]
+                    turn += 1
+                    self._settle_slot(slot)
+                    # A first piece up to a block boundary, so that the buffers after it start on one.
+                    room = (-self.have) % direct_copy.BLOCK or len(slot.buffer)
+                    filled, start = 0, self.have
+                view = memoryview(slot.buffer)[filled : filled + min(room - filled, left)]
+                count = self._receive_piece(sock, view)
+                self._admit(count)
+                filled += count
+                self.have += count
+                self.direct += count
+                left -= count
+                if filled == room or not left:
+                    self._hand_slot(slot, start, filled, disk)
+                    slot = None
+                self._tick(rate)
+        finally:
+            # Also the bytes before a cut: a resume carries on after them.
+            if slot is not None and filled:
+                self._hand_slot(slot, start, filled, disk)
+            try:
+                for each in self._ring:
+                    self._settle_slot(each)
+            finally:
+                disk.close()
+                self.fh.seek(self.have)  # direct writes leave the file's offset where it was
+        if self.total is not None and self.have < self.total:
+            # A legal short 206 (the server may send less than the range we asked for).
+            raise RetryableFailure("the server ended the response before the end of the file")
+
+    def _receive_piece(self, sock: socket.socket, view: memoryview) -> int:
+        """One receive into ``view`` (as the portable copy's read1 makes one); its size."""
+        self.check_cancel()
+        try:
+            count = sock.recv_into(view)
+        except TimeoutError:
+            if self.clock() >= self.deadline:
+                raise self.too_slow() from None
+            raise RetryableFailure(
+                "the server stopped sending (read timed out)", kind=RetryKind.UNREACHABLE
+            ) from None
+        except OSError as exc:
+            raise RetryableFailure("the connection was cut", kind=RetryKind.UNREACHABLE) from exc
+        if not count:  # closed short of its Content-Length: urllib3 calls that a cut too
+            raise RetryableFailure("the connection was cut", kind=RetryKind.UNREACHABLE)
+        return count
+
+    def _hand_slot(self, slot: _Slot, start: int, size: int, disk: direct_copy.DirectFile) -> None:
+        """Hash the slot's ``size`` bytes (in order, on the helper thread) and write them at
+        ``start`` (on the disk thread); the slot is refilled once both are done."""
+        assert self._disk is not None
+        data = memoryview(slot.buffer)[:size]
+        slot.busy = [
+            self._writer.submit(self.hasher.update, data),
+            self._disk.submit(disk.write, data, start),
+        ]
+
+    def _settle_slot(self, slot: _Slot) -> None:
+        busy, slot.busy = slot.busy, []
+        failure: BaseException | None = None
+        for done in busy:  # both, even after a failure: the buffer must be free to reuse
+            error = done.exception()
+            failure = failure or error
+        if isinstance(failure, OSError):
+            raise self._write_failed(failure)
+        if failure is not None:
+            raise failure
 
     def _write(self, data: bytes) -> None:
         # Pieces are as small as the server's writes (64 KiB from Python's http.server): they are
@@ -340,12 +491,15 @@ class TransferJob:
             for later in self._pending:  # let them finish; after a failed write they prove nothing
                 later.exception()
             self._pending.clear()
-            if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-                done = human_bytes(self.have)
-                raise InsufficientDiskSpace(
-                    f"The disk ran out of space after {done} of the file from {self.host}."
-                ) from None
-            raise self.failed(f"the file could not be written ({exc.strerror})") from None
+            raise self._write_failed(exc) from None
+
+    def _write_failed(self, exc: OSError) -> InsufficientDiskSpace | DownloadFailed:
+        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            done = human_bytes(self.have)
+            return InsufficientDiskSpace(
+                f"The disk ran out of space after {done} of the file from {self.host}."
+            )
+        return self.failed(f"the file could not be written ({exc.strerror})")
 
     def verified(self) -> bool:
         """True if the bytes are right; on the first mismatch, restart for one fresh download."""

@@ -15,7 +15,11 @@ the deadline, or once the watch says the worker is stopping, the download raises
 :class:`HubUnreachable` (the task goes back to the queue). Other servers, and answers that another
 attempt may mend, get ``max_attempts``.
 
-Runs on the calling (task) thread, plus one writer thread per download that lives only inside
+The body is copied the portable way or, on Linux, received into buffers
+of ours and written around the page cache with the SHA-256 computed beside it
+(``download_state.py``, ``direct_copy.py``).
+
+Runs on the calling (task) thread, plus one helper thread per download that lives only inside
 ``download()``. A Downloader and its ``requests.Session`` serve one thread at a time; ``cancel``
 may be set from any thread. A worker keeps one per process and thread (``execution/context.py``),
 so a body read to its end leaves its connection open for the next download from that host.
@@ -38,6 +42,8 @@ import requests
 import structlog
 
 from morag_worker.core.logging import register_secret
+from morag_worker.core.transfer import download_state
+from morag_worker.core.transfer.direct_copy import DIRECT_AVAILABLE
 from morag_worker.core.transfer.download_state import (
     DownloadLimits,
     ProgressCallback,
@@ -136,6 +142,9 @@ class Downloader:
         outage: Told when the hub does not answer and when it answers again; asked, while a
             download waits for the hub, whether the worker is stopping.
         rng: Random numbers in [0, 1) for the backoff's jitter.
+        direct_io: Receive large bodies into buffers of ours and write them around the
+            page cache where the system can (Linux); False copies every body the portable way
+            (tests of that path).
     """
 
     def __init__(
@@ -151,10 +160,12 @@ class Downloader:
         ca_bundle: str | os.PathLike[str] | None = None,
         outage: OutageWatch | None = None,
         rng: Callable[[], float] = random.random,
+        direct_io: bool = True,
     ) -> None:
         self.limits = limits if limits is not None else DownloadLimits()
         self._outage = outage
         self._rng = rng
+        self._direct_io = direct_io and DIRECT_AVAILABLE
         self.policy = UrlPolicy(
             hub_origin=hub_origin, resolver=resolver, trusted_origins=frozenset(trusted_origins)
         )
@@ -255,6 +266,7 @@ class Downloader:
                     expected_size=expected_size,
                     progress_callback=progress,
                     cancel=cancel,
+                    direct_min=download_state.DIRECT_MIN_BYTES if self._direct_io else None,
                 )
                 try:
                     self._run(job, url, notice)
@@ -277,6 +289,7 @@ class Downloader:
             mib_per_s=round(job.have / MiB / elapsed, 1),
             attempts=job.attempts,
             resumes=job.resumes,
+            direct=job.direct,
         )
         return DownloadedFile(
             path=path,

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import structlog.testing
 
+from morag_worker.core.transfer import direct_copy
 from morag_worker.core.transfer import download_state as transfer_job
 from morag_worker.core.transfer.downloader import (
     DownloadCancelled,
@@ -77,10 +78,31 @@ def sleeps() -> list[float]:
     return []
 
 
+COPIES = [
+    "portable",
+    pytest.param(
+        "direct",
+        marks=pytest.mark.skipif(not direct_copy.DIRECT_AVAILABLE, reason="O_DIRECT is Linux's"),
+    ),
+]
+
+
+@pytest.fixture(params=COPIES)
+def copy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """How bodies are copied: ``portable`` everywhere, or ``direct`` (Linux) from the first body
+    on that has any bytes left after the first read, not only past ``DIRECT_MIN_BYTES``."""
+    if request.param == "direct":
+        monkeypatch.setattr(transfer_job, "DIRECT_MIN_BYTES", 1)
+    return str(request.param)
+
+
 @pytest.fixture
-def dl(server: HTTPTestServer, sleeps: list[float]) -> Iterator[Downloader]:
-    """A downloader that may reach ``server`` (a trusted test origin) and records its waits."""
-    with Downloader(limits=LIMITS, sleep=sleeps.append, trusted_origins=[server.origin]) as downloader:
+def dl(server: HTTPTestServer, sleeps: list[float], copy: str) -> Iterator[Downloader]:
+    """A downloader that may reach ``server`` (a trusted test origin) and records its waits; each
+    test that uses it runs with both copies."""
+    with Downloader(
+        limits=LIMITS, sleep=sleeps.append, trusted_origins=[server.origin], direct_io=copy == "direct"
+    ) as downloader:
         yield downloader
 
 
@@ -369,10 +391,16 @@ def test_no_writer_thread_outlives_a_download(server: HTTPTestServer, dl: Downlo
 # --- slow servers -------------------------------------------------------------------------------
 
 
-def test_trickle_fails_the_minimum_rate(server: HTTPTestServer, sleeps: list[float], tmp_path: Path) -> None:
+def test_trickle_fails_the_minimum_rate(
+    server: HTTPTestServer, sleeps: list[float], tmp_path: Path, copy: str
+) -> None:
     server.route("/slow", Route(body=b"x" * 10_000, trickle=(1, 0.01)))
     limits = DownloadLimits(min_rate_bps=1000, min_rate_window_s=0.3, max_attempts=2, read_timeout=10)
-    with downloader(sleeps, server.origin, limits=limits) as dl, pytest.raises(DownloadFailed) as caught:
+    direct_io = copy == "direct"
+    with (
+        downloader(sleeps, server.origin, limits=limits, direct_io=direct_io) as dl,
+        pytest.raises(DownloadFailed) as caught,
+    ):
         dl.download(server.url("/slow"), tmp_path)
     assert "too slow" in str(caught.value) and "after 2 attempts" in str(caught.value)
     assert len(server.requests("/slow")) == 2 and len(sleeps) == 1
@@ -380,12 +408,12 @@ def test_trickle_fails_the_minimum_rate(server: HTTPTestServer, sleeps: list[flo
 
 
 def test_trickle_hits_the_overall_deadline(
-    server: HTTPTestServer, sleeps: list[float], tmp_path: Path
+    server: HTTPTestServer, sleeps: list[float], tmp_path: Path, copy: str
 ) -> None:
     server.route("/slow", Route(body=b"x" * 10_000, trickle=(1, 0.01)))
     limits = DownloadLimits(min_rate_bps=0, deadline_s=0.5, read_timeout=10)
     with (
-        downloader(sleeps, server.origin, limits=limits) as dl,
+        downloader(sleeps, server.origin, limits=limits, direct_io=copy == "direct") as dl,
         pytest.raises(DownloadFailed, match="too slow"),
     ):
         dl.download(server.url("/slow"), tmp_path)
@@ -570,6 +598,92 @@ def test_proxy_environment_is_ignored(
     assert dl.session.trust_env is False
 
 
+# --- receiving directly, around the page cache (Linux) ------------------------------------------
+
+linux_only = pytest.mark.skipif(not direct_copy.DIRECT_AVAILABLE, reason="O_DIRECT is Linux's")
+
+
+def direct_bytes(logs: list[dict[str, Any]]) -> int:
+    [done] = [e for e in logs if e["event"] == "download.done"]
+    return int(done["direct"])
+
+
+@linux_only
+def test_a_large_plain_http_body_is_received_directly_and_its_connection_kept(
+    server: HTTPTestServer, sleeps: list[float], tmp_path: Path
+) -> None:
+    body = data(transfer_job.DIRECT_MIN_BYTES + 3 * MiB + 5)
+    route = server.route("/f", Route(body=body))
+    with downloader(sleeps, server.origin) as dl:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            with structlog.testing.capture_logs() as logs:
+                result = dl.download(server.url("/f"), tmp_path / name, expected_sha256=route.sha256)
+            assert result.path.read_bytes() == body and result.verified
+            # All but the first read, which empties what http.client buffered with the headers.
+            assert len(body) - LIMITS.chunk_size <= direct_bytes(logs) < len(body)
+    assert server.connections_accepted == 1  # the body received directly left its connection reusable
+
+
+@linux_only
+def test_small_bodies_and_direct_io_off_are_copied_the_portable_way(
+    server: HTTPTestServer, sleeps: list[float], tmp_path: Path
+) -> None:
+    server.route("/small", Route(body=data(transfer_job.DIRECT_MIN_BYTES // 2)))
+    server.route("/large", Route(body=data(transfer_job.DIRECT_MIN_BYTES * 2)))
+    for path, direct_io in (("/small", True), ("/large", False)):
+        folder = tmp_path / path.strip("/")
+        folder.mkdir()
+        with (
+            downloader(sleeps, server.origin, direct_io=direct_io) as dl,
+            structlog.testing.capture_logs() as logs,
+        ):
+            dl.download(server.url(path), folder)
+        assert direct_bytes(logs) == 0, path
+
+
+@linux_only
+def test_a_file_system_without_o_direct_gets_the_portable_copy(
+    server: HTTPTestServer, sleeps: list[float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = data(transfer_job.DIRECT_MIN_BYTES * 2)
+    route = server.route("/f", Route(body=body))
+    monkeypatch.setattr(direct_copy, "open_direct", lambda _fd: None)  # as on tmpfs before 6.6
+    with downloader(sleeps, server.origin) as dl, structlog.testing.capture_logs() as logs:
+        result = dl.download(server.url("/f"), tmp_path, expected_sha256=route.sha256)
+    assert result.path.read_bytes() == body and direct_bytes(logs) == 0
+
+
+@linux_only
+@pytest.mark.parametrize(
+    ("code", "error", "text"),
+    [
+        (errno.ENOSPC, InsufficientDiskSpace, "ran out of space"),
+        (errno.EIO, DownloadFailed, "could not be written"),
+    ],
+)
+def test_direct_write_errors_are_typed(
+    server: HTTPTestServer,
+    tmp_path: Path,
+    sleeps: list[float],
+    monkeypatch: pytest.MonkeyPatch,
+    code: int,
+    error: type[Exception],
+    text: str,
+) -> None:
+    server.route("/f", Route(body=data(transfer_job.DIRECT_MIN_BYTES * 2)))
+
+    def failing(_disk: Any, _data: memoryview, _offset: int) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(direct_copy.DirectFile, "write", failing)
+    with downloader(sleeps, server.origin) as dl, pytest.raises(error, match=text):
+        dl.download(server.url("/f"), tmp_path)
+    assert_empty(tmp_path)
+    assert len(server.requests("/f")) == 1  # not retried
+    assert writer_threads() == []
+
+
 # --- cancel, progress, names --------------------------------------------------------------------
 
 
@@ -674,6 +788,22 @@ def test_https_download_verifies_against_the_given_ca(
         result = dl.download(tls_server.url("/f"), tmp_path, expected_sha256=route.sha256)
     assert result.verified
     assert tls_server.requests("/f")[0].headers["authorization"] == f"Bearer {API_KEY}"
+
+
+@linux_only
+def test_a_large_https_body_is_received_directly(
+    tls_server: HTTPTestServer, certificate: tuple[Path, Path], sleeps: list[float], tmp_path: Path
+) -> None:
+    body = data(transfer_job.DIRECT_MIN_BYTES + MiB + 3)
+    route = tls_server.route("/f", Route(body=body, cut_after=2 * MiB + 1, cut_times=1))
+    with (
+        downloader(sleeps, hub_origin=tls_server.origin, ca_bundle=certificate[0]) as dl,
+        structlog.testing.capture_logs() as logs,
+    ):
+        result = dl.download(tls_server.url("/f"), tmp_path, expected_sha256=route.sha256)
+    assert result.path.read_bytes() == body and result.resumes == 1
+    # Up to the cut, after the first read; the rest, under DIRECT_MIN_BYTES, was copied.
+    assert 2 * MiB - LIMITS.chunk_size < direct_bytes(logs) <= 2 * MiB + 1
 
 
 def test_an_untrusted_certificate_is_refused_without_retrying(
