@@ -311,12 +311,27 @@ def _result_not_stored(task_id: Any = None, exception: Any = None, **_: Any) -> 
     get_runtime().result_not_stored(task_id, exception)
 
 
+@signals.worker_process_init.connect
+def _warm_converters(**_: Any) -> None:
+    """A pool process (prefork, solo) starts: its spare converter child starts on its own thread."""
+    get_runtime().warm_converters()
+
+
+@signals.worker_process_shutdown.connect
+@signals.worker_shutdown.connect
+def _close_converters(**_: Any) -> None:
+    """The pool process or the worker stops: no converter child outlives it."""
+    get_runtime().close_converters()
+
+
 @signals.worker_ready.connect
 def _announce_ready(sender: Any = None, **_: Any) -> None:
     """Readiness is observed by the supervisor and tests from this event, never assumed."""
     runtime = get_runtime()
     hostname = getattr(sender, "hostname", None)
     log.info("worker.ready", hostname=hostname, user_id=runtime.own_user_id)
+    if type(getattr(sender, "pool", None)).__module__ == "celery.concurrency.thread":
+        runtime.warm_converters()  # the threads pool (Windows) runs its tasks in this process
     app = getattr(sender, "app", None) or celery_app
     try:
         queues = in_queue_order(app.amqp.queues.consume_from)
