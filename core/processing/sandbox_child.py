@@ -28,7 +28,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -238,10 +238,28 @@ def read_request(read: Callable[[int], bytes]) -> dict[str, Any] | None:
     return request
 
 
+def close_inherited(keep: Iterable[int]) -> None:
+    """Close every descriptor from 3 up but ``keep``: a child may wait long for its request, and
+    must not hold the ends of pipes and sockets that threads of the worker opened meanwhile
+    (another child's, a ``Popen``'s), whose readers would then wait for it."""
+    low = 3
+    for fd in sorted(set(keep)):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, _max_fd())
+
+
+def _max_fd() -> int:
+    try:
+        return os.sysconf("SC_OPEN_MAX")
+    except (OSError, ValueError):
+        return 65536
+
+
 def run_forked(
     request_fd: int,
     write_fd: int,
-    other_fds: list[int],
     processors: Mapping[int, Processor],
     memory_bytes: int,
     max_output_bytes: int,
@@ -250,9 +268,7 @@ def run_forked(
     code = EXIT_BROKEN
     try:
         gc.freeze()  # the parent's objects are never collected (nor finalised) here
-        for fd in other_fds:  # other children's pipes, inherited from a threaded parent
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        close_inherited((request_fd, write_fd))
         _reset_signals()
         die_with_parent()
         limit_memory(memory_bytes)

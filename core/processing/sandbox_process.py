@@ -140,10 +140,9 @@ class ConverterChild(Protocol):
     def close(self) -> None: ...
 
 
-# Parent's ends of the pipes of this process's converter children: a child forked by another thread
-# closes them, so that each pipe's only writer (and reader) is its own child and EOF means that end.
+# One fork at a time: a child closes every descriptor but its own two pipe ends (close_inherited),
+# so each pipe's only writer (and reader) is its own child and EOF means that end.
 _fork_lock = threading.Lock()
-_open_fds: set[int] = set()
 
 
 def _write_all(write: Callable[[memoryview], int | None], payload: bytes) -> bool:
@@ -185,8 +184,6 @@ class _ForkedChild:
     def _close_request(self) -> None:
         if self._request_fd is not None:
             fd, self._request_fd = self._request_fd, None
-            with _fork_lock:
-                _open_fds.discard(fd)
             os.close(fd)
 
     def send(self, payload: bytes) -> bool:
@@ -221,8 +218,6 @@ class _ForkedChild:
         self.kill()
         self.wait(None)
         self._close_request()
-        with _fork_lock:
-            _open_fds.discard(self._read_fd)
         self.stream.close()
 
 
@@ -282,24 +277,22 @@ def fork_child(limits: ConverterLimits, processors: Mapping[int, Processor]) -> 
     """Fork a converter child under ``limits`` that will run one of ``processors`` (inherited, not sent).
 
     Called on the task's thread (a child started on demand) or the spare keeper's. The child
-    inherits only the calling thread; what it runs before its request (closing descriptors,
-    signals, ``prctl``, ``setrlimit``, a blocking read) takes no lock another thread could hold,
-    and the processors' parsers were imported before (``preload``), so it imports nothing.
+    inherits only the calling thread, and keeps only its two pipe ends of the descriptors (so
+    a waiting spare holds no end of another thread's pipe or socket open); what it runs before
+    its request (closing descriptors, signals, ``prctl``, ``setrlimit``, a blocking read) takes
+    no lock another thread could hold, and the processors' parsers were imported before
+    (``preload``), so it imports nothing.
     """
     prepare()
     known = dict(processors)
     with _fork_lock:
         read_fd, write_fd = os.pipe()
         request_read, request_write = os.pipe()
-        others = sorted(_open_fds)
         pid = os.fork()
         if pid == 0:  # the child: never returns
-            os.close(read_fd)
-            os.close(request_write)
-            run_forked(request_read, write_fd, others, known, limits.memory_bytes, limits.max_output_bytes)
+            run_forked(request_read, write_fd, known, limits.memory_bytes, limits.max_output_bytes)
         os.close(write_fd)
         os.close(request_read)
-        _open_fds.update((read_fd, request_write))
     return _ForkedChild(pid, read_fd, request_write, limits, frozenset(known))
 
 

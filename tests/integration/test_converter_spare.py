@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import select
 import signal
 import sys
 from collections.abc import Mapping
@@ -277,3 +278,16 @@ def test_a_spare_that_fails_to_start_leaves_the_task_to_start_its_own() -> None:
     finally:
         sandbox.close()
     assert converter_children() == set()
+
+
+def test_a_waiting_spare_holds_no_end_of_another_threads_pipe(sandbox: ConverterSandbox) -> None:
+    """Else a reader of that pipe (a spawned child's parent, say) waits for the spare forever."""
+    read_end, write_end = os.pipe()
+    try:
+        converted_by(sandbox)
+        one_spare(sandbox)  # forked while write_end was open here
+        os.close(write_end)
+        readable, _, _ = select.select([read_end], [], [], 10)
+        assert readable and os.read(read_end, 1) == b""  # the end of the pipe: nobody else holds it
+    finally:
+        os.close(read_end)
