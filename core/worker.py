@@ -319,8 +319,18 @@ def _result_not_stored(task_id: Any = None, exception: Any = None, **_: Any) -> 
 
 @signals.worker_process_init.connect
 def _warm_up(**_: Any) -> None:
-    """A prefork pool process (or the solo pool's main process): load the pipeline once ready."""
-    get_runtime().warm_up()
+    """A pool process (prefork, solo) starts: it loads the pipeline once the worker is ready, and
+    its spare converter child starts on its own thread."""
+    runtime = get_runtime()
+    runtime.warm_up()
+    runtime.warm_converters()
+
+
+@signals.worker_process_shutdown.connect
+@signals.worker_shutdown.connect
+def _close_converters(**_: Any) -> None:
+    """The pool process or the worker stops: no converter child outlives it."""
+    get_runtime().close_converters()
 
 
 @signals.worker_ready.connect
@@ -329,6 +339,8 @@ def _announce_ready(sender: Any = None, **_: Any) -> None:
     runtime = get_runtime()
     hostname = getattr(sender, "hostname", None)
     log.info("worker.ready", hostname=hostname, user_id=runtime.own_user_id)
+    if type(getattr(sender, "pool", None)).__module__ == "celery.concurrency.thread":
+        runtime.warm_converters()  # the threads pool (Windows) runs its tasks in this process
     app = getattr(sender, "app", None) or celery_app
     try:
         queues = in_queue_order(app.amqp.queues.consume_from)

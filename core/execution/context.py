@@ -99,6 +99,8 @@ class WorkerRuntime:
         if self.channel is not None:
             self.extra_sinks.append(self.channel.progress_sink)
         self._pipeline: Pipeline | None = None
+        self._sandbox: ConverterSandbox | None = None
+        self._sandbox_pid = 0
         self._downloaders = threading.local()
         self._states: SettledStates | None = None
         self._lock = threading.Lock()
@@ -120,6 +122,7 @@ class WorkerRuntime:
 
     def pipeline(self) -> Pipeline:
         with self._lock:
+            sandbox = self._converters()
             if self._pipeline is None:
                 from morag_worker.core.execution.pipeline import Pipeline
 
@@ -129,7 +132,7 @@ class WorkerRuntime:
                     temp_root=self.temp_root,
                     own_user_id=self.own_user_id,
                     cancel_event=self.cancel_event,
-                    sandbox=ConverterSandbox(self.converter_limits, self.converter_start),
+                    sandbox=sandbox,
                 )
             return self._pipeline
 
@@ -158,6 +161,32 @@ class WorkerRuntime:
         thread = threading.Thread(target=run, name="morag-warm-up", daemon=True)
         thread.start()
         return thread
+
+    def _converters(self) -> ConverterSandbox:
+        """This process's converter sandbox (a pool process forked from this one makes its own)."""
+        if self._sandbox is None or self._sandbox_pid != os.getpid():
+            self._sandbox = ConverterSandbox(self.converter_limits, self.converter_start, spare=True)
+            self._sandbox_pid = os.getpid()
+            self._pipeline = None
+        return self._sandbox
+
+    def warm_converters(self) -> None:
+        """Start the spare converter child (on its keeper's thread) where this process runs tasks.
+
+        Called when a pool process starts, or once the worker is ready where tasks run in the main
+        process, so a task does not wait for a converter child and the worker's readiness does not
+        wait for the spare.
+        """
+        with self._lock:
+            sandbox = self._converters()
+        sandbox.start_spare()
+
+    def close_converters(self) -> None:
+        """Kill and reap the spare converter child (the worker or pool process is stopping)."""
+        with self._lock:
+            sandbox = self._sandbox if self._sandbox_pid == os.getpid() else None
+        if sandbox is not None:
+            sandbox.close()
 
     def _downloader(self) -> Downloader:
         """This process's and thread's downloader, whose connections to the hub stay open between tasks.

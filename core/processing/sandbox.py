@@ -14,19 +14,28 @@
 Starting (:mod:`.sandbox_process`): ``fork`` on POSIX (a few milliseconds: the child inherits the
 worker's imports; :meth:`convert` imports the processor's parser in the worker first, once, so no
 child pays for it), ``spawn`` on Windows (``python -m morag_worker.core.processing.sandbox_child``,
-in a Job object). The parent never holds more than
-the capped text. Processors that must keep state between tasks (the Whisper model on a GPU) declare
-``isolated = False`` and run in-process as before. Runs on the calling task's thread, plus one reader
-thread per conversion.
+in a Job object). With ``spare=True`` (the worker's sandbox) a **spare** child is started ahead of
+need (issue 14): when :meth:`start_spare` is called, and again after each conversion, the keeper's
+thread starts a child that limits itself and waits for a request. A conversion hands its request to
+the spare when it is alive, has this sandbox's present limits and knows the processor (a forked spare
+knows those registered before it was forked); otherwise it starts its own child as before. The
+deadline runs from the request's sending. Each child still converts one document and exits; used
+children are killed and reaped on the keeper's thread, off the task's path; :meth:`close` (or the
+sandbox's collection) ends the spare. The parent never holds more than the capped text. Processors
+that must keep state between tasks (the Whisper model on a GPU) declare ``isolated = False`` and run
+in-process as before. Runs on the calling task's thread, plus one reader thread per conversion and
+the spare keeper's thread.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -47,9 +56,11 @@ from morag_worker.core.processing.sandbox_process import (
     ConversionRequest,
     ConverterChild,
     ExitStatus,
+    SpareKeeper,
     StartMethod,
     default_start_method,
     fork_child,
+    request_payload,
     spawn_child,
 )
 from morag_worker.core.processing.sandbox_wire import (
@@ -81,6 +92,7 @@ log = structlog.get_logger(__name__)
 
 _POLL_S = 0.25
 _REAP_S = 5.0
+_SPARE_WAIT_S = 5.0  # for a spare being started (a fork, a Popen): sooner than starting another
 _QUEUE_FRAMES = 16
 
 
@@ -136,17 +148,49 @@ class ConverterSandbox:
         start: ``fork`` (POSIX) or ``spawn`` (Windows; any platform in tests).
         job_factory: Windows: makes the Job object of a spawned child from its memory limit in bytes.
         clock: Monotonic seconds (tests pass a fake).
+        spare: Keep a child started ahead of need, until :meth:`close` (the worker's sandbox does);
+            False: each conversion starts its own child and nothing outlives it.
     """
 
     limits: ConverterLimits = field(default_factory=ConverterLimits)
     start: StartMethod = field(default_factory=default_start_method)
     job_factory: Callable[[int], JobObject] | None = None
     clock: Callable[[], float] = time.monotonic
-    _preloaded: set[int] = field(default_factory=set, repr=False)
+    spare: bool = False
+    _processors: dict[int, Processor] = field(default_factory=dict, repr=False)  # number -> processor
+    _numbers: dict[int, int] = field(default_factory=dict, repr=False)  # id(processor) -> number
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _keeper: SpareKeeper | None = field(default=None, repr=False)
+    _keeper_start: StartMethod | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.job_factory is None and sys.platform == "win32":
             self.job_factory = lambda limit: JobObject(windows_kernel32(), limit)
+
+    def start_spare(self) -> None:
+        """Start the spare child now, on the keeper's thread (the task's thread does not wait).
+
+        A forked spare knows only the processors converted before it was forked, so none is
+        forked before the first conversion: it would only be thrown away.
+        """
+        if (keeper := self._spare_keeper()) is None:
+            return
+        with self._lock:
+            useful = self.start is StartMethod.SPAWN or bool(self._processors)
+        if useful:
+            keeper.refill()
+
+    def spare_ready(self, timeout: float) -> bool:
+        """Whether a spare child is waiting, or comes within ``timeout`` seconds (benches, tests)."""
+        keeper = self._spare_keeper()
+        return keeper is not None and keeper.ready(timeout)
+
+    def close(self) -> None:
+        """Kill and reap the spare and the used children not yet reaped (the worker is stopping)."""
+        with self._lock:
+            keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.close()
 
     def convert(
         self,
@@ -168,31 +212,93 @@ class ConverterSandbox:
         """
         if not getattr(processor, "isolated", True):
             return processor.process(request.path, request.options, progress)
-        self._preload(processor)
+        number = self._register(processor)
+        payload = request_payload(request, number)
+        keeper = self._spare_keeper()
+        child = self._take_spare(keeper, number)
         started = self.clock()
-        child = self._start(processor, request)
+        if child is not None and not child.send(payload):
+            if keeper is not None:
+                keeper.retire(child)
+            child = None
+        if child is None:
+            child = self._start_child()
+            started = self.clock()
+            child.send(payload)  # a child that died at once is reported when its pipe ends
         try:
-            return self._follow(child, progress, started, cancel)
+            return self._follow(child, progress, started, cancel, keeper)
         except ConverterLimitReached as exc:
             log.warning("converter.limit_reached", limit=exc.limit.value, processor=processor.name)
             raise
         finally:
-            child.close()
+            if keeper is None:
+                child.close()
+            else:
+                keeper.refill()
 
-    def _preload(self, processor: Processor) -> None:
-        """Import the processor's parser here once, so that no forked child imports it again."""
+    def _register(self, processor: Processor) -> int:
+        """The processor's number, which a forked child finds it by; its parser imported here first.
+
+        Importing the parser once here means that no forked child imports it again.
+        """
+        with self._lock:
+            number = self._numbers.get(id(processor))
+            if number is not None and self._processors[number] is processor:
+                return number
         preload = getattr(processor, "preload", None)
-        if self.start is StartMethod.FORK and callable(preload) and id(processor) not in self._preloaded:
+        if self.start is StartMethod.FORK and callable(preload):
             try:
                 preload()
             except Exception as exc:  # noqa: BLE001 - the child will meet (and report) the same error
                 log.info("converter.preload_failed", processor=processor.name, error=repr(exc))
-            self._preloaded.add(id(processor))
+        with self._lock:
+            number = len(self._processors) + 1
+            self._processors[number] = processor  # kept: its id is never another processor's
+            self._numbers[id(processor)] = number
+        return number
 
-    def _start(self, processor: Processor, request: ConversionRequest) -> ConverterChild:
+    def _start_child(self) -> ConverterChild:
         if self.start is StartMethod.FORK:
-            return fork_child(processor, request, self.limits)
-        return spawn_child(request, self.limits, self.job_factory)
+            with self._lock:
+                processors = dict(self._processors)
+            return fork_child(self.limits, processors)
+        return spawn_child(self.limits, self.job_factory)
+
+    def _spare_keeper(self) -> SpareKeeper | None:
+        """This process's keeper for the present start method (a forked worker makes its own)."""
+        if not self.spare:
+            return None
+        with self._lock:
+            keeper = self._keeper
+            if keeper is not None and keeper.pid == os.getpid() and self._keeper_start is self.start:
+                return keeper
+            self._keeper = SpareKeeper(self._spare_starter())
+            self._keeper_start = self.start
+            weakref.finalize(self, self._keeper.close)  # a sandbox dropped unclosed leaves no spare
+        if keeper is not None:
+            keeper.close()  # the start method changed (a keeper inherited from a parent does nothing)
+        return self._keeper
+
+    def _spare_starter(self) -> Callable[[], ConverterChild]:
+        """What the keeper's thread calls to start a spare: it holds the sandbox only weakly."""
+        sandbox = weakref.ref(self)
+
+        def start() -> ConverterChild:
+            if (alive := sandbox()) is None:
+                raise RuntimeError("the converter sandbox is gone")
+            return alive._start_child()
+
+        return start
+
+    def _take_spare(self, keeper: SpareKeeper | None, number: int) -> ConverterChild | None:
+        if keeper is None:
+            return None
+
+        def usable(child: ConverterChild) -> bool:
+            known = child.processors is None or number in child.processors
+            return known and child.limits == self.limits
+
+        return keeper.take(usable, _SPARE_WAIT_S)
 
     def _follow(
         self,
@@ -200,7 +306,9 @@ class ConverterSandbox:
         progress: ProgressFn,
         started: float,
         cancel: threading.Event | None = None,
+        keeper: SpareKeeper | None = None,
     ) -> ProcessedContent:
+        """Read the child's frames until its result, a limit or its end; ``keeper`` then reaps it."""
         frames: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_FRAMES)
         stop = threading.Event()
         reader = threading.Thread(
@@ -244,8 +352,11 @@ class ConverterSandbox:
             raise self._died(child, deadline)
         finally:
             stop.set()
-            child.kill()
-            reader.join(timeout=_REAP_S)
+            if keeper is not None:
+                keeper.retire(child, reader)  # killed now, reaped off this thread
+            else:
+                child.kill()
+                reader.join(timeout=_REAP_S)
 
     def _content(self, announced: Done | None, item: Content) -> ProcessedContent:
         if announced is None or len(item.data) != announced.content_bytes:

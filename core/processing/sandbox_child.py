@@ -1,10 +1,13 @@
 """The converter child's side: limit its own memory, run one processor, report everything as frames.
 
-Two ways in. :func:`run_forked` runs in a child just forked from the worker (Linux, macOS) and uses the
-processor object it inherited, so a start costs a fork and no imports. :func:`main`
-(``python -m morag_worker.core.processing.sandbox_child``) is the spawned child (Windows, where the
-parent puts it in a Job object before sending its request; tests run it on Linux too): it reads one
-JSON request on stdin and resolves the processor itself from the default registry.
+Two ways in, both started before their request exists (perhaps long before: a spare, issue 14): each
+limits itself, then blocks reading one JSON request to the end of its request pipe, converts that
+one document and exits; a pipe that ends empty (the spare was not used) ends it quietly.
+:func:`run_forked` runs in a child just forked from the worker (Linux, macOS) and uses the processor
+object it inherited, named by its number in the request, so a start costs a fork and no imports.
+:func:`main` (``python -m morag_worker.core.processing.sandbox_child LIMITS``) is the spawned child
+(Windows, where the parent puts it in a Job object before sending its request; tests run it on Linux
+too): it loads the default registry before its request arrives and resolves the processor from it.
 
 Either way :func:`serve` calls the processor, relays its progress (throttled), and sends exactly one
 final message: the result and its text, a ``ProcessingError``'s kind and message, the limit it hit,
@@ -25,9 +28,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from morag_worker.core.processing.base import (
     CorruptInput,
@@ -57,10 +60,14 @@ __all__ = [
     "limit_memory",
     "main",
     "prepare",
+    "read_request",
     "run_forked",
     "serve",
     "stored_size",
 ]
+
+if TYPE_CHECKING:
+    from morag_worker.core.processing.registry import ProcessorRegistry
 
 # The ProcessingError kinds that cross the pipe; a plugin's own subclass arrives as its nearest one.
 ERROR_KINDS: dict[str, type[ProcessingError]] = {
@@ -72,6 +79,7 @@ _RESERVE_BYTES = 4 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
 EXIT_OK = 0
 EXIT_PARENT_GONE = 3
+EXIT_UNUSED = 4  # a spare whose request pipe ended without a request
 EXIT_BROKEN = 70
 
 
@@ -215,12 +223,44 @@ def _reset_signals() -> None:
                 signal.signal(number, signal.SIG_DFL)
 
 
+def read_request(read: Callable[[int], bytes]) -> dict[str, Any] | None:
+    """The one JSON request, read to the end of its pipe; None when the pipe ended empty."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_REQUEST_BYTES and (chunk := read(1 << 16)):
+        chunks.append(chunk)
+        size += len(chunk)
+    if not chunks:
+        return None
+    request = json.loads(b"".join(chunks)[:MAX_REQUEST_BYTES])
+    if not isinstance(request, dict):
+        raise ValueError("the request is not a JSON object")
+    return request
+
+
+def close_inherited(keep: Iterable[int]) -> None:
+    """Close every descriptor from 3 up but ``keep``: a child may wait long for its request, and
+    must not hold the ends of pipes and sockets that threads of the worker opened meanwhile
+    (another child's, a ``Popen``'s), whose readers would then wait for it."""
+    low = 3
+    for fd in sorted(set(keep)):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, _max_fd())
+
+
+def _max_fd() -> int:
+    try:
+        return os.sysconf("SC_OPEN_MAX")
+    except (OSError, ValueError):
+        return 65536
+
+
 def run_forked(
+    request_fd: int,
     write_fd: int,
-    other_fds: list[int],
-    processor: Processor,
-    path: Path,
-    options: Mapping[str, Any],
+    processors: Mapping[int, Processor],
     memory_bytes: int,
     max_output_bytes: int,
 ) -> None:
@@ -228,14 +268,19 @@ def run_forked(
     code = EXIT_BROKEN
     try:
         gc.freeze()  # the parent's objects are never collected (nor finalised) here
-        for fd in other_fds:  # other conversions' pipes, inherited from a threaded parent
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        close_inherited((request_fd, write_fd))
         _reset_signals()
         die_with_parent()
         limit_memory(memory_bytes)
+        request = read_request(lambda n: os.read(request_fd, n))
+        os.close(request_fd)
+        if request is None:
+            code = EXIT_UNUSED
+            return
+        processor = processors[int(request["processor"])]
+        path = Path(str(request["path"]))
+        limited = WithOutputLimit(request.get("options") or {}, max_output_bytes)
         writer = FrameWriter(lambda data: os.write(write_fd, data))
-        limited = WithOutputLimit(options, max_output_bytes)
         code = serve(lambda progress: processor.process(path, limited, progress), writer, max_output_bytes)
     except BaseException:  # noqa: BLE001 - nothing may escape a forked child
         code = EXIT_BROKEN
@@ -243,14 +288,14 @@ def run_forked(
         os._exit(code)
 
 
-def _spawned_convert(request: Mapping[str, Any]) -> Callable[[ProgressFn], ProcessedContent]:
-    from morag_worker.core.processing.registry import ProcessorRegistry
-
+def _spawned_convert(
+    registry: ProcessorRegistry, request: Mapping[str, Any], max_output_bytes: int
+) -> Callable[[ProgressFn], ProcessedContent]:
     path = Path(str(request["path"]))
-    options = WithOutputLimit(request.get("options") or {}, int(request["max_output_bytes"]))
+    options = WithOutputLimit(request.get("options") or {}, max_output_bytes)
 
     def convert(progress: ProgressFn) -> ProcessedContent:
-        processor = ProcessorRegistry.default().resolve(
+        processor = registry.resolve(
             request.get("content_type"),
             request.get("filename"),
             path,
@@ -261,20 +306,27 @@ def _spawned_convert(request: Mapping[str, Any]) -> Callable[[ProgressFn], Proce
     return convert
 
 
-def main() -> int:
-    """The spawned converter child: one JSON request on stdin, frames on (the original) stdout."""
+def main(argv: list[str] | None = None) -> int:
+    """The spawned converter child: its limits in ``argv``, one JSON request on stdin, frames on stdout."""
+    settings = json.loads((sys.argv[1:] if argv is None else argv)[0])
     channel = os.fdopen(os.dup(1), "wb", buffering=0)
     try:
         errors = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # no console (a windowed parent): print into nothing
         errors = os.open(os.devnull, os.O_WRONLY)
     os.dup2(errors, 1)  # whatever a parser prints cannot corrupt a frame
-    request = json.loads(sys.stdin.buffer.read(MAX_REQUEST_BYTES))
     die_with_parent()
-    if request.get("limit_memory_here"):
-        limit_memory(int(request["memory_bytes"]))
+    from morag_worker.core.processing.registry import ProcessorRegistry
+
+    registry = ProcessorRegistry.default()  # while no request waits: a spare's imports cost no task
+    max_output_bytes = int(settings["max_output_bytes"])
+    if settings.get("limit_memory_here"):
+        limit_memory(int(settings["memory_bytes"]))
+    request = read_request(sys.stdin.buffer.read)
+    if request is None:
+        return EXIT_UNUSED
     writer = FrameWriter(channel.write)
-    return serve(_spawned_convert(request), writer, int(request["max_output_bytes"]))
+    return serve(_spawned_convert(registry, request, max_output_bytes), writer, max_output_bytes)
 
 
 if __name__ == "__main__":

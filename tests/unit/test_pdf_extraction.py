@@ -3,13 +3,16 @@ structure the outline gives, and what happens when PDFium cannot read a file."""
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
+import pypdf
 import pytest
+import structlog
 
 from morag_worker.core.processing import TaskCancelled, no_progress
-from morag_worker.core.processing.pdf import PdfProcessor
+from morag_worker.core.processing.pdf import PdfProcessor, read_with_pdfium, warm_up_pdf
 from morag_worker.resources.samples.make_samples import multi_page_pdf
 
 pytestmark = pytest.mark.unit
@@ -103,3 +106,12 @@ def test_cancelling_between_pages_is_not_a_reason_to_try_pypdf(tmp_path: Path) -
     with pytest.raises(TaskCancelled):
         PdfProcessor().process(pdf, {}, progress)
     assert seen == [0, 1, 2]  # once through the pages, not again with pypdf
+
+
+def test_preload_warms_pdfium_on_a_pdf_made_here_that_both_extractors_read() -> None:
+    """Converter children inherit PDFium's font tables from it (issue 14); no input is read."""
+    assert read_with_pdfium(warm_up_pdf()) == "warm up"
+    assert pypdf.PdfReader(io.BytesIO(warm_up_pdf("Courier"))).pages[0].extract_text() == "warm up"
+    with structlog.testing.capture_logs() as events:
+        PdfProcessor().preload()
+    assert [e["event"] for e in events if e["event"].startswith("processing.")] == []

@@ -29,6 +29,7 @@ from morag_worker.core.processing.sandbox import (
     default_start_method,
 )
 from morag_worker.core.processing.sandbox_child import stored_size
+from morag_worker.core.processing.sandbox_process import SpareKeeper
 from morag_worker.core.processing.sandbox_wire import (
     MAX_MESSAGE_BYTES,
     Content,
@@ -53,6 +54,7 @@ from morag_worker.core.processing.winjob import (
 )
 from tests.bombs import pdf_shared_stream
 from tests.fakes import FakeKernel32
+from tests.processes import wait_for
 
 pytestmark = pytest.mark.unit
 
@@ -356,6 +358,78 @@ def test_a_hostile_child_is_a_clear_failure_and_is_killed(data: bytes, says: str
 def test_a_child_that_dies_without_a_word_says_how(status: ExitStatus, at_limit: bool, says: str) -> None:
     with pytest.raises(ProcessingError, match=says):
         follow(FakeChild(frames(Progress(0, 1, "")), status=status, at_limit=at_limit))
+
+
+# --- the spare keeper, with fake children -----------------------------------------------------------
+
+
+class FakeSpare(FakeChild):
+    """A started child that waits for its request until it is sent one or killed (as a real one)."""
+
+    def __init__(self, limits: ConverterLimits | None = None) -> None:
+        super().__init__(block=True)
+        self.limits = limits or ConverterLimits()
+        self.processors: frozenset[int] | None = frozenset({1})
+        self.sent: bytes | None = None
+
+    def send(self, payload: bytes) -> bool:
+        self.sent = payload
+        return not self.killed
+
+    def waiting(self) -> bool:
+        return self.sent is None and not self.killed
+
+
+def test_the_keeper_hands_out_its_spare_once_and_starts_the_next_only_when_asked() -> None:
+    started: list[FakeSpare] = []
+    keeper = SpareKeeper(lambda: started.append(FakeSpare()) or started[-1])
+    try:
+        assert keeper.take(lambda child: True, wait_s=0) is None  # none yet: the task starts its own
+        keeper.refill()
+        assert keeper.ready(timeout=10)
+        spare = keeper.take(lambda child: True, wait_s=10)
+        assert spare is started[0] and keeper.take(lambda child: True, wait_s=0) is None
+        keeper.refill()
+        assert keeper.ready(timeout=10) and len(started) == 2
+    finally:
+        keeper.close()
+    assert all(child.closed for child in started[1:])  # the waiting spare was reaped at close
+
+
+def test_a_spare_refused_or_dead_is_reaped_not_handed_out() -> None:
+    started: list[FakeSpare] = []
+    keeper = SpareKeeper(lambda: started.append(FakeSpare()) or started[-1])
+    try:
+        keeper.refill()
+        assert keeper.ready(timeout=10)
+        assert keeper.take(lambda child: False, wait_s=10) is None  # other limits, unknown processor
+        keeper.refill()
+        assert keeper.ready(timeout=10)
+        started[1].kill()  # died while waiting
+        assert keeper.take(lambda child: True, wait_s=10) is None
+        wait_for(lambda: started[0].closed and started[1].closed, timeout=10, what="both to be reaped")
+    finally:
+        keeper.close()
+
+
+def test_a_spare_that_cannot_start_leaves_none_and_the_keeper_goes_on() -> None:
+    attempts: list[int] = []
+
+    def start() -> FakeSpare:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise OSError(11, "fork: Resource temporarily unavailable")
+        return FakeSpare()
+
+    keeper = SpareKeeper(start)
+    try:
+        keeper.refill()
+        wait_for(lambda: attempts, timeout=10, what="the first start")
+        assert keeper.take(lambda child: True, wait_s=10) is None
+        keeper.refill()
+        assert keeper.ready(timeout=10)
+    finally:
+        keeper.close()
 
 
 # --- the Windows Job object, on a fake kernel32 -----------------------------------------------------
