@@ -12,10 +12,12 @@ start does not pay for them.
 
 from __future__ import annotations
 
-import multiprocessing
+import importlib
+import mmap
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,11 +27,11 @@ import structlog
 
 from morag_worker.core.config.settings import ConverterLimits
 from morag_worker.core.execution.celery_config import time_limits_from_env
-from morag_worker.core.execution.fork_guard import import_guard
 from morag_worker.core.execution.health.hub_outage import ConsumerSwitch, OutageBoard
 from morag_worker.core.execution.health.intake_gate import IntakeHold
 from morag_worker.core.execution.progress_channel import ChannelWriter, summarize_metadata
 from morag_worker.core.execution.progress_reporter import ProgressReporter, ProgressSink, SettledStates
+from morag_worker.core.fork_guard import import_guard
 from morag_worker.core.logging import register_secret
 from morag_worker.core.processing import ProcessorRegistry, TaskCancelled
 from morag_worker.core.processing.sandbox import ConverterSandbox, StartMethod, default_start_method
@@ -104,9 +106,9 @@ class WorkerRuntime:
         self._downloaders = threading.local()
         self._states: SettledStates | None = None
         self._lock = threading.Lock()
-        # Set by the main process once it is ready (``announce_ready``); a multiprocessing event,
+        # Set by the main process once it is ready (``announce_ready``); shared memory,
         # so that prefork pool processes, forked before, see it too (``warm_up``).
-        self._ready = multiprocessing.Event()
+        self._ready = _SharedFlag()
         self._warming_in: int | None = None  # the process id whose warm-up thread was started
         # Tasks that returned, until their result is stored (pool process; one per running task).
         self._unstored: dict[str, FinishedTask] = {}
@@ -153,8 +155,12 @@ class WorkerRuntime:
         def run() -> None:
             self._ready.wait(WARM_UP_AFTER_S)
             try:
-                with import_guard():  # a converter child forked meanwhile waits for the imports
-                    self.pipeline()
+                # Only the imports under the guard (a fork meanwhile waits for them): building the
+                # pipeline loads plugins, whose code may itself fork, or take this runtime's lock.
+                with import_guard():
+                    importlib.import_module("morag_worker.core.execution.pipeline")
+                    importlib.import_module("morag_worker.core.transfer.downloader")
+                self.pipeline()
             except Exception as exc:  # noqa: BLE001 - the first task builds it again and reports
                 log.warning("worker.warm_up_failed", error=repr(exc))
 
@@ -322,6 +328,29 @@ class WorkerRuntime:
             "contributor's worker; send the _remote task instead",
             user_id=self.own_user_id,
         ).to_dict()
+
+
+class _SharedFlag:
+    """One byte of memory shared with the pool processes forked after it was made: set by the
+    main process, polled by theirs. Not a ``multiprocessing.Event``, whose ``set`` waits until
+    every waiter has woken, and so for ever once a pool process died while waiting."""
+
+    POLL_S = 0.05
+
+    def __init__(self) -> None:
+        self._byte = mmap.mmap(-1, 1)
+
+    def set(self) -> None:
+        self._byte[0] = 1
+
+    def is_set(self) -> bool:
+        return self._byte[0] == 1
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.is_set() and time.monotonic() < deadline:
+            time.sleep(self.POLL_S)
+        return self.is_set()
 
 
 def hub_session() -> requests.Session:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import structlog
 
+from morag_worker.core.fork_guard import import_guard
 from morag_worker.core.processing.base import (
     CorruptInput,
     ProcessedContent,
@@ -139,7 +140,8 @@ class FasterWhisperTranscriber:
                 return
             found = self._resolver.resolve(progress)
             progress(0, None, "loading the speech model")
-            from faster_whisper import WhisperModel
+            with import_guard():  # a converter child forked meanwhile must not inherit it half-imported
+                from faster_whisper import WhisperModel
 
             try:
                 self._model = WhisperModel(

@@ -43,6 +43,7 @@ from typing import IO, Any
 import structlog
 
 from morag_worker.core.config.settings import ConverterLimits
+from morag_worker.core.fork_guard import import_guard
 from morag_worker.core.processing.base import (
     ProcessedContent,
     ProcessingError,
@@ -248,7 +249,8 @@ class ConverterSandbox:
         preload = getattr(processor, "preload", None)
         if self.start is StartMethod.FORK and callable(preload):
             try:
-                preload()
+                with import_guard():  # the keeper's thread may fork a spare meanwhile: it waits
+                    preload()
             except Exception as exc:  # noqa: BLE001 - the child will meet (and report) the same error
                 log.info("converter.preload_failed", processor=processor.name, error=repr(exc))
         with self._lock:

@@ -22,6 +22,7 @@ import ctypes
 import functools
 import gc
 import json
+import logging
 import math
 import mmap
 import os
@@ -242,12 +243,46 @@ def close_inherited(keep: Iterable[int]) -> None:
     """Close every descriptor from 3 up but ``keep``: a child may wait long for its request, and
     must not hold the ends of pipes and sockets that threads of the worker opened meanwhile
     (another child's, a ``Popen``'s), whose readers would then wait for it."""
-    low = 3
-    for fd in sorted(set(keep)):
-        if fd >= low:
-            os.closerange(low, fd)
-            low = fd + 1
-    os.closerange(low, _max_fd())
+    kept = set(keep)
+    try:
+        # The descriptors that are open: a container's limit may be a million, and closerange
+        # falls back to one close(2) per number where close_range(2) is missing.
+        open_fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        low = 3
+        for fd in sorted(kept):
+            if fd >= low:
+                os.closerange(low, fd)
+                low = fd + 1
+        os.closerange(low, _max_fd())
+        return
+    for fd in open_fds:
+        if fd >= 3 and fd not in kept:
+            with contextlib.suppress(OSError):  # the listing's own descriptor, closed already
+                os.close(fd)
+
+
+def fresh_std_streams() -> None:
+    """New ``sys.stdout``/``sys.stderr`` (and logging's handlers on them) over fds 1 and 2.
+
+    The spare is forked by the keeper's thread, often while the task's thread is writing a log
+    line: the old stream's buffer lock is then held by a thread this child does not have, and
+    the child's first warning would wait on it for ever.
+    """
+    out = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
+    err = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
+    replaced = {id(sys.stdout): out, id(sys.stderr): err, id(sys.__stdout__): out, id(sys.__stderr__): err}
+    sys.stdout, sys.stderr = out, err
+    for handler in [*logging.getLogger().handlers, *_all_logger_handlers()]:
+        if isinstance(handler, logging.StreamHandler) and id(handler.stream) in replaced:
+            handler.stream = replaced[id(handler.stream)]  # not setStream: it flushes the old one
+
+
+def _all_logger_handlers() -> list[logging.Handler]:
+    loggers = [
+        value for value in logging.Logger.manager.loggerDict.values() if isinstance(value, logging.Logger)
+    ]
+    return [handler for logger in loggers for handler in logger.handlers]
 
 
 def _max_fd() -> int:
@@ -269,6 +304,7 @@ def run_forked(
     try:
         gc.freeze()  # the parent's objects are never collected (nor finalised) here
         close_inherited((request_fd, write_fd))
+        fresh_std_streams()
         _reset_signals()
         die_with_parent()
         limit_memory(memory_bytes)

@@ -237,7 +237,9 @@ class _SpawnedChild:
         if stdin is None or stdin.closed:
             return False
         try:
-            return _write_all(stdin.write, payload)
+            # Flushed here: a dead spare's broken pipe shows now (False: the task starts another
+            # child), not in close(), which would hide it.
+            return _write_all(stdin.write, payload) and _flushed(stdin)
         finally:
             with contextlib.suppress(OSError):
                 stdin.close()  # the end of the request
@@ -273,6 +275,14 @@ class _SpawnedChild:
             self._job.close()
 
 
+def _flushed(stream: IO[bytes]) -> bool:
+    try:
+        stream.flush()
+    except OSError:
+        return False
+    return True
+
+
 def fork_child(limits: ConverterLimits, processors: Mapping[int, Processor]) -> ConverterChild:
     """Fork a converter child under ``limits`` that will run one of ``processors`` (inherited, not sent).
 
@@ -288,7 +298,12 @@ def fork_child(limits: ConverterLimits, processors: Mapping[int, Processor]) -> 
     with _fork_lock:
         read_fd, write_fd = os.pipe()
         request_read, request_write = os.pipe()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except BaseException:  # EAGAIN (a pids limit), ENOMEM: no child, and no pipes left open
+            for fd in (read_fd, write_fd, request_read, request_write):
+                os.close(fd)
+            raise
         if pid == 0:  # the child: never returns
             run_forked(request_read, write_fd, known, limits.memory_bytes, limits.max_output_bytes)
         os.close(write_fd)

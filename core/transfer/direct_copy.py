@@ -41,6 +41,8 @@ DIRECT_AVAILABLE = sys.platform == "linux" and hasattr(os, "O_DIRECT")
 BLOCK = 4096  # offsets and lengths of direct writes are whole blocks of this (any disk's block fits)
 BUFFER_BYTES = 2 * MiB  # one receive buffer; BUFFERS of them are a download's own memory
 BUFFERS = 4
+# How a file system that opened the file O_DIRECT may still refuse a direct write.
+_REFUSED = frozenset({errno.EINVAL, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)})
 
 
 def body_socket(raw: HTTPResponse) -> socket.socket | None:
@@ -78,7 +80,12 @@ def open_direct(fd: int) -> int | None:
 
 def new_buffer() -> mmap.mmap:
     """A receive buffer, page-aligned as O_DIRECT needs (anonymous memory, freed when closed)."""
-    return mmap.mmap(-1, BUFFER_BYTES)
+    buffer = mmap.mmap(-1, BUFFER_BYTES)
+    # Not into a converter child forked while a download runs (the spare keeper's): the child
+    # would keep this shared memory mapped, and the bytes in it, after the download is over.
+    if hasattr(mmap, "MADV_DONTFORK"):
+        buffer.madvise(mmap.MADV_DONTFORK)
+    return buffer
 
 
 class DirectFile:
@@ -102,7 +109,7 @@ class DirectFile:
                 while done < whole:
                     done += os.pwrite(self._direct_fd, data[done:whole], offset + done)
             except OSError as exc:
-                if exc.errno != errno.EINVAL:
+                if exc.errno not in _REFUSED:
                     raise
                 self.close()  # the file system refuses direct writes after all: cached from now on
                 whole = 0

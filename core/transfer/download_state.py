@@ -323,21 +323,13 @@ class TransferJob:
                     # A legal short 206 (the server may send less than the range we asked for).
                     raise RetryableFailure("the server ended the response before the end of the file")
                 return
-            if self.total is not None and self.have + len(piece) > self.total:
-                raise IntegrityError(
-                    f"The server at {self.host} sent more than the {self.total} bytes it announced."
-                )
             self._admit(len(piece))
             self._write(piece)
             self._tick(rate)
             left = raw.length_remaining
             if sock is not None and self.direct_min is not None and left and left >= self.direct_min:
                 # The one read above emptied http.client's buffer: the rest is all in the socket.
-                direct_fd = direct_copy.open_direct(self.fh.fileno())
-                if direct_fd is not None:
-                    self._receive_direct(
-                        sock, left, rate, direct_copy.DirectFile(self.fh.fileno(), direct_fd)
-                    )
+                if self._receive_direct(sock, left, rate):
                     return
                 sock = None
 
@@ -348,8 +340,12 @@ class TransferJob:
         return direct_copy.body_socket(raw)
 
     def _admit(self, count: int) -> None:
-        """Refuse ``count`` more bytes that would pass the cap or the expected size."""
+        """Refuse ``count`` more bytes that would pass the announced size, the cap or the expected size."""
         limits = self.limits
+        if self.total is not None and self.have + count > self.total:
+            raise IntegrityError(
+                f"The server at {self.host} sent more than the {self.total} bytes it announced."
+            )
         if self.have + count > limits.max_bytes:
             raise TooLarge(f"The file at {self.host} is over the {human_bytes(limits.max_bytes)} limit.")
         if self.expected_size is not None and self.have + count > self.expected_size:
@@ -371,23 +367,26 @@ class TransferJob:
             rate.start, rate.done = now, self.have
         self.progress(self.have, self.total if self.total is not None else self.expected_size)
 
-    def _receive_direct(
-        self, sock: socket.socket, left: int, rate: _RateWindow, disk: direct_copy.DirectFile
-    ) -> None:
+    def _receive_direct(self, sock: socket.socket, left: int, rate: _RateWindow) -> bool:
         """Receive the body's last ``left`` bytes into the ring of buffers; each full buffer is
-        hashed by the helper thread and written by the disk thread while the next one fills."""
+        hashed by the helper thread and written by the disk thread while the next one fills.
+        False, having received nothing, where the file cannot be written around the cache."""
         self.flush()  # every byte counted so far is in the file
         if self._disk is None:
             self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="download-writer-disk")
         if not self._ring:
             self._ring = [_Slot(direct_copy.new_buffer()) for _ in range(direct_copy.BUFFERS)]
+        direct_fd = direct_copy.open_direct(self.fh.fileno())
+        if direct_fd is None:
+            return False
+        disk = direct_copy.DirectFile(self.fh.fileno(), direct_fd)
         turn, slot, filled, room, start = 0, None, 0, 0, self.have
         try:
             while left:
                 if slot is None:
-                    slot = self._ring[turn % len(self._ring)]
-                    turn += 1
-                    self._settle_slot(slot)
+                    next_slot = self._ring[turn % len(self._ring)]
+                    self._settle_slot(next_slot)  # before it is ours: a failure leaves nothing to hand on
+                    slot, turn = next_slot, turn + 1
                     # A first piece up to a block boundary, so that the buffers after it start on one.
                     room = (-self.have) % direct_copy.BLOCK or len(slot.buffer)
                     filled, start = 0, self.have
@@ -407,14 +406,15 @@ class TransferJob:
             if slot is not None and filled:
                 self._hand_slot(slot, start, filled, disk)
             try:
-                for each in self._ring:
-                    self._settle_slot(each)
+                self._settle_ring()
             finally:
-                disk.close()
+                # On the disk thread, after every write queued there (never while one still uses it).
+                self._disk.submit(disk.close).result()
                 self.fh.seek(self.have)  # direct writes leave the file's offset where it was
         if self.total is not None and self.have < self.total:
             # A legal short 206 (the server may send less than the range we asked for).
             raise RetryableFailure("the server ended the response before the end of the file")
+        return True
 
     def _receive_piece(self, sock: socket.socket, view: memoryview) -> int:
         """One receive into ``view`` (as the portable copy's read1 makes one); its size."""
@@ -442,6 +442,17 @@ class TransferJob:
             self._writer.submit(self.hasher.update, data),
             self._disk.submit(disk.write, data, start),
         ]
+
+    def _settle_ring(self) -> None:
+        """Wait for every slot's hashing and writing; then raise the first failure, if any."""
+        first: BaseException | None = None
+        for slot in self._ring:
+            try:
+                self._settle_slot(slot)
+            except BaseException as exc:  # noqa: BLE001 - re-raised once all are settled
+                first = first or exc
+        if first is not None:
+            raise first
 
     def _settle_slot(self, slot: _Slot) -> None:
         busy, slot.busy = slot.busy, []

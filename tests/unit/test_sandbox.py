@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import struct
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -487,3 +490,53 @@ def test_a_closed_job_refuses_new_members() -> None:
     job.close()
     with pytest.raises(JobObjectError, match="closed"):
         job.assign(1)
+
+
+CHILD_WRITES_AFTER_A_FORK_MID_WRITE = r"""
+import logging, os, sys, threading, time
+from morag_worker.core.processing.sandbox_child import fresh_std_streams
+
+r, w = os.pipe()
+os.dup2(w, 2)  # stderr: a pipe nobody reads yet, so a writing thread blocks holding its lock
+sys.stderr = open(2, "w", closefd=False)
+logging.getLogger().addHandler(logging.StreamHandler(sys.stderr))
+threading.Thread(target=lambda: (sys.stderr.write("x" * (1 << 20)), sys.stderr.flush()), daemon=True).start()
+time.sleep(0.3)
+pid = os.fork()
+if pid == 0:
+    os.close(r)
+    if sys.argv[1] == "fresh":
+        fresh_std_streams()
+    logging.getLogger().warning("the child logs")
+    sys.stderr.write("and writes\n")
+    sys.stderr.flush()
+    os._exit(0)
+threading.Thread(target=lambda: [None for _ in iter(lambda: os.read(r, 1 << 16), b"")], daemon=True).start()
+deadline = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("exited", os.waitstatus_to_exitcode(status))
+        break
+    time.sleep(0.02)
+else:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    print("hung")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forked children are POSIX's")
+def test_a_forked_child_gets_streams_no_other_thread_holds() -> None:
+    """The keeper forks spares while the task's thread may be writing a log line; the child's
+    stderr would then keep that thread's buffer lock for ever."""
+    script = CHILD_WRITES_AFTER_A_FORK_MID_WRITE
+
+    def run(mode: str, wait_s: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", script, mode, wait_s], capture_output=True, text=True, timeout=120
+        )
+        return done.stdout.strip()
+
+    assert run("fresh", "60") == "exited 0"
+    assert run("inherited", "3") == "hung"  # what the test guards against, shown once

@@ -878,3 +878,20 @@ def test_the_api_key_never_reaches_a_log_event(
     assert {e.get("event") for e in events} >= {"download.resume", "download.retry", "download.failed"}
     assert API_KEY not in repr(events)
     assert all(r.headers["authorization"] == f"Bearer {API_KEY}" for r in server.requests())
+
+
+def test_every_piece_is_admitted_against_the_announced_total(tmp_path: Path) -> None:
+    """Both copies (read1's pieces and the direct receives) pass through _admit, which refuses
+    a piece past the total a 206's Content-Range announced, whatever its Content-Length says."""
+    with (tmp_path / "input.bin").open("wb", buffering=0) as fh:
+        job = transfer_job.TransferJob(
+            host="example.org", is_hub=False, dest_dir=tmp_path, fh=fh, limits=LIMITS,
+            clock=time.monotonic, deadline=float("inf"),
+        )  # fmt: skip
+        try:
+            job.total, job.have = 100, 60
+            job._admit(40)
+            with pytest.raises(IntegrityError, match="sent more than the 100 bytes it announced"):
+                job._admit(41)
+        finally:
+            job.close()

@@ -6,6 +6,8 @@ Each check runs in a fresh interpreter, since ``sys.modules`` of the test proces
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -108,7 +110,7 @@ def test_a_fork_waits_for_an_import_under_the_guard() -> None:
     # fork would happen at once, in the middle of the block.
     code = """
 import os, threading
-from morag_worker.core.execution.fork_guard import import_guard
+from morag_worker.core.fork_guard import import_guard
 
 entered, attempting, forked, done = threading.Event(), threading.Event(), threading.Event(), []
 os.register_at_fork(before=attempting.set)  # runs before the guard's hook (reverse order)
@@ -134,3 +136,25 @@ print(os.waitstatus_to_exitcode(status))
     result = _run(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "0"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="prefork pool processes are POSIX's")
+def test_ready_reaches_pool_processes_and_a_dead_waiter_does_not_block_it() -> None:
+    """A pool process killed while its warm-up waits (Celery kills one that is slow to say UP)
+    must not stop the main process from saying ready (a multiprocessing.Event's set() would)."""
+    from morag_worker.core.execution.context import _SharedFlag
+
+    flag = _SharedFlag()
+    dead = os.fork()
+    if dead == 0:
+        flag.wait(60)
+        os._exit(0)
+    seer = os.fork()
+    if seer == 0:
+        os._exit(0 if flag.wait(60) else 1)
+    os.kill(dead, signal.SIGKILL)
+    os.waitpid(dead, 0)
+    flag.set()
+    assert flag.is_set()
+    _, status = os.waitpid(seer, 0)
+    assert os.waitstatus_to_exitcode(status) == 0  # the flag reached a process forked before it was set

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from celery import bootsteps
 
-from morag_worker.core.execution.fork_guard import import_guard
+from morag_worker.core.fork_guard import import_guard
 from morag_worker.core.transfer.retry import backoff_delay
 
 if TYPE_CHECKING:

@@ -18,7 +18,9 @@ from contextlib import contextmanager
 
 __all__ = ["import_guard"]
 
-_lock = threading.Lock()
+# Reentrant: a fork made inside the guard by the thread holding it (a plugin loaded by the
+# pipeline) goes ahead instead of waiting for itself.
+_lock = threading.RLock()
 
 
 @contextmanager
