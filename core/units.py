@@ -12,8 +12,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["human_bytes", "human_count", "human_duration", "human_rate", "positive_env_number"]
+__all__ = [
+    "EnvLimit",
+    "env_limit_changes",
+    "human_bytes",
+    "human_count",
+    "human_duration",
+    "human_rate",
+    "positive_env_number",
+]
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 _STEP = 1024
@@ -86,3 +96,31 @@ def positive_env_number(env: Mapping[str, str], name: str) -> float | None:
     if not value > 0 or not math.isfinite(value):
         raise ValueError(f"{name} must be a positive number, not {raw[:40]!r}")
     return value
+
+
+@dataclass(frozen=True)
+class EnvLimit:
+    """How one environment variable sets one field of a limits dataclass."""
+
+    attribute: str
+    scale: int = 1  # the variable's unit in the field's (MiB for a ``..._MB`` variable of bytes)
+    whole: bool = False  # only a whole number is accepted
+
+
+def env_limit_changes(env: Mapping[str, str], table: Mapping[str, EnvLimit]) -> dict[str, Any]:
+    """The fields that the variables of ``table`` set in ``env``, for ``dataclasses.replace``.
+
+    A scaled or whole value becomes an ``int``; others stay ``float``.
+
+    Raises:
+        ValueError: A variable is not a positive (whole, where asked) number; its name is in the message.
+    """
+    changes: dict[str, Any] = {}
+    for name, limit in table.items():
+        value = positive_env_number(env, name)
+        if value is None:
+            continue
+        if limit.whole and not value.is_integer():
+            raise ValueError(f"{name} must be a whole number, not {env[name].strip()[:40]!r}")
+        changes[limit.attribute] = int(value * limit.scale) if limit.whole or limit.scale != 1 else value
+    return changes

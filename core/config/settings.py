@@ -28,7 +28,7 @@ import structlog
 from morag_worker.core.config.atomic_file import write_atomically
 from morag_worker.core.config.schedule import ScheduleError, parse_windows
 from morag_worker.core.naming import WorkerType
-from morag_worker.core.units import positive_env_number
+from morag_worker.core.units import EnvLimit, env_limit_changes
 from morag_worker.core.wording import error_words
 
 __all__ = [
@@ -514,21 +514,14 @@ class ConverterLimits:
         Raises:
             SettingsError: A variable is not a positive number (its name is in the message).
         """
-        changes: dict[str, Any] = {}
-        for name, (attribute, scale) in CONVERTER_LIMIT_ENV.items():
-            try:
-                value = positive_env_number(env, name)
-            except ValueError as exc:
-                raise SettingsError(str(exc)) from None
-            if value is None:
-                continue
-            changes[attribute] = int(value * scale) if scale != 1 else value
-        return dataclasses.replace(cls(), **changes)
+        try:
+            return dataclasses.replace(cls(), **env_limit_changes(env, CONVERTER_LIMIT_ENV))
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
 
 
-CONVERTER_LIMIT_ENV: dict[str, tuple[str, int]] = {
-    # variable: (ConverterLimits field, multiplier)
-    "MORAG_CONVERTER_MEMORY_MB": ("memory_bytes", MiB),
-    "MORAG_CONVERTER_DEADLINE_S": ("deadline_s", 1),
-    "MORAG_MAX_OUTPUT_MB": ("max_output_bytes", MiB),
+CONVERTER_LIMIT_ENV: dict[str, EnvLimit] = {
+    "MORAG_CONVERTER_MEMORY_MB": EnvLimit("memory_bytes", MiB),
+    "MORAG_CONVERTER_DEADLINE_S": EnvLimit("deadline_s"),
+    "MORAG_MAX_OUTPUT_MB": EnvLimit("max_output_bytes", MiB),
 }

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 
-from morag_worker.core.units import positive_env_number
+from morag_worker.core.units import EnvLimit, env_limit_changes
 
 __all__ = ["LIMIT_ENV", "DownloadLimits", "MiB"]
 
@@ -50,23 +49,14 @@ class DownloadLimits:
         Raises:
             ValueError: A variable is not a positive number (its name is in the message).
         """
-        changes: dict[str, Any] = {}
-        for name, (attribute, scale, whole) in LIMIT_ENV.items():
-            value = positive_env_number(env, name)
-            if value is None:
-                continue
-            if whole and not value.is_integer():
-                raise ValueError(f"{name} must be a whole number, not {env[name].strip()[:40]!r}")
-            changes[attribute] = int(value * scale) if whole or scale != 1 else value
-        return replace(cls(), **changes)
+        return replace(cls(), **env_limit_changes(env, LIMIT_ENV))
 
 
-LIMIT_ENV: dict[str, tuple[str, int, bool]] = {
-    # variable: (DownloadLimits field, multiplier, whole number only)
-    "MORAG_MAX_INPUT_MB": ("max_bytes", MiB, False),
-    "MORAG_DOWNLOAD_DEADLINE_S": ("deadline_s", 1, False),
-    "MORAG_DOWNLOAD_MIN_RATE": ("min_rate_bps", 1, False),
-    "MORAG_DOWNLOAD_MIN_RATE_WINDOW_S": ("min_rate_window_s", 1, False),
-    "MORAG_DOWNLOAD_ATTEMPTS": ("max_attempts", 1, True),
+LIMIT_ENV: dict[str, EnvLimit] = {
+    "MORAG_MAX_INPUT_MB": EnvLimit("max_bytes", MiB),
+    "MORAG_DOWNLOAD_DEADLINE_S": EnvLimit("deadline_s"),
+    "MORAG_DOWNLOAD_MIN_RATE": EnvLimit("min_rate_bps"),
+    "MORAG_DOWNLOAD_MIN_RATE_WINDOW_S": EnvLimit("min_rate_window_s"),
+    "MORAG_DOWNLOAD_ATTEMPTS": EnvLimit("max_attempts", whole=True),
 }
 """Environment variables a worker reads into its :class:`DownloadLimits` (README lists them)."""
