@@ -55,7 +55,7 @@ from morag_worker.core.supervisor.events import (
     WorkerStatus,
 )
 from morag_worker.core.supervisor.gpu import GpuProbe
-from morag_worker.core.supervisor.options import Clock, SupervisorOptions, backoff_delay
+from morag_worker.core.supervisor.options import Clock, SupervisorOptions
 from morag_worker.core.supervisor.prepare import (
     KeyResolver,
     Prepared,
@@ -64,6 +64,7 @@ from morag_worker.core.supervisor.prepare import (
     prepare_outcome,
 )
 from morag_worker.core.supervisor.task_tracker import TaskTracker
+from morag_worker.core.transfer.retry import backoff_delay
 from morag_worker.core.wording import capitalised
 
 __all__ = ["Event", "Intent", "Notify", "Post", "Spawn", "SupervisorMachine", "Timer"]
@@ -355,7 +356,14 @@ class SupervisorMachine:
             tries = f"{self._failures} attempt" + ("s" if self._failures != 1 else "")
             self._give_up(problem, f"{message} (gave up after {tries})", last_output)
             return
-        delay = backoff_delay(self._failures, self.options, self._rng)
+        options = self.options
+        delay = backoff_delay(
+            self._failures,
+            base=options.backoff_base_s,
+            cap=options.backoff_cap_s,
+            rng=self._rng,
+            jitter=options.backoff_jitter,
+        )
         self.timers[Timer.RETRY] = self._clock.monotonic() + delay
         self._set_status(
             WorkerState.BACKOFF,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Clock", "SupervisorOptions", "SystemClock", "backoff_delay"]
+__all__ = ["Clock", "SupervisorOptions", "SystemClock"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +25,7 @@ class SupervisorOptions:
     restart_kill_after_s: float = 10.0  # a restart of a stalled child: NOW -> KILL after this
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 120.0
-    backoff_jitter: float = 0.2  # up to +20 % on each delay
+    backoff_jitter: float = 0.2  # up to 20 % off each delay (transfer.retry.backoff_delay)
     healthy_after_s: float = 60.0  # ready this long -> the failure count starts again
     max_attempts: int | None = None  # consecutive failed attempts before CRASHED (None: retry forever)
     last_output_lines: int = 40
@@ -46,10 +45,3 @@ class SystemClock:
 
     def time(self) -> float:
         return time.time()
-
-
-def backoff_delay(attempt: int, options: SupervisorOptions, rnd: Callable[[], float]) -> float:
-    """Seconds before retry number ``attempt`` (1-based): capped exponential, plus jitter."""
-    exponent = min(max(attempt, 1) - 1, 30)
-    delay = min(options.backoff_cap_s, options.backoff_base_s * 2.0**exponent)
-    return delay * (1.0 + options.backoff_jitter * rnd())

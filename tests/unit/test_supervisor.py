@@ -30,7 +30,6 @@ from morag_worker.core.results import TaskOutcome
 from morag_worker.core.supervisor.events import Problem, StopMode, TaskProgress, WorkerState, WorkerStatus
 from morag_worker.core.supervisor.gpu import GpuInfo
 from morag_worker.core.supervisor.machine import Event, SupervisorMachine
-from morag_worker.core.supervisor.options import backoff_delay
 from morag_worker.core.supervisor.supervisor import Supervisor, SupervisorOptions
 from tests.fakes import (
     FakeChild,
@@ -59,6 +58,7 @@ class Rig:
         gpus: list[GpuInfo] | None = None,
         key_error: Exception | None = None,
         settings: Settings | None = None,
+        rng: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.clock = FakeClock()
         self.launcher = FakeLauncher()
@@ -80,7 +80,7 @@ class Rig:
             gpu_probe=FakeGpuProbe([make_gpu()] if gpus is None else gpus),
             env={"PATH": "/usr/bin", "MORAG_API_KEY": "stale"},
             options=self.options,
-            rng=lambda: 0.0,
+            rng=rng,
             post=self.post,
             notify=self.notify,
             spawn=self.prepares.append,
@@ -271,11 +271,19 @@ def test_hub_unreachable_backs_off_with_capped_exponential_delays_then_recovers(
     assert r.expect(WorkerState.RUNNING).attempt == 4  # reset only after a healthy period
 
 
-def test_backoff_delay_jitter_and_cap() -> None:
-    options = SupervisorOptions(backoff_base_s=2, backoff_cap_s=100, backoff_jitter=0.5)
-    assert backoff_delay(1, options, lambda: 0.0) == 2
-    assert backoff_delay(3, options, lambda: 1.0) == 12
-    assert backoff_delay(50, options, lambda: 0.0) == 100
+def test_a_retry_waits_the_capped_backoff_less_its_jitter() -> None:
+    """The supervisor's retries share the downloads' backoff (transfer.retry): never past the cap."""
+    down = HubUnreachable("cannot reach the hub at http://hub.test:8700 (ConnectionError)")
+    options = SupervisorOptions(backoff_jitter=0.5, backoff_base_s=2, backoff_cap_s=5)
+    r = Rig(hub=FakeHub(down, down, down, queue_info()), options=options, rng=lambda: 1.0)
+    r.start()
+    waits = []
+    for _ in range(3):
+        status = r.expect(WorkerState.BACKOFF)
+        assert status.retry_at is not None
+        waits.append(status.retry_at - r.clock.time())
+        r.advance(waits[-1])
+    assert waits == [1.0, 2.0, 2.5]  # 2, 4, then the cap of 5; each less half of itself
 
 
 @pytest.mark.parametrize(
