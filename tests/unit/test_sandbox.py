@@ -493,7 +493,7 @@ def test_a_closed_job_refuses_new_members() -> None:
 
 
 CHILD_WRITES_AFTER_A_FORK_MID_WRITE = r"""
-import logging, os, sys, threading, time
+import array, fcntl, logging, os, sys, termios, threading, time
 from morag_worker.core.processing.sandbox_child import fresh_std_streams
 
 r, w = os.pipe()
@@ -501,7 +501,13 @@ os.dup2(w, 2)  # stderr: a pipe nobody reads yet, so a writing thread blocks hol
 sys.stderr = open(2, "w", closefd=False)
 logging.getLogger().addHandler(logging.StreamHandler(sys.stderr))
 threading.Thread(target=lambda: (sys.stderr.write("x" * (1 << 20)), sys.stderr.flush()), daemon=True).start()
-time.sleep(0.3)
+def queued() -> int:
+    count = array.array("i", [0])
+    fcntl.ioctl(r, termios.FIONREAD, count)
+    return count[0]
+give_up = time.monotonic() + 60
+while queued() < 65536 and time.monotonic() < give_up:  # the pipe full: the writer is blocked in it
+    time.sleep(0.01)
 pid = os.fork()
 if pid == 0:
     os.close(r)
