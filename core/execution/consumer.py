@@ -40,7 +40,7 @@ from celery.worker.request import Request
 
 from morag_worker.core.transfer.workspace import sweep_orphaned_workspaces
 
-__all__ = ["MoragConsumer", "MoragRequest", "RemoteConsumer", "capped_time_limits"]
+__all__ = ["MoragConsumer", "MoragRequest", "RemoteConsumer", "capped_time_limits", "first_task_of"]
 
 log = structlog.get_logger(__name__)
 
@@ -125,7 +125,25 @@ class MoragRequest(Request):  # type: ignore[misc]
         try:
             return super().on_accepted(pid, time_accepted)
         finally:
-            _remove_orphans()  # and at each task start: one killed on a time limit died after its failure
+            # And when a new pool process takes its first task: the one it replaced, killed on a
+            # time limit, died after its failure was handled. A known process has replaced nobody
+            # since (scanning every workspace at every task cost the main process a read per task).
+            if first_task_of(pid):
+                _remove_orphans()
+
+
+# Pool processes that have taken a task in this worker (main process only).
+_POOL_PIDS_SEEN: set[Any] = set()
+
+
+def first_task_of(pid: Any) -> bool:
+    """Whether pool process ``pid`` takes its first task now (it is remembered from here on)."""
+    if pid in _POOL_PIDS_SEEN:
+        return False
+    if len(_POOL_PIDS_SEEN) > 4096:  # a worker that outlived thousands of pool processes
+        _POOL_PIDS_SEEN.clear()
+    _POOL_PIDS_SEEN.add(pid)
+    return True
 
 
 def _remove_orphans() -> None:

@@ -13,13 +13,14 @@ Runs on whichever thread runs the task; nothing here is shared between threads.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import secrets
 import shutil
 import socket
 import stat
 import sys
-import tempfile
 import time
 import unicodedata
 from collections.abc import Callable
@@ -41,6 +42,7 @@ log = structlog.get_logger(__name__)
 
 _PREFIX = "task-"
 _OWNER = ".owner"  # "<pid> <host name>" of the process the workspace belongs to
+_O_BINARY = getattr(os, "O_BINARY", 0)
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9_.-]+")
 _FORBIDDEN_NAME_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
 _WINDOWS_RESERVED = frozenset(
@@ -67,6 +69,29 @@ def _ensure_private_root(root: Path) -> None:
 
 
 def _remove_tree(path: Path) -> bool:
+    """Remove a workspace; True when it is gone.
+
+    A workspace holds a few plain files, so they are unlinked directly; ``shutil.rmtree`` (its
+    descriptor-based walk costs about three times as much) takes over for anything else: a
+    subdirectory, a read-only file on Windows, an entry that would not go.
+    """
+    try:
+        with os.scandir(path) as scan:
+            for entry in scan:
+                if entry.is_dir(follow_symlinks=False):
+                    raise IsADirectoryError(entry.path)
+                os.unlink(entry.path)
+        os.rmdir(path)
+        return True
+    except FileNotFoundError:
+        if not os.path.lexists(path):
+            return True
+    except OSError:
+        pass
+    return _remove_tree_thoroughly(path)
+
+
+def _remove_tree_thoroughly(path: Path) -> bool:
     def _retry_writable(func: Any, failed: str, _exc: Any) -> None:
         # Read-only entries (Windows) cannot be unlinked until they are writable again.
         os.chmod(failed, stat.S_IWRITE | stat.S_IREAD | stat.S_IEXEC)
@@ -83,6 +108,22 @@ def _remove_tree(path: Path) -> bool:
         log.warning("workspace.cleanup_failed", path=str(path), error=exc.strerror or str(exc))
         return False
     return True
+
+
+def _make_private_dir(root: Path, prefix: str) -> Path:
+    """Create ``root/<prefix><random>`` with mode 0700, as ``mkdtemp`` does, at half its cost."""
+    for _attempt in range(100):
+        path = os.path.join(root, prefix + secrets.token_hex(5))
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        return Path(path)
+    raise FileExistsError(errno.EEXIST, "no unused workspace name found", str(root))
+
+
+# Roots this process has already made private, so each task pays one mkdir, not three calls more.
+_PRIVATE_ROOTS: set[tuple[str, int]] = set()
 
 
 class TaskWorkspace:
@@ -112,10 +153,17 @@ class TaskWorkspace:
         return self._path
 
     def __enter__(self) -> TaskWorkspace:
-        _ensure_private_root(self.root)
-        # mkdtemp creates the directory 0700 atomically, with a unique name even when the same
-        # task id is delivered twice.
-        self._path = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{self.label}-", dir=self.root))
+        # Created 0700 atomically, with a unique name even when the same task id is delivered twice.
+        prefix = f"{_PREFIX}{self.label}-"
+        known = (str(self.root), os.getpid())
+        if known not in _PRIVATE_ROOTS:
+            _ensure_private_root(self.root)
+            _PRIVATE_ROOTS.add(known)
+        try:
+            self._path = _make_private_dir(self.root, prefix)
+        except FileNotFoundError:  # the root went away since: make it again
+            _ensure_private_root(self.root)
+            self._path = _make_private_dir(self.root, prefix)
         _write_owner(self._path)
         log.debug("workspace.created", path=str(self._path))
         return self
@@ -132,9 +180,11 @@ class TaskWorkspace:
 
 
 def _write_owner(path: Path) -> None:
-    fd = os.open(path / _OWNER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(f"{os.getpid()} {socket.gethostname()}\n")
+    fd = os.open(os.path.join(path, _OWNER), os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o600)
+    try:
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+    finally:
+        os.close(fd)
 
 
 def _read_owner(path: Path) -> tuple[int, str] | None:

@@ -235,6 +235,24 @@ def test_a_quick_download_logs_nothing_at_info(hub: HTTPTestServer, tmp_path: Pa
     assert [e["event"] for e in events if e["log_level"] not in ("debug",)] == []
 
 
+def test_celerys_tracer_renders_a_return_value_only_if_it_is_shown() -> None:
+    from celery.app import trace
+    from celery.utils.saferepr import saferepr
+
+    from morag_worker.core import worker  # noqa: F401 - replaces the tracer's saferepr
+
+    class Watched:
+        renders = 0
+
+        def __repr__(self) -> str:
+            Watched.renders += 1
+            return "watched"
+
+    rendered = trace.saferepr({"content": Watched()}, 1024)
+    assert Watched.renders == 0
+    assert f"{rendered}" == saferepr({"content": Watched()}, 1024) == "{'content': watched}"
+
+
 def test_the_worker_turns_off_celerys_own_task_lines_at_info() -> None:
     from morag_worker.core import worker
 
@@ -276,3 +294,17 @@ def test_small_pieces_are_handed_to_the_writer_a_chunk_at_a_time(
         got = downloader.download(hub.url("/big"), tmp_path, expected_sha256=hashlib.sha256(body).hexdigest())
     assert (tmp_path / "input.bin").read_bytes() == body and got.size == len(body)
     assert sum(hand_offs) == len(body) and len(hand_offs) <= 9, hand_offs  # not 128 hand-offs
+
+
+def test_a_results_wire_form_has_every_field_and_its_own_metadata() -> None:
+    import dataclasses
+
+    from morag_worker.core.results import TaskResult
+
+    result = TaskResult(True, "text", {"pages": [1, 2]}, 0.5, None, "alice")
+    wire = result.to_dict()
+    assert wire == dataclasses.asdict(result)
+    assert list(wire) == [f.name for f in dataclasses.fields(TaskResult)]
+    assert TaskResult.from_dict(wire) == result
+    wire["metadata"]["added"] = True
+    assert "added" not in result.metadata

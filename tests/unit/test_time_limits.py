@@ -1,4 +1,5 @@
-"""A message's ``timelimit`` header may lower the worker's time limits, never raise them (issue 10, D10)."""
+"""The worker's request handling: a message's ``timelimit`` header may lower the worker's time limits, never
+raise them (issue 10, D10); dead pool processes' workspaces are swept when a new one starts work."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from morag_worker.core.execution.consumer import capped_time_limits
+from morag_worker.core.execution.consumer import capped_time_limits, first_task_of
 
 pytestmark = pytest.mark.unit
 
@@ -30,3 +31,11 @@ def test_message_time_limits_are_capped_at_the_workers_own(asked: Any, capped: t
 
 def test_without_own_limits_a_message_may_set_them() -> None:
     assert capped_time_limits([100, 50], hard=None, soft=None) == (100.0, 50.0)
+
+
+def test_a_pool_process_counts_as_new_only_at_its_first_task() -> None:
+    """The main process sweeps dead pool processes' workspaces when a new one takes its first task
+    (it replaced one that may have died after its failure was handled), not at every task."""
+    assert first_task_of(-101) is True
+    assert first_task_of(-101) is False
+    assert first_task_of(-102) is True
