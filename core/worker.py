@@ -27,7 +27,7 @@ from morag_worker.core.results import INPUT_PROBLEM, TaskOutcome, TaskResult
 
 # The seed defines its queue helpers in its worker module; a server written to it imports them from here.
 from morag_worker.core.routing import get_task_for_user, submit_task_for_user
-from morag_worker.core.transfer.workspace import sweep_stale_workspaces
+from morag_worker.core.transfer.workspace import release_spare_workspaces, sweep_stale_workspaces
 
 __all__ = [
     "celery_app",
@@ -350,8 +350,9 @@ def _warm_up(**_: Any) -> None:
 @signals.worker_process_shutdown.connect
 @signals.worker_shutdown.connect
 def _close_converters(**_: Any) -> None:
-    """The pool process or the worker stops: no converter child outlives it."""
+    """The pool process or the worker stops: no converter child outlives it, nor its spare workspaces."""
     get_runtime().close_converters()
+    release_spare_workspaces()
 
 
 @signals.worker_ready.connect

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from morag_worker.core.transfer.workspace import (
     TaskWorkspace,
     pid_alive,
+    release_spare_workspaces,
     safe_display_name,
     sweep_orphaned_workspaces,
     sweep_stale_workspaces,
@@ -26,13 +29,53 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+@pytest.fixture(autouse=True)
+def _no_spares_left() -> Iterator[None]:
+    yield
+    release_spare_workspaces()
+
+
 @posix_only
 def test_workspace_is_private_under_a_private_root(tmp_path: Path) -> None:
     root = tmp_path / "work"
     with TaskWorkspace(root, "task-123") as ws:
         assert ws.path.parent == root
         assert (mode(root), mode(ws.path)) == (0o700, 0o700)
+        (ws.path / "input.bin").write_bytes(b"someone's document")
+    (spare,) = root.iterdir()  # emptied, and out of the task- names, for the next task
+    assert spare.name.startswith(f".spare-{os.getpid()}-") and mode(spare) == 0o700
+    assert [p.name for p in spare.iterdir()] == [".owner"]
+    release_spare_workspaces()
     assert list(root.iterdir()) == []
+
+
+def test_the_next_task_reuses_the_emptied_workspace_under_its_own_name(tmp_path: Path) -> None:
+    with TaskWorkspace(tmp_path, "first") as first:
+        (first.path / "input.bin").write_bytes(b"x")
+        inode = first.path.stat().st_ino
+    with TaskWorkspace(tmp_path, "second") as second:
+        assert second.path.name.startswith("task-second-") and second.path.stat().st_ino == inode
+        assert [p.name for p in second.path.iterdir()] == [".owner"]
+        assert (second.path / ".owner").read_text().split()[0] == str(os.getpid())
+
+
+def test_a_forked_process_never_takes_its_parents_spare(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with TaskWorkspace(tmp_path, "parent") as parent:
+        inode = parent.path.stat().st_ino
+    monkeypatch.setattr(os, "getpid", lambda: -7)  # as a pool process forked from this one sees it
+    with TaskWorkspace(tmp_path, "child") as child:
+        assert child.path.stat().st_ino != inode
+
+
+def test_a_spare_swept_away_meanwhile_is_replaced_by_a_new_workspace(tmp_path: Path) -> None:
+    with TaskWorkspace(tmp_path, "first"):
+        pass
+    (spare,) = tmp_path.iterdir()
+    assert sweep_stale_workspaces(tmp_path, older_than_s=0) == 1  # another worker's start-up sweep
+    with TaskWorkspace(tmp_path, "second") as ws:
+        assert ws.path.is_dir() and not spare.exists()
 
 
 @posix_only
@@ -105,8 +148,6 @@ def test_sweep_removes_only_stale_task_directories(tmp_path: Path) -> None:
 
 
 def _owned_by(root: Path, pid: int, host: str | None = None) -> Path:
-    import socket
-
     path = root / f"task-{pid}-x"
     path.mkdir(parents=True)
     (path / "input.bin").write_bytes(b"partial download")
@@ -117,11 +158,14 @@ def _owned_by(root: Path, pid: int, host: str | None = None) -> Path:
 def test_orphan_sweep_removes_only_workspaces_whose_owner_died_on_this_host(tmp_path: Path) -> None:
     with TaskWorkspace(tmp_path, "mine") as ws:  # this process owns it: never an orphan
         dead, live = _owned_by(tmp_path, 999_001), _owned_by(tmp_path, 999_002)
+        dead_spare = tmp_path / ".spare-999001-x"  # an emptied one: removed, not counted
+        dead_spare.mkdir()
+        (dead_spare / ".owner").write_text(f"999001 {socket.gethostname()}\n")
         elsewhere = _owned_by(tmp_path, 999_003, host="another-host")
         unowned = tmp_path / "task-unowned-x"
         unowned.mkdir()
         removed = sweep_orphaned_workspaces(tmp_path, alive=lambda pid: pid != 999_001)
-        assert removed == 1 and not dead.exists()
+        assert removed == 1 and not dead.exists() and not dead_spare.exists()
         assert live.exists() and elsewhere.exists() and unowned.exists() and ws.path.exists()
         assert (ws.path / ".owner").read_text().split()[0] == str(os.getpid())
         assert stat.S_IMODE((ws.path / ".owner").stat().st_mode) == 0o600
