@@ -15,7 +15,9 @@ Before each timed run the page cache is synced, so one run's writeback does not 
 and the order of the methods rotates between runs. Prints per server and method the median
 throughput of ``--runs`` runs with the lowest and highest, the ratio ours/curl run by run (median
 and spread; target >= 1.0), the ratio to the SHA-256 bound measured in the same run (hashlib over
-the same file's bytes in memory, one core; target >= 0.8), our peak RSS over all runs (target
+the same file's bytes in memory, one core; target >= 0.8), the disk's own speed in the same run
+(the same bytes written with O_DIRECT, 2 MiB at a time, one write in flight, as ours writes a large
+body; Linux), our peak RSS over all runs (target
 < 80 MB), the CPU time each method and the server spent per GiB (user + system, all threads;
 Linux), and the machine's load during the runs. The temporary directory is removed however the
 bench ends.
@@ -27,6 +29,7 @@ import argparse
 import functools
 import hashlib
 import json
+import mmap
 import os
 import resource
 import shutil
@@ -50,6 +53,8 @@ METHODS = {
     "seed": "seed (requests 8 KiB, sha256)",
 }
 SHA_BOUND = "SHA-256 bound (hashlib, in memory)"
+DISK_BOUND = "disk (O_DIRECT 2 MiB writes)"
+DIRECT_BLOCK = 2 * MiB
 SERVERS = {"sendfile": "sendfile server", "http.server": "Python http.server"}
 
 
@@ -188,6 +193,42 @@ def sha_bound(source: Path) -> None:
     print(json.dumps({"seconds": seconds, "cpu": seconds}))  # one thread, busy all along
 
 
+def disk_bound(source: Path, dest: Path) -> None:
+    """Child process: the source's bytes written to ``dest`` with O_DIRECT, 2 MiB at a time and one
+    write in flight, as ours writes a large body; only the writes are timed (each block is read
+    before its clock runs). Print a JSON line."""
+    buffer = mmap.mmap(-1, DIRECT_BLOCK)  # page-aligned, as O_DIRECT needs
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o600)
+    seconds = cpu = 0.0
+    offset = 0
+    try:
+        with source.open("rb", buffering=0) as fh:
+            while count := fh.readinto(buffer):
+                started, cpu_started = time.perf_counter(), time.process_time()
+                os.pwrite(fd, memoryview(buffer)[:count], offset)
+                seconds += time.perf_counter() - started
+                cpu += time.process_time() - cpu_started
+                offset += count
+    finally:
+        os.close(fd)
+        dest.unlink()
+    print(json.dumps({"seconds": seconds, "cpu": cpu}))
+
+
+def run_disk_bound(source: Path, work: Path) -> dict[str, Any] | None:
+    """How fast the disk takes what ours writes around the page cache; None where there is no O_DIRECT."""
+    if not hasattr(os, "O_DIRECT"):
+        return None
+    os.sync()
+    command = [sys.executable, __file__, "--disk-bound", str(source), "--dest", str(work / "disk.bin")]
+    try:
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    except subprocess.CalledProcessError:  # a file system without O_DIRECT (tmpfs before Linux 6.6)
+        return None
+    measured: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
+    return measured
+
+
 def run_sha_bound(source: Path) -> dict[str, Any]:
     """The SHA-256 bound: no download that verifies its bytes can go faster on one core."""
     command = [sys.executable, __file__, "--sha-bound", str(source)]
@@ -223,6 +264,8 @@ def measure(
                 measured["server_cpu"] = server_after - server_before
             results[name].append(measured)
         results["sha"].append(run_sha_bound(work / "source.bin"))
+        if (disk := run_disk_bound(work / "source.bin", work)) is not None:
+            results.setdefault("disk", []).append(disk)
         last = {name: done[-1] for name, done in results.items()}
         timings = ", ".join(f"{k} {v['seconds']:.2f} s (cpu {v['cpu']:.2f} s)" for k, v in last.items())
         print(f"{kind} run {run + 1}/{runs}: {timings}")
@@ -234,7 +277,8 @@ def report(results: dict[str, list[dict[str, Any]]], size_mib: int, kind: str) -
     print(f"\n{size_mib} MiB over loopback from a {SERVERS[kind]}, {runs} runs per method")
     for name, done in results.items():
         rate = Spread.of(size_mib / run["seconds"] for run in done)
-        line = f"  {METHODS.get(name, SHA_BOUND):<34} {rate.format('MiB/s', digits=0)}"
+        label = METHODS.get(name, DISK_BOUND if name == "disk" else SHA_BOUND)
+        line = f"  {label:<34} {rate.format('MiB/s', digits=0)}"
         if "peak_kib" in done[0]:
             peak = max(r["peak_kib"] for r in done) / 1024
             start = Spread.of(r["start_kib"] / 1024 for r in done).median
@@ -249,6 +293,9 @@ def report(results: dict[str, list[dict[str, Any]]], size_mib: int, kind: str) -
     sha = [run["seconds"] for run in results["sha"]]
     to_bound = paired_ratios(sha, ours)
     print(f"  throughput ours/SHA-256 bound: {to_bound.format('×', digits=2)} (target >= 0.8)")
+    if results.get("disk"):
+        disk = paired_ratios(sha, [run["seconds"] for run in results["disk"]])
+        print(f"  the disk alone, O_DIRECT writes / SHA-256 bound: {disk.format('×', digits=2)}")
     print("  (ours and seed hash SHA-256 on the fly; curl only writes the file)")
     print(f"  CPU s/GiB, median (user + system): {cpu_per_gib(results, size_mib)}")
     why = "why under 0.8× the bound: " if to_bound.median < 0.8 else ""
@@ -267,12 +314,19 @@ def cpu_ceiling(results: dict[str, list[dict[str, Any]]], size_mib: int) -> str:
     ours, bound = _median_cpu(results["ours"], "cpu", gib), _median_cpu(results["sha"], "cpu", gib)
     server = _median_cpu(results["ours"], "server_cpu", gib)
     floor = max((ours + server) / cores, bound)  # wall seconds per GiB, at best
-    return (
+    ceiling = (
         f"ours needs {ours:.2f} CPU s/GiB (SHA-256 alone {bound:.2f}) and the server {server:.2f}; "
         f"on {cores} cores that allows at most {1024 / floor:.0f} MiB/s, {bound / floor:.2f}× the bound, "
         f"if nothing else ran (curl, which does not hash, needs "
         f"{_median_cpu(results['curl'], 'cpu', gib):.2f})"
     )
+    if results.get("disk"):
+        disk = Spread.of(run["seconds"] / gib for run in results["disk"]).median
+        ceiling += (
+            f"; the disk took the bytes at {1024 / disk:.0f} MiB/s ({bound / disk:.2f}× the bound), "
+            "which a download written around the page cache cannot pass"
+        )
+    return ceiling
 
 
 def cpu_per_gib(results: dict[str, list[dict[str, Any]]], size_mib: int) -> str:
@@ -308,6 +362,7 @@ def main() -> int:
     )
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--sha-bound", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--disk-bound", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--fetch", help=argparse.SUPPRESS)
     parser.add_argument("--dest", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--method", default="ours", help=argparse.SUPPRESS)
@@ -318,6 +373,9 @@ def main() -> int:
         return 0
     if args.sha_bound:
         sha_bound(args.sha_bound)
+        return 0
+    if args.disk_bound:
+        disk_bound(args.disk_bound, args.dest)
         return 0
     if args.fetch:
         fetch(args.fetch, args.dest, args.method, args.sha)
