@@ -116,24 +116,30 @@ class MoragRequest(Request):  # type: ignore[misc]
             self._request_dict["timelimit"] = list(limits)
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
+        global _SWEEP_DUE
         try:
             return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
         finally:
             _remove_orphans()  # a pool process lost under its task: its download goes now
+            _SWEEP_DUE = True  # and at the next task: one killed on a time limit dies after this
 
     def on_accepted(self, pid: Any, time_accepted: Any) -> Any:
+        global _SWEEP_DUE
         try:
             return super().on_accepted(pid, time_accepted)
         finally:
-            # And when a new pool process takes its first task: the one it replaced, killed on a
-            # time limit, died after its failure was handled. A known process has replaced nobody
-            # since (scanning every workspace at every task cost the main process a read per task).
-            if first_task_of(pid):
+            # Again at the first task after a failure (a pool process killed on a time limit dies
+            # after its failure is handled) and at a new pool process's first task (it replaced
+            # one). Not at every task: scanning every workspace cost the main process a read each.
+            if first_task_of(pid) or _SWEEP_DUE:
+                _SWEEP_DUE = False
                 _remove_orphans()
 
 
-# Pool processes that have taken a task in this worker (main process only).
+# Pool processes that have taken a task in this worker, and whether a task failed since the last
+# sweep (main process only).
 _POOL_PIDS_SEEN: set[Any] = set()
+_SWEEP_DUE = False
 
 
 def first_task_of(pid: Any) -> bool:

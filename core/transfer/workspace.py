@@ -8,8 +8,9 @@ task's 3 (issue 14). A workspace that will not empty plainly (a subdirectory) is
 :func:`release_spare_workspaces` removes the spares when the process stops. ``finally`` does not run
 on SIGKILL or power loss, so the worker calls :func:`sweep_stale_workspaces` at start-up; and each
 workspace names the process that owns it (``.owner``: pid and host), so that when a pool process is
-killed under a task, the worker's main process removes its workspace (and spares) at once with
-:func:`sweep_orphaned_workspaces`. Also home of :func:`safe_display_name`, the only way a
+killed under a task, the worker's main process removes its workspace (and spares) with
+:func:`sweep_orphaned_workspaces` when it learns of the death (a process killed on a time limit dies
+just after: then at the next task). Also home of :func:`safe_display_name`, the only way a
 server-supplied file name reaches the rest of the app (as a label, never a path).
 
 Runs on whichever thread runs the task; the spares are the one thing shared between threads (a
@@ -18,6 +19,7 @@ threads pool runs several tasks in one process), under a lock.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -52,6 +54,7 @@ _SPARE_PREFIX = ".spare-"  # an emptied workspace waiting for its process's next
 _MAX_SPARES = 4  # per process and root: a threads pool may run a few tasks at once
 _OWNER = ".owner"  # "<pid> <host name>" of the process the workspace belongs to
 _O_BINARY = getattr(os, "O_BINARY", 0)
+_DIR_FD = os.name == "posix" and os.unlink in os.supports_dir_fd and os.scandir in os.supports_fd
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9_.-]+")
 _FORBIDDEN_NAME_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
 _WINDOWS_RESERVED = frozenset(
@@ -69,12 +72,48 @@ def _safe_label(task_id: str) -> str:
 
 
 def _ensure_private_root(root: Path) -> None:
+    """Make ``root`` if missing; refuse one that is not a directory of ours; tighten it to 0700.
+
+    Checked at every task (two system calls): the default root is under the shared ``/tmp``, where
+    another user could make it after a cleaner removed ours.
+    """
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = root.lstat()
     if not stat.S_ISDIR(info.st_mode):
         raise NotADirectoryError(f"workspace root {root} is not a directory")
+    if os.name == "posix" and info.st_uid != os.geteuid():
+        raise PermissionError(f"workspace root {root} belongs to another user")
     if os.name == "posix" and stat.S_IMODE(info.st_mode) & 0o077:
         os.chmod(root, 0o700)
+
+
+def _unlink_files(path: Path, keep: str | None = None) -> None:
+    """Unlink the plain files directly in ``path`` (but ``keep``).
+
+    Raises:
+        OSError: ``path`` is a symlink or not a directory, an entry is a directory (``keep`` or
+            not), or one would not go; files unlinked before that stay unlinked.
+    """
+    if not _DIR_FD:  # Windows: no descriptor of a directory; no symlink without privileges either
+        with os.scandir(path) as scan:
+            for entry in scan:
+                if entry.is_dir(follow_symlinks=False):
+                    raise IsADirectoryError(entry.path)
+                if entry.name != keep:
+                    os.unlink(entry.path)
+        return
+    # Through a descriptor opened without following a symlink: a workspace swapped for a link to
+    # somewhere else is refused, never emptied.
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        with os.scandir(fd) as scan:
+            for entry in scan:
+                if entry.is_dir(follow_symlinks=False):
+                    raise IsADirectoryError(os.path.join(path, entry.name))
+                if entry.name != keep:
+                    os.unlink(entry.name, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _remove_tree(path: Path) -> bool:
@@ -82,14 +121,11 @@ def _remove_tree(path: Path) -> bool:
 
     A workspace holds a few plain files, so they are unlinked directly; ``shutil.rmtree`` (its
     descriptor-based walk costs about three times as much) takes over for anything else: a
-    subdirectory, a read-only file on Windows, an entry that would not go.
+    subdirectory, a read-only file on Windows, an entry that would not go, a symlink (which it
+    refuses).
     """
     try:
-        with os.scandir(path) as scan:
-            for entry in scan:
-                if entry.is_dir(follow_symlinks=False):
-                    raise IsADirectoryError(entry.path)
-                os.unlink(entry.path)
+        _unlink_files(path)
         os.rmdir(path)
         return True
     except FileNotFoundError:
@@ -131,16 +167,17 @@ def _make_private_dir(root: Path, prefix: str) -> Path:
     raise FileExistsError(errno.EEXIST, "no unused workspace name found", str(root))
 
 
-# Roots this process has already made private, so each task pays one mkdir, not three calls more.
-_PRIVATE_ROOTS: set[tuple[str, int]] = set()
-
-
 class _Spares:
     """Emptied workspaces by (root, pid): a forked process never takes its parent's."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._paths: dict[tuple[str, int], list[str]] = {}
+        if hasattr(os, "register_at_fork"):  # a child forked while another thread held the lock
+            os.register_at_fork(after_in_child=self._new_lock)
+
+    def _new_lock(self) -> None:
+        self._lock = threading.Lock()
 
     def take(self, root: Path) -> str | None:
         with self._lock:
@@ -205,10 +242,7 @@ class TaskWorkspace:
     def __enter__(self) -> TaskWorkspace:
         # Created 0700 atomically, with a unique name even when the same task id is delivered twice.
         prefix = f"{_PREFIX}{self.label}-"
-        known = (str(self.root), os.getpid())
-        if known not in _PRIVATE_ROOTS:
-            _ensure_private_root(self.root)
-            _PRIVATE_ROOTS.add(known)
+        _ensure_private_root(self.root)
         if (spare := _SPARES.take(self.root)) is not None:
             path = os.path.join(self.root, prefix + secrets.token_hex(5))
             try:
@@ -216,14 +250,12 @@ class TaskWorkspace:
             except OSError:  # swept as stale meanwhile, say: a new one is made below
                 _remove_tree(Path(spare))
             else:
+                with contextlib.suppress(OSError):
+                    os.utime(path)  # a rename keeps the old time: not stale to a start-up sweep
                 self._path = Path(path)
                 log.debug("workspace.reused", path=path)
                 return self
-        try:
-            self._path = _make_private_dir(self.root, prefix)
-        except FileNotFoundError:  # the root went away since: make it again
-            _ensure_private_root(self.root)
-            self._path = _make_private_dir(self.root, prefix)
+        self._path = _make_private_dir(self.root, prefix)
         _write_owner(self._path)
         log.debug("workspace.created", path=str(self._path))
         return self
@@ -247,13 +279,7 @@ class TaskWorkspace:
         if not _SPARES.has_room(self.root):
             return False
         try:
-            with os.scandir(path) as scan:
-                for entry in scan:
-                    if entry.name == _OWNER:
-                        continue
-                    if entry.is_dir(follow_symlinks=False):
-                        return False
-                    os.unlink(entry.path)
+            _unlink_files(path, keep=_OWNER)
             spare = os.path.join(self.root, f"{_SPARE_PREFIX}{os.getpid()}-{secrets.token_hex(5)}")
             os.rename(path, spare)
         except OSError:
@@ -296,8 +322,9 @@ def sweep_orphaned_workspaces(root: Path, *, alive: Callable[[int], bool] = pid_
     """Remove workspaces whose owning process on this host has died; return how many.
 
     A pool process killed under its task (out of memory, kill -9) leaves its download behind; its
-    worker calls this as soon as it learns of the death. Workspaces of live processes, of other
-    hosts sharing ``root`` and without an owner file are left to :func:`sweep_stale_workspaces`.
+    worker calls this when it learns of the death, and at the next task after a failure. Workspaces
+    of live processes, of other hosts sharing ``root`` and without an owner file are left to
+    :func:`sweep_stale_workspaces`.
     """
     try:
         entries = list(os.scandir(root))
@@ -344,8 +371,9 @@ def sweep_stale_workspaces(root: Path, older_than_s: float, *, now: float | None
                     newest = max(newest, child.stat(follow_symlinks=False).st_mtime)
         except FileNotFoundError:
             continue
-        if now - newest >= older_than_s and _remove_tree(Path(entry.path)):
-            removed += 1
+        spare = entry.name.startswith(_SPARE_PREFIX)
+        if now - newest >= older_than_s and _remove_tree(Path(entry.path)) and not spare:
+            removed += 1  # an empty spare held no one's download
     if removed:
         log.info("workspace.swept", root=str(root), removed=removed)
     return removed

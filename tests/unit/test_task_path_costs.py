@@ -235,24 +235,6 @@ def test_a_quick_download_logs_nothing_at_info(hub: HTTPTestServer, tmp_path: Pa
     assert [e["event"] for e in events if e["log_level"] not in ("debug",)] == []
 
 
-def test_celerys_tracer_renders_a_return_value_only_if_it_is_shown() -> None:
-    from celery.app import trace
-    from celery.utils.saferepr import saferepr
-
-    from morag_worker.core import worker  # noqa: F401 - replaces the tracer's saferepr
-
-    class Watched:
-        renders = 0
-
-        def __repr__(self) -> str:
-            Watched.renders += 1
-            return "watched"
-
-    rendered = trace.saferepr({"content": Watched()}, 1024)
-    assert Watched.renders == 0
-    assert f"{rendered}" == saferepr({"content": Watched()}, 1024) == "{'content': watched}"
-
-
 def test_the_worker_turns_off_celerys_own_task_lines_at_info() -> None:
     from morag_worker.core import worker
 

@@ -73,7 +73,8 @@ def test_a_spare_swept_away_meanwhile_is_replaced_by_a_new_workspace(tmp_path: P
     with TaskWorkspace(tmp_path, "first"):
         pass
     (spare,) = tmp_path.iterdir()
-    assert sweep_stale_workspaces(tmp_path, older_than_s=0) == 1  # another worker's start-up sweep
+    assert sweep_stale_workspaces(tmp_path, older_than_s=0) == 0  # another worker's start-up sweep
+    assert not spare.exists()  # removed, but not counted: it held no one's download
     with TaskWorkspace(tmp_path, "second") as ws:
         assert ws.path.is_dir() and not spare.exists()
 
@@ -213,3 +214,40 @@ def test_sweep_of_a_missing_root_is_a_no_op(tmp_path: Path) -> None:
 )
 def test_safe_display_name(raw: str | None, shown: str | None) -> None:
     assert safe_display_name(raw) == shown
+
+
+@posix_only
+def test_a_workspace_swapped_for_a_symlink_never_empties_the_links_target(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep")
+    root = tmp_path / "work"
+    with TaskWorkspace(root, "t") as ws:
+        path = ws.path
+        os.rename(path, tmp_path / "moved-away")
+        path.symlink_to(victim, target_is_directory=True)
+    assert (victim / "precious.txt").read_text() == "keep"
+
+
+@posix_only
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown needs root")
+def test_a_root_that_another_user_made_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "work"
+    with TaskWorkspace(root, "t"):
+        pass
+    release_spare_workspaces()
+    os.chown(root, 65534, 65534)  # removed by a cleaner and made again by someone else
+    with pytest.raises(PermissionError, match="another user"), TaskWorkspace(root, "t"):
+        pass
+
+
+def test_a_reused_workspace_is_fresh_to_a_stale_sweep(tmp_path: Path) -> None:
+    with TaskWorkspace(tmp_path, "first"):
+        pass
+    (spare,) = tmp_path.iterdir()
+    old = time.time() - 7200
+    os.utime(spare, (old, old))
+    os.utime(spare / ".owner", (old, old))
+    with TaskWorkspace(tmp_path, "second") as ws:
+        assert sweep_stale_workspaces(tmp_path, older_than_s=3600) == 0
+        assert ws.path.exists()
