@@ -1,10 +1,13 @@
 """Benchmark: what per-user isolation costs in throughput (a script, not a test).
 
-    python bench/load.py [--tasks 1000] [--users 2] [--workers 2] [--rounds 3] [--no-real]
+    python bench/load.py [--tasks 1000] [--users 2] [--workers 2] [--rounds 3] [--warmup 50] [--no-real]
 
 One private redis-server; every run has ``--users`` users with ``--workers`` prefork workers each
 (concurrency 1) and ``--tasks`` small tasks per user, submitted all at once; a run's time is from
-the first submission to the last result read back by its submitter. Runs, in this order:
+the first submission to the last result read back by its submitter. Before it, ``--warmup`` tasks
+per user run untimed, so that no worker process is still loading what its first task needs (ours
+load the pipeline on a thread once ready: timed, that start-up work on 2 cores was up to a fifth
+of a real run). Runs, in this order:
 
 - **bare**: the tiny Celery app below with Celery's defaults (no ACL, no namespace, gossip, mingle
   and heartbeat on, early acks, prefetch 4), one plain queue per user.
@@ -112,9 +115,22 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def drain(name: str, submit: Callable[[str, int], Any], apps: dict[str, Celery], tasks: int) -> Run:
-    """Submit ``tasks`` per user (interleaved), then read every result back; time the whole."""
+def drain(
+    name: str, submit: Callable[[str, int], Any], apps: dict[str, Celery], tasks: int, warmup: int = 0
+) -> Run:
+    """Submit ``warmup`` tasks per user and wait for them, untimed (every worker process has then
+    run a task, so none is still loading what its first task needs); then submit ``tasks`` per
+    user (interleaved), read every result back, and time that."""
+    if warmup:
+        _submit_and_join(name, submit, apps, warmup)
     started = time.monotonic()
+    _submit_and_join(name, submit, apps, tasks)
+    return Run(name, tasks * len(apps), time.monotonic() - started)
+
+
+def _submit_and_join(
+    name: str, submit: Callable[[str, int], Any], apps: dict[str, Celery], tasks: int
+) -> None:
     sent: dict[str, list[Any]] = {user: [] for user in apps}
     for n in range(tasks):
         for user in apps:
@@ -124,7 +140,6 @@ def drain(name: str, submit: Callable[[str, int], Any], apps: dict[str, Celery],
         bad = [v for v in values if not (isinstance(v, dict) and v.get("success"))]
         if bad:
             raise SystemExit(f"{name}: {len(bad)} tasks of {user} did not succeed, e.g. {bad[0]!r}")
-    return Run(name, tasks * len(apps), time.monotonic() - started)
 
 
 def start_workers(argvs: list[tuple[list[str], dict[str, str], str]], ready: str) -> list[Proc]:
@@ -164,7 +179,9 @@ def _create_keys(redis_url: str, users: list[str]) -> dict[str, str]:
     return {user: create_provisioned_key(redis_url, user, "bench") for user in users}
 
 
-def run_bare_or_isolated(mode: str, redis: RedisServer, users: list[str], workers: int, tasks: int) -> Run:
+def run_bare_or_isolated(
+    mode: str, redis: RedisServer, users: list[str], workers: int, tasks: int, warmup: int
+) -> Run:
     keys = create_keys(redis.url, users) if mode == "isolated" else {}
     argvs = []
     for user in users:
@@ -192,12 +209,12 @@ def run_bare_or_isolated(mode: str, redis: RedisServer, users: list[str], worker
         def submit(user: str, n: int) -> Any:
             return apps[user].send_task(TASK, args=[TEXT.format(user=user)], queue=queue_name(user))
 
-        return drain(mode, submit, apps, tasks)
+        return drain(mode, submit, apps, tasks, warmup)
     finally:
         stop(procs)
 
 
-def run_real(redis: RedisServer, tmp: Path, users: list[str], workers: int, tasks: int) -> Run:
+def run_real(redis: RedisServer, tmp: Path, users: list[str], workers: int, tasks: int, warmup: int) -> Run:
     import requests
 
     from morag_worker.core.hub_client import HubClient
@@ -250,7 +267,7 @@ def run_real(redis: RedisServer, tmp: Path, users: list[str], workers: int, task
                 "morag.worker.process_file_task", [item["url"], "text/plain", options], None, user, True
             )
 
-        return drain("real", submit, apps, tasks)
+        return drain("real", submit, apps, tasks, warmup)
     finally:
         with interrupts_deferred():
             stop(procs)
@@ -266,6 +283,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="workers per user")
     parser.add_argument("--no-real", action="store_true", help="skip the run with MoRAG's own task")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of all runs; medians are shown")
+    parser.add_argument(
+        "--warmup", type=int, default=50, help="untimed tasks per user first, in every run (default 50)"
+    )
     parser.add_argument("--serve", choices=("bare", "reliable", "isolated"), help=argparse.SUPPRESS)
     parser.add_argument("--user", help=argparse.SUPPRESS)
     parser.add_argument("--name", help=argparse.SUPPRESS)
@@ -285,9 +305,12 @@ def main() -> int:
                 for round_no in range(args.rounds):
                     for mode in modes:
                         if mode == "real":
-                            run = run_real(redis, tmp / f"real{round_no}", users, args.workers, args.tasks)
+                            real_tmp = tmp / f"real{round_no}"
+                            run = run_real(redis, real_tmp, users, args.workers, args.tasks, args.warmup)
                         else:
-                            run = run_bare_or_isolated(mode, redis, users, args.workers, args.tasks)
+                            run = run_bare_or_isolated(
+                                mode, redis, users, args.workers, args.tasks, args.warmup
+                            )
                         runs[mode].append(run)
                         print(f"round {round_no + 1}: {mode:8} {run.rate:7.1f} tasks/s", file=sys.stderr)
             acl_log = redis.client().execute_command("ACL", "LOG")
