@@ -65,7 +65,7 @@ class TaskResult:
     user_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The wire form (DESIGN §2). Spelled out: ``asdict`` deep-copies the metadata, at five times
+        """The wire form (DESIGN §2). Spelled out: ``asdict`` deep-copies the metadata, at fifty times
         the cost, for a dict that is only serialised."""
         return {
             "success": self.success,
