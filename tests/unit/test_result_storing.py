@@ -69,7 +69,8 @@ def run_task(backend_refuses: str | None, error: Exception | None = None) -> tup
     app = Celery("store-test", set_as_current=False)
     app.conf.update(result_serializer="json", accept_content=["json"])
 
-    @app.task(bind=True, base=_MoragTask, name="test.returns_a_result")
+    # Not shared: a shared task is added to every Celery app finalized later in this process.
+    @app.task(bind=True, base=_MoragTask, name="test.returns_a_result", shared=False)
     def returns_a_result(self: _MoragTask) -> dict[str, Any]:
         get_runtime().result_returned(
             self.request.id, FinishedTask(TaskOutcome.SUCCEEDED, metadata={"processor": "text"})
