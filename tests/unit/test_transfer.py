@@ -345,13 +345,14 @@ def test_disk_space_is_checked_before_reading(
     assert_empty(tmp_path)
 
 
-@pytest.mark.parametrize(
-    ("code", "error", "text"),
-    [
-        (errno.ENOSPC, InsufficientDiskSpace, "ran out of space"),
-        (errno.EIO, DownloadFailed, "could not be written"),
-    ],
-)
+# A write that fails, and the error and words a download reports it with (cached or direct writes).
+WRITE_ERRORS = [
+    (errno.ENOSPC, InsufficientDiskSpace, "ran out of space"),
+    (errno.EIO, DownloadFailed, "could not be written"),
+]
+
+
+@pytest.mark.parametrize(("code", "error", "text"), WRITE_ERRORS)
 def test_write_errors_in_the_writer_thread_are_typed(
     server: HTTPTestServer,
     dl: Downloader,
@@ -655,13 +656,7 @@ def test_a_file_system_without_o_direct_gets_the_portable_copy(
 
 
 @linux_only
-@pytest.mark.parametrize(
-    ("code", "error", "text"),
-    [
-        (errno.ENOSPC, InsufficientDiskSpace, "ran out of space"),
-        (errno.EIO, DownloadFailed, "could not be written"),
-    ],
-)
+@pytest.mark.parametrize(("code", "error", "text"), WRITE_ERRORS)
 def test_direct_write_errors_are_typed(
     server: HTTPTestServer,
     tmp_path: Path,
