@@ -106,9 +106,9 @@ def test_first_run_on_a_real_desktop_docks_stores_the_key_and_opens_the_menu(
         )
         app.wait_output('"event": "credentials.read"', timeout=30)
         session.xdotool("windowactivate", "--sync", dialog)
-        session.xdotool("type", "--delay", "15", key)
+        session.type_text(key)
         session.xdotool("key", "shift+Tab")
-        session.xdotool("type", "--delay", "15", stack.hub_url)
+        session.type_text(stack.hub_url)
         _shot(session, tmp_path, "first-run", dialog)
         session.xdotool("key", "Return")  # the default button: Save and start
 

@@ -46,6 +46,22 @@ class XSession:
             raise RuntimeError(f"xdotool {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
         return done.stdout
 
+    def type_text(self, text: str, delay_ms: int = 15) -> None:
+        """Type ``text`` into the focused window. It goes on stdin (``--file -``), not in argv: an API
+        key must not reach a command line or an error message, and one that starts with ``-`` would
+        be taken for an option."""
+        done = subprocess.run(
+            ["xdotool", "type", "--delay", str(delay_ms), "--file", "-"],
+            input=text,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"xdotool type failed ({done.returncode}): {done.stderr.strip()}")
+
     def windows(self, *search: str) -> list[str]:
         """Window ids that ``xdotool search`` finds with ``search`` (none is not an error)."""
         return self.xdotool("search", *search, check=False).split()
