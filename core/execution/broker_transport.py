@@ -14,6 +14,13 @@ JSON, unknown tasks) on its own.
 A new channel whose login Redis refuses (a revoked key) is reported at once through
 ``broker_auth.report_refusal`` before Celery starts its endless reconnect loop.
 
+A channel keeps one Redis client for the commands it sends outside the event loop (a publish, the
+unacked entry of a delivery, its ack). kombu makes a new client for each, and a redis-py client
+rebuilds its table of reply callbacks when made: 60 µs, three times a task between the submitter
+and the worker (issue 14). A client holds no connection of its own; each command takes one from
+the channel's pool and gives it back, so one client serves every thread. A new pool (after a
+reconnect or a fork) gets a new client.
+
 Selected by ``broker_transport`` in :func:`~morag_worker.core.execution.celery_config.base_config`; URL
 parsing, TLS and the key prefix are kombu's. Runs on the worker's consumer (event loop) thread.
 """
@@ -21,7 +28,8 @@ parsing, TLS and the key prefix are kombu's. Runs on the worker's consumer (even
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import structlog
@@ -117,6 +125,7 @@ class Channel(redis.Channel):
     Message = CheckedMessage
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._kept_client: tuple[Any, Any] | None = None  # (its pool, the client)
         try:
             super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         except Exception as exc:
@@ -140,6 +149,17 @@ class Channel(redis.Channel):
 
         self.connection._callbacks[queue] = checked
         return result
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        yield client if client else self._command_client()
+
+    def _command_client(self) -> Any:
+        """The channel's client for commands, made anew only when its pool was replaced."""
+        pool, kept = self.pool, self._kept_client
+        if kept is None or kept[0] is not pool:
+            kept = self._kept_client = (pool, self._create_client())  # type: ignore[no-untyped-call]
+        return kept[1]
 
     def _brpop_read(self, **options: Any) -> Any:
         try:
