@@ -23,7 +23,11 @@ of a real run). Runs, in this order:
 The modes run in turn, ``--rounds`` times. Prints per mode the median throughput over the rounds
 with the lowest and highest, the ratios isolated/bare (target >= 0.8), isolated/reliable (what the
 ACL and the namespace alone cost) and real/bare (the whole pipeline, for information) round by round
-(median and spread), and the machine's load during the rounds. Every worker is stopped and the
+(median and spread), and the machine's load during the rounds. Then the CPU a task cost, over all
+processes and by role (pool processes, worker main processes, hub, Redis, and this process, which
+submits, reads results and reads the workers' output; from ``/proc``), and bare/real of that
+round by round: what the throughput ratio would be with every process CPU-bound, and steadier than
+it where the machine's speed drifts between runs. Every worker is stopped and the
 temporary folder removed however the bench ends.
 """
 
@@ -44,7 +48,16 @@ sys.path.insert(0, str(ROOT))
 from celery import Celery, signals  # noqa: E402
 from celery.result import ResultSet  # noqa: E402
 
-from bench.measure import MachineLoad, Spread, interrupts_deferred, paired_ratios, scratch_folder  # noqa: E402
+from bench.measure import (  # noqa: E402
+    MachineLoad,
+    RoleCpu,
+    Spread,
+    children_of,
+    interrupts_deferred,
+    paired_ratios,
+    proc_stats,
+    scratch_folder,
+)
 from morag_worker.core.cli.devstack import Proc, RedisServer, free_port, wait_for  # noqa: E402
 from morag_worker.core.execution.celery_config import (  # noqa: E402
     base_config,
@@ -97,15 +110,39 @@ def serve(mode: str, user: str, name: str, redis_url: str) -> None:
     app.worker_main(argv)
 
 
+# Where a run's CPU went, in this order (a pid counts under the first role that reaches it).
+ROLES = ("pool", "worker main", "hub", "Redis", "this process")
+
+
 @dataclass
 class Run:
     name: str
     tasks: int
     seconds: float
+    cpu: dict[str, float]  # CPU seconds of the timed part, by role
 
     @property
     def rate(self) -> float:
         return self.tasks / self.seconds
+
+    def cpu_ms_per_task(self, role: str | None = None) -> float:
+        """One role's CPU per task, or the whole stack's when ``role`` is None, in ms."""
+        spent = sum(self.cpu.values()) if role is None else self.cpu.get(role, 0.0)
+        return 1000 * spent / self.tasks
+
+
+def roles(workers: list[Proc], redis: RedisServer, hub: Proc | None = None) -> dict[str, list[int]]:
+    """The pids behind each of ``ROLES`` now: the workers' pool processes are their children."""
+    mains = [proc.popen.pid for proc in workers]
+    found = {
+        "pool": children_of(mains, proc_stats()),
+        "worker main": mains,
+        "hub": [hub.popen.pid] if hub is not None else [],
+        "Redis": [redis.proc.popen.pid] if redis.proc is not None else [],
+        # Submits, reads results back and reads every child's output (the Proc reader threads).
+        "this process": [os.getpid()],
+    }
+    return {role: found[role] for role in ROLES}
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -116,16 +153,24 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def drain(
-    name: str, submit: Callable[[str, int], Any], apps: dict[str, Celery], tasks: int, warmup: int = 0
+    name: str,
+    submit: Callable[[str, int], Any],
+    apps: dict[str, Celery],
+    tasks: int,
+    warmup: int,
+    pids: Callable[[], dict[str, list[int]]],
 ) -> Run:
     """Submit ``warmup`` tasks per user and wait for them, untimed (every worker process has then
     run a task, so none is still loading what its first task needs); then submit ``tasks`` per
-    user (interleaved), read every result back, and time that."""
+    user (interleaved), read every result back, and time that, with the CPU each role of ``pids()``
+    spent meanwhile."""
     if warmup:
         _submit_and_join(name, submit, apps, warmup)
-    started = time.monotonic()
-    _submit_and_join(name, submit, apps, tasks)
-    return Run(name, tasks * len(apps), time.monotonic() - started)
+    with RoleCpu(pids()) as cpu:
+        started = time.monotonic()
+        _submit_and_join(name, submit, apps, tasks)
+        seconds = time.monotonic() - started
+    return Run(name, tasks * len(apps), seconds, cpu.seconds)
 
 
 def _submit_and_join(
@@ -209,7 +254,7 @@ def run_bare_or_isolated(
         def submit(user: str, n: int) -> Any:
             return apps[user].send_task(TASK, args=[TEXT.format(user=user)], queue=queue_name(user))
 
-        return drain(mode, submit, apps, tasks, warmup)
+        return drain(mode, submit, apps, tasks, warmup, lambda: roles(procs, redis))
     finally:
         stop(procs)
 
@@ -267,7 +312,7 @@ def run_real(redis: RedisServer, tmp: Path, users: list[str], workers: int, task
                 "morag.worker.process_file_task", [item["url"], "text/plain", options], None, user, True
             )
 
-        return drain("real", submit, apps, tasks, warmup)
+        return drain("real", submit, apps, tasks, warmup, lambda: roles(procs, redis, hub))
     finally:
         with interrupts_deferred():
             stop(procs)
@@ -332,6 +377,20 @@ def main() -> int:
     print(f"  isolated / reliable = {ratio('isolated', 'reliable')}  (ACL + namespace alone)")
     if "real" in rates:
         print(f"  real / bare         = {ratio('real', 'bare')}  (MoRAG's task: download, convert)")
+    print("CPU per task, all processes (median over rounds), and by role:")
+    for mode in modes:
+        total = Spread.of(run.cpu_ms_per_task() for run in runs[mode])
+        parts = ", ".join(
+            f"{role} {Spread.of(run.cpu_ms_per_task(role) for run in runs[mode]).median:.2f}"
+            for role in ROLES
+            if any(run.cpu.get(role) for run in runs[mode])
+        )
+        print(f"  {mode:9} {total.format('ms', digits=2, of='rounds')}: {parts}")
+    if "real" in rates:
+        cpu_ratio = paired_ratios(
+            [run.cpu_ms_per_task() for run in runs["bare"]], [run.cpu_ms_per_task() for run in runs["real"]]
+        )
+        print(f"  CPU per task, bare / real = {cpu_ratio.format('×', digits=2, of='rounds')}")
     print(f"  ACL LOG entries: {len(acl_log)}")
     print(load.describe())
     return 0

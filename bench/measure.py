@@ -5,12 +5,16 @@ when Ctrl-C is pressed again meanwhile.
 The benches run on a shared machine, so a single number (or the best of a few) hides how noisy the
 run was. ``Spread`` keeps the median with the lowest and highest value and the count; ``MachineLoad``
 says how busy the whole machine was while the bench ran (from ``/proc``, Linux only), so a reader can
-tell a slow figure from a busy machine. Used on the bench's main thread.
+tell a slow figure from a busy machine. ``RoleCpu`` says which processes spent the CPU a run took
+(each role's processes and their children, also from ``/proc``): on a machine whose speed drifts
+from run to run, the CPU a task costs each part of the stack is the steadier figure. Used on the
+bench's main thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import statistics
@@ -135,6 +139,90 @@ class MachineLoad:
             f"machine: {self.cores} cores, {self.busy_percent:.0f} % busy during the run, "
             f"load {self.load_start:.1f} → {self.load_end:.1f}"
         )
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """The fields of ``/proc/<pid>/stat`` a bench needs: the parent, and the CPU time in ticks that
+    the process (all its threads) spent in user and system mode."""
+
+    ppid: int
+    ticks: int
+
+    @classmethod
+    def parse(cls, stat: str) -> ProcStat:
+        # The command name, in parentheses, may hold spaces and parentheses: fields follow the last ")".
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return cls(ppid=int(fields[1]), ticks=int(fields[11]) + int(fields[12]))
+
+
+def proc_stats(
+    read: Callable[[str], str] = _read, listdir: Callable[[str], list[str]] = os.listdir
+) -> dict[int, ProcStat]:
+    """Every process's ``ProcStat`` now, by pid (those gone or unreadable meanwhile left out)."""
+    stats: dict[int, ProcStat] = {}
+    for name in listdir("/proc"):
+        if name.isdigit():
+            try:
+                stats[int(name)] = ProcStat.parse(read(f"/proc/{name}/stat"))
+            except (OSError, ValueError, IndexError):
+                continue
+    return stats
+
+
+def children_of(pids: Iterable[int], stats: dict[int, ProcStat]) -> list[int]:
+    """The direct children of ``pids`` (a worker's pool processes)."""
+    parents = set(pids)
+    return [pid for pid, stat in stats.items() if stat.ppid in parents]
+
+
+def role_of_each(roles: dict[str, Iterable[int]], stats: dict[int, ProcStat]) -> dict[int, str]:
+    """Each pid of ``roles`` and of all their descendants, with its role. A pid counts once, under
+    the first role that reaches it: name a worker's pool processes before the worker."""
+    children: dict[int, list[int]] = {}
+    for pid, stat in stats.items():
+        children.setdefault(stat.ppid, []).append(pid)
+    owner: dict[int, str] = {}
+    for role, pids in roles.items():
+        pending = list(pids)
+        while pending:
+            pid = pending.pop()
+            if pid in owner or pid not in stats:
+                continue
+            owner[pid] = role
+            pending.extend(children.get(pid, ()))
+    return owner
+
+
+class RoleCpu:
+    """The CPU seconds each role's processes, with their descendants, spent over a ``with`` block
+    (see ``role_of_each``). A process that exited inside the block is not counted."""
+
+    def __init__(
+        self, roles: dict[str, Iterable[int]], stats: Callable[[], dict[int, ProcStat]] = proc_stats
+    ):
+        self.roles = {role: list(pids) for role, pids in roles.items()}
+        self._stats = stats
+        self._start: dict[int, ProcStat] = {}
+        self.seconds: dict[str, float] = {}
+
+    def __enter__(self) -> RoleCpu:
+        self._start = self._stats()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        end = self._stats()
+        tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        ticks = dict.fromkeys(self.roles, 0)
+        for pid, role in role_of_each(self.roles, end).items():
+            before = self._start.get(pid)
+            spent = end[pid].ticks
+            if before is not None and before.ticks <= spent:  # else a new process took an old pid
+                spent -= before.ticks
+            ticks[role] += spent
+        self.seconds = {role: count / tick for role, count in ticks.items()}
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -10,10 +11,14 @@ import pytest
 from bench.measure import (
     CpuTimes,
     MachineLoad,
+    ProcStat,
+    RoleCpu,
     Spread,
+    children_of,
     count_cores,
     interrupts_deferred,
     paired_ratios,
+    role_of_each,
     scratch_folder,
 )
 
@@ -126,3 +131,43 @@ def test_ctrl_c_during_clean_up_waits_until_it_is_done() -> None:
         stopped.append("redis")  # no signal: nothing is raised
     with pytest.raises(SystemExit), interrupts_deferred():
         signal.raise_signal(signal.SIGTERM)
+
+
+def _stat(pid: int, name: str, ppid: int, utime: int, stime: int) -> str:
+    rest = " ".join(["S", str(ppid)] + ["0"] * 9 + [str(utime), str(stime)] + ["0"] * 30)
+    return f"{pid} ({name}) {rest}"
+
+
+def test_a_proc_stat_line_is_read_after_the_command_name_whatever_it_holds() -> None:
+    assert ProcStat.parse(_stat(42, "celery worker (x) ) y", 7, 120, 30)) == ProcStat(ppid=7, ticks=150)
+
+
+def test_each_pid_and_its_descendants_count_once_under_the_first_role_that_reaches_them() -> None:
+    # worker 10 with pool process 11 (and its converter child 12); hub 20; an unrelated 30.
+    stats = {
+        10: ProcStat(1, 0),
+        11: ProcStat(10, 0),
+        12: ProcStat(11, 0),
+        20: ProcStat(1, 0),
+        30: ProcStat(1, 0),
+    }
+    assert children_of([10], stats) == [11]
+    owner = role_of_each({"pool": [11], "worker main": [10], "hub": [20, 99]}, stats)
+    assert owner == {11: "pool", 12: "pool", 10: "worker main", 20: "hub"}
+
+
+def test_role_cpu_counts_what_each_role_spent_inside_the_block() -> None:
+    tick = os.sysconf("SC_CLK_TCK")
+    snapshots = iter(
+        [
+            {10: ProcStat(1, 100), 11: ProcStat(10, 50), 12: ProcStat(11, 5), 20: ProcStat(1, 7)},
+            # 11 spent 30 more; 12 exited; 13 started under 11 and spent 4; 20 is a new process that
+            # took an old pid (fewer ticks than before): all of its ticks are new.
+            {10: ProcStat(1, 110), 11: ProcStat(10, 80), 13: ProcStat(11, 4), 20: ProcStat(1, 3)},
+        ]
+    )
+    with RoleCpu(
+        {"pool": [11], "worker main": [10], "hub": [20], "Redis": []}, stats=lambda: next(snapshots)
+    ) as cpu:
+        pass
+    assert cpu.seconds == {"pool": 34 / tick, "worker main": 10 / tick, "hub": 3 / tick, "Redis": 0.0}
