@@ -143,17 +143,30 @@ class MachineLoad:
 
 @dataclass(frozen=True)
 class ProcStat:
-    """The fields of ``/proc/<pid>/stat`` a bench needs: the parent, and the CPU time in ticks that
-    the process (all its threads) spent in user and system mode."""
+    """The fields of ``/proc/<pid>/stat`` a bench needs, times in clock ticks: the parent, the CPU
+    time the process (all its threads) spent in user and system mode, that of its children that
+    exited and were waited for (the kernel adds it to the parent's), and when it started (a pid
+    taken again by a new process has a new start)."""
 
     ppid: int
     ticks: int
+    reaped: int = 0
+    started: int = 0
 
     @classmethod
     def parse(cls, stat: str) -> ProcStat:
         # The command name, in parentheses, may hold spaces and parentheses: fields follow the last ")".
         fields = stat[stat.rindex(")") + 2 :].split()
-        return cls(ppid=int(fields[1]), ticks=int(fields[11]) + int(fields[12]))
+        return cls(
+            ppid=int(fields[1]),
+            ticks=int(fields[11]) + int(fields[12]),
+            reaped=int(fields[13]) + int(fields[14]),
+            started=int(fields[19]),
+        )
+
+    @property
+    def total(self) -> int:
+        return self.ticks + self.reaped
 
 
 def proc_stats(
@@ -196,7 +209,10 @@ def role_of_each(roles: dict[str, Iterable[int]], stats: dict[int, ProcStat]) ->
 
 class RoleCpu:
     """The CPU seconds each role's processes, with their descendants, spent over a ``with`` block
-    (see ``role_of_each``). A process that exited inside the block is not counted."""
+    (see ``role_of_each``; the roles are read at the end, so a pool process that replaced one inside
+    the block counts for its worker's role). A process that exited inside the block counts under its
+    parent's role once the parent has waited for it (the kernel adds its time to the parent's), only
+    for its time inside the block; one nobody waited for is lost."""
 
     def __init__(
         self, roles: dict[str, Iterable[int]], stats: Callable[[], dict[int, ProcStat]] = proc_stats
@@ -213,15 +229,22 @@ class RoleCpu:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        end = self._stats()
+        start, end = self._start, self._stats()
         tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+        def same(pid: int) -> bool:
+            return pid in start and pid in end and start[pid].started == end[pid].started
+
         ticks = dict.fromkeys(self.roles, 0)
-        for pid, role in role_of_each(self.roles, end).items():
-            before = self._start.get(pid)
-            spent = end[pid].ticks
-            if before is not None and before.ticks <= spent:  # else a new process took an old pid
-                spent -= before.ticks
-            ticks[role] += spent
+        owners = role_of_each(self.roles, end)
+        for pid, role in owners.items():
+            ticks[role] += end[pid].total - (start[pid].total if same(pid) else 0)
+        for pid in role_of_each(self.roles, start):
+            parent = start[pid].ppid
+            if not same(pid) and same(parent) and parent in owners:
+                # It exited and its parent waited for it: the parent's reaped time now holds its
+                # time before the block too.
+                ticks[owners[parent]] -= start[pid].total
         self.seconds = {role: count / tick for role, count in ticks.items()}
 
 

@@ -30,7 +30,18 @@ HIDDEN_FILE = HERE / "hidden-imports.txt"
 DEFAULT_SEEN = ROOT / "build" / "modules-seen.txt"
 # Packages whose modules must all be in the bundle; the rest (pytest, the editable finder,
 # sitecustomize itself) belong to the recording run only.
-CHECKED = ("celery", "kombu", "billiard", "amqp", "vine", "redis", "morag_worker", "keyring", "markitdown")
+CHECKED = (
+    "celery",
+    "kombu",
+    "billiard",
+    "amqp",
+    "vine",
+    "redis",
+    "hiredis",
+    "morag_worker",
+    "keyring",
+    "markitdown",
+)
 WRITTEN = ("celery", "kombu")
 
 

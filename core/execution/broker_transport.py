@@ -15,11 +15,12 @@ A new channel whose login Redis refuses (a revoked key) is reported at once thro
 ``broker_auth.report_refusal`` before Celery starts its endless reconnect loop.
 
 A channel keeps one Redis client for the commands it sends outside the event loop (a publish, the
-unacked entry of a delivery, its ack). kombu makes a new client for each, and a redis-py client
-rebuilds its table of reply callbacks when made: 60 µs, three times a task between the submitter
-and the worker (issue 14). A client holds no connection of its own; each command takes one from
-the channel's pool and gives it back, so one client serves every thread. A new pool (after a
-reconnect or a fork) gets a new client.
+unacked entry of a delivery, its ack). kombu makes a new client for each, and making a redis-py
+client costs 60 µs (it builds its table of reply callbacks and an event dispatcher), three times a
+task between the submitter and the worker (issue 14). A client holds no connection of its own; each
+command takes one from the channel's pool and gives it back, so one client serves every thread.
+When kombu replaces the channel's pool (``_disconnect_pools``: after a fork, or once the channel is
+closed), the next command gets a new client on the new pool; a reconnect makes a new channel.
 
 Selected by ``broker_transport`` in :func:`~morag_worker.core.execution.celery_config.base_config`; URL
 parsing, TLS and the key prefix are kombu's. Runs on the worker's consumer (event loop) thread.
@@ -125,7 +126,7 @@ class Channel(redis.Channel):
     Message = CheckedMessage
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._kept_client: tuple[Any, Any] | None = None  # (its pool, the client)
+        self._kept_client: Any = None  # a redis-py client on the pool it was made for
         try:
             super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         except Exception as exc:
@@ -156,10 +157,10 @@ class Channel(redis.Channel):
 
     def _command_client(self) -> Any:
         """The channel's client for commands, made anew only when its pool was replaced."""
-        pool, kept = self.pool, self._kept_client
-        if kept is None or kept[0] is not pool:
-            kept = self._kept_client = (pool, self._create_client())  # type: ignore[no-untyped-call]
-        return kept[1]
+        kept = self._kept_client
+        if kept is None or kept.connection_pool is not self.pool:
+            kept = self._kept_client = self._create_client()  # type: ignore[no-untyped-call]
+        return kept
 
     def _brpop_read(self, **options: Any) -> Any:
         try:

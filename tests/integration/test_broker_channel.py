@@ -34,11 +34,13 @@ def test_a_channel_sends_its_commands_through_one_client_until_its_pool_is_repla
             assert message.payload == {"n": n}
         assert made.count(False) == 1
 
-        channel._disconnect_pools()  # a reconnect or a fork: the old client's pool is gone
+        kept = channel._kept_client
+        channel._disconnect_pools()  # as after a fork: the kept client's pool is disconnected
         queue.put({"n": 3})
         message = queue.get(timeout=10)
         message.ack()
         assert message.payload == {"n": 3} and made.count(False) == 2
+        assert channel._kept_client is not kept and channel._kept_client.connection_pool is channel.pool
         assert channel.client.llen("channel-test") == 0
         queue.close()
     client = redis_server.client()

@@ -18,6 +18,7 @@ from bench.measure import (
     count_cores,
     interrupts_deferred,
     paired_ratios,
+    proc_stats,
     role_of_each,
     scratch_folder,
 )
@@ -133,13 +134,26 @@ def test_ctrl_c_during_clean_up_waits_until_it_is_done() -> None:
         signal.raise_signal(signal.SIGTERM)
 
 
-def _stat(pid: int, name: str, ppid: int, utime: int, stime: int) -> str:
-    rest = " ".join(["S", str(ppid)] + ["0"] * 9 + [str(utime), str(stime)] + ["0"] * 30)
-    return f"{pid} ({name}) {rest}"
+def _stat(pid: int, name: str, ppid: int, utime: int, stime: int, cutime: int, started: int) -> str:
+    rest = ["S", str(ppid)] + ["0"] * 9 + [str(utime), str(stime), str(cutime), "0"] + ["0"] * 4
+    return f"{pid} ({name}) " + " ".join([*rest, str(started)] + ["0"] * 30)
 
 
 def test_a_proc_stat_line_is_read_after_the_command_name_whatever_it_holds() -> None:
-    assert ProcStat.parse(_stat(42, "celery worker (x) ) y", 7, 120, 30)) == ProcStat(ppid=7, ticks=150)
+    line = _stat(42, "celery worker (x) ) y", 7, 120, 30, 9, 5555)
+    assert ProcStat.parse(line) == ProcStat(ppid=7, ticks=150, reaped=9, started=5555)
+
+
+def test_proc_stats_reads_every_process_and_skips_those_gone_meanwhile() -> None:
+    files = {"/proc/1/stat": _stat(1, "init", 0, 5, 5, 0, 1), "/proc/9/stat": _stat(9, "w", 1, 2, 1, 0, 7)}
+
+    def read(path: str) -> str:
+        if path not in files:
+            raise FileNotFoundError(path)
+        return files[path]
+
+    stats = proc_stats(read, lambda _: ["1", "9", "12", "self", "stat"])
+    assert stats == {1: ProcStat(0, 10, 0, 1), 9: ProcStat(1, 3, 0, 7)}
 
 
 def test_each_pid_and_its_descendants_count_once_under_the_first_role_that_reaches_them() -> None:
@@ -160,14 +174,27 @@ def test_role_cpu_counts_what_each_role_spent_inside_the_block() -> None:
     tick = os.sysconf("SC_CLK_TCK")
     snapshots = iter(
         [
-            {10: ProcStat(1, 100), 11: ProcStat(10, 50), 12: ProcStat(11, 5), 20: ProcStat(1, 7)},
-            # 11 spent 30 more; 12 exited; 13 started under 11 and spent 4; 20 is a new process that
-            # took an old pid (fewer ticks than before): all of its ticks are new.
-            {10: ProcStat(1, 110), 11: ProcStat(10, 80), 13: ProcStat(11, 4), 20: ProcStat(1, 3)},
+            {
+                10: ProcStat(1, 100, started=1),  # a worker
+                11: ProcStat(10, 50, started=2),  # its pool process
+                12: ProcStat(11, 5, started=3),  # a converter child
+                20: ProcStat(1, 7, started=4),  # the hub
+            },
+            {
+                10: ProcStat(1, 110, started=1),
+                # 30 more; its child 12 exited with 8 ticks in all, and 11 waited for it.
+                11: ProcStat(10, 80, reaped=8, started=2),
+                13: ProcStat(11, 4, started=5),  # a new child
+                20: ProcStat(1, 3, started=9),  # a new process that took the hub's pid
+            },
         ]
     )
-    with RoleCpu(
-        {"pool": [11], "worker main": [10], "hub": [20], "Redis": []}, stats=lambda: next(snapshots)
-    ) as cpu:
+    roles = {"pool": [11], "worker main": [10], "hub": [20], "Redis": []}
+    with RoleCpu(roles, stats=lambda: next(snapshots)) as cpu:
         pass
-    assert cpu.seconds == {"pool": 34 / tick, "worker main": 10 / tick, "hub": 3 / tick, "Redis": 0.0}
+    assert cpu.seconds == {
+        "pool": (30 + 3 + 4) / tick,
+        "worker main": 10 / tick,
+        "hub": 3 / tick,
+        "Redis": 0.0,
+    }

@@ -102,3 +102,13 @@ def test_a_rejected_message_fails_its_task_id_with_the_reason() -> None:
     for headers in (None, {"id": 7}, {"id": ""}, {"id": "x" * 300}, {}):
         _fail_rejected_message(sender=sender, message=SimpleNamespace(headers=headers), exc=refused)
     assert len(backend.failed) == 1  # no usable id: logged only
+
+
+def test_redis_replies_are_read_by_hiredis_in_every_client() -> None:
+    """With hiredis missing, or older than redis-py accepts, redis-py quietly parses in Python."""
+    import redis.asyncio.connection
+    import redis.connection
+    from redis._parsers import _AsyncHiredisParser, _HiredisParser
+
+    assert redis.connection.DefaultParser is _HiredisParser  # submitter, worker
+    assert redis.asyncio.connection.DefaultParser is _AsyncHiredisParser  # hub
