@@ -37,10 +37,16 @@ class XSession:
     env: dict[str, str]
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def xdotool(self, *args: str, check: bool = True, timeout: float = 30) -> str:
-        """Run ``xdotool args`` on this display; its stdout."""
+    def xdotool(self, *args: str, check: bool = True, timeout: float = 30, stdin: str | None = None) -> str:
+        """Run ``xdotool args`` on this display (``stdin`` on its standard input); its stdout."""
         done = subprocess.run(
-            ["xdotool", *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+            ["xdotool", *args],
+            input=stdin,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         if check and done.returncode != 0:
             raise RuntimeError(f"xdotool {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
@@ -50,17 +56,7 @@ class XSession:
         """Type ``text`` into the focused window. It goes on stdin (``--file -``), not in argv: an API
         key must not reach a command line or an error message, and one that starts with ``-`` would
         be taken for an option."""
-        done = subprocess.run(
-            ["xdotool", "type", "--delay", str(delay_ms), "--file", "-"],
-            input=text,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"xdotool type failed ({done.returncode}): {done.stderr.strip()}")
+        self.xdotool("type", "--delay", str(delay_ms), "--file", "-", stdin=text, timeout=60)
 
     def windows(self, *search: str) -> list[str]:
         """Window ids that ``xdotool search`` finds with ``search`` (none is not an error)."""
