@@ -111,6 +111,12 @@ class _MoragTask(Task):  # type: ignore[misc]
     # Caps a message's time limits at the worker's own; cleans up after a killed pool process.
     Request = "morag_worker.core.execution.consumer:MoragRequest"
 
+    # Celery renders each result (up to this many characters) for its "succeeded" line and sends
+    # the rendering to the worker's main process, logged or not. Ours leaves the value out
+    # (LOG_SUCCESS above) and task events are off: rendering a converted document's result cost
+    # the pool 80 µs a task (issue 14).
+    resultrepr_maxsize = 0
+
     def _run(
         self,
         args: tuple[Any, ...],

@@ -290,3 +290,16 @@ def test_a_results_wire_form_has_every_field_and_its_own_metadata() -> None:
     assert TaskResult.from_dict(wire) == result
     wire["metadata"]["added"] = True
     assert "added" not in result.metadata
+
+
+def test_celery_renders_no_result_for_a_line_that_leaves_it_out() -> None:
+    from celery.app import trace
+    from celery.utils.saferepr import saferepr
+
+    from morag_worker.core import worker
+
+    document = {"success": True, "content": "a converted page " * 500, "metadata": {"words": 1500}}
+    for task in (worker.process_file_task, worker.process_file_task_remote, worker.process_url_task_remote):
+        # What the tracer hands the worker's main process instead of the document.
+        assert len(saferepr(document, task.resultrepr_maxsize)) < 10
+    assert "return_value" not in trace.LOG_SUCCESS
