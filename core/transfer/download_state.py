@@ -293,6 +293,17 @@ class TransferJob:
         if known is not None:
             check_disk_space(self.dest_dir, known - self.have, self.limits.disk_reserve_bytes, self.host)
 
+    def take(self, body: bytes) -> None:
+        """A whole body read at once (a small hub file, hub_line.py): counted, checked and written
+        as a streamed one is."""
+        try:
+            if body:
+                self._admit(len(body))
+                self._write(body)
+                self.progress(self.have, self.total if self.total is not None else self.expected_size)
+        finally:
+            self.flush()
+
     def stream(self, raw: HTTPResponse) -> None:
         """Copy the body to the file, hashing, counting decoded bytes, watching deadline and rate."""
         try:

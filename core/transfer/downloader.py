@@ -36,10 +36,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import structlog
+from requests.utils import DEFAULT_CA_BUNDLE_PATH
 
 from morag_worker.core.logging import register_secret
 from morag_worker.core.transfer import download_state
@@ -62,6 +63,7 @@ from morag_worker.core.transfer.errors import (
     UnsafeURL,
 )
 from morag_worker.core.transfer.headers import SHA256_HEX
+from morag_worker.core.transfer.hub_line import SMALL_BYTES, HubLine, Unexpected
 from morag_worker.core.transfer.retry import OutageWatch, RetryKind, backoff_delay, kind_of_status
 from morag_worker.core.transfer.url_policy import (
     PeerCheckingAdapter,
@@ -185,11 +187,15 @@ class Downloader:
         adapter = PeerCheckingAdapter(self.policy)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        self._hub_origin = origin_of(hub_origin) if hub_origin else None
+        self._hub_line: HubLine | None = None  # made at the first small hub file
 
     def close(self) -> None:
-        """Close the session if this downloader created it."""
+        """Close the session (and the hub line) if this downloader created it."""
         if self._owns_session:
             self.session.close()
+            if self._hub_line is not None:
+                self._hub_line.close()
 
     def __enter__(self) -> Downloader:
         return self
@@ -407,6 +413,8 @@ class Downloader:
             headers["Range"] = f"bytes={job.have}-"
             if job.validator:
                 headers["If-Range"] = job.validator
+        if not ranged and self._fetched_small(job, url, headers):
+            return
         response = self._open(job, url, headers)
         if job.is_hub and self._outage is not None and kind_of_status(response.status_code) is None:
             self._outage.answered()
@@ -418,6 +426,67 @@ class Downloader:
                 response.raw.release_conn()
         finally:
             response.close()
+
+    def _fetched_small(self, job: TransferJob, url: str, headers: dict[str, str]) -> bool:
+        """A small hub file whose size the task states, over the kept hub line (hub_line.py).
+
+        True when its answer was taken (``job.accept`` checked it as any answer); False to fetch
+        the full way (not such a file, or an answer the line does not read). Failures to reach the
+        hub are the same ``RetryableFailure`` the full way raises.
+        """
+        if not job.is_hub or job.expected_size is None or job.expected_size > SMALL_BYTES:
+            return False
+        origin = origin_of(url)
+        if self._hub_origin is None or origin != self._hub_origin:
+            return False
+        self.policy.check(url)  # the hub's origin is exempt from the address rules, not the rest
+        remaining = job.deadline - self._clock()
+        if remaining <= 0:
+            raise job.too_slow()
+        line = self._hub_line
+        if line is None:
+            hub = self._hub_origin
+            line = self._hub_line = HubLine(hub.scheme, hub.host, hub.port, self._tls_context())
+        parts = urlsplit(url)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        limits = self.limits
+        try:
+            answer = line.get(
+                target,
+                {**self._session_headers, **headers},
+                connect_timeout=limits.connect_timeout,
+                timeout=min(limits.read_timeout, remaining),
+                max_body=SMALL_BYTES,
+            )
+        except Unexpected:
+            return False
+        except ssl.SSLCertVerificationError:
+            raise job.failed("the server's TLS certificate could not be verified") from None
+        except ssl.SSLError as exc:
+            raise RetryableFailure("the TLS connection failed") from exc
+        except TimeoutError as exc:
+            raise RetryableFailure("the server did not answer in time", kind=RetryKind.UNREACHABLE) from exc
+        except OSError as exc:
+            raise RetryableFailure("could not connect", kind=RetryKind.UNREACHABLE) from exc
+        if self._outage is not None and kind_of_status(answer.status) is None:
+            self._outage.answered()
+        if 300 <= answer.status < 400:
+            raise job.failed(
+                f"the hub answered with a redirect (HTTP {answer.status}), and hub downloads follow none",
+                status=answer.status,
+            )
+        if job.accept(answer.status, answer.headers, url, False):
+            job.take(answer.body)
+        return True
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """What the hub line verifies TLS against: the CA bundle requests would use."""
+        if self._hub_origin is None or self._hub_origin.scheme != "https":
+            return None
+        cafile = self._verify if isinstance(self._verify, str) else DEFAULT_CA_BUNDLE_PATH
+        return ssl.create_default_context(cafile=cafile)
 
     def _open(self, job: TransferJob, url: str, headers: dict[str, str]) -> requests.Response:
         """GET ``url``, following redirects by hand (none for the hub), each hop re-checked."""

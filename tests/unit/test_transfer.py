@@ -814,6 +814,38 @@ def test_an_untrusted_certificate_is_refused_without_retrying(
     assert_empty(tmp_path)
 
 
+def test_a_small_https_hub_file_comes_over_the_hub_line_verified(
+    tls_server: HTTPTestServer, certificate: tuple[Path, Path], sleeps: list[float], tmp_path: Path
+) -> None:
+    route = tls_server.route("/f", Route(body=b"a small input"))
+    with downloader(sleeps, hub_origin=tls_server.origin, api_key=API_KEY, ca_bundle=certificate[0]) as dl:
+        dl.session.get_adapter = None  # type: ignore[method-assign]  # the full way is not taken
+        for n in range(2):
+            (folder := tmp_path / str(n)).mkdir()
+            got = dl.download(tls_server.url("/f"), folder, **_stated(route))
+            assert got.verified and got.path.read_bytes() == route.body
+    assert tls_server.connections_accepted == 1
+    assert tls_server.requests("/f")[0].headers["authorization"] == f"Bearer {API_KEY}"
+
+
+def test_a_small_hub_file_behind_an_untrusted_certificate_is_refused_without_retrying(
+    tls_server: HTTPTestServer, sleeps: list[float], tmp_path: Path
+) -> None:
+    route = tls_server.route("/f", Route(body=b"data"))
+    with (
+        downloader(sleeps, hub_origin=tls_server.origin, api_key=API_KEY) as dl,
+        pytest.raises(DownloadFailed, match="TLS certificate could not be verified"),
+    ):
+        dl.download(tls_server.url("/f"), tmp_path, **_stated(route))
+    assert tls_server.requests() == [] and sleeps == []
+    assert_empty(tmp_path)
+
+
+def _stated(route: Route) -> dict[str, Any]:
+    """What a task states of its input: the hub line serves only files of a stated size."""
+    return {"expected_sha256": route.sha256, "expected_size": len(route.body)}
+
+
 def test_the_https_peer_is_checked_before_the_handshake(
     tls_server: HTTPTestServer, certificate: tuple[Path, Path], sleeps: list[float]
 ) -> None:
