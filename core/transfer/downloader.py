@@ -19,6 +19,10 @@ The body is copied the portable way or, on Linux, received into buffers
 of ours and written around the page cache with the SHA-256 computed beside it
 (``download_state.py``, ``direct_copy.py``).
 
+A hub file whose size the task states, at most 64 KiB, is asked for over a kept plain HTTP/1.1
+connection instead (``hub_line.py``: requests' layers cost a small task a tenth of its CPU); its
+answer goes through the same checks, and one that line does not read is asked for again the full way.
+
 Runs on the calling (task) thread, plus one helper thread per download that lives only inside
 ``download()``. A Downloader and its ``requests.Session`` serve one thread at a time; ``cancel``
 may be set from any thread. A worker keeps one per process and thread (``execution/context.py``),
@@ -41,6 +45,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 import structlog
 from requests.utils import DEFAULT_CA_BUNDLE_PATH
+from urllib3.util.ssl_ import create_urllib3_context
 
 from morag_worker.core.logging import register_secret
 from morag_worker.core.transfer import download_state
@@ -103,6 +108,7 @@ log = structlog.get_logger(__name__)
 MiB = 1024 * 1024
 INPUT_NAME = "input.bin"
 WAIT_SLICE_S = 0.5  # how often a wait for the hub looks whether the worker is stopping
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})  # with a Location: what requests calls a redirect
 NOTABLE_DOWNLOAD_S = 1.0  # a download that took longer is logged at INFO; a quick one at DEBUG
 
 
@@ -191,7 +197,8 @@ class Downloader:
         self._hub_line: HubLine | None = None  # made at the first small hub file
 
     def close(self) -> None:
-        """Close the session (and the hub line) if this downloader created it."""
+        """Close the session if this downloader created it. The hub line stays open for the next
+        download unless the session is closed too: a worker's kept downloader keeps both."""
         if self._owns_session:
             self.session.close()
             if self._hub_line is not None:
@@ -443,15 +450,15 @@ class Downloader:
         remaining = job.deadline - self._clock()
         if remaining <= 0:
             raise job.too_slow()
-        line = self._hub_line
-        if line is None:
-            hub = self._hub_origin
-            line = self._hub_line = HubLine(hub.scheme, hub.host, hub.port, self._tls_context())
         parts = urlsplit(url)
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
         limits = self.limits
+        line = self._hub_line
+        if line is None:
+            hub = self._hub_origin
+            line = self._hub_line = HubLine(hub.scheme, hub.host, hub.port, self._tls_context(job))
         try:
             answer = line.get(
                 target,
@@ -472,21 +479,31 @@ class Downloader:
             raise RetryableFailure("could not connect", kind=RetryKind.UNREACHABLE) from exc
         if self._outage is not None and kind_of_status(answer.status) is None:
             self._outage.answered()
-        if 300 <= answer.status < 400:
+        if answer.status in _REDIRECTS and "location" in answer.headers:
             raise job.failed(
                 f"the hub answered with a redirect (HTTP {answer.status}), and hub downloads follow none",
                 status=answer.status,
             )
         if job.accept(answer.status, answer.headers, url, False):
+            job.check_cancel()
             job.take(answer.body)
         return True
 
-    def _tls_context(self) -> ssl.SSLContext | None:
-        """What the hub line verifies TLS against: the CA bundle requests would use."""
+    def _tls_context(self, job: TransferJob) -> ssl.SSLContext | None:
+        """What the hub line verifies TLS against: urllib3's context (hostname checked against the
+        certificate's names, never its common name) and the CA file or folder requests would use."""
         if self._hub_origin is None or self._hub_origin.scheme != "https":
             return None
-        cafile = self._verify if isinstance(self._verify, str) else DEFAULT_CA_BUNDLE_PATH
-        return ssl.create_default_context(cafile=cafile)
+        context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
+        where = self._verify if isinstance(self._verify, str) else DEFAULT_CA_BUNDLE_PATH
+        try:
+            if os.path.isdir(where):
+                context.load_verify_locations(capath=where)
+            else:
+                context.load_verify_locations(cafile=where)
+        except (OSError, ssl.SSLError) as exc:
+            raise job.failed(f"the CA certificates in {where} could not be read ({exc})") from None
+        return context
 
     def _open(self, job: TransferJob, url: str, headers: dict[str, str]) -> requests.Response:
         """GET ``url``, following redirects by hand (none for the hub), each hop re-checked."""

@@ -14,6 +14,7 @@ Serves one thread at a time, like the downloader that owns it.
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 import time
@@ -90,6 +91,8 @@ class HubLine:
         is closed; after an answer it stays open unless the hub said otherwise.
         """
         request = _request_bytes(target, self._host_header, headers)
+        if self._sock is not None and _readable(self._sock):
+            self.close()  # an idle connection has nothing to say but its end (or a 408 before it)
         reused = self._sock is not None
         try:
             try:
@@ -153,6 +156,8 @@ class HubLine:
                 return head
             if len(self._buffer) > MAX_HEAD_BYTES:
                 raise Unexpected("a header block over 64 KiB")
+            if b"\n\n" in self._buffer:
+                raise Unexpected("a head with bare line feeds")
             try:
                 piece = self._recv()
             except ConnectionResetError:
@@ -176,6 +181,17 @@ class HubLine:
         if self._buffer:  # bytes past the answer: nothing this client asked for
             raise Unexpected("bytes after the answer")
         return body
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether an idle connection has something to read (bytes, or the hub's close)."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 class _IdleClosed(Exception):
@@ -223,7 +239,7 @@ def _plain_length(headers: Headers, max_body: int) -> int:
     if (headers.get("content-encoding") or "identity").strip().lower() != "identity":
         raise Unexpected("a content coding")
     value = headers.get("content-length")
-    if value is None or not value.isdigit():
+    if value is None or not (value.isascii() and value.isdigit()):
         raise Unexpected("no single Content-Length")
     length = int(value)
     if length > max_body:

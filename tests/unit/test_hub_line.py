@@ -254,3 +254,33 @@ def test_a_hub_that_trickles_its_answer_is_cut_off_at_the_read_timeout(tmp_path:
                 stop.set()
                 listener.close()
                 thread.join(10)
+
+
+def test_a_kept_connection_with_something_to_say_is_not_reused(
+    dl: Downloader, hub: HTTPTestServer, tmp_path: Path
+) -> None:
+    hub.route("/a", Route(body=b"input"))
+    assert fetch(dl, hub, "/a", tmp_path / "1") == b"input"
+    with hub._lock:  # what a hub sends an idle connection before it closes it
+        for conn in hub._connections:
+            conn.sendall(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    assert fetch(dl, hub, "/a", tmp_path / "2") == b"input"
+    assert hub.connections_accepted == 2 and len(hub.requests("/a")) == 2
+
+
+def test_a_redirect_from_the_hub_is_refused(dl: Downloader, hub: HTTPTestServer, tmp_path: Path) -> None:
+    hub.route("/a", Route(body=b"input", redirect_to="/b"))
+    (folder := tmp_path / "1").mkdir()
+    with pytest.raises(DownloadFailed, match="follow none"):
+        dl.download(hub.url("/a"), folder, expected_size=5)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"HTTP/1.1 200 OK\r\nContent-Length: \xc2\xb2", b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5"],
+)
+def test_a_length_that_is_not_plain_ascii_digits_is_unexpected(head: bytes) -> None:
+    from morag_worker.core.transfer.hub_line import _plain_length
+
+    with pytest.raises(Unexpected):
+        _plain_length(_parse_head(head)[1], SMALL_BYTES)
