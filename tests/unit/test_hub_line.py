@@ -20,6 +20,7 @@ from morag_worker.core.transfer.downloader import (
     IntegrityError,
 )
 from morag_worker.core.transfer.hub_line import SMALL_BYTES, Unexpected, _parse_head, _request_bytes
+from tests.fakes import RecordingOutageWatch
 from tests.httpserver import HTTPTestServer, Reply, Route
 
 pytestmark = pytest.mark.unit
@@ -284,3 +285,15 @@ def test_a_length_that_is_not_plain_ascii_digits_is_unexpected(head: bytes) -> N
 
     with pytest.raises(Unexpected):
         _plain_length(_parse_head(head)[1], SMALL_BYTES)
+
+
+def test_the_outage_watch_hears_of_the_hub_going_and_coming_back(hub: HTTPTestServer, tmp_path: Path) -> None:
+    watch = RecordingOutageWatch()
+    hub.route("/a", Route(body=b"input", replies=[Reply(503, {"Retry-After": "0"}, b"busy")]))
+    with Downloader(
+        limits=LIMITS, hub_origin=hub.origin, api_key=API_KEY, sleep=lambda _s: None, outage=watch
+    ) as dl:
+        full = FullWay(dl)
+        assert fetch(dl, hub, "/a", tmp_path / "1") == b"input"
+    assert [reason for reason, _wait in watch.unreachable_calls] == ["the server answered HTTP 503"]
+    assert watch.answers == 1 and full.count == 0
