@@ -108,6 +108,9 @@ log = structlog.get_logger(__name__)
 MiB = 1024 * 1024
 INPUT_NAME = "input.bin"
 WAIT_SLICE_S = 0.5  # how often a wait for the hub looks whether the worker is stopping
+# Answers in a row the hub line could not read, after which this downloader asks the full way only
+# (a proxy before the hub that always chunks, say, would cost every small file a wasted request).
+LINE_MISSES_TO_STOP = 3
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})  # with a Location: what requests calls a redirect
 NOTABLE_DOWNLOAD_S = 1.0  # a download that took longer is logged at INFO; a quick one at DEBUG
 
@@ -195,6 +198,7 @@ class Downloader:
         self.session.mount("https://", adapter)
         self._hub_origin = origin_of(hub_origin) if hub_origin else None
         self._hub_line: HubLine | None = None  # made at the first small hub file
+        self._line_misses = 0  # answers in a row the hub line could not read
 
     def close(self) -> None:
         """Close the session if this downloader created it. The hub line stays open for the next
@@ -443,6 +447,8 @@ class Downloader:
         """
         if not job.is_hub or job.expected_size is None or job.expected_size > SMALL_BYTES:
             return False
+        if self._line_misses >= LINE_MISSES_TO_STOP:
+            return False
         origin = origin_of(url)
         if self._hub_origin is None or origin != self._hub_origin:
             return False
@@ -468,6 +474,7 @@ class Downloader:
                 max_body=SMALL_BYTES,
             )
         except Unexpected:
+            self._line_misses += 1
             return False
         except ssl.SSLCertVerificationError:
             raise job.failed("the server's TLS certificate could not be verified") from None
@@ -477,6 +484,7 @@ class Downloader:
             raise RetryableFailure("the server did not answer in time", kind=RetryKind.UNREACHABLE) from exc
         except OSError as exc:
             raise RetryableFailure("could not connect", kind=RetryKind.UNREACHABLE) from exc
+        self._line_misses = 0
         if self._outage is not None and kind_of_status(answer.status) is None:
             self._outage.answered()
         if answer.status in _REDIRECTS and "location" in answer.headers:

@@ -297,3 +297,15 @@ def test_the_outage_watch_hears_of_the_hub_going_and_coming_back(hub: HTTPTestSe
         assert fetch(dl, hub, "/a", tmp_path / "1") == b"input"
     assert [reason for reason, _wait in watch.unreachable_calls] == ["the server answered HTTP 503"]
     assert watch.answers == 1 and full.count == 0
+
+
+def test_a_hub_whose_answers_the_line_never_reads_is_asked_the_full_way_only(
+    dl: Downloader, hub: HTTPTestServer, tmp_path: Path
+) -> None:
+    from morag_worker.core.transfer.downloader import LINE_MISSES_TO_STOP
+
+    hub.route("/a", Route(body=b"chunked input", send_length=False))
+    for n in range(LINE_MISSES_TO_STOP + 2):
+        assert fetch(dl, hub, "/a", tmp_path / str(n)) == b"chunked input"
+    # Each of the first answers was asked for twice (the line, then the full way); then once.
+    assert len(hub.requests("/a")) == 2 * LINE_MISSES_TO_STOP + 2
