@@ -196,7 +196,6 @@ class Downloader:
         adapter = PeerCheckingAdapter(self.policy)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self._hub_origin = origin_of(hub_origin) if hub_origin else None
         self._hub_line: HubLine | None = None  # made at the first small hub file
         self._line_misses = 0  # answers in a row the hub line could not read
 
@@ -449,9 +448,6 @@ class Downloader:
             return False
         if self._line_misses >= LINE_MISSES_TO_STOP:
             return False
-        origin = origin_of(url)
-        if self._hub_origin is None or origin != self._hub_origin:
-            return False
         self.policy.check(url)  # the hub's origin is exempt from the address rules, not the rest
         remaining = job.deadline - self._clock()
         if remaining <= 0:
@@ -463,8 +459,9 @@ class Downloader:
         limits = self.limits
         line = self._hub_line
         if line is None:
-            hub = self._hub_origin
-            line = self._hub_line = HubLine(hub.scheme, hub.host, hub.port, self._tls_context(job))
+            hub = origin_of(url)  # the hub's (``job.is_hub``)
+            tls = self._tls_context(job) if hub.scheme == "https" else None
+            line = self._hub_line = HubLine(hub.scheme, hub.host, hub.port, tls)
         try:
             answer = line.get(
                 target,
@@ -488,20 +485,15 @@ class Downloader:
         if self._outage is not None and kind_of_status(answer.status) is None:
             self._outage.answered()
         if answer.status in _REDIRECTS and "location" in answer.headers:
-            raise job.failed(
-                f"the hub answered with a redirect (HTTP {answer.status}), and hub downloads follow none",
-                status=answer.status,
-            )
+            raise _hub_redirect(job, answer.status)
         if job.accept(answer.status, answer.headers, url, False):
             job.check_cancel()
             job.take(answer.body)
         return True
 
-    def _tls_context(self, job: TransferJob) -> ssl.SSLContext | None:
+    def _tls_context(self, job: TransferJob) -> ssl.SSLContext:
         """What the hub line verifies TLS against: urllib3's context (hostname checked against the
         certificate's names, never its common name) and the CA file or folder requests would use."""
-        if self._hub_origin is None or self._hub_origin.scheme != "https":
-            return None
         context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
         where = self._verify if isinstance(self._verify, str) else DEFAULT_CA_BUNDLE_PATH
         try:
@@ -553,10 +545,7 @@ class Downloader:
             status, location = response.status_code, response.headers["Location"]
             response.close()
             if job.is_hub:
-                raise job.failed(
-                    f"the hub answered with a redirect (HTTP {status}), and hub downloads follow none",
-                    status=status,
-                )
+                raise _hub_redirect(job, status)
             url = normalise_url(urljoin(url, location))
             log.info("download.redirect", host=job.host, to_host=origin_of(url).display, status=status)
         raise job.failed(f"more than {limits.max_redirects} redirects")
@@ -572,6 +561,12 @@ class Downloader:
         request.headers = requests.structures.CaseInsensitiveDict({**self._session_headers, **headers})
         request.body = None
         return request
+
+
+def _hub_redirect(job: TransferJob, status: int) -> DownloadFailed:
+    return job.failed(
+        f"the hub answered with a redirect (HTTP {status}), and hub downloads follow none", status=status
+    )
 
 
 def _certificate_error(exc: BaseException) -> bool:

@@ -99,7 +99,7 @@ class HubLine:
                 return self._exchange(request, connect_timeout, timeout, max_body)
             except _IdleClosed:
                 if not reused:
-                    raise ConnectionResetError("the hub closed the connection before answering") from None
+                    raise
                 self.close()  # closed while idle between tasks: one fresh connection
                 return self._exchange(request, connect_timeout, timeout, max_body)
         except _IdleClosed:
