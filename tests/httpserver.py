@@ -25,6 +25,7 @@ import socket
 import ssl
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -152,6 +153,12 @@ class HTTPTestServer:
         with self._lock:
             self.seen.append(request)
             return self.routes.get(request.path)
+
+    def each_connection(self, act: Callable[[socket.socket], None]) -> None:
+        """Call ``act`` on every connection open now (a hub dropping idle keep-alive ones, say)."""
+        with self._lock:
+            for conn in list(self._connections):
+                act(conn)
 
     def _track(self, conn: socket.socket, add: bool) -> None:
         with self._lock:
