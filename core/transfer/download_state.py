@@ -11,7 +11,10 @@ Two copies: the portable one reads the body into memory, hashes it on the downlo
 has the helper thread write it; on Linux a large body of known length is received into
 a ring of our own buffers instead, hashed from them by the helper thread and written around the
 page cache by a writer thread (``direct_copy.py``), so that hashing, the dearest part, runs beside
-the receiving and no page of cache is filled.
+the receiving and no page of cache is filled. Where the disk is slower than that (it held the
+receiving back for :data:`DISK_LAGS_TO_CACHE` buffers in a row), the rest of the body is hashed
+on the downloading thread as it arrives, and each buffer that finds the disk still busy is written
+through the page cache by the helper thread instead of waiting for it.
 
 Runs on the downloading thread, which hands file writes (or, receiving directly, hashing) to one
 helper thread of its own and direct writes to another (joined by :meth:`TransferJob.close`);
@@ -31,7 +34,7 @@ import socket
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +70,10 @@ log = structlog.get_logger(__name__)
 _WRITE_AHEAD = 2
 _INLINE_WRITE_BYTES = 64 * 1024  # a smaller last (or only) write is made on the downloading thread
 DIRECT_MIN_BYTES = 4 * MiB  # a body with less left to read is copied the portable way
+# Receiving directly, the disk held the receiving back this many buffers in a row (their hashing
+# done, their writing not): from then on a buffer that finds the disk busy goes through the page
+# cache. One slow write is not a slow disk.
+DISK_LAGS_TO_CACHE = 3
 ProgressCallback = Callable[[int, int | None], None]
 
 
@@ -130,7 +137,13 @@ class _Slot:
     """One receive buffer and the hashing and writing of its bytes, while they run."""
 
     buffer: mmap.mmap
-    busy: list[Future[None]] = field(default_factory=list)
+    hashing: Future[None] | None = None  # None once settled, or where the bytes were hashed on arrival
+    writing: Future[None] | None = None
+
+    def held_by_the_disk(self) -> bool:
+        """True while its bytes are hashed but still being written: the disk is the slowest part."""
+        hashed = self.hashing is None or self.hashing.done()
+        return hashed and self.writing is not None and not self.writing.done()
 
 
 @dataclass
@@ -161,7 +174,8 @@ class TransferJob:
     failures: int = 0  # in a row, for the backoff
     capped_failures: int = 0  # in a row, of those that count against ``max_attempts``
     resumes: int = 0
-    direct: int = 0  # bytes received into our buffers and written around the page cache
+    direct: int = 0  # bytes received into our own buffers (direct_copy.py)
+    around_cache: int = 0  # of those, bytes handed to be written around the page cache
     redownloaded: bool = False
     progress: _Throttle = field(init=False)
     _writer: ThreadPoolExecutor = field(init=False, repr=False)
@@ -170,6 +184,7 @@ class TransferJob:
     _batch_bytes: int = field(init=False, repr=False)
     _disk: ThreadPoolExecutor | None = field(init=False, repr=False, default=None)
     _ring: list[_Slot] = field(init=False, repr=False, default_factory=list)
+    _around_cache: Future[None] | None = field(init=False, repr=False, default=None)  # the last one
 
     def __post_init__(self) -> None:
         self.progress = _Throttle(self.progress_callback, self.clock, self.limits.progress_interval_s)
@@ -392,10 +407,16 @@ class TransferJob:
             return False
         disk = direct_copy.DirectFile(self.fh.fileno(), direct_fd)
         turn, slot, filled, room, start = 0, None, 0, 0, self.have
+        lags, on_arrival = 0, False
         try:
             while left:
                 if slot is None:
                     next_slot = self._ring[turn % len(self._ring)]
+                    if not on_arrival:
+                        lags = lags + 1 if next_slot.held_by_the_disk() else 0
+                        on_arrival = lags >= DISK_LAGS_TO_CACHE
+                        if on_arrival:  # hashed here from now on, after every byte the helper hashes
+                            wait([s.hashing for s in self._ring if s.hashing is not None])
                     self._settle_slot(next_slot)  # before it is ours: a failure leaves nothing to hand on
                     slot, turn = next_slot, turn + 1
                     # A first piece up to a block boundary, so that the buffers after it start on one.
@@ -404,18 +425,20 @@ class TransferJob:
                 view = memoryview(slot.buffer)[filled : filled + min(room - filled, left)]
                 count = self._receive_piece(sock, view)
                 self._admit(count)
+                if on_arrival:  # while the bytes are still in this core's cache
+                    self.hasher.update(view[:count])
                 filled += count
                 self.have += count
                 self.direct += count
                 left -= count
                 if filled == room or not left:
-                    self._hand_slot(slot, start, filled, disk)
+                    self._hand_slot(slot, start, filled, disk, hashed=on_arrival)
                     slot = None
                 self._tick(rate)
         finally:
             # Also the bytes before a cut: a resume carries on after them.
             if slot is not None and filled:
-                self._hand_slot(slot, start, filled, disk)
+                self._hand_slot(slot, start, filled, disk, hashed=on_arrival)
             try:
                 self._settle_ring()
             finally:
@@ -444,15 +467,22 @@ class TransferJob:
             raise RetryableFailure("the connection was cut", kind=RetryKind.UNREACHABLE)
         return count
 
-    def _hand_slot(self, slot: _Slot, start: int, size: int, disk: direct_copy.DirectFile) -> None:
-        """Hash the slot's ``size`` bytes (in order, on the helper thread) and write them at
-        ``start`` (on the disk thread); the slot is refilled once both are done."""
+    def _hand_slot(
+        self, slot: _Slot, start: int, size: int, disk: direct_copy.DirectFile, *, hashed: bool
+    ) -> None:
+        """Have the slot's ``size`` bytes hashed (in order, on the helper thread) unless they are
+        ``hashed`` already, and written at ``start``: around the page cache on the disk thread,
+        or, ``hashed`` ones that find the disk busy, through the cache on the idle helper thread.
+        The slot is refilled once both are done."""
         assert self._disk is not None
         data = memoryview(slot.buffer)[:size]
-        slot.busy = [
-            self._writer.submit(self.hasher.update, data),
-            self._disk.submit(disk.write, data, start),
-        ]
+        if not hashed:
+            slot.hashing = self._writer.submit(self.hasher.update, data)
+        elif self._around_cache is not None and not self._around_cache.done():
+            slot.writing = self._writer.submit(disk.write, data, start, cached=True)
+            return
+        slot.writing = self._around_cache = self._disk.submit(disk.write, data, start)
+        self.around_cache += size
 
     def _settle_ring(self) -> None:
         """Wait for every slot's hashing and writing; then raise the first failure, if any."""
@@ -466,7 +496,8 @@ class TransferJob:
             raise first
 
     def _settle_slot(self, slot: _Slot) -> None:
-        busy, slot.busy = slot.busy, []
+        busy = [done for done in (slot.hashing, slot.writing) if done is not None]
+        slot.hashing = slot.writing = None
         failure: BaseException | None = None
         for done in busy:  # both, even after a failure: the buffer must be free to reuse
             error = done.exception()

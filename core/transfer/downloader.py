@@ -16,8 +16,8 @@ the deadline, or once the watch says the worker is stopping, the download raises
 attempt may mend, get ``max_attempts``.
 
 The body is copied the portable way or, on Linux, received into buffers
-of ours and written around the page cache with the SHA-256 computed beside it
-(``download_state.py``, ``direct_copy.py``).
+of ours and written around the page cache with the SHA-256 computed beside it, or through the
+cache where the disk cannot keep up (``download_state.py``, ``direct_copy.py``).
 
 A hub file whose size the task states, at most 64 KiB, is asked for over a kept plain HTTP/1.1
 connection instead (``hub_line.py``: requests' layers cost a small task a tenth of its CPU); its
@@ -306,6 +306,7 @@ class Downloader:
             attempts=job.attempts,
             resumes=job.resumes,
             direct=job.direct,
+            around_cache=job.around_cache,
         )
         return DownloadedFile(
             path=path,

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import errno
 import itertools
+import mmap
 import os
 import random
 import shutil
@@ -15,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from email.utils import formatdate
 from pathlib import Path
 from types import SimpleNamespace
@@ -78,30 +80,49 @@ def sleeps() -> list[float]:
     return []
 
 
-COPIES = [
-    "portable",
-    pytest.param(
-        "direct",
-        marks=pytest.mark.skipif(not direct_copy.DIRECT_AVAILABLE, reason="O_DIRECT is Linux's"),
-    ),
-]
+linux_only = pytest.mark.skipif(not direct_copy.DIRECT_AVAILABLE, reason="O_DIRECT is Linux's")
+COPIES = ["portable", pytest.param("direct", marks=linux_only), pytest.param("slow disk", marks=linux_only)]
+SLOW_DIRECT_WRITE_S = 0.01  # a disk that takes 64 KiB in 10 ms, slower than SHA-256 hashes it
 
 
 @pytest.fixture(params=COPIES)
 def copy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """How bodies are copied: ``portable`` everywhere, or ``direct`` (Linux) from the first body
-    on that has any bytes left after the first read, not only past ``DIRECT_MIN_BYTES``."""
-    if request.param == "direct":
+    on that has any bytes left after the first read, not only past ``DIRECT_MIN_BYTES``; or so
+    onto a ``slow disk``, that holds the receiving back from the first buffer it has to wait for
+    (the rest hashed on arrival, written around the cache while the disk is free, else through it)."""
+    if request.param != "portable":
         monkeypatch.setattr(transfer_job, "DIRECT_MIN_BYTES", 1)
+    if request.param == "slow disk":
+        slow_disk(monkeypatch)
     return str(request.param)
+
+
+def slow_disk(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Make direct writes slow (the disk's speed, not a wait for anything) into 64 KiB buffers, and
+    switch to writing through the cache at the first buffer the disk holds back; each write's
+    ``cached``, in order."""
+    real = direct_copy.DirectFile.write
+    writes: list[bool] = []
+
+    def write(disk: direct_copy.DirectFile, data: memoryview, offset: int, *, cached: bool = False) -> None:
+        writes.append(cached)
+        if not cached:
+            time.sleep(SLOW_DIRECT_WRITE_S)
+        real(disk, data, offset, cached=cached)
+
+    monkeypatch.setattr(direct_copy.DirectFile, "write", write)
+    monkeypatch.setattr(direct_copy, "BUFFER_BYTES", 64 * KiB)
+    monkeypatch.setattr(transfer_job, "DISK_LAGS_TO_CACHE", 1)
+    return writes
 
 
 @pytest.fixture
 def dl(server: HTTPTestServer, sleeps: list[float], copy: str) -> Iterator[Downloader]:
     """A downloader that may reach ``server`` (a trusted test origin) and records its waits; each
-    test that uses it runs with both copies."""
+    test that uses it runs with every copy."""
     with Downloader(
-        limits=LIMITS, sleep=sleeps.append, trusted_origins=[server.origin], direct_io=copy == "direct"
+        limits=LIMITS, sleep=sleeps.append, trusted_origins=[server.origin], direct_io=copy != "portable"
     ) as downloader:
         yield downloader
 
@@ -397,7 +418,7 @@ def test_trickle_fails_the_minimum_rate(
 ) -> None:
     server.route("/slow", Route(body=b"x" * 10_000, trickle=(1, 0.01)))
     limits = DownloadLimits(min_rate_bps=1000, min_rate_window_s=0.3, max_attempts=2, read_timeout=10)
-    direct_io = copy == "direct"
+    direct_io = copy != "portable"
     with (
         downloader(sleeps, server.origin, limits=limits, direct_io=direct_io) as dl,
         pytest.raises(DownloadFailed) as caught,
@@ -414,7 +435,7 @@ def test_trickle_hits_the_overall_deadline(
     server.route("/slow", Route(body=b"x" * 10_000, trickle=(1, 0.01)))
     limits = DownloadLimits(min_rate_bps=0, deadline_s=0.5, read_timeout=10)
     with (
-        downloader(sleeps, server.origin, limits=limits, direct_io=copy == "direct") as dl,
+        downloader(sleeps, server.origin, limits=limits, direct_io=copy != "portable") as dl,
         pytest.raises(DownloadFailed, match="too slow"),
     ):
         dl.download(server.url("/slow"), tmp_path)
@@ -601,12 +622,10 @@ def test_proxy_environment_is_ignored(
 
 # --- receiving directly, around the page cache (Linux) ------------------------------------------
 
-linux_only = pytest.mark.skipif(not direct_copy.DIRECT_AVAILABLE, reason="O_DIRECT is Linux's")
 
-
-def direct_bytes(logs: list[dict[str, Any]]) -> int:
+def direct_bytes(logs: list[dict[str, Any]], field: str = "direct") -> int:
     [done] = [e for e in logs if e["event"] == "download.done"]
-    return int(done["direct"])
+    return int(done[field])
 
 
 @linux_only
@@ -624,6 +643,47 @@ def test_a_large_plain_http_body_is_received_directly_and_its_connection_kept(
             # All but the first read, which empties what http.client buffered with the headers.
             assert len(body) - LIMITS.chunk_size <= direct_bytes(logs) < len(body)
     assert server.connections_accepted == 1  # the body received directly left its connection reusable
+
+
+@linux_only
+def test_a_disk_slower_than_hashing_gets_the_rest_through_the_page_cache(
+    server: HTTPTestServer, sleeps: list[float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = transfer_job.DISK_LAGS_TO_CACHE  # one slow write is not a slow disk
+    writes = slow_disk(monkeypatch)
+    monkeypatch.setattr(transfer_job, "DISK_LAGS_TO_CACHE", shipped)
+    body = data(transfer_job.DIRECT_MIN_BYTES + MiB + 5)
+    route = server.route("/f", Route(body=body))
+    with downloader(sleeps, server.origin) as dl, structlog.testing.capture_logs() as logs:
+        result = dl.download(server.url("/f"), tmp_path, expected_sha256=route.sha256)
+    assert result.path.read_bytes() == body and result.verified
+    # The ring's buffers, and those handed on before the last lag that counted, went around the
+    # cache; later ones through it whenever the disk was still busy (two threads: in any order).
+    assert writes.count(False) >= direct_copy.BUFFERS + shipped - 1 and True in writes
+    received = direct_bytes(logs)  # all but the first read
+    assert 0 < direct_bytes(logs, "around_cache") < received and len(body) - LIMITS.chunk_size <= received
+
+
+def test_a_buffer_is_held_by_the_disk_only_once_hashed_and_still_being_written() -> None:
+    def future(done: bool) -> Future[None]:
+        made: Future[None] = Future()
+        if done:
+            made.set_result(None)
+        return made
+
+    slot = transfer_job._Slot(buffer=mmap.mmap(-1, 4096))
+    cases = [  # (hashing done, writing done) -> held by the disk; None: hashed on arrival
+        ((False, False), False),
+        ((True, False), True),
+        ((True, True), False),
+        ((None, False), True),
+        ((None, True), False),
+    ]
+    for (hashed, written), held in cases:
+        slot.hashing = None if hashed is None else future(hashed)
+        slot.writing = future(written)
+        assert slot.held_by_the_disk() is held, (hashed, written)
+    slot.buffer.close()
 
 
 @linux_only
@@ -668,7 +728,7 @@ def test_direct_write_errors_are_typed(
 ) -> None:
     server.route("/f", Route(body=data(transfer_job.DIRECT_MIN_BYTES * 2)))
 
-    def failing(_disk: Any, _data: memoryview, _offset: int) -> None:
+    def failing(_disk: Any, _data: memoryview, _offset: int, *, cached: bool = False) -> None:
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(direct_copy.DirectFile, "write", failing)
