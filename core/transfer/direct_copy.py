@@ -8,10 +8,11 @@ same buffer meanwhile, while a writer thread waits on the disk. After a curl dow
 each: 994-1173 MiB/s at 0.94-1.05 CPU s/GiB, against 748-955 MiB/s at 1.75-2.0 for splicing the
 body into the page cache (``splice(2)``) and hashing it there.
 
-The file is then not in the page cache: whoever reads it next reads the disk. Used for a body of
-known length over plain TCP or TLS where :func:`open_direct` gets a descriptor (Linux, a file
-system with ``O_DIRECT``); everything else is copied the portable way (``download_state.py``).
-:meth:`DirectFile.write` runs on the writer thread.
+What is written so is then not in the page cache: whoever reads it next reads the disk. Used
+for a body of known length over plain TCP or TLS where :func:`open_direct` gets a descriptor
+(Linux, a file system with ``O_DIRECT``); everything else is copied the portable way
+(``download_state.py``). :meth:`DirectFile.write` runs on the disk thread, and with ``cached``
+on the download's helper thread.
 
 The trade holds only while the disk takes bytes as fast as SHA-256 hashes them. On a VM whose
 disk took O_DIRECT writes at 450 MiB/s, direct writes held a download from Python's
@@ -95,11 +96,14 @@ def new_buffer() -> mmap.mmap:
 
 
 class DirectFile:
-    """Writes at given offsets: whole blocks around the page cache, the rest through it."""
+    """Writes at given offsets: whole blocks around the page cache, the rest through it (all of it
+    where asked to, or once the file system refuses a direct write). Cached writes touch neither
+    the direct descriptor nor the count, so they may run on another thread than direct ones."""
 
     def __init__(self, fd: int, direct_fd: int) -> None:
         self._fd = fd
         self._direct_fd: int | None = direct_fd
+        self.around_cache = 0  # bytes written around the page cache; read it once writes are over
 
     def close(self) -> None:
         if self._direct_fd is not None:
@@ -121,6 +125,7 @@ class DirectFile:
                 self.close()  # the file system refuses direct writes after all: cached from now on
                 whole = 0
             else:
+                self.around_cache += whole
                 data, offset = data[whole:], offset + whole
         while data:
             written = os.pwrite(self._fd, data, offset)

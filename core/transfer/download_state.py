@@ -16,9 +16,9 @@ receiving back for :data:`DISK_LAGS_TO_CACHE` buffers in a row), the rest of the
 on the downloading thread as it arrives, and each buffer that finds the disk still busy is written
 through the page cache by the helper thread instead of waiting for it.
 
-Runs on the downloading thread, which hands file writes (or, receiving directly, hashing) to one
-helper thread of its own and direct writes to another (joined by :meth:`TransferJob.close`);
-``cancel`` may be set from any thread.
+Runs on the downloading thread, which hands file writes (or, receiving directly, hashing, and
+writes through the cache once the disk holds it back) to one helper thread of its own and direct
+writes to another (joined by :meth:`TransferJob.close`); ``cancel`` may be set from any thread.
 """
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ _INLINE_WRITE_BYTES = 64 * 1024  # a smaller last (or only) write is made on the
 DIRECT_MIN_BYTES = 4 * MiB  # a body with less left to read is copied the portable way
 # Receiving directly, the disk held the receiving back this many buffers in a row (their hashing
 # done, their writing not): from then on a buffer that finds the disk busy goes through the page
-# cache. One slow write is not a slow disk.
-DISK_LAGS_TO_CACHE = 3
+# cache. One stalled write holds back at most the ring's buffers queued behind it.
+DISK_LAGS_TO_CACHE = direct_copy.BUFFERS + 1
 ProgressCallback = Callable[[int, int | None], None]
 
 
@@ -163,7 +163,7 @@ class TransferJob:
     cancel: threading.Event | None = None
     direct_min: int | None = None  # receive directly bodies with this much left at least; None: never
     have: int = 0
-    hasher: Any = field(default_factory=hashlib.sha256)
+    hasher: Any = field(init=False)
     total: int | None = None
     encoded: bool = False
     validator: str | None = None
@@ -175,7 +175,7 @@ class TransferJob:
     capped_failures: int = 0  # in a row, of those that count against ``max_attempts``
     resumes: int = 0
     direct: int = 0  # bytes received into our own buffers (direct_copy.py)
-    around_cache: int = 0  # of those, bytes handed to be written around the page cache
+    around_cache: int = 0  # of those, bytes written around the page cache
     redownloaded: bool = False
     progress: _Throttle = field(init=False)
     _writer: ThreadPoolExecutor = field(init=False, repr=False)
@@ -184,13 +184,14 @@ class TransferJob:
     _batch_bytes: int = field(init=False, repr=False)
     _disk: ThreadPoolExecutor | None = field(init=False, repr=False, default=None)
     _ring: list[_Slot] = field(init=False, repr=False, default_factory=list)
-    _around_cache: Future[None] | None = field(init=False, repr=False, default=None)  # the last one
 
     def __post_init__(self) -> None:
+        self.hasher = hashlib.sha256()
         self.progress = _Throttle(self.progress_callback, self.clock, self.limits.progress_interval_s)
         # One helper thread, so hashing a chunk overlaps writing the previous one (both release
         # the GIL); it keeps the order of writes and at most _WRITE_AHEAD chunks in flight. When
-        # receiving directly, it hashes the buffers in order while the disk thread writes them.
+        # receiving directly, it hashes the buffers in order while the disk thread writes them;
+        # once the disk holds the receiving back, it writes those the disk is too busy for.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="download-writer")
         self._pending = deque()
         self._batch = []
@@ -220,7 +221,7 @@ class TransferJob:
         self.fh.seek(0)
         self.fh.truncate()
         self.hasher = hashlib.sha256()
-        self.have = 0
+        self.have = self.direct = self.around_cache = 0
         self.total = None
         self.encoded = False
 
@@ -395,8 +396,10 @@ class TransferJob:
 
     def _receive_direct(self, sock: socket.socket, left: int, rate: _RateWindow) -> bool:
         """Receive the body's last ``left`` bytes into the ring of buffers; each full buffer is
-        hashed by the helper thread and written by the disk thread while the next one fills.
-        False, having received nothing, where the file cannot be written around the cache."""
+        hashed by the helper thread and written around the cache by the disk thread while the next
+        one fills, or, once the disk has held the receiving back, hashed here as it arrives and
+        written by whichever of the two is free (see the module docstring). False, having received
+        nothing, where the file cannot be written around the cache."""
         self.flush()  # every byte counted so far is in the file
         if self._disk is None:
             self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="download-writer-disk")
@@ -407,7 +410,7 @@ class TransferJob:
             return False
         disk = direct_copy.DirectFile(self.fh.fileno(), direct_fd)
         turn, slot, filled, room, start = 0, None, 0, 0, self.have
-        lags, on_arrival = 0, False
+        lags, on_arrival, last_direct = 0, False, None
         try:
             while left:
                 if slot is None:
@@ -432,18 +435,22 @@ class TransferJob:
                 self.direct += count
                 left -= count
                 if filled == room or not left:
-                    self._hand_slot(slot, start, filled, disk, hashed=on_arrival)
+                    direct = self._hand_slot(
+                        slot, start, filled, disk, hashed=on_arrival, last_direct=last_direct
+                    )
+                    last_direct = direct or last_direct
                     slot = None
                 self._tick(rate)
         finally:
             # Also the bytes before a cut: a resume carries on after them.
             if slot is not None and filled:
-                self._hand_slot(slot, start, filled, disk, hashed=on_arrival)
+                self._hand_slot(slot, start, filled, disk, hashed=on_arrival, last_direct=last_direct)
             try:
                 self._settle_ring()
             finally:
                 # On the disk thread, after every write queued there (never while one still uses it).
                 self._disk.submit(disk.close).result()
+                self.around_cache += disk.around_cache
                 self.fh.seek(self.have)  # direct writes leave the file's offset where it was
         if self.total is not None and self.have < self.total:
             # A legal short 206 (the server may send less than the range we asked for).
@@ -468,21 +475,29 @@ class TransferJob:
         return count
 
     def _hand_slot(
-        self, slot: _Slot, start: int, size: int, disk: direct_copy.DirectFile, *, hashed: bool
-    ) -> None:
+        self,
+        slot: _Slot,
+        start: int,
+        size: int,
+        disk: direct_copy.DirectFile,
+        *,
+        hashed: bool,
+        last_direct: Future[None] | None,
+    ) -> Future[None] | None:
         """Have the slot's ``size`` bytes hashed (in order, on the helper thread) unless they are
         ``hashed`` already, and written at ``start``: around the page cache on the disk thread,
-        or, ``hashed`` ones that find the disk busy, through the cache on the idle helper thread.
-        The slot is refilled once both are done."""
+        or, ``hashed`` ones that find the disk still busy with ``last_direct``, through the cache
+        on the helper thread (no longer hashing). The slot is refilled once both are done.
+        The direct write, if it is one."""
         assert self._disk is not None
         data = memoryview(slot.buffer)[:size]
         if not hashed:
             slot.hashing = self._writer.submit(self.hasher.update, data)
-        elif self._around_cache is not None and not self._around_cache.done():
+        elif last_direct is not None and not last_direct.done():
             slot.writing = self._writer.submit(disk.write, data, start, cached=True)
-            return
-        slot.writing = self._around_cache = self._disk.submit(disk.write, data, start)
-        self.around_cache += size
+            return None
+        slot.writing = self._disk.submit(disk.write, data, start)
+        return slot.writing
 
     def _settle_ring(self) -> None:
         """Wait for every slot's hashing and writing; then raise the first failure, if any."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import itertools
 import mmap
 import os
@@ -982,3 +983,60 @@ def test_every_piece_is_admitted_against_the_announced_total(tmp_path: Path) -> 
                 job._admit(41)
         finally:
             job.close()
+
+
+class HelperHashesSlowly:
+    """SHA-256 that takes ``seconds`` for each buffer it hashes off the downloading thread."""
+
+    seconds = 0.0
+
+    def __init__(self) -> None:
+        self._real = hashlib.sha256()
+
+    def update(self, data: memoryview) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            time.sleep(self.seconds)  # the helper's speed, not a wait for anything
+        self._real.update(data)
+
+    def hexdigest(self) -> str:
+        return self._real.hexdigest()
+
+
+@linux_only
+def test_bytes_hashed_on_arrival_wait_for_every_buffer_the_helper_still_hashes(
+    server: HTTPTestServer, sleeps: list[float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The helper hashes slower than the slow disk writes: at the switch it still has buffers
+    # to hash, and bytes hashed before them would fail the checksum.
+    slow_disk(monkeypatch)
+    monkeypatch.setattr(HelperHashesSlowly, "seconds", SLOW_DIRECT_WRITE_S * 0.9)
+    monkeypatch.setattr(transfer_job, "hashlib", SimpleNamespace(sha256=HelperHashesSlowly))
+    body = data(transfer_job.DIRECT_MIN_BYTES + MiB)
+    route = server.route("/f", Route(body=body))
+    with downloader(sleeps, server.origin) as dl, structlog.testing.capture_logs() as logs:
+        result = dl.download(server.url("/f"), tmp_path, expected_sha256=route.sha256)
+    assert result.path.read_bytes() == body and result.attempts == 1
+    assert direct_bytes(logs, "around_cache") < direct_bytes(logs)  # it did switch
+
+
+@linux_only
+def test_one_stalled_write_is_not_a_slow_disk(
+    server: HTTPTestServer, sleeps: list[float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A disk that takes each buffer at once (it keeps nothing: the SHA-256 is checked, not the
+    # file), but for one write that stalls, which the receiving has to wait for.
+    writes: list[bool] = []
+
+    def write(
+        _disk: direct_copy.DirectFile, _data: memoryview, _offset: int, *, cached: bool = False
+    ) -> None:
+        writes.append(cached)
+        if len(writes) == direct_copy.BUFFERS + 1:
+            time.sleep(20 * SLOW_DIRECT_WRITE_S)  # the stall
+
+    monkeypatch.setattr(direct_copy.DirectFile, "write", write)
+    monkeypatch.setattr(direct_copy, "BUFFER_BYTES", 64 * KiB)
+    route = server.route("/f", Route(body=data(transfer_job.DIRECT_MIN_BYTES + MiB)))
+    with downloader(sleeps, server.origin) as dl:
+        assert dl.download(server.url("/f"), tmp_path, expected_sha256=route.sha256).verified
+    assert len(writes) > 4 * direct_copy.BUFFERS and not any(writes)
