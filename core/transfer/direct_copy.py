@@ -15,10 +15,12 @@ for a body of known length over plain TCP or TLS where :func:`open_direct` gets 
 on the download's helper thread.
 
 The trade holds only while the disk takes bytes as fast as SHA-256 hashes them. On a VM whose
-disk took O_DIRECT writes at 450 MiB/s, direct writes held a download from Python's
-``http.server`` to 365 MiB/s (curl: 662, into the page cache); once a download finds the disk
-holding it back, it writes the rest through the cache instead, hashing each piece on the
-receiving thread as it arrives: 967 MiB/s against curl's 796 in the same runs (``download_state.py``).
+disk took O_DIRECT writes at 450-730 MiB/s, direct writes alone held a 512 MiB download from
+Python's ``http.server`` to 421 MiB/s (median of 8 runs; curl, into the page cache: 631). Once a
+download finds the disk holding it back, it hashes each piece on the receiving thread as it
+arrives and writes a buffer through the cache whenever the disk is still busy with the last one
+(``download_state.py``): 633 MiB/s in the same runs. Hashing on the helper thread instead, with
+those writes on a third one, gave 485: the helper then reads each buffer after another core wrote it.
 """
 
 from __future__ import annotations
