@@ -7,8 +7,9 @@ separate process, with ``sendfile`` (so the server costs little CPU) and then wi
 ``http.server`` (64 KiB userspace copies: a server that costs CPU; ``--server`` picks one). Then,
 in the same run, fetches it with ``curl -s -o FILE URL`` (timed by curl's own ``%{time_total}``),
 with our Downloader (on Linux the body is received into buffers of ours, hashed on a second
-thread and written around the page cache with O_DIRECT by a third, or, once the disk holds it
-back, hashed as it arrives and written through the cache wherever the disk is busy; elsewhere
+thread and written around the page cache with O_DIRECT by a third, or, where the disk holds it
+back and that proved faster, hashed as it arrives and written through the cache wherever the disk
+is busy (``cache_route.py``); elsewhere
 1 MiB chunks through the page cache; verified either way), and with the naive seed
 approach (``requests`` ``iter_content(8192)``, hash, write, on one thread) as a baseline. The
 Python methods run in a child process that reports its own time and peak RSS (``ru_maxrss``).
@@ -335,7 +336,7 @@ def cpu_ceiling(results: dict[str, list[dict[str, Any]]], size_mib: int) -> str:
         ceiling += (
             f"; the disk took the bytes at {1024 / disk:.0f} MiB/s ({bound / disk:.2f}× the bound) "
             f"written around the page cache, as ours wrote {share:.0%} of them (median; the rest "
-            "through the cache, where the disk held it back)"
+            "through the cache, where that was measured faster)"
         )
     return ceiling
 

@@ -14,13 +14,14 @@ for a body of known length over plain TCP or TLS where :func:`open_direct` gets 
 (``download_state.py``). :meth:`DirectFile.write` runs on the disk thread, and with ``cached``
 on the download's helper thread.
 
-The trade holds only while the disk takes bytes as fast as SHA-256 hashes them. On a VM whose
+The trade holds while the disk takes bytes about as fast as SHA-256 hashes them. On a VM whose
 disk took O_DIRECT writes at 450-730 MiB/s, direct writes alone held a 512 MiB download from
-Python's ``http.server`` to 421 MiB/s (median of 8 runs; curl, into the page cache: 631). Once a
-download finds the disk holding it back, it hashes each piece on the receiving thread as it
-arrives and writes a buffer through the cache whenever the disk is still busy with the last one
-(``download_state.py``): 633 MiB/s in the same runs. Hashing on the helper thread instead, with
-those writes on a third one, gave 485: the helper then reads each buffer after another core wrote it.
+Python's ``http.server`` to 421 MiB/s (median of 8 runs; curl, into the page cache: 631). Where
+the disk holds a download back and that proves faster (``cache_route.py``), it hashes each piece
+on the receiving thread as it arrives and writes a buffer through the cache whenever the disk is
+still busy with the last one (``download_state.py``): 633 MiB/s in the same runs. Hashing on the
+helper thread instead, with those writes on a third one, gave 485: the helper then reads each
+buffer after another core wrote it.
 """
 
 from __future__ import annotations

@@ -11,13 +11,13 @@ Two copies: the portable one reads the body into memory, hashes it on the downlo
 has the helper thread write it; on Linux a large body of known length is received into
 a ring of our own buffers instead, hashed from them by the helper thread and written around the
 page cache by a writer thread (``direct_copy.py``), so that hashing, the dearest part, runs beside
-the receiving and no page of cache is filled. Where the disk is slower than that (it held the
-receiving back for :data:`DISK_LAGS_TO_CACHE` buffers in a row), the rest of the body is hashed
-on the downloading thread as it arrives, and each buffer that finds the disk still busy is written
-through the page cache by the helper thread instead of waiting for it.
+the receiving and no page of cache is filled. Where the disk holds the receiving back, the body
+may go the other way for a while, or to its end, as measured speeds decide (``cache_route.py``):
+hashed on the downloading thread as it arrives, and each buffer that finds the disk still busy
+written through the page cache by the helper thread instead of waiting for it.
 
 Runs on the downloading thread, which hands file writes (or, receiving directly, hashing, and
-writes through the cache once the disk holds it back) to one helper thread of its own and direct
+writes through the cache) to one helper thread of its own and direct
 writes to another (joined by :meth:`TransferJob.close`); ``cancel`` may be set from any thread.
 """
 
@@ -45,6 +45,7 @@ from urllib3.response import HTTPResponse
 
 from morag_worker.core.transfer import direct_copy
 from morag_worker.core.transfer import headers as hh
+from morag_worker.core.transfer.cache_route import Route, RouteChooser
 from morag_worker.core.transfer.errors import (
     DownloadCancelled,
     DownloadFailed,
@@ -70,10 +71,6 @@ log = structlog.get_logger(__name__)
 _WRITE_AHEAD = 2
 _INLINE_WRITE_BYTES = 64 * 1024  # a smaller last (or only) write is made on the downloading thread
 DIRECT_MIN_BYTES = 4 * MiB  # a body with less left to read is copied the portable way
-# Receiving directly, the disk held the receiving back this many buffers in a row (their hashing
-# done, their writing not): from then on a buffer that finds the disk busy goes through the page
-# cache. One stalled write holds back at most the ring's buffers queued behind it.
-DISK_LAGS_TO_CACHE = direct_copy.BUFFERS + 1
 ProgressCallback = Callable[[int, int | None], None]
 
 
@@ -191,7 +188,7 @@ class TransferJob:
         # One helper thread, so hashing a chunk overlaps writing the previous one (both release
         # the GIL); it keeps the order of writes and at most _WRITE_AHEAD chunks in flight. When
         # receiving directly, it hashes the buffers in order while the disk thread writes them;
-        # once the disk holds the receiving back, it writes those the disk is too busy for.
+        # while they go through the cache (cache_route.py), it writes those the disk is too busy for.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="download-writer")
         self._pending = deque()
         self._batch = []
@@ -397,9 +394,9 @@ class TransferJob:
     def _receive_direct(self, sock: socket.socket, left: int, rate: _RateWindow) -> bool:
         """Receive the body's last ``left`` bytes into the ring of buffers; each full buffer is
         hashed by the helper thread and written around the cache by the disk thread while the next
-        one fills, or, once the disk has held the receiving back, hashed here as it arrives and
-        written by whichever of the two is free (see the module docstring). False, having received
-        nothing, where the file cannot be written around the cache."""
+        one fills, or, while ``RouteChooser`` sends them through the cache, hashed here as they
+        arrive and written by whichever of the two is free (see the module docstring). False,
+        having received nothing, where the file cannot be written around the cache."""
         self.flush()  # every byte counted so far is in the file
         if self._disk is None:
             self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="download-writer-disk")
@@ -410,16 +407,16 @@ class TransferJob:
             return False
         disk = direct_copy.DirectFile(self.fh.fileno(), direct_fd)
         turn, slot, filled, room, start = 0, None, 0, 0, self.have
-        lags, on_arrival, last_direct = 0, False, None
+        chooser, on_arrival, last_direct = RouteChooser(), False, None
         try:
             while left:
                 if slot is None:
                     next_slot = self._ring[turn % len(self._ring)]
-                    if not on_arrival:
-                        lags = lags + 1 if next_slot.held_by_the_disk() else 0
-                        on_arrival = lags >= DISK_LAGS_TO_CACHE
-                        if on_arrival:  # hashed here from now on, after every byte the helper hashes
-                            wait([s.hashing for s in self._ring if s.hashing is not None])
+                    route = chooser.next_buffer(next_slot.held_by_the_disk(), self.have)
+                    if route is Route.THROUGH_CACHE and not on_arrival:
+                        # Hashed here from now on, after every byte the helper hashes.
+                        wait([s.hashing for s in self._ring if s.hashing is not None])
+                    on_arrival = route is Route.THROUGH_CACHE
                     self._settle_slot(next_slot)  # before it is ours: a failure leaves nothing to hand on
                     slot, turn = next_slot, turn + 1
                     # A first piece up to a block boundary, so that the buffers after it start on one.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import hashlib
 import itertools
 import mmap
@@ -26,7 +27,7 @@ from typing import Any
 import pytest
 import structlog.testing
 
-from morag_worker.core.transfer import direct_copy
+from morag_worker.core.transfer import cache_route, direct_copy
 from morag_worker.core.transfer import download_state as transfer_job
 from morag_worker.core.transfer.downloader import (
     DownloadCancelled,
@@ -90,8 +91,8 @@ SLOW_DIRECT_WRITE_S = 0.01  # a disk that takes 64 KiB in 10 ms, slower than SHA
 def copy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """How bodies are copied: ``portable`` everywhere, or ``direct`` (Linux) from the first body
     on that has any bytes left after the first read, not only past ``DIRECT_MIN_BYTES``; or so
-    onto a ``slow disk``, that holds the receiving back from the first buffer it has to wait for
-    (the rest hashed on arrival, written around the cache while the disk is free, else through it)."""
+    onto a ``slow disk``, where the body soon goes through the cache, and back around it for a
+    while now and then (hashed on arrival, written around the cache while the disk is free)."""
     if request.param != "portable":
         monkeypatch.setattr(transfer_job, "DIRECT_MIN_BYTES", 1)
     if request.param == "slow disk":
@@ -101,8 +102,8 @@ def copy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
 
 def slow_disk(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Make direct writes slow (the disk's speed, not a wait for anything) into 64 KiB buffers, and
-    switch to writing through the cache at the first buffer the disk holds back; each write's
-    ``cached``, in order."""
+    try the cache at the first buffer the disk holds back, measuring over windows of 2 buffers;
+    each write's ``cached``, in order."""
     real = direct_copy.DirectFile.write
     writes: list[bool] = []
 
@@ -114,7 +115,8 @@ def slow_disk(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
 
     monkeypatch.setattr(direct_copy.DirectFile, "write", write)
     monkeypatch.setattr(direct_copy, "BUFFER_BYTES", 64 * KiB)
-    monkeypatch.setattr(transfer_job, "DISK_LAGS_TO_CACHE", 1)
+    quick = functools.partial(cache_route.RouteChooser, window=2, lags_to_try=1)
+    monkeypatch.setattr(transfer_job, "RouteChooser", quick)
     return writes
 
 
@@ -650,17 +652,17 @@ def test_a_large_plain_http_body_is_received_directly_and_its_connection_kept(
 def test_a_disk_slower_than_hashing_gets_the_rest_through_the_page_cache(
     server: HTTPTestServer, sleeps: list[float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    shipped = transfer_job.DISK_LAGS_TO_CACHE  # one slow write is not a slow disk
+    shipped = transfer_job.RouteChooser
     writes = slow_disk(monkeypatch)
-    monkeypatch.setattr(transfer_job, "DISK_LAGS_TO_CACHE", shipped)
+    monkeypatch.setattr(transfer_job, "RouteChooser", shipped)
     body = data(transfer_job.DIRECT_MIN_BYTES + MiB + 5)
     route = server.route("/f", Route(body=body))
     with downloader(sleeps, server.origin) as dl, structlog.testing.capture_logs() as logs:
         result = dl.download(server.url("/f"), tmp_path, expected_sha256=route.sha256)
     assert result.path.read_bytes() == body and result.verified
-    # The ring's buffers, and those handed on before the last lag that counted, went around the
-    # cache; later ones through it whenever the disk was still busy (two threads: in any order).
-    assert writes.count(False) >= direct_copy.BUFFERS + shipped - 1 and True in writes
+    # A whole window went around the cache before the cache was tried (the disk thread may still
+    # have had the ring's buffers to write when the first write through the cache began).
+    assert True not in writes[: cache_route.WINDOW - direct_copy.BUFFERS] and True in writes
     received = direct_bytes(logs)  # all but the first read
     assert 0 < direct_bytes(logs, "around_cache") < received and len(body) - LIMITS.chunk_size <= received
 
@@ -1024,14 +1026,15 @@ def test_one_stalled_write_is_not_a_slow_disk(
     server: HTTPTestServer, sleeps: list[float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A disk that takes each buffer at once (it keeps nothing: the SHA-256 is checked, not the
-    # file), but for one write that stalls, which the receiving has to wait for.
+    # file), but for one write that stalls, which the receiving has to wait for. It stalls once
+    # a whole window was measured, when a lag would be enough to try the cache.
     writes: list[bool] = []
 
     def write(
         _disk: direct_copy.DirectFile, _data: memoryview, _offset: int, *, cached: bool = False
     ) -> None:
         writes.append(cached)
-        if len(writes) == direct_copy.BUFFERS + 1:
+        if len(writes) == cache_route.WINDOW + direct_copy.BUFFERS:
             time.sleep(20 * SLOW_DIRECT_WRITE_S)  # the stall
 
     monkeypatch.setattr(direct_copy.DirectFile, "write", write)
@@ -1039,4 +1042,34 @@ def test_one_stalled_write_is_not_a_slow_disk(
     route = server.route("/f", Route(body=data(transfer_job.DIRECT_MIN_BYTES + MiB)))
     with downloader(sleeps, server.origin) as dl:
         assert dl.download(server.url("/f"), tmp_path, expected_sha256=route.sha256).verified
-    assert len(writes) > 4 * direct_copy.BUFFERS and not any(writes)
+    assert len(writes) > cache_route.WINDOW + 4 * direct_copy.BUFFERS and not any(writes)
+
+
+@linux_only
+def test_a_cache_dearer_than_waiting_for_the_disk_is_tried_and_left(
+    server: HTTPTestServer, sleeps: list[float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The disk holds the receiving back, but writing through the cache costs more (as filling
+    # the page cache can on a VM whose CPUs are all busy): each try of the cache is measured
+    # slower, and the body goes back around it, trying again after ever longer.
+    window = 2 * direct_copy.BUFFERS  # longer than the ring: a slow write's cost shows within it
+    writes: list[bool] = []
+    real = direct_copy.DirectFile.write
+
+    def write(disk: direct_copy.DirectFile, data: memoryview, offset: int, *, cached: bool = False) -> None:
+        writes.append(cached)
+        time.sleep(SLOW_DIRECT_WRITE_S * (5 if cached else 0.3))  # the disk's and the cache's speeds
+        real(disk, data, offset, cached=cached)
+
+    monkeypatch.setattr(direct_copy.DirectFile, "write", write)
+    monkeypatch.setattr(direct_copy, "BUFFER_BYTES", 64 * KiB)
+    quick = functools.partial(cache_route.RouteChooser, window=window, lags_to_try=1)
+    monkeypatch.setattr(transfer_job, "RouteChooser", quick)
+    body = data(transfer_job.DIRECT_MIN_BYTES + MiB)  # 80 buffers: room for two tries
+    route = server.route("/f", Route(body=body))
+    with downloader(sleeps, server.origin) as dl, structlog.testing.capture_logs() as logs:
+        result = dl.download(server.url("/f"), tmp_path, expected_sha256=route.sha256)
+    assert result.path.read_bytes() == body and result.verified
+    tries = [e for e in logs if e["event"] == "download.cache_route"]
+    assert len(tries) >= 2 and all(e["kept"] == "around_cache" for e in tries), tries
+    assert 0 < writes.count(True) <= window * len(tries)  # a window's buffers at most, each try
