@@ -336,7 +336,7 @@ def cpu_ceiling(results: dict[str, list[dict[str, Any]]], size_mib: int) -> str:
         ceiling += (
             f"; the disk took the bytes at {1024 / disk:.0f} MiB/s ({bound / disk:.2f}× the bound) "
             f"written around the page cache, as ours wrote {share:.0%} of them (median; the rest "
-            "through the cache, where that was measured faster)"
+            "through the cache, while trying it or where it was measured faster)"
         )
     return ceiling
 

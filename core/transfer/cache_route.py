@@ -17,7 +17,10 @@ the receiving back for :data:`LAGS_TO_TRY` buffers in a row, it tries the cache 
 :data:`WINDOW` of buffers, and keeps whichever way received faster over its last window (the
 cache only when faster by :data:`MARGIN`: going around it costs less CPU and leaves other
 programs' cached files in place). Later it tries the other way again, after :data:`PAUSE_WINDOWS`
-windows, and after twice as long each time a try changed nothing.
+windows, and after twice as long each time a try changed nothing (at most
+:data:`MAX_PAUSE_WINDOWS`). A window is measured only once the ring has turned over on its way
+(``settle`` buffers after the body's start or a change): until then the ring's buffers are still
+free, or still being written the other way, and would flatter one way or the other.
 """
 
 from __future__ import annotations
@@ -31,16 +34,17 @@ import structlog
 
 from morag_worker.core.transfer import direct_copy
 
-__all__ = ["LAGS_TO_TRY", "MARGIN", "PAUSE_WINDOWS", "WINDOW", "Route", "RouteChooser"]
+__all__ = ["LAGS_TO_TRY", "MARGIN", "MAX_PAUSE_WINDOWS", "PAUSE_WINDOWS", "WINDOW", "Route", "RouteChooser"]
 
 log = structlog.get_logger(__name__)
 
 # The disk held the receiving back this many buffers in a row (their hashing done, their writing
 # not). One stalled write holds back at most the ring's buffers queued behind it.
 LAGS_TO_TRY = direct_copy.BUFFERS + 1
-WINDOW = 16  # buffers over which a way's speed is measured: 32 MiB, long enough to outlast the ring
+WINDOW = 16  # buffers over which a way's speed is measured (32 MiB), once the ring turned over
 MARGIN = 1.1  # the cache must receive this much faster to be kept
 PAUSE_WINDOWS = 2  # windows on the way kept before the other one is tried again, at first
+MAX_PAUSE_WINDOWS = 16  # and at most: a long body still notices a change within a GiB or so
 
 MiB = 1024 * 1024
 
@@ -64,16 +68,19 @@ class RouteChooser:
         lags_to_try: int = LAGS_TO_TRY,
         margin: float = MARGIN,
         pause_windows: int = PAUSE_WINDOWS,
+        settle: int = direct_copy.BUFFERS,
     ) -> None:
         self.clock = clock
         self.window = window
         self.lags_to_try = lags_to_try
         self.margin = margin
+        self.settle = settle
         self.route = Route.AROUND_CACHE
-        self.tries = 0  # for the logs and the tests
+        self.tries = 0  # how often the other way was tried
         self._pause = pause_windows
         self._first_pause = pause_windows
         self._marks: deque[tuple[float, int]] = deque(maxlen=window + 1)  # (time, bytes received)
+        self._on_route = 0  # buffers received on this route (the first ``settle`` are not measured)
         self._lags = 0
         self._against: float | None = None  # the other way's speed, while this one is tried
         self._wait = 0  # buffers before the other way may be tried again
@@ -81,6 +88,8 @@ class RouteChooser:
     def next_buffer(self, held_by_the_disk: bool, received: int) -> Route:
         """The route of the next buffer. ``held_by_the_disk``: the buffer it is about to reuse was
         hashed but still being written; ``received``: the bytes received so far."""
+        if self._on_route <= self.settle:  # measured from the end of the first ``settle`` buffers
+            self._marks.clear()
         self._marks.append((self.clock(), received))
         measured = len(self._marks) > self.window  # a whole window on this route
         self._wait -= 1
@@ -93,6 +102,7 @@ class RouteChooser:
                 self._try(Route.THROUGH_CACHE)
         elif measured and self._wait <= 0:
             self._try(Route.AROUND_CACHE)
+        self._on_route += 1
         return self.route
 
     def _speed(self) -> float:
@@ -108,6 +118,7 @@ class RouteChooser:
     def _take(self, route: Route) -> None:
         self.route = route
         self._marks = deque([self._marks[-1]], maxlen=self.window + 1)
+        self._on_route = 0
         self._lags = 0
 
     def _judge(self) -> None:
@@ -127,6 +138,6 @@ class RouteChooser:
         if keep is self.route:
             self._pause = self._first_pause  # things changed: look again soon
         else:
-            self._pause *= 2
+            self._pause = min(2 * self._pause, MAX_PAUSE_WINDOWS)
             self._take(keep)
         self._wait = self._pause * self.window

@@ -138,7 +138,9 @@ class _Slot:
     writing: Future[None] | None = None
 
     def held_by_the_disk(self) -> bool:
-        """True while its bytes are hashed but still being written: the disk is the slowest part."""
+        """True while its bytes are hashed but still being written: by the disk, or through the
+        cache by the helper thread, so that a first lag after going back around the cache may be
+        the helper's (``cache_route.py`` tries the cache again only after a pause)."""
         hashed = self.hashing is None or self.hashing.done()
         return hashed and self.writing is not None and not self.writing.done()
 

@@ -649,7 +649,7 @@ def test_a_large_plain_http_body_is_received_directly_and_its_connection_kept(
 
 
 @linux_only
-def test_a_disk_slower_than_hashing_gets_the_rest_through_the_page_cache(
+def test_a_disk_slower_than_the_page_cache_has_the_body_go_through_it(
     server: HTTPTestServer, sleeps: list[float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     shipped = transfer_job.RouteChooser
@@ -663,6 +663,7 @@ def test_a_disk_slower_than_hashing_gets_the_rest_through_the_page_cache(
     # A whole window went around the cache before the cache was tried (the disk thread may still
     # have had the ring's buffers to write when the first write through the cache began).
     assert True not in writes[: cache_route.WINDOW - direct_copy.BUFFERS] and True in writes
+    assert any(e["event"] == "download.cache_route" and e["kept"] == "through_cache" for e in logs)
     received = direct_bytes(logs)  # all but the first read
     assert 0 < direct_bytes(logs, "around_cache") < received and len(body) - LIMITS.chunk_size <= received
 
@@ -1029,20 +1030,27 @@ def test_one_stalled_write_is_not_a_slow_disk(
     # file), but for one write that stalls, which the receiving has to wait for. It stalls once
     # a whole window was measured, when a lag would be enough to try the cache.
     writes: list[bool] = []
+    choosers: list[cache_route.RouteChooser] = []
+
+    def chooser() -> cache_route.RouteChooser:
+        choosers.append(cache_route.RouteChooser())
+        return choosers[-1]
 
     def write(
         _disk: direct_copy.DirectFile, _data: memoryview, _offset: int, *, cached: bool = False
     ) -> None:
         writes.append(cached)
-        if len(writes) == cache_route.WINDOW + direct_copy.BUFFERS:
+        if len(writes) == cache_route.WINDOW + 2 * direct_copy.BUFFERS:
             time.sleep(20 * SLOW_DIRECT_WRITE_S)  # the stall
 
     monkeypatch.setattr(direct_copy.DirectFile, "write", write)
+    monkeypatch.setattr(transfer_job, "RouteChooser", chooser)
     monkeypatch.setattr(direct_copy, "BUFFER_BYTES", 64 * KiB)
     route = server.route("/f", Route(body=data(transfer_job.DIRECT_MIN_BYTES + MiB)))
     with downloader(sleeps, server.origin) as dl:
         assert dl.download(server.url("/f"), tmp_path, expected_sha256=route.sha256).verified
     assert len(writes) > cache_route.WINDOW + 4 * direct_copy.BUFFERS and not any(writes)
+    assert [c.tries for c in choosers] == [0]
 
 
 @linux_only
@@ -1072,4 +1080,5 @@ def test_a_cache_dearer_than_waiting_for_the_disk_is_tried_and_left(
     assert result.path.read_bytes() == body and result.verified
     tries = [e for e in logs if e["event"] == "download.cache_route"]
     assert len(tries) >= 2 and all(e["kept"] == "around_cache" for e in tries), tries
-    assert 0 < writes.count(True) <= window * len(tries)  # a window's buffers at most, each try
+    # Each try: the ring's turn and a window, at most.
+    assert 0 < writes.count(True) <= (direct_copy.BUFFERS + window) * len(tries)
