@@ -17,8 +17,8 @@ hashed on the downloading thread as it arrives, and each buffer that finds the d
 written through the page cache by the helper thread instead of waiting for it.
 
 Runs on the downloading thread, which hands file writes (or, receiving directly, hashing, and
-writes through the cache) to one helper thread of its own and direct
-writes to another (joined by :meth:`TransferJob.close`); ``cancel`` may be set from any thread.
+writes through the cache) to one helper thread of its own and direct writes to another (joined
+by :meth:`TransferJob.close`); ``cancel`` may be set from any thread.
 """
 
 from __future__ import annotations
