@@ -18,8 +18,8 @@ and the order of the methods rotates between runs. Prints per server and method 
 throughput of ``--runs`` runs with the lowest and highest, the ratio ours/curl run by run (median
 and spread; target >= 1.0), the ratio to the SHA-256 bound measured in the same run (hashlib over
 the same file's bytes in memory, one core; target >= 0.8), the disk's own speed in the same run
-(the same bytes written with O_DIRECT, 2 MiB at a time, one write in flight, as ours writes a large
-body; Linux) and the share of ours written that way, our peak RSS over all runs (target
+(the same bytes written with O_DIRECT, a buffer of ours at a time, one write in flight, as ours
+writes a large body; Linux) and the share of ours written that way, our peak RSS over all runs (target
 < 80 MB), the CPU time each method and the server spent per GiB (user + system, all threads;
 Linux), and the machine's load during the runs. The temporary directory is removed however the
 bench ends.
@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's morag_worker and bench, not an install
 
 from bench.measure import MachineLoad, Spread, interrupts_deferred, paired_ratios, scratch_folder  # noqa: E402
+from morag_worker.core.transfer.direct_copy import BUFFER_BYTES  # noqa: E402
 
 MiB = 1024 * 1024
 METHODS = {
@@ -55,8 +56,8 @@ METHODS = {
     "seed": "seed (requests 8 KiB, sha256)",
 }
 SHA_BOUND = "SHA-256 bound (hashlib, in memory)"
-DISK_BOUND = "disk (O_DIRECT 2 MiB writes)"
-DIRECT_BLOCK = 2 * MiB
+DIRECT_BLOCK = BUFFER_BYTES  # ours writes a large body's buffers so
+DISK_BOUND = f"disk (O_DIRECT {DIRECT_BLOCK // MiB} MiB writes)"
 SERVERS = {"sendfile": "sendfile server", "http.server": "Python http.server"}
 
 
@@ -204,8 +205,8 @@ def sha_bound(source: Path) -> None:
 
 
 def disk_bound(source: Path, dest: Path) -> None:
-    """Child process: the source's bytes written to ``dest`` with O_DIRECT, 2 MiB at a time and one
-    write in flight, as ours writes a large body; only the writes are timed (each block is read
+    """Child process: the source's bytes written to ``dest`` with O_DIRECT, a buffer of ours at a time
+    and one write in flight, as ours writes a large body; only the writes are timed (each block is read
     before its clock runs). Print a JSON line."""
     buffer = mmap.mmap(-1, DIRECT_BLOCK)  # page-aligned, as O_DIRECT needs
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o600)
