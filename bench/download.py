@@ -9,10 +9,10 @@ in the same run, fetches it with ``curl -s -o FILE URL`` (timed by curl's own ``
 with our Downloader (on Linux the body is received into buffers of ours, hashed on a second
 thread and written around the page cache with O_DIRECT by a third, or, where the disk holds it
 back and that proved faster, hashed as it arrives and written through the cache wherever the disk
-is busy (``cache_route.py``); elsewhere
-1 MiB chunks through the page cache; verified either way), and with the naive seed
-approach (``requests`` ``iter_content(8192)``, hash, write, on one thread) as a baseline. The
-Python methods run in a child process that reports its own time and peak RSS (``ru_maxrss``).
+is busy (``cache_route.py``); elsewhere 1 MiB chunks through the page cache; verified either way),
+and with the naive seed approach (``requests`` ``iter_content(8192)``, hash, write, on one
+thread) as a baseline. The Python methods run in a child process that reports its own time
+and peak RSS (``ru_maxrss``).
 Before each timed run the page cache is synced, so one run's writeback does not slow the next,
 and the order of the methods rotates between runs. Prints per server and method the median
 throughput of ``--runs`` runs with the lowest and highest, the ratio ours/curl run by run (median

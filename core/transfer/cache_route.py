@@ -46,8 +46,6 @@ MARGIN = 1.1  # the cache must receive this much faster to be kept
 PAUSE_WINDOWS = 2  # windows on the way kept before the other one is tried again, at first
 MAX_PAUSE_WINDOWS = 16  # and at most: a long body still notices a change within a GiB or so
 
-MiB = 1024 * 1024
-
 
 class Route(Enum):
     """How the buffers of a body received directly are written."""
@@ -132,8 +130,8 @@ class RouteChooser:
             "download.cache_route",
             tried=self.route.name.lower(),
             kept=keep.name.lower(),
-            through_mib_s=round(through / MiB),
-            around_mib_s=round(around / MiB),
+            through_mib_s=round(through / direct_copy.MiB),
+            around_mib_s=round(around / direct_copy.MiB),
         )
         if keep is self.route:
             self._pause = self._first_pause  # things changed: look again soon

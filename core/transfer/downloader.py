@@ -17,7 +17,8 @@ attempt may mend, get ``max_attempts``.
 
 The body is copied the portable way or, on Linux, received into buffers
 of ours and written around the page cache with the SHA-256 computed beside it, or through the
-cache where the disk cannot keep up (``download_state.py``, ``direct_copy.py``).
+cache where the disk holds it back and that is measured faster (``download_state.py``,
+``direct_copy.py``, ``cache_route.py``).
 
 A hub file whose size the task states, at most 64 KiB, is asked for over a kept plain HTTP/1.1
 connection instead (``hub_line.py``: requests' layers cost a small task a tenth of its CPU); its
