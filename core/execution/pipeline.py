@@ -7,7 +7,8 @@ disk space) raise ``InfrastructureError`` so the task fails with that message. A
 unreachable (until the download's deadline, or until the worker began to stop) is no failure of
 the task: ``HubUnavailableError`` sends it back to the queue, like a stop now.
 Conversions run in converter children under the worker's limits (``Pipeline.sandbox``); a limit reached
-is a ``success: false`` result. Small plain-text inputs are the exception (``converts_inline``).
+is a ``success: false`` result. Small plain-text inputs are the exception (``converts_inline``):
+downloaded into memory when the task states their size, they never touch the disk.
 """
 
 from __future__ import annotations
@@ -17,19 +18,21 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import structlog
 
 from morag_worker.core.execution.progress_reporter import ProgressReporter
 from morag_worker.core.execution.task_args import TaskRequest
 from morag_worker.core.processing import ProcessingError, ProcessorRegistry, TaskCancelled
-from morag_worker.core.processing.base import Processor
+from morag_worker.core.processing.base import ProcessedContent, Processor
 from morag_worker.core.processing.sandbox import ConversionRequest, ConverterSandbox
 from morag_worker.core.processing.text import TextProcessor, declared_charset
 from morag_worker.core.results import TaskResult, TaskStage
 from morag_worker.core.transfer.downloader import (
     DownloadCancelled,
+    Downloaded,
+    DownloadedBytes,
     Downloader,
     DownloadFailed,
     HubUnreachable,
@@ -39,6 +42,7 @@ from morag_worker.core.transfer.downloader import (
     TooLarge,
     TransferError,
     UnsafeURL,
+    write_input,
 )
 
 __all__ = [
@@ -56,7 +60,7 @@ log = structlog.get_logger(__name__)
 INLINE_TEXT_MAX_BYTES = 64 * 1024
 
 
-def converts_inline(processor: Processor, path: Path, options: Mapping[str, Any]) -> bool:
+def converts_inline(processor: Processor, size: int, options: Mapping[str, Any]) -> TypeGuard[TextProcessor]:
     """True for a small plain-text input, converted in this process without a converter child.
 
     A converter child costs 4-9 ms to fork and reap, more than the 40-byte task's whole budget
@@ -68,12 +72,12 @@ def converts_inline(processor: Processor, path: Path, options: Mapping[str, Any]
     copies of 64 KiB, the time linear and well under a millisecond a KiB, and the output no
     larger than the input, far under every converter limit. No C parser of the input runs.
     """
-    if not isinstance(processor, TextProcessor) or processor.fmt != "text" or declared_charset(options):
-        return False
-    try:
-        return path.stat().st_size <= INLINE_TEXT_MAX_BYTES
-    except OSError:
-        return False
+    return (
+        isinstance(processor, TextProcessor)
+        and processor.fmt == "text"
+        and not declared_charset(options)
+        and size <= INLINE_TEXT_MAX_BYTES
+    )
 
 
 class InfrastructureError(RuntimeError):
@@ -140,31 +144,57 @@ class Pipeline:
         return result
 
     def _download_and_process(self, reporter: ProgressReporter, request: TaskRequest) -> TaskResult:
-        with TaskWorkspace(self.temp_root, reporter.task_id) as workspace, self.downloader_factory() as dl:
+        def notice(line: str) -> None:
+            reporter.report(TaskStage.DOWNLOADING, 0, request.size, line, force=True)
+
+        with self.downloader_factory() as dl:
             reporter.report(TaskStage.DOWNLOADING, 0, request.size, "starting download", force=True)
-            downloaded = dl.download(
-                request.source,
-                workspace.path,
-                expected_sha256=request.sha256,
-                expected_size=request.size,
-                progress=reporter.downloading,
-                cancel=self.cancel_event,
-                notice=lambda line: reporter.report(TaskStage.DOWNLOADING, 0, request.size, line, force=True),
-            )
-            filename = request.filename or downloaded.filename_hint
-            content_type = request.content_type or downloaded.content_type
-            # The file is saved as input.bin: only the task's or the server's name for it is a hint.
-            result = self._convert(
-                reporter, request, downloaded.path, content_type, filename, name_from_path=False
-            )
-            result.metadata.update(
-                source_size=downloaded.size,
-                source_sha256=downloaded.sha256,
-                download_resumes=downloaded.resumes,
-            )
-            if filename:
-                result.metadata.setdefault("filename", filename)
-            return result
+            if request.size is not None and request.size <= INLINE_TEXT_MAX_BYTES:
+                in_memory = dl.download_to_memory(
+                    request.source,
+                    expected_size=request.size,
+                    expected_sha256=request.sha256,
+                    progress=reporter.downloading,
+                    cancel=self.cancel_event,
+                    notice=notice,
+                )
+                return self._convert_small(reporter, request, in_memory)
+            with TaskWorkspace(self.temp_root, reporter.task_id) as workspace:
+                downloaded = dl.download(
+                    request.source,
+                    workspace.path,
+                    expected_size=request.size,
+                    expected_sha256=request.sha256,
+                    progress=reporter.downloading,
+                    cancel=self.cancel_event,
+                    notice=notice,
+                )
+                filename = request.filename or downloaded.filename_hint
+                content_type = request.content_type or downloaded.content_type
+                # The file is saved as input.bin: only the task's or the server's name for it is a hint.
+                result = self._convert(
+                    reporter, request, downloaded.path, content_type, filename, name_from_path=False
+                )
+                return _with_source(result, downloaded, filename)
+
+    def _convert_small(
+        self, reporter: ProgressReporter, request: TaskRequest, downloaded: DownloadedBytes
+    ) -> TaskResult:
+        """A small input, kept in memory: plain text converts there and never touches the disk
+        (a task folder and its file cost a 40-byte task a tenth of its CPU, issue 14); anything
+        else is written to its task folder and converted as a download into a file would be."""
+        filename = request.filename or downloaded.filename_hint
+        content_type = request.content_type or downloaded.content_type
+        content = downloaded.content
+        reporter.report(TaskStage.PROCESSING, 0, None, "converting to markdown", force=True)
+        processor = self.registry.resolve(content_type, filename, content, name_from_path=False)
+        if converts_inline(processor, len(content), request.options):
+            processed = processor.process_bytes(content, request.options, reporter.processing)
+            return _with_source(_converted(processor, processed), downloaded, filename)
+        with TaskWorkspace(self.temp_root, reporter.task_id) as workspace:
+            path = write_input(workspace.path, content)
+            result = self._run_processor(reporter, request, processor, path, content_type, filename, False)
+            return _with_source(result, downloaded, filename)
 
     def _process_local(self, reporter: ProgressReporter, request: TaskRequest) -> TaskResult:
         path = Path(request.source)
@@ -184,11 +214,44 @@ class Pipeline:
     ) -> TaskResult:
         reporter.report(TaskStage.PROCESSING, 0, None, "converting to markdown", force=True)
         processor = self.registry.resolve(content_type, filename, path, name_from_path=name_from_path)
-        if self.sandbox is None or converts_inline(processor, path, request.options):
+        return self._run_processor(reporter, request, processor, path, content_type, filename, name_from_path)
+
+    def _run_processor(
+        self,
+        reporter: ProgressReporter,
+        request: TaskRequest,
+        processor: Processor,
+        path: Path,
+        content_type: str | None,
+        filename: str | None,
+        name_from_path: bool,
+    ) -> TaskResult:
+        """Convert the file at ``path`` in a converter child (in this process for small plain text)."""
+        try:
+            inline = converts_inline(processor, path.stat().st_size, request.options)
+        except OSError:
+            inline = False  # gone meanwhile: the converter child says so as for any unreadable file
+        if self.sandbox is None or inline:
             processed = processor.process(path, request.options, reporter.processing)
         else:
             job = ConversionRequest(path, request.options, content_type, filename, name_from_path)
             processed = self.sandbox.convert(processor, job, reporter.processing, self.cancel_event)
-        metadata = dict(processed.metadata)
-        metadata.setdefault("processor", processor.name)
-        return TaskResult(success=True, content=processed.markdown, metadata=metadata)
+        return _converted(processor, processed)
+
+
+def _converted(processor: Processor, processed: ProcessedContent) -> TaskResult:
+    metadata = dict(processed.metadata)
+    metadata.setdefault("processor", processor.name)
+    return TaskResult(success=True, content=processed.markdown, metadata=metadata)
+
+
+def _with_source(result: TaskResult, downloaded: Downloaded, filename: str | None) -> TaskResult:
+    """The result with what was downloaded: its size, SHA-256, resumes and name."""
+    result.metadata.update(
+        source_size=downloaded.size,
+        source_sha256=downloaded.sha256,
+        download_resumes=downloaded.resumes,
+    )
+    if filename:
+        result.metadata.setdefault("filename", filename)
+    return result

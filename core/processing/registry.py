@@ -195,14 +195,20 @@ class ProcessorRegistry:
         return found
 
     def resolve(
-        self, content_type: str | None, filename: str | None, path: Path, *, name_from_path: bool = True
+        self,
+        content_type: str | None,
+        filename: str | None,
+        path: Path | bytes,
+        *,
+        name_from_path: bool = True,
     ) -> Processor:
         """The processor for the file at ``path``; see the module docstring for the order of the rules.
 
         Args:
             content_type: The task's content type (MIME type or short name), or None.
             filename: The file's original name (its extension is used), or None to use ``path``'s.
-            path: The local file, whose content is sniffed (and overrides the hints, see above).
+            path: The local file, whose content is sniffed (and overrides the hints, see above); or
+                the bytes of a small input kept in memory, which have no name of their own.
             name_from_path: False where ``path``'s name is ours, not the file's (a download's ``input.bin``):
                 then only ``filename`` is a hint, and no message names ``.bin``.
 
@@ -213,11 +219,11 @@ class ProcessorRegistry:
         """
         wanted = _normalize_type(content_type)
         hinted = None if not wanted or wanted in _GENERIC_TYPES else self._lookup_type(wanted)
-        name = filename or (path.name if name_from_path else "")
+        name = filename or (path.name if name_from_path and not isinstance(path, bytes) else "")
         extension = PurePath(name).suffix.lower()
         if hinted is None and extension:
             hinted = self._by_extension.get(extension)
-        empty = path.stat().st_size == 0
+        empty = not path if isinstance(path, bytes) else path.stat().st_size == 0
         sniffed = None if empty else sniff(path)
         found = self._weigh(hinted, sniffed)
         if wanted in _FALLBACK and (found is None or (sniffed is not None and sniffed.format == "text")):

@@ -13,8 +13,8 @@ or it is a judgement on text (HTML, XML, JSON, CSV or plain text look alike at t
 - Text: HTML (a doctype or ``<html``), XML (``<?xml``), JSON (parses), CSV (every line has the same number of
   fields, two or more), else plain text. Bytes with control characters are not text.
 
-Reads at most :data:`MAX_TEXT_SNIFF` bytes plus a zip's directory and two small members. Runs on the calling
-thread.
+Reads at most :data:`MAX_TEXT_SNIFF` bytes plus a zip's directory and two small members. Judges a file on disk
+or, for a small input kept in memory, its bytes, the same way. Runs on the calling thread.
 """
 
 from __future__ import annotations
@@ -110,9 +110,9 @@ def _main_part_type(zf: zipfile.ZipFile, names: set[str]) -> str | None:
     return default
 
 
-def _sniff_zip(path: Path) -> Sniffed | None:
+def _sniff_zip(source: Path | bytes) -> Sniffed | None:
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source) as zf:
             names = set(zf.namelist())
             if "mimetype" in names:
                 mimetype = _member(zf, "mimetype", 100).strip().decode("ascii", "replace")
@@ -186,7 +186,7 @@ def _looks_like_csv(head: bytes, whole: bool) -> bool:
     return False
 
 
-def _sniff_text(head: bytes, path: Path, size: int) -> Sniffed | None:
+def _sniff_text(head: bytes, source: Path | bytes, size: int) -> Sniffed | None:
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return Sniffed("text", False)
     head = head.removeprefix(codecs.BOM_UTF8)
@@ -201,7 +201,8 @@ def _sniff_text(head: bytes, path: Path, size: int) -> Sniffed | None:
     if lowered[:1] in (b"{", b"["):
         data = head
         if not whole and size <= MAX_TEXT_SNIFF:
-            data, whole = path.read_bytes().removeprefix(codecs.BOM_UTF8), True
+            data = source if isinstance(source, bytes) else source.read_bytes()
+            data, whole = data.removeprefix(codecs.BOM_UTF8), True
         if _looks_like_json(data, whole):
             return Sniffed("json", False)
     if _looks_like_csv(head, whole):
@@ -209,20 +210,24 @@ def _sniff_text(head: bytes, path: Path, size: int) -> Sniffed | None:
     return Sniffed("text", False)  # no control characters in the first 8 KiB: text in some encoding
 
 
-def sniff(path: Path) -> Sniffed | None:
-    """The format of the file at ``path`` judged by its content, or None when it is not recognised."""
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(_HEAD)
+def sniff(source: Path | bytes) -> Sniffed | None:
+    """The format of the file at ``source``, or of its bytes, judged by its content; None when it is
+    not recognised."""
+    if isinstance(source, bytes):
+        size, head = len(source), source[:_HEAD]
+    else:
+        size = source.stat().st_size
+        with source.open("rb") as f:
+            head = f.read(_HEAD)
     if not head:
         return None
     if head.startswith(b"%PDF-"):
         return Sniffed("pdf", True)
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        return _sniff_zip(path)
+        return _sniff_zip(source)
     if b"%PDF-" in head[:1024]:
         return Sniffed("pdf", False)  # readers accept junk before the header
-    return _sniff_media(head) or _sniff_text(head, path, size)
+    return _sniff_media(head) or _sniff_text(head, source, size)
 
 
 def sniff_format(path: Path) -> str | None:

@@ -118,9 +118,15 @@ class TextProcessor:
 
     def process(self, path: Path, options: Mapping[str, Any], progress: ProgressFn) -> ProcessedContent:
         """Decode the file and return it unchanged but for line endings (title from a markdown heading)."""
+        return self.process_bytes(path.read_bytes(), options, progress)
+
+    def process_bytes(
+        self, data: bytes, options: Mapping[str, Any], progress: ProgressFn
+    ) -> ProcessedContent:
+        """:meth:`process` for bytes already in memory (a small input that never touched the disk)."""
         what = "the markdown file" if self.fmt == "markdown" else "the text file"
         progress(0, 1, "reading text")
-        decoded = decode_text(path.read_bytes(), declared=declared_charset(options), what=what)
+        decoded = decode_text(data, declared=declared_charset(options), what=what)
         text = _normalize_newlines(decoded.text)
         title = None
         if self.fmt == "markdown":

@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import structlog
 import urllib3
@@ -151,8 +151,8 @@ class TransferJob:
 
     host: str
     is_hub: bool
-    dest_dir: Path
-    fh: io.FileIO
+    dest_dir: Path | None  # where the file is written; None for a small body kept in memory
+    fh: BinaryIO  # the open input.bin (unbuffered), or an io.BytesIO for a body kept in memory
     limits: DownloadLimits
     clock: Callable[[], float]
     deadline: float
@@ -305,7 +305,7 @@ class TransferJob:
                     f"The file at {self.host} is {self.total} bytes; the task expects {self.expected_size}."
                 )
         known = self.total if self.total is not None else self.expected_size
-        if known is not None:
+        if known is not None and self.dest_dir is not None:
             check_disk_space(self.dest_dir, known - self.have, self.limits.disk_reserve_bytes, self.host)
 
     def take(self, body: bytes) -> None:
@@ -600,13 +600,13 @@ def _run_now(fn: Callable[..., None], *args: Any) -> Future[None]:
     return done
 
 
-def write_pieces(fh: io.FileIO, pieces: list[bytes]) -> None:
+def write_pieces(fh: BinaryIO, pieces: list[bytes]) -> None:
     """Write every piece, in order."""
     for piece in pieces:
         write_all(fh, piece)
 
 
-def write_all(fh: io.FileIO, data: bytes) -> None:
+def write_all(fh: BinaryIO, data: bytes) -> None:
     """Write every byte of ``data`` to an unbuffered file (raw writes may be short)."""
     view = memoryview(data)
     while view:

@@ -23,6 +23,9 @@ cache where the disk holds it back and that is measured faster (``download_state
 A hub file whose size the task states, at most 64 KiB, is asked for over a kept plain HTTP/1.1
 connection instead (``hub_line.py``: requests' layers cost a small task a tenth of its CPU); its
 answer goes through the same checks, and one that line does not read is asked for again the full way.
+:meth:`Downloader.download_to_memory` keeps such a body (from the hub or not) in memory instead of
+``input.bin``: the stated size bounds it before the server is asked, and every check, retry and
+resume is the file's.
 
 Runs on the calling (task) thread, plus one helper thread per download that lives only inside
 ``download()``. A Downloader and its ``requests.Session`` serve one thread at a time; ``cancel``
@@ -32,6 +35,7 @@ so a body read to its end leaves its connection open for the next download from 
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import ssl
@@ -41,6 +45,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -57,6 +62,7 @@ from morag_worker.core.transfer.download_state import (
     RetryableFailure,
     TransferJob,
     check_disk_space,
+    write_all,
 )
 from morag_worker.core.transfer.errors import (
     DownloadCancelled,
@@ -85,9 +91,12 @@ from morag_worker.core.units import human_bytes
 
 __all__ = [
     "INPUT_NAME",
+    "MEMORY_MAX_BYTES",
     "DownloadCancelled",
     "DownloadFailed",
+    "Downloaded",
     "DownloadLimits",
+    "DownloadedBytes",
     "DownloadedFile",
     "Downloader",
     "HubUnreachable",
@@ -101,7 +110,9 @@ __all__ = [
     "UnsafeURL",
     "UrlPolicy",
     "check_url",
+    "create_input",
     "sweep_stale_workspaces",
+    "write_input",
 ]
 
 log = structlog.get_logger(__name__)
@@ -114,16 +125,16 @@ WAIT_SLICE_S = 0.5  # how often a wait for the hub looks whether the worker is s
 LINE_MISSES_TO_STOP = 3
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})  # with a Location: what requests calls a redirect
 NOTABLE_DOWNLOAD_S = 1.0  # a download that took longer is logged at INFO; a quick one at DEBUG
+MEMORY_MAX_BYTES = SMALL_BYTES  # the most a body kept in memory may be (the hub line's small file)
 
 
 @dataclass(frozen=True)
-class DownloadedFile:
-    """A completed download. ``filename_hint`` is a sanitised display name, never a path.
+class Downloaded:
+    """What every completed download tells. ``filename_hint`` is a sanitised display name, never a path.
 
     ``verified`` is True when the SHA-256 was checked against the task's or the server's value.
     """
 
-    path: Path
     size: int
     sha256: str
     content_type: str | None
@@ -131,6 +142,60 @@ class DownloadedFile:
     resumes: int
     attempts: int
     verified: bool
+
+
+@dataclass(frozen=True)
+class DownloadedFile(Downloaded):
+    """A completed download into a file (``input.bin``)."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class DownloadedBytes(Downloaded):
+    """A completed download of a small body kept in memory (:meth:`Downloader.download_to_memory`)."""
+
+    content: bytes
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """A download's checked arguments."""
+
+    url: str
+    host: str
+    is_hub: bool
+    want_sha: str | None
+    expected_size: int | None
+
+
+def create_input(dest_dir: Path) -> tuple[Path, io.FileIO]:
+    """``dest_dir/input.bin``, created 0600 and opened unbuffered for writing; FileExistsError if it
+    exists (a link there is never followed)."""
+    path = dest_dir / INPUT_NAME
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    return path, io.FileIO(os.open(path, flags, 0o600), "wb", closefd=True)
+
+
+def write_input(dest_dir: Path, content: bytes) -> Path:
+    """A body downloaded into memory written as ``dest_dir/input.bin``, for a converter that reads files."""
+    path, file = create_input(dest_dir)
+    with file:
+        write_all(file, content)
+    return path
+
+
+def _what_was_fetched(job: TransferJob) -> dict[str, Any]:
+    """The :class:`Downloaded` fields of a finished job."""
+    return {
+        "size": job.have,
+        "sha256": job.hasher.hexdigest(),
+        "content_type": job.content_type,
+        "filename_hint": job.filename_hint,
+        "resumes": job.resumes,
+        "attempts": job.attempts,
+        "verified": (job.want_sha or job.server_sha) is not None,
+    }
 
 
 class Downloader:
@@ -247,6 +312,46 @@ class Downloader:
             ``expected_sha256`` or a negative ``expected_size``; FileExistsError if ``input.bin``
             already exists.
         """
+        asked = self._asked(url, expected_sha256, expected_size)
+        if expected_size is not None:  # refuse before connecting; checked again once the server answers
+            check_disk_space(Path(dest_dir), expected_size, self.limits.disk_reserve_bytes, asked.host)
+        path, file = create_input(Path(dest_dir))
+        complete = False
+        try:
+            with file:
+                job = self._transfer(asked, file, Path(dest_dir), progress, cancel, notice)
+            complete = True
+        finally:
+            if not complete:
+                path.unlink(missing_ok=True)
+        return DownloadedFile(path=path, **_what_was_fetched(job))
+
+    def download_to_memory(
+        self,
+        url: str,
+        *,
+        expected_size: int,
+        expected_sha256: str | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+        notice: Callable[[str], None] | None = None,
+    ) -> DownloadedBytes:
+        """:meth:`download` of a body of at most ``MEMORY_MAX_BYTES`` into memory: no file, no folder.
+
+        The task states the size, and no more bytes than that are ever taken (``TransferJob`` refuses
+        them as it would for a file), so memory is bounded before the server is asked. Every other
+        check, retry and resume is the file's. Raises as :meth:`download` does, and ValueError for
+        an ``expected_size`` over ``MEMORY_MAX_BYTES``.
+        """
+        if expected_size > MEMORY_MAX_BYTES:
+            raise ValueError(f"a body kept in memory is at most {MEMORY_MAX_BYTES} bytes")
+        asked = self._asked(url, expected_sha256, expected_size)
+        body = io.BytesIO()
+        job = self._transfer(asked, body, None, progress, cancel, notice)
+        return DownloadedBytes(content=body.getvalue(), **_what_was_fetched(job))
+
+    def _asked(self, url: str, expected_sha256: str | None, expected_size: int | None) -> _Asked:
+        """The request's checked arguments; TooLarge for a stated size over the cap, before connecting."""
         want_sha = None
         if expected_sha256 is not None:
             want_sha = expected_sha256.strip().lower()
@@ -255,47 +360,47 @@ class Downloader:
         if expected_size is not None and expected_size < 0:
             raise ValueError("expected_size must not be negative")
         url = normalise_url(url)
-        host, is_hub, cap = origin_of(url).display, self.policy.is_hub(url), self.limits.max_bytes
+        host, cap = origin_of(url).display, self.limits.max_bytes
         if expected_size is not None and expected_size > cap:
             size = human_bytes(expected_size)
             raise TooLarge(f"The file at {host} is {size}, over the {human_bytes(cap)} limit.")
-        if expected_size is not None:  # refuse before connecting; checked again once the server answers
-            check_disk_space(Path(dest_dir), expected_size, self.limits.disk_reserve_bytes, host)
-        path = Path(dest_dir) / INPUT_NAME
-        flags = (
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
-        )
-        fd = os.open(path, flags, 0o600)
+        return _Asked(url, host, self.policy.is_hub(url), want_sha, expected_size)
+
+    def _transfer(
+        self,
+        asked: _Asked,
+        fh: BinaryIO,
+        dest_dir: Path | None,
+        progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+        notice: Callable[[str], None] | None,
+    ) -> TransferJob:
+        """Fetch the body into ``fh`` (attempts, retries, checks); the finished job says what came."""
+        host = asked.host
         started = self._clock()
-        log.debug("download.start", host=host, hub=is_hub, expected_size=expected_size)
-        complete = False
+        log.debug("download.start", host=host, hub=asked.is_hub, expected_size=asked.expected_size)
+        job = TransferJob(
+            host=host,
+            is_hub=asked.is_hub,
+            dest_dir=dest_dir,
+            fh=fh,
+            limits=self.limits,
+            clock=self._clock,
+            deadline=started + self.limits.deadline_s,
+            want_sha=asked.want_sha,
+            expected_size=asked.expected_size,
+            progress_callback=progress,
+            cancel=cancel,
+            # Only a file can be written around the page cache; a body in memory is small anyway.
+            direct_min=download_state.DIRECT_MIN_BYTES if self._direct_io and dest_dir is not None else None,
+        )
         try:
-            with os.fdopen(fd, "wb", buffering=0) as fh:
-                job = TransferJob(
-                    host=host,
-                    is_hub=is_hub,
-                    dest_dir=Path(dest_dir),
-                    fh=fh,
-                    limits=self.limits,
-                    clock=self._clock,
-                    deadline=started + self.limits.deadline_s,
-                    want_sha=want_sha,
-                    expected_size=expected_size,
-                    progress_callback=progress,
-                    cancel=cancel,
-                    direct_min=download_state.DIRECT_MIN_BYTES if self._direct_io else None,
-                )
-                try:
-                    self._run(job, url, notice)
-                finally:
-                    job.close()
-            complete = True
+            self._run(job, asked.url, notice)
         except TransferError as exc:
             log.warning("download.failed", host=host, error=type(exc).__name__, message=str(exc))
             raise
         finally:
-            if not complete:
-                path.unlink(missing_ok=True)
+            job.close()
         elapsed = max(self._clock() - started, 1e-9)
         # A task's one line at INFO is its task.done; a download a person waited for says so too.
         (log.info if elapsed >= NOTABLE_DOWNLOAD_S else log.debug)(
@@ -309,16 +414,7 @@ class Downloader:
             direct=job.direct,
             around_cache=job.around_cache,
         )
-        return DownloadedFile(
-            path=path,
-            size=job.have,
-            sha256=job.hasher.hexdigest(),
-            content_type=job.content_type,
-            filename_hint=job.filename_hint,
-            resumes=job.resumes,
-            attempts=job.attempts,
-            verified=(job.want_sha or job.server_sha) is not None,
-        )
+        return job
 
     def _run(self, job: TransferJob, url: str, notice: Callable[[str], None] | None) -> None:
         while True:

@@ -141,6 +141,14 @@ def test_sniffing_xml_and_web_pages_without_doctype(registry: ProcessorRegistry,
 CERTAIN = {"pdf", "docx", "xlsx", "pptx", "epub"}
 
 
+def sniffed(path: Path) -> sniff.Sniffed | None:
+    """What ``sniff`` finds in the file, having checked that its bytes in memory sniff the same (a
+    small download is judged in memory)."""
+    found = sniff.sniff(path)
+    assert sniff.sniff(path.read_bytes()) == found
+    return found
+
+
 @pytest.mark.parametrize(
     ("sample", "expected"),
     SAMPLE_FORMATS,
@@ -148,7 +156,7 @@ CERTAIN = {"pdf", "docx", "xlsx", "pptx", "epub"}
 def test_sniff_each_format_from_content_alone(tmp_path: Path, sample: str, expected: str) -> None:
     saved = tmp_path / "input.bin"
     shutil.copyfile(SAMPLES / sample, saved)
-    assert sniff.sniff(saved) == sniff.Sniffed(expected, certain=expected in CERTAIN)
+    assert sniffed(saved) == sniff.Sniffed(expected, certain=expected in CERTAIN)
 
 
 def opc(main_part: str, main_type: str, *, extra_defaults: str = "", rels: bool = True) -> dict[str, bytes]:
@@ -201,7 +209,7 @@ XLSX_TYPE = OOXML + "spreadsheetml.sheet"
 def test_sniff_zip_containers_by_what_they_declare(
     tmp_path: Path, members: dict[str, bytes], expected: str
 ) -> None:
-    found = sniff.sniff(write(tmp_path, "input.bin", a_zip(members)))
+    found = sniffed(write(tmp_path, "input.bin", a_zip(members)))
     assert found == sniff.Sniffed(expected, certain=True)
 
 
@@ -225,14 +233,14 @@ def test_sniff_zip_containers_by_what_they_declare(
     ],
 )
 def test_sniff_text_formats(tmp_path: Path, data: bytes, expected: str) -> None:
-    assert sniff.sniff(write(tmp_path, "input.bin", data)) == sniff.Sniffed(expected, certain=False)
+    assert sniffed(write(tmp_path, "input.bin", data)) == sniff.Sniffed(expected, certain=False)
 
 
 def test_sniff_damaged_unknown_and_empty(tmp_path: Path) -> None:
     cut = (SAMPLES / "sample.docx").read_bytes()[:20000]
-    assert sniff.sniff(write(tmp_path, "cut", cut)) == sniff.Sniffed(sniff.DAMAGED_ZIP, certain=False)
-    assert sniff.sniff(write(tmp_path, "noise", bytes(range(256)) * 4)) is None
-    assert sniff.sniff(write(tmp_path, "empty", b"")) is None
+    assert sniffed(write(tmp_path, "cut", cut)) == sniff.Sniffed(sniff.DAMAGED_ZIP, certain=False)
+    assert sniffed(write(tmp_path, "noise", bytes(range(256)) * 4)) is None
+    assert sniffed(write(tmp_path, "empty", b"")) is None
     assert sniff.sniff_format(SAMPLES / "sample.pdf") == "pdf"
 
 
@@ -241,7 +249,7 @@ def test_sniff_reads_a_bounded_amount_of_a_hostile_manifest(tmp_path: Path) -> N
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("[Content_Types].xml", b"<" * (64 << 20))  # 64 MiB of one byte: 64 KiB stored
     started = time.monotonic()
-    assert sniff.sniff(write(tmp_path, "bomb", buf.getvalue())) == sniff.Sniffed("zip", certain=True)
+    assert sniffed(write(tmp_path, "bomb", buf.getvalue())) == sniff.Sniffed("zip", certain=True)
     assert time.monotonic() - started < 5
 
 
@@ -296,6 +304,8 @@ def test_content_decides_where_a_hint_would_break_the_parser(
     saved = tmp_path / "input.bin"
     shutil.copyfile(SAMPLES / sample, saved)
     assert registry.resolve(content_type, filename, saved).name == expected
+    # A small download is resolved from its bytes in memory, which have no name: the same answer.
+    assert registry.resolve(content_type, filename, saved.read_bytes()).name == expected
     content = run(registry, saved, content_type=content_type, filename=filename)
     assert content.metadata["format"] == expected
     assert "pypdf" in content.markdown  # a cell of the table every sample holds

@@ -21,12 +21,12 @@ import structlog.testing
 from morag_worker.core.cli.devstack import RedisServer
 from morag_worker.core.execution.context import WorkerRuntime
 from morag_worker.core.execution.deliveries import DeliveryCounter
-from morag_worker.core.execution.pipeline import INLINE_TEXT_MAX_BYTES, converts_inline
+from morag_worker.core.execution.pipeline import INLINE_TEXT_MAX_BYTES, InfrastructureError, converts_inline
 from morag_worker.core.execution.progress_reporter import ProgressReporter, SettledStates
 from morag_worker.core.execution.task_args import read_task
 from morag_worker.core.processing import ProcessorRegistry
 from morag_worker.core.processing.text import TextProcessor
-from morag_worker.core.results import ProgressMeta
+from morag_worker.core.results import ProgressMeta, TaskResult
 from tests.httpserver import HTTPTestServer, Route
 from tests.processes import wait_for
 
@@ -51,9 +51,15 @@ def runtime_for(hub: HTTPTestServer, tmp_path: Path) -> WorkerRuntime:
     return runtime
 
 
+def task_result(
+    runtime: WorkerRuntime, url: str, task_id: str, content_type: str = "text/plain", **options: Any
+) -> TaskResult:
+    request = read_task(PARAMS, (url, USER, content_type, options), {}, remote=True, own_user_id=USER)
+    return runtime.pipeline().run_file(ProgressReporter(task_id, []), request, remote=True, url_task=False)
+
+
 def run_task(runtime: WorkerRuntime, url: str, task_id: str) -> str:
-    request = read_task(PARAMS, (url, USER, "text/plain", {}), {}, remote=True, own_user_id=USER)
-    result = runtime.pipeline().run_file(ProgressReporter(task_id, []), request, remote=True, url_task=False)
+    result = task_result(runtime, url, task_id)
     assert result.success, result.error_message
     return result.content or ""
 
@@ -203,11 +209,12 @@ def test_only_small_plain_text_without_a_declared_charset_converts_inline(tmp_pa
     small.write_text("hello\n")
     big.write_text("x" * (INLINE_TEXT_MAX_BYTES + 1))
     text, markdown = TextProcessor("text"), TextProcessor("markdown")
-    assert converts_inline(text, small, {})
-    assert not converts_inline(text, big, {})
-    assert not converts_inline(markdown, small, {})
-    assert not converts_inline(text, small, {"charset": "punycode"})
-    assert not converts_inline(ProcessorRegistry.default().resolve("text/html", None, small), small, {})
+    size, too_big = small.stat().st_size, big.stat().st_size
+    assert converts_inline(text, size, {})
+    assert not converts_inline(text, too_big, {})
+    assert not converts_inline(markdown, size, {})
+    assert not converts_inline(text, size, {"charset": "punycode"})
+    assert not converts_inline(ProcessorRegistry.default().resolve("text/html", None, small), size, {})
 
 
 def test_a_small_text_task_forks_no_converter_child(
@@ -222,6 +229,46 @@ def test_a_small_text_task_forks_no_converter_child(
     monkeypatch.setattr(sandbox, "spawn_child", no_child)
     hub.route("/a", Route(body=b"a tiny input\n"))
     assert "a tiny input" in run_task(runtime_for(hub, tmp_path), hub.url("/a"), "t1")
+
+
+# -- a small input of stated size stays in memory ----------------------------------------------
+
+
+def test_a_small_text_input_of_stated_size_never_touches_the_disk(
+    hub: HTTPTestServer, tmp_path: Path
+) -> None:
+    body = b"a tiny input\r\nof two lines\n"
+    route = hub.route("/a", Route(body=body))
+    temp = tmp_path / "tasks"
+    result = task_result(runtime_for(hub, temp), hub.url("/a"), "t1", size=len(body), sha256=route.sha256)
+    assert result.success, result.error_message
+    assert result.content == "a tiny input\nof two lines\n"
+    assert (result.metadata["source_size"], result.metadata["source_sha256"]) == (len(body), route.sha256)
+    assert result.metadata["processor"] == "text"
+    assert not temp.exists() or list(temp.iterdir()) == []  # no task folder, not even a spare one
+
+
+def test_a_small_input_that_is_not_plain_text_converts_from_its_task_folder(
+    hub: HTTPTestServer, tmp_path: Path
+) -> None:
+    body = b"# A title\n\nSome *markdown* text.\n"
+    hub.route("/a.md", Route(body=body))
+    temp = tmp_path / "tasks"
+    result = task_result(runtime_for(hub, temp), hub.url("/a.md"), "t1", "text/markdown", size=len(body))
+    assert result.success, result.error_message
+    assert result.metadata["title"] == "A title"
+    assert len(list(temp.iterdir())) == 1  # its task folder, emptied and kept as a spare
+
+
+def test_a_small_input_of_stated_size_is_checked_as_a_file_is(hub: HTTPTestServer, tmp_path: Path) -> None:
+    body = b"a tiny input\n"
+    hub.route("/a", Route(body=body))
+    runtime = runtime_for(hub, tmp_path)
+    with pytest.raises(InfrastructureError, match="SHA-256"):
+        task_result(runtime, hub.url("/a"), "t1", size=len(body), sha256="ab" * 32)
+    assert len(hub.requests("/a")) == 2  # and one fresh download
+    with pytest.raises(InfrastructureError, match="expects 5"):
+        task_result(runtime, hub.url("/a"), "t2", size=5)
 
 
 # -- logging: one line per task at INFO ---------------------------------------------------------

@@ -30,6 +30,7 @@ import structlog.testing
 from morag_worker.core.transfer import cache_route, direct_copy
 from morag_worker.core.transfer import download_state as transfer_job
 from morag_worker.core.transfer.downloader import (
+    MEMORY_MAX_BYTES,
     DownloadCancelled,
     Downloader,
     DownloadFailed,
@@ -212,6 +213,51 @@ def test_malformed_expected_checksum_is_a_value_error(
 ) -> None:
     with pytest.raises(ValueError, match="64 hexadecimal"):
         dl.download(server.url("/f"), tmp_path, expected_sha256="not-a-sha")
+    assert server.requests() == []
+
+
+# --- a small body kept in memory ------------------------------------------------------------------
+
+
+def test_a_small_hub_file_is_kept_in_memory_verified_and_nothing_is_written(
+    server: HTTPTestServer, sleeps: list[float], tmp_path: Path
+) -> None:
+    route = server.route("/f", Route(body=data(MEMORY_MAX_BYTES)))
+    with downloader(sleeps, hub_origin=server.origin, api_key=API_KEY) as dl:
+        got = dl.download_to_memory(server.url("/f"), **_stated(route))
+    assert got.content == route.body and (got.size, got.sha256, got.verified) == (
+        MEMORY_MAX_BYTES,
+        route.sha256,
+        True,
+    )
+    assert server.requests("/f")[0].headers["authorization"] == f"Bearer {API_KEY}"
+    assert_empty(tmp_path)
+
+
+def test_a_small_body_in_memory_resumes_after_a_cut(server: HTTPTestServer, dl: Downloader) -> None:
+    route = server.route("/f", Route(body=data(60 * KiB), cut_after=20_000, cut_times=1))
+    got = dl.download_to_memory(server.url("/f"), **_stated(route))
+    assert (got.content, got.resumes) == (route.body, 1)
+    assert server.requests("/f")[1].headers["range"] == "bytes=20000-"
+
+
+def test_a_small_body_in_memory_is_checked_as_a_file_is(server: HTTPTestServer, dl: Downloader) -> None:
+    server.route("/f", Route(body=b"x" * 100))
+    with pytest.raises(IntegrityError, match="SHA-256"):
+        dl.download_to_memory(server.url("/f"), expected_size=100, expected_sha256="ab" * 32)
+    assert len(server.requests("/f")) == 2  # and one fresh download
+    with pytest.raises(IntegrityError, match="100 bytes; the task expects 50"):
+        dl.download_to_memory(server.url("/f"), expected_size=50)
+    server.route("/unsized", Route(body=b"x" * 100, send_length=False))
+    with pytest.raises(IntegrityError, match="larger than the 50 bytes expected"):
+        dl.download_to_memory(server.url("/unsized"), expected_size=50)
+
+
+def test_a_body_over_what_memory_keeps_is_refused_before_asking(
+    server: HTTPTestServer, dl: Downloader
+) -> None:
+    with pytest.raises(ValueError, match="at most"):
+        dl.download_to_memory(server.url("/f"), expected_size=MEMORY_MAX_BYTES + 1)
     assert server.requests() == []
 
 
