@@ -30,6 +30,7 @@ from morag_worker.core.processing.sandbox import ConversionRequest, ConverterSan
 from morag_worker.core.processing.text import TextProcessor, declared_charset
 from morag_worker.core.results import TaskResult, TaskStage
 from morag_worker.core.transfer.downloader import (
+    MEMORY_MAX_BYTES,
     DownloadCancelled,
     Downloaded,
     DownloadedBytes,
@@ -42,7 +43,6 @@ from morag_worker.core.transfer.downloader import (
     TooLarge,
     TransferError,
     UnsafeURL,
-    write_input,
 )
 
 __all__ = [
@@ -149,7 +149,7 @@ class Pipeline:
 
         with self.downloader_factory() as dl:
             reporter.report(TaskStage.DOWNLOADING, 0, request.size, "starting download", force=True)
-            if request.size is not None and request.size <= INLINE_TEXT_MAX_BYTES:
+            if request.size is not None and request.size <= MEMORY_MAX_BYTES:
                 in_memory = dl.download_to_memory(
                     request.source,
                     expected_size=request.size,
@@ -158,7 +158,7 @@ class Pipeline:
                     cancel=self.cancel_event,
                     notice=notice,
                 )
-                return self._convert_small(reporter, request, in_memory)
+                return self._convert_small(reporter, request, dl, in_memory)
             with TaskWorkspace(self.temp_root, reporter.task_id) as workspace:
                 downloaded = dl.download(
                     request.source,
@@ -169,8 +169,7 @@ class Pipeline:
                     cancel=self.cancel_event,
                     notice=notice,
                 )
-                filename = request.filename or downloaded.filename_hint
-                content_type = request.content_type or downloaded.content_type
+                content_type, filename = _hints(request, downloaded)
                 # The file is saved as input.bin: only the task's or the server's name for it is a hint.
                 result = self._convert(
                     reporter, request, downloaded.path, content_type, filename, name_from_path=False
@@ -178,13 +177,12 @@ class Pipeline:
                 return _with_source(result, downloaded, filename)
 
     def _convert_small(
-        self, reporter: ProgressReporter, request: TaskRequest, downloaded: DownloadedBytes
+        self, reporter: ProgressReporter, request: TaskRequest, dl: Downloader, downloaded: DownloadedBytes
     ) -> TaskResult:
         """A small input, kept in memory: plain text converts there and never touches the disk
-        (a task folder and its file cost a 40-byte task a tenth of its CPU, issue 14); anything
-        else is written to its task folder and converted as a download into a file would be."""
-        filename = request.filename or downloaded.filename_hint
-        content_type = request.content_type or downloaded.content_type
+        (a task folder and its file cost a 40-byte task a fifth of the pool's CPU, issue 14);
+        anything else is written to its task folder and converted as a download into a file is."""
+        content_type, filename = _hints(request, downloaded)
         content = downloaded.content
         reporter.report(TaskStage.PROCESSING, 0, None, "converting to markdown", force=True)
         processor = self.registry.resolve(content_type, filename, content, name_from_path=False)
@@ -192,8 +190,10 @@ class Pipeline:
             processed = processor.process_bytes(content, request.options, reporter.processing)
             return _with_source(_converted(processor, processed), downloaded, filename)
         with TaskWorkspace(self.temp_root, reporter.task_id) as workspace:
-            path = write_input(workspace.path, content)
-            result = self._run_processor(reporter, request, processor, path, content_type, filename, False)
+            path = dl.write_input(workspace.path, downloaded)
+            result = self._run_processor(
+                reporter, request, processor, path, content_type, filename, name_from_path=False
+            )
             return _with_source(result, downloaded, filename)
 
     def _process_local(self, reporter: ProgressReporter, request: TaskRequest) -> TaskResult:
@@ -214,7 +214,9 @@ class Pipeline:
     ) -> TaskResult:
         reporter.report(TaskStage.PROCESSING, 0, None, "converting to markdown", force=True)
         processor = self.registry.resolve(content_type, filename, path, name_from_path=name_from_path)
-        return self._run_processor(reporter, request, processor, path, content_type, filename, name_from_path)
+        return self._run_processor(
+            reporter, request, processor, path, content_type, filename, name_from_path=name_from_path
+        )
 
     def _run_processor(
         self,
@@ -224,6 +226,7 @@ class Pipeline:
         path: Path,
         content_type: str | None,
         filename: str | None,
+        *,
         name_from_path: bool,
     ) -> TaskResult:
         """Convert the file at ``path`` in a converter child (in this process for small plain text)."""
@@ -243,6 +246,11 @@ def _converted(processor: Processor, processed: ProcessedContent) -> TaskResult:
     metadata = dict(processed.metadata)
     metadata.setdefault("processor", processor.name)
     return TaskResult(success=True, content=processed.markdown, metadata=metadata)
+
+
+def _hints(request: TaskRequest, downloaded: Downloaded) -> tuple[str | None, str | None]:
+    """The input's content type and name: the task's, else what the server said."""
+    return request.content_type or downloaded.content_type, request.filename or downloaded.filename_hint
 
 
 def _with_source(result: TaskResult, downloaded: Downloaded, filename: str | None) -> TaskResult:

@@ -1,6 +1,7 @@
 """One download's state across its attempts, and what it does with each response.
 
-:class:`TransferJob` owns the open ``input.bin``, the running SHA-256 and the byte count. For each
+:class:`TransferJob` owns the open ``input.bin`` (or, for a small body kept in memory, an
+``io.BytesIO``), the running SHA-256 and the byte count. For each
 response the downloader hands it, it decides (:meth:`TransferJob.accept`) whether the status and
 headers let it store a body (206 resumes at our offset, 200 restarts, 416 may mean complete), then
 copies the body (:meth:`TransferJob.stream`) under the size cap, the deadline and the minimum rate,
@@ -64,12 +65,13 @@ __all__ = [
     "RetryableFailure",
     "TransferJob",
     "check_disk_space",
+    "disk_full",
 ]
 
 log = structlog.get_logger(__name__)
 
 _WRITE_AHEAD = 2
-_INLINE_WRITE_BYTES = 64 * 1024  # a smaller last (or only) write is made on the downloading thread
+_INLINE_WRITE_BYTES = 64 * 1024  # a last (or only) write of at most this is made on the downloading thread
 DIRECT_MIN_BYTES = 4 * MiB  # a body with less left to read is copied the portable way
 ProgressCallback = Callable[[int, int | None], None]
 
@@ -82,6 +84,11 @@ def check_disk_space(dest_dir: Path, need: int, reserve: int, host: str) -> None
             f"Not enough disk space for the file from {host}: it needs {human_bytes(need)} "
             f"plus a {human_bytes(reserve)} reserve, and {human_bytes(free)} is free."
         )
+
+
+def disk_full(exc: OSError) -> bool:
+    """Whether a failed write found the disk (or the user's quota) full."""
+    return exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 class RetryableFailure(Exception):
@@ -185,6 +192,8 @@ class TransferJob:
     _ring: list[_Slot] = field(init=False, repr=False, default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.dest_dir is None and self.direct_min is not None:
+            raise ValueError("only a file is received directly (it is written around the page cache)")
         self.hasher = hashlib.sha256()
         self.progress = _Throttle(self.progress_callback, self.clock, self.limits.progress_interval_s)
         # One helper thread, so hashing a chunk overlaps writing the previous one (both release
@@ -215,7 +224,7 @@ class TransferJob:
         return self.have > 0 and not self.encoded
 
     def restart(self) -> None:
-        """Forget every byte: truncate the file and start a fresh hash."""
+        """Forget every byte: truncate the file (or the memory) and start a fresh hash."""
         self.flush()
         self.fh.seek(0)
         self.fh.truncate()
@@ -539,8 +548,9 @@ class TransferJob:
         self._batch, self._batch_bytes = [], 0
         if len(self._pending) >= _WRITE_AHEAD:
             self._settle(self._pending.popleft())
-        if size < _INLINE_WRITE_BYTES and not self._pending:
-            # A small file's only write: starting the writer thread would cost more.
+        if size <= _INLINE_WRITE_BYTES and not self._pending:
+            # A small file's only write (a body kept in memory is one): starting the writer thread
+            # would cost more.
             self._pending.append(_run_now(write_pieces, self.fh, batch))
         else:
             self._pending.append(self._writer.submit(write_pieces, self.fh, batch))
@@ -561,7 +571,7 @@ class TransferJob:
             raise self._write_failed(exc) from None
 
     def _write_failed(self, exc: OSError) -> InsufficientDiskSpace | DownloadFailed:
-        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        if disk_full(exc):
             done = human_bytes(self.have)
             return InsufficientDiskSpace(
                 f"The disk ran out of space after {done} of the file from {self.host}."

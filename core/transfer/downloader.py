@@ -27,8 +27,8 @@ answer goes through the same checks, and one that line does not read is asked fo
 ``input.bin``: the stated size bounds it before the server is asked, and every check, retry and
 resume is the file's.
 
-Runs on the calling (task) thread, plus one helper thread per download that lives only inside
-``download()``. A Downloader and its ``requests.Session`` serve one thread at a time; ``cancel``
+Runs on the calling (task) thread, plus helper threads that live only inside one download (none
+for a body kept in memory). A Downloader and its ``requests.Session`` serve one thread at a time; ``cancel``
 may be set from any thread. A worker keeps one per process and thread (``execution/context.py``),
 so a body read to its end leaves its connection open for the next download from that host.
 """
@@ -62,6 +62,7 @@ from morag_worker.core.transfer.download_state import (
     RetryableFailure,
     TransferJob,
     check_disk_space,
+    disk_full,
     write_all,
 )
 from morag_worker.core.transfer.errors import (
@@ -112,7 +113,6 @@ __all__ = [
     "check_url",
     "create_input",
     "sweep_stale_workspaces",
-    "write_input",
 ]
 
 log = structlog.get_logger(__name__)
@@ -132,9 +132,11 @@ MEMORY_MAX_BYTES = SMALL_BYTES  # the most a body kept in memory may be (the hub
 class Downloaded:
     """What every completed download tells. ``filename_hint`` is a sanitised display name, never a path.
 
-    ``verified`` is True when the SHA-256 was checked against the task's or the server's value.
+    ``verified`` is True when the SHA-256 was checked against the task's or the server's value;
+    ``host`` names the server in messages.
     """
 
+    host: str
     size: int
     sha256: str
     content_type: str | None
@@ -177,17 +179,10 @@ def create_input(dest_dir: Path) -> tuple[Path, io.FileIO]:
     return path, io.FileIO(os.open(path, flags, 0o600), "wb", closefd=True)
 
 
-def write_input(dest_dir: Path, content: bytes) -> Path:
-    """A body downloaded into memory written as ``dest_dir/input.bin``, for a converter that reads files."""
-    path, file = create_input(dest_dir)
-    with file:
-        write_all(file, content)
-    return path
-
-
 def _what_was_fetched(job: TransferJob) -> dict[str, Any]:
     """The :class:`Downloaded` fields of a finished job."""
     return {
+        "host": job.host,
         "size": job.have,
         "sha256": job.hasher.hexdigest(),
         "content_type": job.content_type,
@@ -338,10 +333,11 @@ class Downloader:
     ) -> DownloadedBytes:
         """:meth:`download` of a body of at most ``MEMORY_MAX_BYTES`` into memory: no file, no folder.
 
-        The task states the size, and no more bytes than that are ever taken (``TransferJob`` refuses
-        them as it would for a file), so memory is bounded before the server is asked. Every other
-        check, retry and resume is the file's. Raises as :meth:`download` does, and ValueError for
-        an ``expected_size`` over ``MEMORY_MAX_BYTES``.
+        The task states the size, and no more bytes than that are ever kept (``TransferJob`` refuses
+        them as it would for a file), so what stays in memory is bounded before the server is asked;
+        while it is read, one read's worth more (a chunk) is held, as for a file. Every other check,
+        retry and resume is the file's. Raises as :meth:`download` does, and ValueError for an
+        ``expected_size`` over ``MEMORY_MAX_BYTES``.
         """
         if expected_size > MEMORY_MAX_BYTES:
             raise ValueError(f"a body kept in memory is at most {MEMORY_MAX_BYTES} bytes")
@@ -349,6 +345,28 @@ class Downloader:
         body = io.BytesIO()
         job = self._transfer(asked, body, None, progress, cancel, notice)
         return DownloadedBytes(content=body.getvalue(), **_what_was_fetched(job))
+
+    def write_input(self, dest_dir: Path, downloaded: DownloadedBytes) -> Path:
+        """A body kept in memory written as ``dest_dir/input.bin``, for a converter that reads files.
+
+        The disk's free space is checked first, as before a download into a file, and a write that
+        fails is told as a download's would be (InsufficientDiskSpace, DownloadFailed).
+        """
+        host, content = downloaded.host, downloaded.content
+        check_disk_space(dest_dir, len(content), self.limits.disk_reserve_bytes, host)
+        path, file = create_input(dest_dir)
+        try:
+            with file:
+                write_all(file, content)
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            if disk_full(exc):
+                size = human_bytes(len(content))
+                raise InsufficientDiskSpace(
+                    f"The disk ran out of space for the file from {host} ({size})."
+                ) from None
+            raise DownloadFailed(f"The file from {host} could not be written ({exc.strerror}).") from None
+        return path
 
     def _asked(self, url: str, expected_sha256: str | None, expected_size: int | None) -> _Asked:
         """The request's checked arguments; TooLarge for a stated size over the cap, before connecting."""

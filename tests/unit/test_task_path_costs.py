@@ -5,9 +5,11 @@ hand small pieces to their writer a chunk at a time."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -258,6 +260,19 @@ def test_a_small_input_that_is_not_plain_text_converts_from_its_task_folder(
     assert result.success, result.error_message
     assert result.metadata["title"] == "A title"
     assert len(list(temp.iterdir())) == 1  # its task folder, emptied and kept as a spare
+
+
+def test_a_small_input_written_for_its_converter_keeps_the_disk_reserve(
+    hub: HTTPTestServer, tmp_path: Path
+) -> None:
+    body = b"# A title\n"
+    hub.route("/a.md", Route(body=body))
+    runtime = runtime_for(hub, tmp_path)
+    runtime.download_limits = dataclasses.replace(
+        runtime.download_limits, disk_reserve_bytes=shutil.disk_usage(tmp_path).free
+    )
+    with pytest.raises(InfrastructureError, match="Not enough disk space"):
+        task_result(runtime, hub.url("/a.md"), "t1", "text/markdown", size=len(body))
 
 
 def test_a_small_input_of_stated_size_is_checked_as_a_file_is(hub: HTTPTestServer, tmp_path: Path) -> None:

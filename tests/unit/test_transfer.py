@@ -17,7 +17,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from email.utils import formatdate
 from pathlib import Path
@@ -29,6 +29,7 @@ import structlog.testing
 
 from morag_worker.core.transfer import cache_route, direct_copy
 from morag_worker.core.transfer import download_state as transfer_job
+from morag_worker.core.transfer import downloader as downloader_module
 from morag_worker.core.transfer.downloader import (
     MEMORY_MAX_BYTES,
     DownloadCancelled,
@@ -220,8 +221,12 @@ def test_malformed_expected_checksum_is_a_value_error(
 
 
 def test_a_small_hub_file_is_kept_in_memory_verified_and_nothing_is_written(
-    server: HTTPTestServer, sleeps: list[float], tmp_path: Path
+    server: HTTPTestServer, sleeps: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    def no_file(*_a: object) -> None:
+        raise AssertionError("a file was created")
+
+    monkeypatch.setattr(downloader_module, "create_input", no_file)
     route = server.route("/f", Route(body=data(MEMORY_MAX_BYTES)))
     with downloader(sleeps, hub_origin=server.origin, api_key=API_KEY) as dl:
         got = dl.download_to_memory(server.url("/f"), **_stated(route))
@@ -231,7 +236,37 @@ def test_a_small_hub_file_is_kept_in_memory_verified_and_nothing_is_written(
         True,
     )
     assert server.requests("/f")[0].headers["authorization"] == f"Bearer {API_KEY}"
-    assert_empty(tmp_path)
+
+
+SMALL = data(40 * KiB)
+STARTS_AGAIN: dict[str, tuple[Callable[[], Route], list[str | None]]] = {
+    # a wrong body first: the integrity check asks once more, from the start
+    "integrity retry": (
+        lambda: Route(body=SMALL, replies=[Reply(200, {}, data(40 * KiB, seed=2))]),
+        [None, None],
+    ),
+    # a server that ignores Range answers 200 to the resume: the body starts again
+    "200 to a resume": (
+        lambda: Route(body=SMALL, ranges=False, cut_after=10_000, cut_times=1),
+        [None, "bytes=10000-"],
+    ),
+    # a 416 short of the end: the body starts again
+    "416 to a resume": (
+        lambda: Route(body=SMALL, refuse_ranges=True, cut_after=10_000, cut_times=1),
+        [None, "bytes=10000-", None],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", STARTS_AGAIN)
+def test_a_small_body_in_memory_that_starts_again_keeps_only_the_new_bytes(
+    server: HTTPTestServer, dl: Downloader, case: str
+) -> None:
+    make_route, asked = STARTS_AGAIN[case]
+    route = server.route("/f", make_route())
+    got = dl.download_to_memory(server.url("/f"), **_stated(route))
+    assert got.content == SMALL
+    assert [r.headers.get("range") for r in server.requests("/f")] == asked
 
 
 def test_a_small_body_in_memory_resumes_after_a_cut(server: HTTPTestServer, dl: Downloader) -> None:
@@ -251,6 +286,43 @@ def test_a_small_body_in_memory_is_checked_as_a_file_is(server: HTTPTestServer, 
     server.route("/unsized", Route(body=b"x" * 100, send_length=False))
     with pytest.raises(IntegrityError, match="larger than the 50 bytes expected"):
         dl.download_to_memory(server.url("/unsized"), expected_size=50)
+
+
+def test_a_body_from_memory_is_written_as_a_download_would_be(
+    server: HTTPTestServer, dl: Downloader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    route = server.route("/f", Route(body=b"small input"))
+    got = dl.download_to_memory(server.url("/f"), **_stated(route))
+    path = dl.write_input(tmp_path, got)
+    assert path == tmp_path / "input.bin" and path.read_bytes() == route.body
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(FileExistsError):
+        dl.write_input(tmp_path, got)
+    path.unlink()
+    for error, raised, match in [
+        (errno.ENOSPC, InsufficientDiskSpace, "ran out of space for the file from 127.0.0.1"),
+        (errno.EIO, DownloadFailed, "could not be written"),
+    ]:
+
+        def failing(_fh: Any, _data: bytes, error: int = error) -> None:
+            raise OSError(error, os.strerror(error))
+
+        monkeypatch.setattr(downloader_module, "write_all", failing)
+        with pytest.raises(raised, match=match):
+            dl.write_input(tmp_path, got)
+        assert_empty(tmp_path)
+
+
+def test_a_body_from_memory_keeps_the_disk_reserve(
+    server: HTTPTestServer, sleeps: list[float], tmp_path: Path
+) -> None:
+    route = server.route("/f", Route(body=b"small input"))
+    no_room = dataclasses.replace(LIMITS, disk_reserve_bytes=shutil.disk_usage(tmp_path).free)
+    with downloader(sleeps, server.origin, limits=no_room) as dl:
+        got = dl.download_to_memory(server.url("/f"), **_stated(route))  # nothing on disk yet
+        with pytest.raises(InsufficientDiskSpace, match="Not enough disk space"):
+            dl.write_input(tmp_path, got)
+    assert_empty(tmp_path)
 
 
 def test_a_body_over_what_memory_keeps_is_refused_before_asking(
