@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any, TypedDict, TypeGuard
 
 import structlog
 
@@ -39,6 +39,7 @@ from morag_worker.core.transfer.downloader import (
     HubUnreachable,
     InsufficientDiskSpace,
     IntegrityError,
+    ProgressCallback,
     TaskWorkspace,
     TooLarge,
     TransferError,
@@ -78,6 +79,15 @@ def converts_inline(processor: Processor, size: int, options: Mapping[str, Any])
         and not declared_charset(options)
         and size <= INLINE_TEXT_MAX_BYTES
     )
+
+
+class _Fetch(TypedDict):
+    """What a task's download is told, whether into a file or into memory."""
+
+    expected_sha256: str | None
+    progress: ProgressCallback
+    cancel: threading.Event | None
+    notice: Callable[[str], None]
 
 
 class InfrastructureError(RuntimeError):
@@ -147,28 +157,19 @@ class Pipeline:
         def notice(line: str) -> None:
             reporter.report(TaskStage.DOWNLOADING, 0, request.size, line, force=True)
 
+        fetch: _Fetch = {
+            "expected_sha256": request.sha256,
+            "progress": reporter.downloading,
+            "cancel": self.cancel_event,
+            "notice": notice,
+        }
         with self.downloader_factory() as dl:
             reporter.report(TaskStage.DOWNLOADING, 0, request.size, "starting download", force=True)
             if request.size is not None and request.size <= MEMORY_MAX_BYTES:
-                in_memory = dl.download_to_memory(
-                    request.source,
-                    expected_size=request.size,
-                    expected_sha256=request.sha256,
-                    progress=reporter.downloading,
-                    cancel=self.cancel_event,
-                    notice=notice,
-                )
+                in_memory = dl.download_to_memory(request.source, expected_size=request.size, **fetch)
                 return self._convert_small(reporter, request, dl, in_memory)
             with TaskWorkspace(self.temp_root, reporter.task_id) as workspace:
-                downloaded = dl.download(
-                    request.source,
-                    workspace.path,
-                    expected_size=request.size,
-                    expected_sha256=request.sha256,
-                    progress=reporter.downloading,
-                    cancel=self.cancel_event,
-                    notice=notice,
-                )
+                downloaded = dl.download(request.source, workspace.path, expected_size=request.size, **fetch)
                 content_type, filename = _hints(request, downloaded)
                 # The file is saved as input.bin: only the task's or the server's name for it is a hint.
                 result = self._convert(
