@@ -1,11 +1,11 @@
 """One download's state across its attempts, and what it does with each response.
 
 :class:`TransferJob` owns the open ``input.bin`` (or, for a small body kept in memory, an
-``io.BytesIO``), the running SHA-256 and the byte count. For each
-response the downloader hands it, it decides (:meth:`TransferJob.accept`) whether the status and
-headers let it store a body (206 resumes at our offset, 200 restarts, 416 may mean complete), then
-copies the body (:meth:`TransferJob.stream`) under the size cap, the deadline and the minimum rate,
-and finally checks the bytes (:meth:`TransferJob.verified`). Failures worth another attempt raise
+``io.BytesIO``), the running SHA-256 and the byte count. For each response the downloader hands it,
+it decides (:meth:`TransferJob.accept`) whether the status and headers let it store a body (206
+resumes at our offset, 200 restarts, 416 may mean complete), then copies the body
+(:meth:`TransferJob.stream`) under the size cap, the deadline and the minimum rate, and finally
+checks the bytes (:meth:`TransferJob.verified`). Failures worth another attempt raise
 :class:`RetryableFailure`; the downloader (``transfer.py``) owns the retry loop.
 
 Two copies: the portable one reads the body into memory, hashes it on the downloading thread and

@@ -27,10 +27,11 @@ answer goes through the same checks, and one that line does not read is asked fo
 ``input.bin``: the stated size bounds it before the server is asked, and every check, retry and
 resume is the file's.
 
-Runs on the calling (task) thread, plus helper threads that live only inside one download (none
-for a body kept in memory). A Downloader and its ``requests.Session`` serve one thread at a time; ``cancel``
-may be set from any thread. A worker keeps one per process and thread (``execution/context.py``),
-so a body read to its end leaves its connection open for the next download from that host.
+Runs on the calling (task) thread, plus helper threads that live only inside one download (none for
+a body kept in memory). A Downloader and its ``requests.Session`` serve one thread at a time;
+``cancel`` may be set from any thread. A worker keeps one per process and thread
+(``execution/context.py``), so a body read to its end leaves its connection open for the next
+download from that host.
 """
 
 from __future__ import annotations
