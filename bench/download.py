@@ -4,25 +4,24 @@
 
 Generates a random file (os.urandom, 1 MiB blocks) in a temporary directory and serves it from a
 separate process, with ``sendfile`` (so the server costs little CPU) and then with Python's own
-``http.server`` (64 KiB userspace copies: a server that costs CPU; ``--server`` picks one). Then,
-in the same run, fetches it with ``curl -s -o FILE URL`` (timed by curl's own ``%{time_total}``),
-with our Downloader (on Linux the body is received into buffers of ours, hashed on a second
-thread and written around the page cache with O_DIRECT by a third, or, where the disk holds it
-back and that proved faster, hashed as it arrives and written through the cache wherever the disk
-is busy (``cache_route.py``); elsewhere 1 MiB chunks through the page cache; verified either way),
-and with the naive seed approach (``requests`` ``iter_content(8192)``, hash, write, on one
-thread) as a baseline. The Python methods run in a child process that reports its own time
-and peak RSS (``ru_maxrss``).
-Before each timed run the page cache is synced, so one run's writeback does not slow the next,
-and the order of the methods rotates between runs. Prints per server and method the median
-throughput of ``--runs`` runs with the lowest and highest, the ratio ours/curl run by run (median
-and spread; target >= 1.0), the ratio to the SHA-256 bound measured in the same run (hashlib over
-the same file's bytes in memory, one core; target >= 0.8), the disk's own speed in the same run
-(the same bytes written with O_DIRECT, a buffer of ours at a time, one write in flight, as ours
-writes a large body; Linux) and the share of ours written that way, our peak RSS over all runs (target
-< 80 MB), the CPU time each method and the server spent per GiB (user + system, all threads;
-Linux), and the machine's load during the runs. The temporary directory is removed however the
-bench ends.
+``http.server`` (64 KiB userspace copies: a server that costs CPU; ``--server`` picks one). Then, in
+the same run, fetches it with ``curl -s -o FILE URL`` (timed by curl's own ``%{time_total}``), with
+our Downloader (on Linux the body is received into buffers of ours, hashed on a second thread and
+written around the page cache with O_DIRECT by a third, or, where the disk holds it back and that
+proved faster, hashed as it arrives and written through the cache wherever the disk is busy
+(``cache_route.py``); elsewhere 1 MiB chunks through the page cache; verified either way), and with
+the naive seed approach (``requests`` ``iter_content(8192)``, hash, write, on one thread) as a
+baseline. The Python methods run in a child process that reports its own time and peak RSS
+(``ru_maxrss``).
+Before each timed run the page cache is synced, so one run's writeback does not slow the next, and
+the order of the methods rotates between runs. Prints per server and method the median throughput of
+``--runs`` runs with the lowest and highest, the ratio ours/curl run by run (median and spread;
+target >= 1.0), the ratio to the SHA-256 bound measured in the same run (hashlib over the same
+file's bytes in memory, one core; target >= 0.8), the disk's own speed in the same run (the same
+bytes written with O_DIRECT, a buffer of ours at a time, one write in flight, as ours writes a large
+body; Linux) and the share of ours written that way, our peak RSS over all runs (target < 80 MB),
+the CPU time each method and the server spent per GiB (user + system, all threads; Linux), and the
+machine's load during the runs. The temporary directory is removed however the bench ends.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ it decides (:meth:`TransferJob.accept`) whether the status and headers let it st
 resumes at our offset, 200 restarts, 416 may mean complete), then copies the body
 (:meth:`TransferJob.stream`) under the size cap, the deadline and the minimum rate, and finally
 checks the bytes (:meth:`TransferJob.verified`). Failures worth another attempt raise
-:class:`RetryableFailure`; the downloader (``transfer.py``) owns the retry loop.
+:class:`RetryableFailure`; the downloader (``downloader.py``) owns the retry loop.
 
 Two copies: the portable one reads the body into memory, hashes it on the downloading thread and
 has the helper thread write it; on Linux a large body of known length is received into
