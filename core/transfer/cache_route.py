@@ -41,7 +41,7 @@ log = structlog.get_logger(__name__)
 # The disk held the receiving back this many buffers in a row (their hashing done, their writing
 # not). One stalled write holds back at most the ring's buffers queued behind it.
 LAGS_TO_TRY = direct_copy.BUFFERS + 1
-WINDOW = 16  # buffers over which a way's speed is measured (16 MiB), once the ring turned over
+WINDOW = 16  # buffers over which a way's speed is measured (64 MiB), once the ring turned over
 MARGIN = 1.1  # the cache must receive this much faster to be kept
 PAUSE_WINDOWS = 2  # windows on the way kept before the other one is tried again, at first
 MAX_PAUSE_WINDOWS = 16  # and at most: a long body still notices a change within a GiB or so

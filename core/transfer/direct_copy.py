@@ -49,11 +49,18 @@ __all__ = [
 MiB = 1024 * 1024
 DIRECT_AVAILABLE = sys.platform == "linux" and hasattr(os, "O_DIRECT")
 BLOCK = 4096  # offsets and lengths of direct writes are whole blocks of this (any disk's block fits)
-# One receive buffer; BUFFERS of them are a download's own memory. 1 MiB beat 2 MiB in each of six
-# same-batch comparisons (6-8 runs each, 512 MiB over loopback): by 5-18 % on a disk that took
-# O_DIRECT writes at 1,000-1,450 MiB/s, and by 44 % with direct writes held to 450 MiB/s (a sleep
-# after each); 512 KiB lost to both (more CPU per byte).
-BUFFER_BYTES = 1 * MiB
+# One receive buffer; BUFFERS of them are a download's own memory (16 MiB). Each buffer costs a
+# hand-off to the hashing thread and one to the disk thread, and a wait for both: on a 2-vCPU VM
+# such wake-ups are dear. Same-batch comparisons there (8-10 runs each, 512 MiB over loopback,
+# a disk taking O_DIRECT writes at 1,300-1,800 MiB/s), 4 MiB buffers against 1 MiB ones: from a
+# sendfile server 970-1,216 against 857-1,076 MiB/s in four batches, at 1.01-1.22 against
+# 1.24-1.55 CPU s/GiB and a third of the context switches; from Python's http.server 964-1,101
+# against 893-943 in two. 2 MiB fell between; 8 MiB x 2 matched 4 MiB x 4 with no buffer to
+# spare. Where the disk was the bound (0.6-0.85x the SHA-256 bound, bench/download.py in three
+# alternations) neither size won; with direct writes held to 450 MiB/s (a sleep after each,
+# cache_route.py's case) 4 MiB received at 636-694 MiB/s against 707-708. An earlier VM had
+# favoured 1 MiB over 2 MiB (by 5-18 %, and 44 % with the slow disk).
+BUFFER_BYTES = 4 * MiB
 BUFFERS = 4
 # How a file system that opened the file O_DIRECT may still refuse a direct write.
 _REFUSED = frozenset({errno.EINVAL, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)})
