@@ -52,7 +52,7 @@ BLOCK = 4096  # offsets and lengths of direct writes are whole blocks of this (a
 # One receive buffer; BUFFERS of them are a download's own memory (16 MiB). Each buffer costs a
 # hand-off to the hashing thread and one to the disk thread, and a wait for both: on a 2-vCPU VM
 # such wake-ups are dear. Same-batch comparisons there (8-10 runs each, 512 MiB over loopback,
-# a disk taking O_DIRECT writes at 1,300-1,800 MiB/s), 4 MiB buffers against 1 MiB ones: from a
+# a disk taking O_DIRECT writes at 1,000-1,800 MiB/s), 4 MiB buffers against 1 MiB ones: from a
 # sendfile server 970-1,216 against 857-1,076 MiB/s in four batches, at 1.01-1.22 against
 # 1.24-1.55 CPU s/GiB and a third of the context switches; from Python's http.server 964-1,101
 # against 893-943 in two. 2 MiB fell between; 8 MiB x 2 matched 4 MiB x 4 with no buffer to
